@@ -1,0 +1,3 @@
+"""cohortsync: a self-hosted retention data-out engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,168 @@
+"""The `cohortsync` command: each command parses options, calls the engine, prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from cohortsync.config.loader import PROJECT_FILE, find_project_dir
+from cohortsync.config.scaffold import scaffold_project
+from cohortsync.engine import Engine
+from cohortsync.errors import CohortsyncError
+from cohortsync.events.readers import file_size
+from cohortsync.render import ingest_table, profile_group, stats_tables
+
+app = typer.Typer(
+    help="cohortsync: segments kept true as events arrive, synced where they act.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+ProjectOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--project",
+        "-p",
+        envvar="COHORTSYNC_PROJECT",
+        help="Project folder holding cohortsync.yml (default: the current folder).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder for the new project.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing cohortsync.yml.")] = False,
+) -> None:
+    """Create a starter project (cohortsync.yml) in DIRECTORY."""
+    target = scaffold_project(directory, force=force)
+    console.print(f"created {target}: send events with its write key, or run `cohortsync demo`")
+
+
+@app.command()
+def demo(
+    project: ProjectOption = None,
+    profiles: Annotated[int, typer.Option(min=1, help="How many shoppers to simulate.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 7,
+) -> None:
+    """Build a synthetic D2C shop's 180 days of events into the store and show what loaded."""
+    directory = find_project_dir(project)
+    if not (directory / PROJECT_FILE).exists():
+        scaffold_project(directory)
+        console.print(f"created {directory / PROJECT_FILE}")
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    with Engine.open(directory) as engine, _progress() as bar:
+        task = bar.add_task("generating and ingesting the demo shop", total=None)
+        result = engine.load_demo(profiles, seed, now, lambda n: bar.advance(task, n))
+        bar.update(task, total=result.received)
+        stats = engine.stats()
+    console.print(ingest_table([("demo shop", result)]))
+    console.print(stats_tables(stats))
+
+
+@app.command()
+def ingest(
+    files: Annotated[list[Path], typer.Argument(help="JSONL, CSV or Parquet files.")],
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ingest Segment messages from files; bad rows are quarantined, re-ingesting changes nothing."""
+    rows = []
+    with Engine.open(project) as engine, _progress() as bar:
+        for path in files:
+            task = bar.add_task(path.name, total=file_size(path))
+            report = engine.ingest_file(path, lambda n, t=task: bar.advance(t, n))
+            rows.append((str(path), report.result))
+    if as_json:
+        _print_json({name: dataclasses.asdict(r) for name, r in rows})
+    else:
+        console.print(ingest_table(rows))
+
+
+@app.command()
+def profile(
+    identifier: Annotated[
+        str, typer.Argument(help="email:a@b.com, phone:+1…, user_id:u1, anonymous_id:x or an id.")
+    ],
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one profile: identifiers, traits, merges and recent events."""
+    with Engine.open(project) as engine:
+        view = engine.find_profile(identifier)
+    if as_json:
+        _print_json(dataclasses.asdict(view))
+    else:
+        console.print(profile_group(view))
+
+
+@app.command()
+def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Counts: events by type, profiles, identifiers by kind, quarantined rows by reason."""
+    with Engine.open(project) as engine:
+        counts = engine.stats()
+    if as_json:
+        _print_json(counts)
+    else:
+        console.print(stats_tables(counts))
+
+
+@app.command()
+def serve(
+    project: ProjectOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …)."""
+    import uvicorn
+
+    from cohortsync.server.app import create_app
+
+    with Engine.open(project) as engine:
+        console.print(f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})")
+        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+
+
+def main() -> None:
+    """Entry point: run the CLI; user errors print `file:line: message` and exit 1."""
+    try:
+        app(standalone_mode=False)
+    except CohortsyncError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, markup=True)
+        raise SystemExit(1) from None
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except Exception as exc:  # click's usage errors
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise

@@ -1,0 +1,172 @@
+"""The facade: one object that opens a project and offers everything cohortsync does.
+
+The CLI, the HTTP server and the dashboard call this and hold no logic of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from cohortsync.config.loader import LoadedProject, load_project
+from cohortsync.errors import InputError, NotFoundError
+from cohortsync.events.pipeline import EMPTY_RESULT, IngestResult, store_messages
+from cohortsync.events.readers import BadRow, read_rows
+from cohortsync.events.timestamps import now_micros
+from cohortsync.events.validate import content_message_id, validate_message
+from cohortsync.identity.normalize import IdentifierError, normalize_identifier
+from cohortsync.store.base import ProfileView, Store
+from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.records import Message, Rejection
+
+FILE_BATCH = 20_000
+IDENTIFIER_PREFIXES = ("email", "phone", "user_id", "anonymous_id", "profile_id")
+
+
+@dataclass(frozen=True)
+class FileReport:
+    """What ingesting one file did."""
+
+    path: Path
+    result: IngestResult
+
+
+class Engine:
+    """A project opened for work: its configuration and its store."""
+
+    def __init__(self, loaded: LoadedProject, store: Store | None = None) -> None:
+        self.loaded = loaded
+        self.project = loaded.project
+        self.store: Store = store or DuckDBStore(loaded.store_path())
+        self.store.migrate()
+
+    @classmethod
+    def open(cls, project_dir: str | Path | None = None) -> Engine:
+        """Load the project file in `project_dir` and open its store."""
+        return cls(load_project(project_dir))
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the store."""
+        self.store.close()
+
+    def commit(self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()) -> IngestResult:
+        """Durably store validated messages and quarantine rejected ones, in one transaction."""
+        return store_messages(self.store, self.project.identity, messages, rejections)
+
+    def ingest_messages(
+        self, raws: Iterable[Any], *, source: str = "api", origin: str = "api"
+    ) -> IngestResult:
+        """Validate and store raw Segment messages (dicts), e.g. from a generator."""
+        received = now_micros()
+        messages: list[Message] = []
+        rejections: list[Rejection] = []
+        total = EMPTY_RESULT
+        for index, raw in enumerate(raws):
+            checked = validate_message(
+                raw, source=source, received_at_us=received, origin=f"{origin}#{index}"
+            )
+            (messages if isinstance(checked, Message) else rejections).append(checked)  # type: ignore[arg-type]
+            if len(messages) + len(rejections) >= FILE_BATCH:
+                total += self.commit(messages, rejections)
+                messages, rejections = [], []
+        if messages or rejections:
+            total += self.commit(messages, rejections)
+        return total
+
+    def ingest_file(
+        self, path: Path, progress: Callable[[int], None] | None = None
+    ) -> FileReport:
+        """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
+        received = now_micros()
+        source = f"file:{path.name}"
+        messages: list[Message] = []
+        rejections: list[Rejection] = []
+        total = EMPTY_RESULT
+        for line, row in read_rows(path, progress):
+            origin = f"{path}:{line}"
+            if isinstance(row, BadRow):
+                rejections.append(Rejection(row.reason, row.detail, origin, row.text, source=source))
+            else:
+                checked = validate_message(
+                    row,
+                    source=source,
+                    received_at_us=received,
+                    origin=origin,
+                    new_id=content_message_id,
+                )
+                if isinstance(checked, Message):
+                    messages.append(checked)
+                else:
+                    rejections.append(checked)
+            if len(messages) + len(rejections) >= FILE_BATCH:
+                total += self.commit(messages, rejections)
+                messages, rejections = [], []
+        if messages or rejections:
+            total += self.commit(messages, rejections)
+        return FileReport(path, total)
+
+    def find_profile(self, identifier: str) -> ProfileView:
+        """Look a profile up by `kind:value` (email:a@b.com, phone:+1…, user_id:u1) or by its id."""
+        kind, value = parse_identifier(identifier, self.project.identity.default_region)
+        profile_id = self.store.find_profile(kind, value)
+        view = self.store.profile(profile_id) if profile_id else None
+        if view is None:
+            raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
+        return view
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counts of events, profiles, identifiers and quarantined rows."""
+        return self.store.stats()
+
+    def load_demo(
+        self,
+        profiles: int,
+        seed: int,
+        now: datetime | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestResult:
+        """Generate the synthetic shop and ingest it as the `demo` source."""
+        from cohortsync.demo.shop import generate_shop
+
+        def counted() -> Iterable[dict[str, Any]]:
+            for message in generate_shop(profiles=profiles, seed=seed, now=now):
+                if progress is not None:
+                    progress(1)
+                yield message
+
+        return self.ingest_messages(counted(), source="demo", origin="demo")
+
+
+def parse_identifier(text: str, default_region: str = "US") -> tuple[str, str]:
+    """Split `kind:value` and normalise the value; a bare value is a profile id."""
+    kind, sep, value = text.partition(":")
+    if not sep:
+        return "profile_id", text.strip()
+    if kind not in IDENTIFIER_PREFIXES:
+        kinds = ", ".join(f"{k}:" for k in IDENTIFIER_PREFIXES)
+        raise InputError(f"unknown identifier kind {kind!r}: start it with one of {kinds}")
+    if kind == "profile_id":
+        return kind, value.strip()
+    try:
+        return kind, normalize_identifier(kind, value, default_region)
+    except IdentifierError as exc:
+        raise InputError(str(exc)) from None
+
+
+def _mask(kind: str, value: str) -> str:
+    """Show an identifier without exposing it whole (error messages never carry raw PII)."""
+    if kind in ("email", "phone") and len(value) > 4:
+        return value[:2] + "…" + value[-2:]
+    return value
+
+
+__all__ = ["Engine", "FileReport", "parse_identifier"]

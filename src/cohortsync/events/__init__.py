@@ -1,0 +1,1 @@
+"""Events: Segment-spec message models, validation, and file readers."""

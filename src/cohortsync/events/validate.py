@@ -1,0 +1,201 @@
+"""Turn raw Segment messages into `Message`s, or `Rejection`s that say what is wrong and how to fix it.
+
+Rules follow the Segment HTTP Tracking API: every message needs `userId` or `anonymousId`,
+`track` needs `event`, `group` needs `groupId`, `alias` needs `previousId` and `userId`,
+a message is at most 32 KB and a batch at most 500 KB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+import orjson
+
+from cohortsync.events.models import (
+    MAX_MESSAGE_BYTES,
+    MAX_MESSAGE_ID_CHARS,
+    MESSAGE_TYPES,
+    Message,
+    Rejection,
+)
+from cohortsync.events.timestamps import TimestampError, correct_skew, parse_timestamp
+
+_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
+_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
+_NON_WORD = re.compile(r"[^0-9a-z]+")
+MAX_PAYLOAD_KEPT = 64 * 1024
+
+
+class _InvalidError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+@lru_cache(maxsize=4096)
+def event_key(name: str) -> str:
+    """The snake_case key segments match on: "Order Completed" and order_completed are one event."""
+    return _NON_WORD.sub("_", name.strip().lower()).strip("_")
+
+
+def random_message_id() -> str:
+    """A fresh id for a message that arrived without one (Segment's libraries use uuid4)."""
+    return str(uuid.uuid4())
+
+
+def content_message_id(raw: Mapping[str, Any]) -> str:
+    """A stable id from the message's content, so re-ingesting a file changes nothing."""
+    digest = hashlib.sha256(orjson.dumps(raw, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return f"content-{digest[:32]}"
+
+
+def validate_message(
+    raw: Any,
+    *,
+    source: str,
+    received_at_us: int,
+    origin: str,
+    sent_at_us: int | None = None,
+    defaults: Mapping[str, Any] | None = None,
+    message_type: str | None = None,
+    check_size: bool = True,
+    new_id: Callable[[Mapping[str, Any]], str] = lambda _: random_message_id(),
+) -> Message | Rejection:
+    """Validate one raw message; `message_type` is set by the single-type endpoints (/v1/track)."""
+    if not isinstance(raw, dict):
+        return Rejection(
+            "invalid_message",
+            "each message must be a JSON object such as {\"type\": \"track\", ...}",
+            origin,
+            _payload(raw),
+            source=source,
+        )
+    try:
+        return _build(
+            raw, source, received_at_us, sent_at_us, defaults, message_type, check_size, new_id
+        )
+    except _InvalidError as exc:
+        message_id = raw.get("messageId")
+        return Rejection(
+            exc.reason,
+            exc.detail,
+            origin,
+            _payload(raw),
+            message_id=message_id if isinstance(message_id, str) else None,
+            source=source,
+        )
+
+
+def _build(
+    raw: dict[str, Any],
+    source: str,
+    received_at_us: int,
+    sent_at_us: int | None,
+    defaults: Mapping[str, Any] | None,
+    message_type: str | None,
+    check_size: bool,
+    new_id: Callable[[Mapping[str, Any]], str],
+) -> Message:
+    if check_size and len(orjson.dumps(raw)) > MAX_MESSAGE_BYTES:
+        raise _InvalidError(
+            "message_too_large",
+            f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
+        )
+    kind = message_type or raw.get("type")
+    if kind not in MESSAGE_TYPES:
+        raise _InvalidError(
+            "invalid_type", f"type must be one of {', '.join(MESSAGE_TYPES)}; got {kind!r}"
+        )
+    ids = {field: _string_id(raw.get(field), field) for field in _ID_FIELDS}
+    if ids["userId"] is None and ids["anonymousId"] is None:
+        raise _InvalidError("no_user_anon_id", "every message needs a userId or an anonymousId")
+    event = raw.get("event")
+    if kind == "track" and (not isinstance(event, str) or not event.strip()):
+        raise _InvalidError("missing_event", "a track call needs an event name, e.g. \"event\": \"Order Completed\"")
+    if kind == "group" and ids["groupId"] is None:
+        raise _InvalidError("missing_group_id", "a group call needs a groupId")
+    if kind == "alias" and (ids["previousId"] is None or ids["userId"] is None):
+        raise _InvalidError("missing_previous_id", "an alias call needs both previousId and userId")
+    objects = {field: _object(raw.get(field), field) for field in _OBJECT_FIELDS}
+    if defaults:
+        for field in ("context", "integrations"):
+            shared = defaults.get(field)
+            if isinstance(shared, dict) and shared:
+                objects[field] = {**shared, **(objects[field] or {})}
+    message_id = raw.get("messageId")
+    if message_id is None:
+        message_id = new_id(raw)
+    elif not isinstance(message_id, str) or not message_id or len(message_id) > MAX_MESSAGE_ID_CHARS:
+        raise _InvalidError(
+            "invalid_message_id",
+            f"messageId must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} characters",
+        )
+    received = _time(raw.get("receivedAt"), "receivedAt", received_at_us)
+    sent = _time(raw.get("sentAt"), "sentAt", sent_at_us)
+    original = _time(raw.get("originalTimestamp") or raw.get("timestamp"), "timestamp", received)
+    try:
+        corrected = correct_skew(original, sent, received)
+    except TimestampError as exc:
+        raise _InvalidError("invalid_timestamp", f"timestamp corrected by sentAt {exc}") from None
+    name = raw.get("name")
+    return Message(
+        message_id=message_id,
+        type=kind,
+        source=source,
+        timestamp_us=corrected,
+        original_timestamp_us=original,
+        received_at_us=received,
+        sent_at_us=sent,
+        event=event if kind == "track" else None,
+        event_key=event_key(event) if kind == "track" else None,
+        name=name if isinstance(name, str) else None,
+        user_id=ids["userId"],
+        anonymous_id=ids["anonymousId"],
+        previous_id=ids["previousId"],
+        group_id=ids["groupId"],
+        properties=objects["properties"],
+        traits=objects["traits"],
+        context=objects["context"],
+        integrations=objects["integrations"],
+    )
+
+
+def _string_id(value: Any, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise _InvalidError("invalid_id", f"{field} must be a string")
+    text = str(value)
+    if len(text) > 1024:
+        raise _InvalidError("invalid_id", f"{field} may be at most 1024 characters")
+    return text
+
+
+def _object(value: Any, field: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _InvalidError("invalid_field", f"{field} must be a JSON object")
+    return value
+
+
+def _time(value: Any, field: str, default: int | None) -> Any:
+    if value is None or value == "":
+        return default
+    try:
+        return parse_timestamp(value)
+    except TimestampError as exc:
+        raise _InvalidError("invalid_timestamp", f"{field} {exc}") from None
+
+
+def _payload(raw: Any) -> str:
+    try:
+        text = orjson.dumps(raw).decode()
+    except TypeError:
+        text = repr(raw)
+    return text[:MAX_PAYLOAD_KEPT]

@@ -1,0 +1,1 @@
+"""Identity: normalisation of identifiers and the graph that merges them into profiles."""

@@ -1,0 +1,186 @@
+"""The identity graph: which profile each identifier belongs to, and when two profiles merge.
+
+Resolution follows the rule customer data platforms use (Segment Unify's, in essence): take an
+event's identifiers in priority order (user_id, the primary identifier, secondary ones,
+anonymous_id last); if attaching all of them to one profile would break a per-profile limit
+(two user_ids on a shared device), drop the lowest-priority identifier and try again. The event
+belongs to the profile of its highest-priority identifier. Traits are last-write-wins by event time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from cohortsync.config.models import IdentityConfig
+from cohortsync.events.models import Message
+from cohortsync.identity.normalize import IdentifierError, normalize_identifier
+from cohortsync.store.records import (
+    IdentifierRejection,
+    IdentityChanges,
+    Key,
+    Merge,
+    ProfileState,
+)
+
+
+class IdentityGraph:
+    """Resolves messages to profiles over the state the store loaded for one batch."""
+
+    def __init__(
+        self, config: IdentityConfig, owners: dict[Key, str], profiles: dict[str, ProfileState]
+    ) -> None:
+        self.config = config
+        self.owners = owners
+        self.profiles = profiles
+        self.changes = IdentityChanges()
+        self.priority = priority_order(config)
+        self.limited_kinds = {k for k in self.priority if config.limit_for(k) is not None}
+
+    def resolve(self, message: Message) -> str:
+        """Attach the message's identifiers, merging profiles where allowed; return its profile."""
+        keys = self._dedupe_keys(extract_identifiers(message, self.config, self.owners, self.changes))
+        while True:
+            target = self._try_attach(keys, message)
+            if target is not None:
+                break
+            keys = keys[:-1]
+        self._apply_traits(target, message)
+        state = self.profiles[target]
+        ts = message.timestamp_us
+        if state.first_seen_us is None or ts < state.first_seen_us:
+            state.first_seen_us = ts
+        if state.last_seen_us is None or ts > state.last_seen_us:
+            state.last_seen_us = ts
+        self.changes.touched.add(target)
+        return target
+
+    def _dedupe_keys(self, keys: list[Key]) -> list[Key]:
+        rank = {kind: i for i, kind in enumerate(self.priority)}
+        unique = list(dict.fromkeys(keys))
+        return sorted(unique, key=lambda k: rank.get(k[0], len(rank)))
+
+    def _try_attach(self, keys: list[Key], message: Message) -> str | None:
+        """Attach `keys` to one profile if no limit breaks; None means: drop one key, retry."""
+        if not keys:
+            return self._new_profile(("message", message.message_id), message)
+        owned = list(dict.fromkeys(self.owners[k] for k in keys if k in self.owners))
+        combined: dict[str, set[str]] = {}
+        for profile_id in owned:
+            for kind, values in self.profiles[profile_id].limited.items():
+                combined.setdefault(kind, set()).update(values)
+        for kind, value in keys:
+            if kind in self.limited_kinds:
+                combined.setdefault(kind, set()).add(value)
+        for kind, values in combined.items():
+            limit = self.config.limit_for(kind)
+            if limit is not None and len(values) > limit:
+                if len(keys) == 1:
+                    return owned[0] if owned else self._new_profile(keys[0], message)
+                return None
+        target = owned[0] if owned else self._new_profile(keys[0], message)
+        for other in owned[1:]:
+            via = next(k[0] for k in keys if self.owners.get(k) == other)
+            self._merge(other, target, message, via)
+        for key in keys:
+            if key not in self.owners:
+                self._own(key, target, message.timestamp_us)
+        return target
+
+    def _new_profile(self, key: tuple[str, str], message: Message) -> str:
+        digest = hashlib.sha256(f"{key[0]}:{key[1]}".encode()).hexdigest()[:20]
+        profile_id = f"p_{digest}"
+        if profile_id not in self.profiles:
+            self.profiles[profile_id] = ProfileState(profile_id, is_new=True)
+        return profile_id
+
+    def _own(self, key: Key, profile_id: str, at_us: int) -> None:
+        self.owners[key] = profile_id
+        self.changes.new_identities.append((key[0], key[1], profile_id, at_us))
+        if key[0] in self.limited_kinds:
+            self.profiles[profile_id].limited.setdefault(key[0], set()).add(key[1])
+
+    def _merge(self, source: str, target: str, message: Message, kind: str) -> None:
+        old, new = self.profiles[source], self.profiles[target]
+        for k, values in old.limited.items():
+            new.limited.setdefault(k, set()).update(values)
+        for name, (value, ts) in old.traits.items():
+            current = new.traits.get(name)
+            if current is None or ts > current[1]:
+                new.traits[name] = (value, ts)
+        for bound in (old.first_seen_us, old.last_seen_us):
+            if bound is not None:
+                new.first_seen_us = min(new.first_seen_us or bound, bound)
+                new.last_seen_us = max(new.last_seen_us or bound, bound)
+        for key, owner in self.owners.items():
+            if owner == source:
+                self.owners[key] = target
+        del self.profiles[source]
+        self.changes.merges.append(
+            Merge(source, target, message.message_id, kind, message.timestamp_us)
+        )
+        self.changes.dirty_traits.add(target)
+        self.changes.touched.discard(source)
+
+    def _apply_traits(self, profile_id: str, message: Message) -> None:
+        incoming: dict[str, Any] = {}
+        context_traits = (message.context or {}).get("traits")
+        if isinstance(context_traits, dict):
+            incoming.update(context_traits)
+        if message.type == "identify" and message.traits:
+            incoming.update(message.traits)
+        if not incoming:
+            return
+        traits = self.profiles[profile_id].traits
+        for name, value in incoming.items():
+            current = traits.get(name)
+            if current is None or message.timestamp_us >= current[1]:
+                if current is None or current != (value, message.timestamp_us):
+                    traits[name] = (value, message.timestamp_us)
+                    self.changes.dirty_traits.add(profile_id)
+
+
+def priority_order(config: IdentityConfig) -> list[str]:
+    """Identifier kinds from strongest to weakest: user_id, primary, secondary, anonymous_id."""
+    kinds = ["user_id", config.primary, *config.secondary, "anonymous_id"]
+    return list(dict.fromkeys(kinds))
+
+
+def extract_identifiers(
+    message: Message, config: IdentityConfig, owners: dict[Key, str], changes: IdentityChanges
+) -> list[Key]:
+    """The normalised identifiers a message carries; unusable ones are recorded, not kept."""
+    keys: list[Key] = []
+    if message.user_id is not None:
+        keys.append(("user_id", message.user_id))
+    if message.anonymous_id is not None:
+        keys.append(("anonymous_id", message.anonymous_id))
+    if message.previous_id is not None:
+        kind = "user_id" if ("user_id", message.previous_id) in owners else "anonymous_id"
+        keys.append((kind, message.previous_id))
+    sources = []
+    context_traits = (message.context or {}).get("traits")
+    if isinstance(context_traits, dict):
+        sources.append(context_traits)
+    if message.type in ("identify", "alias") and message.traits:
+        sources.append(message.traits)
+    for kind in dict.fromkeys((config.primary, *config.secondary)):
+        if kind in ("user_id", "anonymous_id"):
+            continue
+        for traits in sources:
+            raw = traits.get(kind)
+            if raw is None or raw == "":
+                continue
+            try:
+                keys.append((kind, normalize_identifier(kind, raw, config.default_region)))
+            except IdentifierError as exc:
+                changes.rejections.append(IdentifierRejection(message.message_id, kind, str(exc)))
+    return keys
+
+
+def identifier_keys(message: Message, config: IdentityConfig) -> list[Key]:
+    """All keys a message could touch (alias previous ids under both kinds), for preloading."""
+    keys = extract_identifiers(message, config, {}, IdentityChanges())
+    if message.previous_id is not None:
+        keys.append(("user_id", message.previous_id))
+    return keys

@@ -1,0 +1,42 @@
+"""The FastAPI application: ingest today; admin API and dashboard hang off the same app."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.responses import Response
+
+from cohortsync import __version__
+from cohortsync.engine import Engine
+from cohortsync.server.group_commit import GroupCommitter
+from cohortsync.server.ingest import json_response
+from cohortsync.server.ingest import router as ingest_router
+
+
+def create_app(engine: Engine) -> FastAPI:
+    """Build the app around an open engine (the app never opens or closes the store itself)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        committer = GroupCommitter(engine.commit)
+        app.state.committer = committer
+        await committer.start()
+        try:
+            yield
+        finally:
+            await committer.stop()
+
+    app = FastAPI(title="cohortsync", version=__version__, lifespan=lifespan)
+    app.state.engine = engine
+    app.state.metrics = Counter()
+    app.include_router(ingest_router)
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> Response:
+        """Liveness: the process answers."""
+        return json_response({"status": "ok"})
+
+    return app

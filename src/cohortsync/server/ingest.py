@@ -1,0 +1,169 @@
+"""Segment-compatible ingest: /v1/track, /v1/identify, …, /v1/batch.
+
+Authentication is Segment's: HTTP Basic with the write key as user name and an empty password,
+or a `writeKey` field in the body. A 200 is sent only after the events are durably stored.
+Decisions where Segment answers 200 for bad events: a single call with an invalid message gets
+400 with the reason (SDKs can see it); a batch stores its valid messages, quarantines the rest
+and answers 200 listing what was quarantined, so a retry cannot duplicate the valid ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cohortsync.config.models import Project
+from cohortsync.events.models import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_MESSAGES,
+    MAX_MESSAGE_BYTES,
+    MESSAGE_TYPES,
+    Message,
+    Rejection,
+)
+from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
+from cohortsync.events.validate import validate_message
+from cohortsync.server.body import BodyError, read_body
+from cohortsync.server.group_commit import GroupCommitter
+
+router = APIRouter()
+_OK = b'{"success":true}'
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """A JSON response serialised with orjson."""
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def error(status: int, code: str, message: str) -> Response:
+    """Segment's error shape: {"success": false, "code": ..., "message": ...}."""
+    return json_response({"success": False, "code": code, "message": message}, status)
+
+
+def _basic_key(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[0] or None
+
+
+def _authenticate(request: Request, body: Any) -> str | None:
+    project: Project = request.app.state.engine.project
+    key = _basic_key(request)
+    if key is None and isinstance(body, dict) and isinstance(body.get("writeKey"), str):
+        key = body["writeKey"]
+    return project.source_for_key(key) if key else None
+
+
+async def _parse(request: Request, limit: int, too_large: str) -> Any:
+    body = await read_body(request, limit, too_large)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BodyError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
+
+
+async def _store(request: Request, messages: list[Message], rejections: list[Rejection]) -> Response | None:
+    committer: GroupCommitter = request.app.state.committer
+    try:
+        await committer.submit(messages, rejections)
+    except Exception:
+        request.app.state.metrics["store_errors"] += 1
+        return error(503, "store_unavailable", "events could not be stored: retry later")
+    return None
+
+
+@router.post("/v1/batch", tags=["ingest"])
+async def ingest_batch(request: Request) -> Response:
+    """A batch of messages of any type, as the Segment libraries send them."""
+    try:
+        body = await _parse(request, MAX_BATCH_BYTES, "batch_too_large")
+    except BodyError as exc:
+        return error(exc.status, exc.code, exc.message)
+    source = _authenticate(request, body)
+    if source is None:
+        return error(401, "invalid_write_key", "send a valid write key as the Basic user name")
+    batch = body.get("batch") if isinstance(body, dict) else None
+    if not isinstance(batch, list) or not batch:
+        return error(400, "invalid_batch", "the body must be {\"batch\": [message, ...]} with messages")
+    if len(batch) > MAX_BATCH_MESSAGES:
+        return error(400, "batch_too_large", f"a batch holds at most {MAX_BATCH_MESSAGES} messages")
+    try:
+        sent_at = parse_timestamp(body["sentAt"]) if body.get("sentAt") else None
+    except TimestampError as exc:
+        return error(400, "invalid_timestamp", f"sentAt {exc}")
+    received = now_micros()
+    check_size = len(orjson.dumps(batch)) > MAX_MESSAGE_BYTES
+    messages: list[Message] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(batch):
+        checked = validate_message(
+            raw,
+            source=source,
+            received_at_us=received,
+            origin=f"http:/v1/batch#{index}",
+            sent_at_us=sent_at,
+            defaults=body,
+            check_size=check_size,
+        )
+        if isinstance(checked, Message):
+            messages.append(checked)
+        else:
+            rejections.append(checked)
+    failure = await _store(request, messages, rejections)
+    if failure is not None:
+        return failure
+    if not rejections:
+        return Response(_OK, media_type="application/json")
+    return json_response(
+        {
+            "success": True,
+            "accepted": len(messages),
+            "quarantined": [
+                {"index": int(r.origin.rsplit("#", 1)[1]), "code": r.reason, "message": r.detail}
+                for r in rejections
+            ],
+        }
+    )
+
+
+def _single(kind: str) -> Any:
+    async def ingest_one(request: Request) -> Response:
+        try:
+            body = await _parse(request, MAX_MESSAGE_BYTES, "message_too_large")
+        except BodyError as exc:
+            return error(exc.status, exc.code, exc.message)
+        source = _authenticate(request, body)
+        if source is None:
+            return error(401, "invalid_write_key", "send a valid write key as the Basic user name")
+        checked = validate_message(
+            body,
+            source=source,
+            received_at_us=now_micros(),
+            origin=f"http:/v1/{kind}",
+            message_type=kind,
+            check_size=False,
+        )
+        if isinstance(checked, Message):
+            failure = await _store(request, [checked], [])
+            return failure or Response(_OK, media_type="application/json")
+        failure = await _store(request, [], [checked])
+        return failure or error(400, checked.reason, checked.detail)
+
+    ingest_one.__name__ = f"ingest_{kind}"
+    ingest_one.__doc__ = f"One {kind} message."
+    return ingest_one
+
+
+for _kind in MESSAGE_TYPES:
+    router.add_api_route(f"/v1/{_kind}", _single(_kind), methods=["POST"], tags=["ingest"])

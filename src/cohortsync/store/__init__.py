@@ -1,0 +1,1 @@
+"""The store: schema, migrations and the repository the rest of cohortsync uses."""

@@ -1,0 +1,70 @@
+"""The `Store` interface: what the rest of cohortsync asks of storage, whatever the engine."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
+
+
+@dataclass(frozen=True)
+class ResolvedBatch:
+    """Messages with the profile each resolved to, and the identity changes they caused."""
+
+    messages: Sequence[Message]
+    profile_ids: Sequence[str]
+    changes: IdentityChanges
+    profiles: dict[str, ProfileState]
+
+
+@dataclass(frozen=True)
+class ProfileView:
+    """One profile as `cohortsync profile` shows it."""
+
+    profile_id: str
+    first_seen: Any
+    last_seen: Any
+    identifiers: list[dict[str, Any]]
+    traits: dict[str, Any]
+    merges: list[dict[str, Any]]
+    recent_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Store(ABC):
+    """Durable storage of events, quarantine, profiles and the identity graph."""
+
+    @abstractmethod
+    def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in force."""
+
+    @abstractmethod
+    def load_identity_state(
+        self, keys: Iterable[Key], limited_kinds: Iterable[str]
+    ) -> tuple[dict[Key, str], dict[str, ProfileState]]:
+        """Owners of `keys`, and the state of every profile owning one of them."""
+
+    @abstractmethod
+    def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
+        """Store events (deduplicated by message id), identity changes and rejections atomically.
+
+        Returns how many events were new. When this returns, all of it is durable.
+        """
+
+    @abstractmethod
+    def find_profile(self, kind: str, value: str) -> str | None:
+        """The current profile of an identifier (or a profile id), or None."""
+
+    @abstractmethod
+    def profile(self, profile_id: str, recent: int = 10) -> ProfileView | None:
+        """Everything known about one profile."""
+
+    @abstractmethod
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Counts of events by type, profiles, identifiers by kind, quarantined rows by reason."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store."""

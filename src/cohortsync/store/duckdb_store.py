@@ -1,0 +1,448 @@
+"""The embedded default store: one DuckDB file, written only in Arrow batches."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from cohortsync.store.base import ProfileView, ResolvedBatch, Store
+from cohortsync.store.records import Key, Message, ProfileState, Rejection
+from cohortsync.store.schema import MIGRATIONS
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+class DuckDBStore(Store):
+    """A `Store` in one DuckDB file; one writer at a time, guarded by a lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(str(self.path))
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self._lock:
+            self._con.execute("BEGIN TRANSACTION")
+            try:
+                yield self._con
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+            self._con.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query with bound parameters (never user values spliced into SQL)."""
+        with self._lock:
+            return self._con.execute(sql, list(params)).fetchall()
+
+    def migrate(self) -> int:
+        with self._transaction() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                "version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMPTZ)"
+            )
+            done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+            for version, description, sql in MIGRATIONS:
+                if version in done:
+                    continue
+                con.execute(sql)
+                con.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                    [version, description, datetime.now(UTC)],
+                )
+            row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def load_identity_state(
+        self, keys: Iterable[Key], limited_kinds: Iterable[str]
+    ) -> tuple[dict[Key, str], dict[str, ProfileState]]:
+        unique = list(dict.fromkeys(keys))
+        if not unique:
+            return {}, {}
+        wanted = pa.table({"kind": [k for k, _ in unique], "value": [v for _, v in unique]})
+        kinds = list(limited_kinds)
+        with self._lock:
+            con = self._con
+            con.register("_wanted", wanted)
+            try:
+                owners = {
+                    (kind, value): profile
+                    for kind, value, profile in con.execute(
+                        "SELECT i.kind, i.value, i.profile_id FROM _wanted w "
+                        "JOIN identities i ON i.kind = w.kind AND i.value = w.value"
+                    ).fetchall()
+                }
+            finally:
+                con.unregister("_wanted")
+            profile_ids = sorted(set(owners.values()))
+            profiles = {p: ProfileState(p) for p in profile_ids}
+            if not profile_ids:
+                return owners, profiles
+            involved = pa.table({"profile_id": profile_ids})
+            con.register("_involved", involved)
+            try:
+                for profile, first, last in con.execute(
+                    "SELECT p.profile_id, epoch_us(p.first_seen), epoch_us(p.last_seen) "
+                    "FROM _involved x JOIN profiles p USING (profile_id)"
+                ).fetchall():
+                    profiles[profile].first_seen_us = first
+                    profiles[profile].last_seen_us = last
+                for kind, value, profile in con.execute(
+                    "SELECT i.kind, i.value, i.profile_id FROM _involved x "
+                    "JOIN identities i USING (profile_id) WHERE list_contains(?, i.kind)",
+                    [kinds],
+                ).fetchall():
+                    profiles[profile].limited.setdefault(kind, set()).add(value)
+                for profile, name, value, updated in con.execute(
+                    "SELECT t.profile_id, t.name, t.value, epoch_us(t.updated_at) "
+                    "FROM _involved x JOIN profile_traits t USING (profile_id)"
+                ).fetchall():
+                    decoded = orjson.loads(value) if value is not None else None
+                    profiles[profile].traits[name] = (decoded, updated)
+            finally:
+                con.unregister("_involved")
+        return owners, profiles
+
+    def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
+        final = _final_targets(batch)
+        events = _events_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
+        now = datetime.now(UTC)
+        with self._transaction() as con:
+            inserted = 0
+            if events.num_rows:
+                con.register("_events", events)
+                inserted = len(
+                    con.execute(
+                        "INSERT INTO events SELECT * FROM _events "
+                        "ON CONFLICT DO NOTHING RETURNING message_id"
+                    ).fetchall()
+                )
+                con.unregister("_events")
+            self._write_profiles(con, batch, final, now)
+            self._write_identities(con, batch, final)
+            self._write_traits(con, batch, final)
+            if rejections:
+                self._write_quarantine(con, rejections, now)
+            if batch.changes.rejections:
+                table = pa.table(
+                    {
+                        "message_id": [r.message_id for r in batch.changes.rejections],
+                        "kind": [r.kind for r in batch.changes.rejections],
+                        "reason": [r.reason for r in batch.changes.rejections],
+                    }
+                )
+                con.register("_rejected_ids", table)
+                con.execute("INSERT INTO identifier_rejections SELECT * FROM _rejected_ids")
+                con.unregister("_rejected_ids")
+        return inserted
+
+    def quarantine(self, rejections: Sequence[Rejection]) -> None:
+        """Record rejected messages on their own (no events in the batch)."""
+        if rejections:
+            with self._transaction() as con:
+                self._write_quarantine(con, rejections, datetime.now(UTC))
+
+    def _write_profiles(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ResolvedBatch,
+        final: dict[str, str],
+        now: datetime,
+    ) -> None:
+        touched = sorted(
+            {final.get(p, p) for p in batch.changes.touched}
+            | {m.target for m in batch.changes.merges}
+        )
+        rows = [batch.profiles[p] for p in touched if p in batch.profiles]
+        rows = [r for r in rows if r.first_seen_us is not None]
+        if rows:
+            table = pa.table(
+                {
+                    "profile_id": [r.profile_id for r in rows],
+                    "first_seen": pa.array([r.first_seen_us for r in rows], _TS),
+                    "last_seen": pa.array([r.last_seen_us for r in rows], _TS),
+                    "created_at": pa.array([now] * len(rows), _TS),
+                }
+            )
+            con.register("_profiles", table)
+            con.execute(
+                "INSERT INTO profiles SELECT profile_id, first_seen, last_seen, created_at, NULL "
+                "FROM _profiles ON CONFLICT (profile_id) DO UPDATE SET "
+                "first_seen = least(profiles.first_seen, excluded.first_seen), "
+                "last_seen = greatest(profiles.last_seen, excluded.last_seen)"
+            )
+            con.unregister("_profiles")
+        merges = batch.changes.merges
+        if not merges:
+            return
+        table = pa.table(
+            {
+                "source": [m.source for m in merges],
+                "target": [final.get(m.target, m.target) for m in merges],
+                "merged_at": pa.array([m.at_us for m in merges], _TS),
+                "message_id": [m.message_id for m in merges],
+                "kind": [m.kind for m in merges],
+                "direct_target": [m.target for m in merges],
+            }
+        )
+        con.register("_merges", table)
+        con.execute(
+            "INSERT INTO merges SELECT merged_at, source, direct_target, message_id, kind FROM _merges"
+        )
+        # Profiles created and merged within this batch never reached the profiles table.
+        con.execute(
+            "INSERT INTO profiles SELECT source, merged_at, merged_at, ?, target FROM _merges "
+            "ON CONFLICT (profile_id) DO UPDATE SET merged_into = excluded.merged_into",
+            [now],
+        )
+        con.execute(
+            "UPDATE profiles SET merged_into = m.target FROM _merges m "
+            "WHERE profiles.merged_into = m.source"
+        )
+        con.execute(
+            "UPDATE identities SET profile_id = m.target FROM _merges m "
+            "WHERE identities.profile_id = m.source"
+        )
+        con.execute(
+            "UPDATE profile_aliases SET canonical_id = m.target FROM _merges m "
+            "WHERE profile_aliases.canonical_id = m.source"
+        )
+        con.execute(
+            "INSERT INTO profile_aliases SELECT source, target FROM _merges "
+            "ON CONFLICT (profile_id) DO UPDATE SET canonical_id = excluded.canonical_id"
+        )
+        con.execute(
+            "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)"
+        )
+        con.unregister("_merges")
+
+    def _write_identities(
+        self, con: duckdb.DuckDBPyConnection, batch: ResolvedBatch, final: dict[str, str]
+    ) -> None:
+        rows = batch.changes.new_identities
+        if not rows:
+            return
+        table = pa.table(
+            {
+                "kind": [r[0] for r in rows],
+                "value": [r[1] for r in rows],
+                "profile_id": [final.get(r[2], r[2]) for r in rows],
+                "first_seen": pa.array([r[3] for r in rows], _TS),
+            }
+        )
+        con.register("_identities", table)
+        con.execute("INSERT INTO identities SELECT * FROM _identities ON CONFLICT DO NOTHING")
+        con.unregister("_identities")
+
+    def _write_traits(
+        self, con: duckdb.DuckDBPyConnection, batch: ResolvedBatch, final: dict[str, str]
+    ) -> None:
+        dirty = sorted({final.get(p, p) for p in batch.changes.dirty_traits})
+        names: list[str] = []
+        owners: list[str] = []
+        values: list[str] = []
+        stamps: list[int] = []
+        for profile_id in dirty:
+            state = batch.profiles.get(profile_id)
+            if state is None:
+                continue
+            for name, (value, updated) in state.traits.items():
+                owners.append(profile_id)
+                names.append(name)
+                values.append(orjson.dumps(value, default=str).decode())
+                stamps.append(updated)
+        if not owners:
+            return
+        table = pa.table(
+            {
+                "profile_id": owners,
+                "name": names,
+                "value": values,
+                "updated_at": pa.array(stamps, _TS),
+            }
+        )
+        con.register("_traits", table)
+        con.execute(
+            "INSERT INTO profile_traits SELECT * FROM _traits "
+            "ON CONFLICT (profile_id, name) DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at "
+            "WHERE excluded.updated_at >= profile_traits.updated_at"
+        )
+        con.unregister("_traits")
+
+    def _write_quarantine(
+        self, con: duckdb.DuckDBPyConnection, rejections: Sequence[Rejection], now: datetime
+    ) -> None:
+        table = pa.table(
+            {
+                "quarantine_id": [_quarantine_id(r) for r in rejections],
+                "quarantined_at": pa.array([now] * len(rejections), _TS),
+                "source": [r.source for r in rejections],
+                "origin": [r.origin for r in rejections],
+                "reason": [r.reason for r in rejections],
+                "detail": [r.detail for r in rejections],
+                "message_id": [r.message_id for r in rejections],
+                "payload": [r.payload for r in rejections],
+            }
+        )
+        con.register("_quarantine", table)
+        con.execute("INSERT INTO quarantine SELECT * FROM _quarantine ON CONFLICT DO NOTHING")
+        con.unregister("_quarantine")
+
+    def find_profile(self, kind: str, value: str) -> str | None:
+        if kind == "profile_id":
+            rows = self.query(
+                "SELECT coalesce(a.canonical_id, p.profile_id) FROM profiles p "
+                "LEFT JOIN profile_aliases a USING (profile_id) WHERE p.profile_id = ?",
+                [value],
+            )
+        else:
+            rows = self.query(
+                "SELECT profile_id FROM identities WHERE kind = ? AND value = ?", [kind, value]
+            )
+        return str(rows[0][0]) if rows else None
+
+    def profile(self, profile_id: str, recent: int = 10) -> ProfileView | None:
+        head = self.query(
+            "SELECT first_seen, last_seen FROM profiles WHERE profile_id = ? AND merged_into IS NULL",
+            [profile_id],
+        )
+        if not head:
+            return None
+        identifiers = [
+            {"kind": k, "value": v, "first_seen": f}
+            for k, v, f in self.query(
+                "SELECT kind, value, first_seen FROM identities WHERE profile_id = ? "
+                "ORDER BY kind, first_seen, value",
+                [profile_id],
+            )
+        ]
+        traits = {
+            name: orjson.loads(value) if value is not None else None
+            for name, value in self.query(
+                "SELECT name, value FROM profile_traits WHERE profile_id = ? ORDER BY name",
+                [profile_id],
+            )
+        }
+        merges = [
+            {"merged_at": at, "from_profile": src, "into_profile": dst, "via": kind,
+             "message_id": mid}
+            for at, src, dst, kind, mid in self.query(
+                "SELECT merged_at, from_profile, into_profile, identifier_kind, message_id "
+                "FROM merges WHERE into_profile = ? OR into_profile IN "
+                "(SELECT profile_id FROM profile_aliases WHERE canonical_id = ?) "
+                "ORDER BY merged_at",
+                [profile_id, profile_id],
+            )
+        ]
+        events = [
+            {"timestamp": ts, "type": typ, "event": ev or name, "message_id": mid}
+            for ts, typ, ev, name, mid in self.query(
+                'SELECT "timestamp", type, event, name, message_id FROM profile_events '
+                'WHERE canonical_profile_id = ? ORDER BY "timestamp" DESC LIMIT ?',
+                [profile_id, recent],
+            )
+        ]
+        return ProfileView(profile_id, head[0][0], head[0][1], identifiers, traits, merges, events)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        def grouped(sql: str, label: str) -> dict[str, int]:
+            rows = self.query(sql)
+            counts = {str(k): int(n) for k, n in rows}
+            return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
+
+        profiles = self.query("SELECT count(*) FROM profiles WHERE merged_into IS NULL")[0][0]
+        merged = self.query("SELECT count(*) FROM profiles WHERE merged_into IS NOT NULL")[0][0]
+        rejected = grouped(
+            "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind",
+            "by_kind",
+        )
+        identifiers = grouped(
+            "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
+        )
+        identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
+        return {
+            "events": grouped(
+                "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
+            ),
+            "profiles": {"total": int(profiles), "merged_away": int(merged)},
+            "identifiers": identifiers,
+            "quarantined": grouped(
+                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason",
+                "by_reason",
+            ),
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
+def _final_targets(batch: ResolvedBatch) -> dict[str, str]:
+    """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
+    parent = {m.source: m.target for m in batch.changes.merges}
+    final: dict[str, str] = {}
+    for source in parent:
+        target = parent[source]
+        while target in parent:
+            target = parent[target]
+        final[source] = target
+    return final
+
+
+def _quarantine_id(rejection: Rejection) -> str:
+    """The same bad row from the same place is quarantined once, however often it is re-sent."""
+    key = "\x1f".join((rejection.source or "", rejection.origin, rejection.payload))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else orjson.dumps(value, default=str).decode()
+
+
+def _events_table(messages: Sequence[Message], profile_ids: Sequence[str]) -> pa.Table:
+    columns: dict[str, list[Any]] = {name: [] for name in _EVENT_COLUMNS}
+    for m in messages:
+        columns["message_id"].append(m.message_id)
+        columns["type"].append(m.type)
+        columns["source"].append(m.source)
+        columns["event"].append(m.event)
+        columns["event_key"].append(m.event_key)
+        columns["name"].append(m.name)
+        columns["user_id"].append(m.user_id)
+        columns["anonymous_id"].append(m.anonymous_id)
+        columns["previous_id"].append(m.previous_id)
+        columns["group_id"].append(m.group_id)
+        columns["timestamp"].append(m.timestamp_us)
+        columns["original_timestamp"].append(m.original_timestamp_us)
+        columns["sent_at"].append(m.sent_at_us)
+        columns["received_at"].append(m.received_at_us)
+        columns["properties"].append(_json(m.properties))
+        columns["traits"].append(_json(m.traits))
+        columns["context"].append(_json(m.context))
+        columns["integrations"].append(_json(m.integrations))
+    columns["profile_id"] = list(profile_ids)
+    arrays = {
+        name: pa.array(columns[name], _TS if name in _TIME_COLUMNS else pa.string())
+        for name in _EVENT_COLUMNS
+    }
+    return pa.table(arrays)
+
+
+_EVENT_COLUMNS = (
+    "message_id", "type", "source", "event", "event_key", "name", "user_id", "anonymous_id",
+    "previous_id", "group_id", "profile_id", "timestamp", "original_timestamp", "sent_at",
+    "received_at", "properties", "traits", "context", "integrations",
+)  # fmt: skip
+_TIME_COLUMNS = {"timestamp", "original_timestamp", "sent_at", "received_at"}

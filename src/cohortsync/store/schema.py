@@ -1,0 +1,86 @@
+"""The store's schema, as numbered migrations applied once each and recorded in `schema_migrations`."""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "event log, quarantine, profiles, identity graph, traits",
+        """
+        CREATE TABLE events (
+            message_id VARCHAR PRIMARY KEY,
+            type VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            event VARCHAR,
+            event_key VARCHAR,
+            name VARCHAR,
+            user_id VARCHAR,
+            anonymous_id VARCHAR,
+            previous_id VARCHAR,
+            group_id VARCHAR,
+            profile_id VARCHAR NOT NULL,
+            "timestamp" TIMESTAMPTZ NOT NULL,
+            original_timestamp TIMESTAMPTZ NOT NULL,
+            sent_at TIMESTAMPTZ,
+            received_at TIMESTAMPTZ NOT NULL,
+            properties JSON,
+            traits JSON,
+            context JSON,
+            integrations JSON
+        );
+        CREATE TABLE quarantine (
+            quarantine_id VARCHAR PRIMARY KEY,
+            quarantined_at TIMESTAMPTZ NOT NULL,
+            source VARCHAR,
+            origin VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            detail VARCHAR NOT NULL,
+            message_id VARCHAR,
+            payload VARCHAR
+        );
+        CREATE TABLE profiles (
+            profile_id VARCHAR PRIMARY KEY,
+            first_seen TIMESTAMPTZ NOT NULL,
+            last_seen TIMESTAMPTZ NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            merged_into VARCHAR
+        );
+        CREATE TABLE identities (
+            kind VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            first_seen TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (kind, value)
+        );
+        CREATE TABLE profile_aliases (
+            profile_id VARCHAR PRIMARY KEY,
+            canonical_id VARCHAR NOT NULL
+        );
+        CREATE TABLE merges (
+            merged_at TIMESTAMPTZ NOT NULL,
+            from_profile VARCHAR NOT NULL,
+            into_profile VARCHAR NOT NULL,
+            message_id VARCHAR NOT NULL,
+            identifier_kind VARCHAR NOT NULL
+        );
+        CREATE TABLE profile_traits (
+            profile_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            value JSON,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (profile_id, name)
+        );
+        CREATE TABLE identifier_rejections (
+            message_id VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL
+        );
+        -- Every event with the profile it belongs to now (merges applied).
+        CREATE VIEW profile_events AS
+            SELECT e.*, coalesce(a.canonical_id, e.profile_id) AS canonical_profile_id
+            FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id;
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]
