@@ -1,10 +1,8 @@
 """Deterministic synthetic D2C shop: Segment-spec messages for demos, tests and benchmarks.
 
-`generate_shop` simulates browsing funnels, orders with replenishment cycles, subscriptions,
-refunds, support escalations, owned email/SMS campaigns and messy real-world identity data
-(anonymous visitors, late identifies, aliases, shared devices, badly typed emails and phones).
-The output depends only on (profiles, seed, now): every profile draws from its own
-`random.Random(seed * 1_000_003 + index)`, so the first N profiles are the same at any size.
+Funnels, replenishment rebuys, subscriptions, refunds, support, owned campaigns and messy identity
+data (late identifies, aliases, shared devices, badly typed emails and phones). Output depends only
+on (profiles, seed, now): profile i draws from its own `random.Random(seed * 1_000_003 + i)`.
 """
 
 from __future__ import annotations
@@ -68,10 +66,6 @@ CAMPAIGNS: tuple[Campaign, ...] = (
     Campaign("cmp_winback_60d", "winback_60d", "email"),
 )
 _NEWSLETTER, _WELCOME, _CART_EMAIL, _CART_SMS, _REPLENISH, _WINBACK = range(6)
-_CAMPAIGN_PROPS = tuple(
-    (c.campaign_id, c.name, c.channel, "sms_delivered" if c.channel == "sms" else "email_delivered")
-    for c in CAMPAIGNS
-)
 _PLANS = {"coffee": ("coffee_club_monthly", 14.4), "vitamins": ("vitamin_club_monthly", 19.8)}
 _REPLENISHABLE = tuple(i for i, s in enumerate(SKUS) if s.replenish_days is not None)
 _SUPPORT_REASONS = ("damaged_item", "late_delivery", "wrong_item", "billing_issue")
@@ -197,7 +191,6 @@ class _Profile:
         traits["phone"] = fmt.format(a=area, e=exchange, n=line)
         return email_ok, True
 
-    # --- message builders -------------------------------------------------------------
     def _web(self, t: int, dev: int, kind: str, label: str, props: _Msg, page: _Page) -> None:
         d = self.devices[dev]
         msg: _Msg = {"type": kind, "messageId": "", "timestamp": "", "anonymousId": d[0]}
@@ -236,40 +229,37 @@ class _Profile:
     def _owned(self, t: int, campaign: int, p_open: float) -> int | None:
         """Deliver a campaign message; return the click time when the recipient clicks."""
         hi, rnd = self.clock.hi, self.rng.random
-        cid, name, channel, delivered = _CAMPAIGN_PROPS[campaign]
+        c = CAMPAIGNS[campaign]
+        delivered = f"{c.channel}_delivered"
         for event in (delivered, "email_opened", "email_clicked"):
             if t > hi:
                 return None
-            props = {"campaign_id": cid, "campaign_name": name, "channel": channel}
+            props = {"campaign_id": c.campaign_id, "campaign_name": c.name, "channel": c.channel}
             msg: _Msg = {"type": "track", "messageId": "", "timestamp": "", "userId": self.uid}
             msg["event"], msg["properties"] = event, props
             self.out.append((t, msg))
             if event == "email_clicked":
                 return t
-            if channel == "sms" or rnd() >= (p_open if event == delivered else 0.3):
+            if c.channel == "sms" or rnd() >= (p_open if event == delivered else 0.3):
                 return None
             t += int(MIN_MS * (2 + 600 * rnd() ** 2)) if event == delivered else 4000
         return None
 
-    # --- sessions -------------------------------------------------------------------
     def _session(self, t: int, dev: int, intent: str, order: int) -> int:
         """Emit one web visit; returns the add-to-cart time (carts) or the order time."""
-        rnd, items = (
-            self.rng.random,
-            self.orders[order][1] if order >= 0 else list[tuple[int, int]](),
-        )
+        rnd, items = self.rng.random, self.orders[order][1] if order >= 0 else []
         cart_id = f"cart_{self.i:06d}_{t % 100_000_000:08d}" if order < 0 else self.carts[order]
         if intent == "return":
             self._page(t, dev, "Cart", _CART)
         else:
             r = rnd()
-            if r < 0.8:
+            if landing := r < 0.8:
                 self._page(t, dev, *(("Home", _HOME) if r < 0.5 else ("Collection", _COLLECTION)))
             staple = self.staple
             for _ in range(0 if items else 1 + int(3 * rnd() ** 2)):
                 items.append((staple if staple >= 0 and rnd() < 0.4 else int(rnd() * len(SKUS)), 1))
-            for k, _ in items:
-                t += 8000 + int(80_000 * rnd())
+            for j, (k, _) in enumerate(items):
+                t += 8000 + int(80_000 * rnd()) if landing or j else 0
                 sku, page = SKUS[k], _PRODUCT_PAGES[k]
                 self._page(t, dev, "Product", page)
                 props = {"sku": sku.sku, "name": sku.name, "price": sku.price}
@@ -320,7 +310,6 @@ class _Profile:
             refund = {"order_id": props["order_id"], "revenue": round(subtotal * (1 - pct), 2)}
             self._server(t + int(DAY_MS * (3 + 9 * rnd())), "order_refunded", refund)
 
-    # --- planning -------------------------------------------------------------------
     def _plan_orders(self) -> list[float]:
         rnd, staple = self.rng.random, self.staple
         r = rnd()
@@ -357,7 +346,7 @@ class _Profile:
         if self.kind == "buyer":
             ago = self._plan_orders()
             sub = self.staple >= 0 and SKUS[self.staple].category in _PLANS and len(ago) >= 3
-            self.sub = sub and rnd() < 0.3 and not self.guest
+            self.sub = sub and rnd() < 0.35 and not self.guest
             for n, a in enumerate(ago):
                 if self.sub and n >= 2:
                     plan.append((a, 0, "sub", n))
@@ -423,9 +412,10 @@ class _Profile:
                 plan_name, price = _PLANS[SKUS[self.staple].category]
                 props = {"plan": plan_name, "price": price}
                 self._server(end + 1000, "subscription_started", props)
-                if last > 35:
-                    cancel = hi - int((last - 3 - 17 * rnd()) * DAY_MS)
-                    self._server(cancel, "subscription_cancelled", dict(props))
+                if last > 35 or rnd() < 0.25:  # cancelled some days after the last shipment
+                    cancel = last - 3 - 17 * rnd()
+                    cancel = cancel if cancel > 0 else last * rnd()
+                    self._server(hi - int(cancel * DAY_MS), "subscription_cancelled", dict(props))
         if not self.can_email:
             return
         self._owned(self.id_at + 5 * MIN_MS, _WELCOME, 0.5)
@@ -456,9 +446,8 @@ def generate_shop(
     first = itemgetter(0)
     count, held, host_anon = 0, list[tuple[int, _Msg]](), ""
     for i in range(profiles):
-        sharer = i % 50 == 1
-        host = i % 50 == 0 and i + 1 < profiles
-        profile = _Profile(clock, i, random.Random(seed * 1_000_003 + i), host or sharer)
+        sharer, host = i % 50 == 1, i % 50 == 0 and i + 1 < profiles
+        profile = _Profile(clock, i, random.Random(seed * 1_000_003 + i), i % 50 < 2)
         out = profile.run(host_anon if sharer else None)
         if host:  # held back so both users of the shared device come out in time order
             held, host_anon = out, profile.anon

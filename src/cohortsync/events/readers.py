@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from cohortsync.errors import InputError
+from cohortsync.events.models import MAX_MESSAGE_BYTES
 
 _TOP_LEVEL = {
     "type": "type",
@@ -45,6 +46,7 @@ _TOP_LEVEL = {
 _OBJECTS = ("properties", "traits", "context", "integrations")
 _STRING_FIELDS = frozenset(_TOP_LEVEL.values())
 FORMATS = ("jsonl", "csv", "parquet")
+_PROGRESS_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +99,29 @@ def read_rows(path: Path, progress: Progress | None = None) -> Iterator[Row]:
 
 
 def _read_jsonl(path: Path, progress: Progress | None) -> Iterator[Row]:
+    pending = 0
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
-            if progress is not None:
-                progress(len(line))
+            pending += len(line)
+            if progress is not None and pending >= _PROGRESS_BYTES:
+                progress(pending)
+                pending = 0
             if not line.strip():
+                continue
+            if len(line) > MAX_MESSAGE_BYTES:
+                yield number, BadRow(
+                    "message_too_large",
+                    f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
+                    line[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"),
+                )
                 continue
             try:
                 yield number, orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 text = line.decode("utf-8", "replace").rstrip("\n")
                 yield number, BadRow("invalid_json", f"not valid JSON ({exc.msg})", text)
+    if progress is not None and pending:
+        progress(pending)
 
 
 def _read_csv(path: Path, progress: Progress | None) -> Iterator[Row]:
@@ -117,7 +131,7 @@ def _read_csv(path: Path, progress: Progress | None) -> Iterator[Row]:
         reader = csv.DictReader(text, delimiter=delimiter)
         position = 0
         for row in reader:
-            if progress is not None:
+            if progress is not None and reader.line_num % 1000 == 0:
                 now = raw.tell()
                 progress(now - position)
                 position = now
@@ -127,6 +141,8 @@ def _read_csv(path: Path, progress: Progress | None) -> Iterator[Row]:
                 continue
             cells = {k: v if k in _TOP_LEVEL else _cell(v) for k, v in row.items() if v}
             yield line, map_columns(cells)
+        if progress is not None:
+            progress(raw.tell() - position)
 
 
 def _read_parquet(path: Path, progress: Progress | None) -> Iterator[Row]:

@@ -1,4 +1,4 @@
-"""Turn raw Segment messages into `Message`s, or `Rejection`s that say what is wrong and how to fix it.
+"""Turn raw Segment messages into `Message`s, or `Rejection`s saying what is wrong and the fix.
 
 Rules follow the Segment HTTP Tracking API: every message needs `userId` or `anonymousId`,
 `track` needs `event`, `group` needs `groupId`, `alias` needs `previousId` and `userId`,
@@ -25,8 +25,6 @@ from cohortsync.events.models import (
 )
 from cohortsync.events.timestamps import TimestampError, correct_skew, parse_timestamp
 
-_OBJECT_FIELDS = ("properties", "traits", "context", "integrations")
-_ID_FIELDS = ("userId", "anonymousId", "previousId", "groupId")
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 MAX_PAYLOAD_KEPT = 64 * 1024
 
@@ -111,38 +109,49 @@ def _build(
         raise _InvalidError(
             "invalid_type", f"type must be one of {', '.join(MESSAGE_TYPES)}; got {kind!r}"
         )
-    ids = {field: _string_id(raw.get(field), field) for field in _ID_FIELDS}
-    if ids["userId"] is None and ids["anonymousId"] is None:
+    get = raw.get
+    user_id = _sid(get("userId"), "userId")
+    anonymous_id = _sid(get("anonymousId"), "anonymousId")
+    if user_id is None and anonymous_id is None:
         raise _InvalidError("no_user_anon_id", "every message needs a userId or an anonymousId")
-    event = raw.get("event")
-    if kind == "track" and (not isinstance(event, str) or not event.strip()):
-        raise _InvalidError("missing_event", "a track call needs an event name, e.g. \"event\": \"Order Completed\"")
-    if kind == "group" and ids["groupId"] is None:
+    previous_id = _sid(get("previousId"), "previousId") if kind == "alias" else None
+    group_id = _sid(get("groupId"), "groupId") if kind == "group" else None
+    event = get("event")
+    if kind == "track" and (event.__class__ is not str or not event.strip()):
+        raise _InvalidError(
+            "missing_event", 'a track call needs an event name, e.g. "event": "Order Completed"'
+        )
+    if kind == "group" and group_id is None:
         raise _InvalidError("missing_group_id", "a group call needs a groupId")
-    if kind == "alias" and (ids["previousId"] is None or ids["userId"] is None):
+    if kind == "alias" and (previous_id is None or user_id is None):
         raise _InvalidError("missing_previous_id", "an alias call needs both previousId and userId")
-    objects = {field: _object(raw.get(field), field) for field in _OBJECT_FIELDS}
+    properties = _object(get("properties"), "properties")
+    traits = _object(get("traits"), "traits")
+    context = _object(get("context"), "context")
+    integrations = _object(get("integrations"), "integrations")
     if defaults:
-        for field in ("context", "integrations"):
-            shared = defaults.get(field)
-            if isinstance(shared, dict) and shared:
-                objects[field] = {**shared, **(objects[field] or {})}
-    message_id = raw.get("messageId")
+        shared = defaults.get("context")
+        if shared.__class__ is dict and shared:
+            context = {**shared, **(context or {})}
+        shared = defaults.get("integrations")
+        if shared.__class__ is dict and shared:
+            integrations = {**shared, **(integrations or {})}
+    message_id = get("messageId")
     if message_id is None:
         message_id = new_id(raw)
-    elif not isinstance(message_id, str) or not message_id or len(message_id) > MAX_MESSAGE_ID_CHARS:
+    elif message_id.__class__ is not str or not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS:
         raise _InvalidError(
             "invalid_message_id",
             f"messageId must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} characters",
         )
-    received = _time(raw.get("receivedAt"), "receivedAt", received_at_us)
-    sent = _time(raw.get("sentAt"), "sentAt", sent_at_us)
-    original = _time(raw.get("originalTimestamp") or raw.get("timestamp"), "timestamp", received)
+    received = _time(get("receivedAt"), "receivedAt", received_at_us)
+    sent = _time(get("sentAt"), "sentAt", sent_at_us)
+    original = _time(get("originalTimestamp") or get("timestamp"), "timestamp", received)
     try:
         corrected = correct_skew(original, sent, received)
     except TimestampError as exc:
         raise _InvalidError("invalid_timestamp", f"timestamp corrected by sentAt {exc}") from None
-    name = raw.get("name")
+    name = get("name")
     return Message(
         message_id=message_id,
         type=kind,
@@ -153,16 +162,22 @@ def _build(
         sent_at_us=sent,
         event=event if kind == "track" else None,
         event_key=event_key(event) if kind == "track" else None,
-        name=name if isinstance(name, str) else None,
-        user_id=ids["userId"],
-        anonymous_id=ids["anonymousId"],
-        previous_id=ids["previousId"],
-        group_id=ids["groupId"],
-        properties=objects["properties"],
-        traits=objects["traits"],
-        context=objects["context"],
-        integrations=objects["integrations"],
+        name=name if name.__class__ is str else None,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        previous_id=previous_id,
+        group_id=group_id,
+        properties=properties,
+        traits=traits,
+        context=context,
+        integrations=integrations,
     )
+
+
+def _sid(value: Any, field: str) -> str | None:
+    if value.__class__ is str and 0 < len(value) <= 1024:
+        return value  # type: ignore[no-any-return]
+    return _string_id(value, field)
 
 
 def _string_id(value: Any, field: str) -> str | None:
@@ -177,8 +192,8 @@ def _string_id(value: Any, field: str) -> str | None:
 
 
 def _object(value: Any, field: str) -> dict[str, Any] | None:
-    if value is None:
-        return None
+    if value is None or value.__class__ is dict:
+        return value  # type: ignore[no-any-return]
     if not isinstance(value, dict):
         raise _InvalidError("invalid_field", f"{field} must be a JSON object")
     return value

@@ -28,23 +28,29 @@ class IdentityGraph:
     """Resolves messages to profiles over the state the store loaded for one batch."""
 
     def __init__(
-        self, config: IdentityConfig, owners: dict[Key, str], profiles: dict[str, ProfileState]
+        self,
+        config: IdentityConfig,
+        owners: dict[Key, str],
+        profiles: dict[str, ProfileState],
+        changes: IdentityChanges | None = None,
     ) -> None:
         self.config = config
         self.owners = owners
         self.profiles = profiles
-        self.changes = IdentityChanges()
+        self.changes = changes or IdentityChanges()
         self.priority = priority_order(config)
         self.limited_kinds = {k for k in self.priority if config.limit_for(k) is not None}
 
-    def resolve(self, message: Message) -> str:
-        """Attach the message's identifiers, merging profiles where allowed; return its profile."""
-        keys = self._dedupe_keys(extract_identifiers(message, self.config, self.owners, self.changes))
-        while True:
-            target = self._try_attach(keys, message)
-            if target is not None:
-                break
-            keys = keys[:-1]
+    def resolve(self, message: Message, keys: list[Key] | None = None) -> str:
+        """Attach the message's identifiers, merging profiles where allowed; return its profile.
+
+        `keys` are the message's identifiers when the caller already extracted them.
+        """
+        if keys is None or message.previous_id is not None:
+            keys = extract_identifiers(message, self.config, self.owners, self.changes)
+        target = self._known(keys)
+        if target is None:
+            target = self._attach_with_limits(self._dedupe_keys(keys), message)
         self._apply_traits(target, message)
         state = self.profiles[target]
         ts = message.timestamp_us
@@ -54,6 +60,24 @@ class IdentityGraph:
             state.last_seen_us = ts
         self.changes.touched.add(target)
         return target
+
+    def _known(self, keys: list[Key]) -> str | None:
+        """Fast path: every identifier already belongs to one profile, so nothing changes."""
+        owners = self.owners
+        first = owners.get(keys[0]) if keys else None
+        if first is None:
+            return None
+        for key in keys[1:]:
+            if owners.get(key) != first:
+                return None
+        return first
+
+    def _attach_with_limits(self, keys: list[Key], message: Message) -> str:
+        while True:
+            target = self._try_attach(keys, message)
+            if target is not None:
+                return target
+            keys = keys[:-1]
 
     def _dedupe_keys(self, keys: list[Key]) -> list[Key]:
         rank = {kind: i for i, kind in enumerate(self.priority)}
@@ -104,8 +128,8 @@ class IdentityGraph:
         old, new = self.profiles[source], self.profiles[target]
         for k, values in old.limited.items():
             new.limited.setdefault(k, set()).update(values)
-        for name, (value, ts) in old.traits.items():
-            current = new.traits.get(name)
+        for name, (value, ts) in old.traits.items():  # this batch's updates; the store merges
+            current = new.traits.get(name)  # what was stored before, by the same rule
             if current is None or ts > current[1]:
                 new.traits[name] = (value, ts)
         for bound in (old.first_seen_us, old.last_seen_us):
@@ -135,9 +159,8 @@ class IdentityGraph:
         for name, value in incoming.items():
             current = traits.get(name)
             if current is None or message.timestamp_us >= current[1]:
-                if current is None or current != (value, message.timestamp_us):
-                    traits[name] = (value, message.timestamp_us)
-                    self.changes.dirty_traits.add(profile_id)
+                traits[name] = (value, message.timestamp_us)
+                self.changes.dirty_traits.add(profile_id)
 
 
 def priority_order(config: IdentityConfig) -> list[str]:
@@ -178,9 +201,11 @@ def extract_identifiers(
     return keys
 
 
-def identifier_keys(message: Message, config: IdentityConfig) -> list[Key]:
-    """All keys a message could touch (alias previous ids under both kinds), for preloading."""
-    keys = extract_identifiers(message, config, {}, IdentityChanges())
+def identifier_keys(
+    message: Message, config: IdentityConfig, changes: IdentityChanges
+) -> list[Key]:
+    """The message's identifiers, with an alias's previous id under both kinds for preloading."""
+    keys = extract_identifiers(message, config, {}, changes)
     if message.previous_id is not None:
         keys.append(("user_id", message.previous_id))
     return keys

@@ -33,6 +33,14 @@ class ProfileView:
     recent_events: list[dict[str, Any]] = field(default_factory=list)
 
 
+class AlreadyStoredError(Exception):
+    """Some messages of a batch were stored before; nothing of the batch was written."""
+
+    def __init__(self, message_ids: set[str]) -> None:
+        super().__init__(f"{len(message_ids)} messages were already stored")
+        self.message_ids = message_ids
+
+
 class Store(ABC):
     """Durable storage of events, quarantine, profiles and the identity graph."""
 
@@ -48,9 +56,11 @@ class Store(ABC):
 
     @abstractmethod
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
-        """Store events (deduplicated by message id), identity changes and rejections atomically.
+        """Store events, identity changes and rejections atomically; return how many events.
 
-        Returns how many events were new. When this returns, all of it is durable.
+        If any message id is already stored, nothing is written and `AlreadyStoredError` names
+        them: the caller resolves identities again without them (a resent message must not
+        re-apply its traits at a new receive time). When this returns, all of it is durable.
         """
 
     @abstractmethod

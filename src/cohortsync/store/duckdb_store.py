@@ -14,7 +14,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from cohortsync.store.base import ProfileView, ResolvedBatch, Store
+from cohortsync.store.base import AlreadyStoredError, ProfileView, ResolvedBatch, Store
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
 
@@ -92,24 +92,12 @@ class DuckDBStore(Store):
             involved = pa.table({"profile_id": profile_ids})
             con.register("_involved", involved)
             try:
-                for profile, first, last in con.execute(
-                    "SELECT p.profile_id, epoch_us(p.first_seen), epoch_us(p.last_seen) "
-                    "FROM _involved x JOIN profiles p USING (profile_id)"
-                ).fetchall():
-                    profiles[profile].first_seen_us = first
-                    profiles[profile].last_seen_us = last
                 for kind, value, profile in con.execute(
                     "SELECT i.kind, i.value, i.profile_id FROM _involved x "
                     "JOIN identities i USING (profile_id) WHERE list_contains(?, i.kind)",
                     [kinds],
                 ).fetchall():
                     profiles[profile].limited.setdefault(kind, set()).add(value)
-                for profile, name, value, updated in con.execute(
-                    "SELECT t.profile_id, t.name, t.value, epoch_us(t.updated_at) "
-                    "FROM _involved x JOIN profile_traits t USING (profile_id)"
-                ).fetchall():
-                    decoded = orjson.loads(value) if value is not None else None
-                    profiles[profile].traits[name] = (decoded, updated)
             finally:
                 con.unregister("_involved")
         return owners, profiles
@@ -122,13 +110,16 @@ class DuckDBStore(Store):
             inserted = 0
             if events.num_rows:
                 con.register("_events", events)
-                inserted = len(
-                    con.execute(
-                        "INSERT INTO events SELECT * FROM _events "
-                        "ON CONFLICT DO NOTHING RETURNING message_id"
-                    ).fetchall()
-                )
+                new = con.execute(
+                    "INSERT INTO events SELECT * FROM _events "
+                    "ON CONFLICT DO NOTHING RETURNING message_id"
+                ).fetchall()
                 con.unregister("_events")
+                inserted = len(new)
+                if inserted != events.num_rows:
+                    fresh = {row[0] for row in new}
+                    old = {m.message_id for m in batch.messages if m.message_id not in fresh}
+                    raise AlreadyStoredError(old)
             self._write_profiles(con, batch, final, now)
             self._write_identities(con, batch, final)
             self._write_traits(con, batch, final)
@@ -143,7 +134,10 @@ class DuckDBStore(Store):
                     }
                 )
                 con.register("_rejected_ids", table)
-                con.execute("INSERT INTO identifier_rejections SELECT * FROM _rejected_ids")
+                con.execute(
+                    "INSERT INTO identifier_rejections SELECT * FROM _rejected_ids "
+                    "ON CONFLICT DO NOTHING"
+                )
                 con.unregister("_rejected_ids")
         return inserted
 
@@ -222,8 +216,26 @@ class DuckDBStore(Store):
             "INSERT INTO profile_aliases SELECT source, target FROM _merges "
             "ON CONFLICT (profile_id) DO UPDATE SET canonical_id = excluded.canonical_id"
         )
+        # The survivor takes the merged profiles' stored traits (latest wins) and time bounds.
+        con.execute(
+            "INSERT INTO profile_traits "
+            "SELECT m.target, t.name, t.value, t.updated_at FROM profile_traits t "
+            "JOIN _merges m ON t.profile_id = m.source "
+            "QUALIFY row_number() OVER (PARTITION BY m.target, t.name "
+            "ORDER BY t.updated_at DESC) = 1 "
+            "ON CONFLICT (profile_id, name) DO UPDATE SET "
+            "value = excluded.value, updated_at = excluded.updated_at "
+            "WHERE excluded.updated_at > profile_traits.updated_at"
+        )
         con.execute(
             "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)"
+        )
+        con.execute(
+            "UPDATE profiles SET first_seen = least(profiles.first_seen, b.first_seen), "
+            "last_seen = greatest(profiles.last_seen, b.last_seen) FROM ("
+            "SELECT m.target, min(p.first_seen) AS first_seen, max(p.last_seen) AS last_seen "
+            "FROM _merges m JOIN profiles p ON p.profile_id = m.source GROUP BY m.target) b "
+            "WHERE profiles.profile_id = b.target"
         )
         con.unregister("_merges")
 
@@ -412,31 +424,18 @@ def _json(value: dict[str, Any] | None) -> str | None:
 
 
 def _events_table(messages: Sequence[Message], profile_ids: Sequence[str]) -> pa.Table:
-    columns: dict[str, list[Any]] = {name: [] for name in _EVENT_COLUMNS}
-    for m in messages:
-        columns["message_id"].append(m.message_id)
-        columns["type"].append(m.type)
-        columns["source"].append(m.source)
-        columns["event"].append(m.event)
-        columns["event_key"].append(m.event_key)
-        columns["name"].append(m.name)
-        columns["user_id"].append(m.user_id)
-        columns["anonymous_id"].append(m.anonymous_id)
-        columns["previous_id"].append(m.previous_id)
-        columns["group_id"].append(m.group_id)
-        columns["timestamp"].append(m.timestamp_us)
-        columns["original_timestamp"].append(m.original_timestamp_us)
-        columns["sent_at"].append(m.sent_at_us)
-        columns["received_at"].append(m.received_at_us)
-        columns["properties"].append(_json(m.properties))
-        columns["traits"].append(_json(m.traits))
-        columns["context"].append(_json(m.context))
-        columns["integrations"].append(_json(m.integrations))
-    columns["profile_id"] = list(profile_ids)
-    arrays = {
-        name: pa.array(columns[name], _TS if name in _TIME_COLUMNS else pa.string())
-        for name in _EVENT_COLUMNS
-    }
+    """One Arrow table of events, built column by column (far cheaper than row by row)."""
+    arrays: dict[str, pa.Array] = {}
+    for name in _EVENT_COLUMNS:
+        if name == "profile_id":
+            arrays[name] = pa.array(profile_ids, pa.string())
+        elif name in _JSON_COLUMNS:
+            arrays[name] = pa.array([_json(getattr(m, name)) for m in messages], pa.string())
+        elif name in _TIME_COLUMNS:
+            attribute = _TIME_COLUMNS[name]
+            arrays[name] = pa.array([getattr(m, attribute) for m in messages], _TS)
+        else:
+            arrays[name] = pa.array([getattr(m, name) for m in messages], pa.string())
     return pa.table(arrays)
 
 
@@ -445,4 +444,10 @@ _EVENT_COLUMNS = (
     "previous_id", "group_id", "profile_id", "timestamp", "original_timestamp", "sent_at",
     "received_at", "properties", "traits", "context", "integrations",
 )  # fmt: skip
-_TIME_COLUMNS = {"timestamp", "original_timestamp", "sent_at", "received_at"}
+_TIME_COLUMNS = {
+    "timestamp": "timestamp_us",
+    "original_timestamp": "original_timestamp_us",
+    "sent_at": "sent_at_us",
+    "received_at": "received_at_us",
+}
+_JSON_COLUMNS = {"properties", "traits", "context", "integrations"}

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 Key = tuple[str, str]
 
 
-@dataclass(frozen=True, slots=True)
-class Message:
+class Message(NamedTuple):
     """One validated Segment message (track, identify, alias, page, screen or group).
 
     `timestamp_us` is the clock-skew-corrected event time every later stage uses:
     timestamp = receivedAt - (sentAt - originalTimestamp), as Segment computes it.
+    A named tuple: immutable, and built several times faster than a frozen dataclass.
     """
 
     message_id: str
@@ -50,7 +50,9 @@ class Rejection:
 
 @dataclass
 class ProfileState:
-    """What resolution needs of one profile: its limited identifiers and its traits."""
+    """What resolution needs of one profile: its limited identifiers (user_id, email) as stored,
+    plus what this batch changes: trait updates and the first/last event times it saw.
+    The store folds those into what it holds, by the same last-write-wins rule."""
 
     profile_id: str
     limited: dict[str, set[str]] = field(default_factory=dict)

@@ -73,7 +73,8 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE TABLE identifier_rejections (
             message_id VARCHAR NOT NULL,
             kind VARCHAR NOT NULL,
-            reason VARCHAR NOT NULL
+            reason VARCHAR NOT NULL,
+            PRIMARY KEY (message_id, kind)
         );
         -- Every event with the profile it belongs to now (merges applied).
         CREATE VIEW profile_events AS

@@ -1,0 +1,90 @@
+"""Shared fixtures: a real project on disk, its engine, and a real uvicorn server."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from cohortsync.engine import Engine
+from cohortsync.server.app import create_app
+
+WRITE_KEY = "wk_test_0123456789"
+OTHER_KEY = "wk_other_9876543210"
+
+PROJECT_YAML = f"""\
+store: .cohortsync/store.duckdb
+identity:
+  primary: email
+  secondary: [phone]
+  default_region: US
+sources:
+  web:
+    write_key: {WRITE_KEY}
+  backend:
+    write_key: {OTHER_KEY}
+"""
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path) -> Path:
+    """A folder with a valid cohortsync.yml whose `web` source uses WRITE_KEY."""
+    (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture
+def engine(project_dir: Path) -> Iterator[Engine]:
+    """The project opened on its own DuckDB file."""
+    with Engine.open(project_dir) as opened:
+        yield opened
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """A uvicorn server on a free loopback port, running the real app in a thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            create_app(engine), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"{self.url}/health", timeout=0.5)
+                return
+            except httpx.TransportError:
+                time.sleep(0.02)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def live_server(engine: Engine) -> Iterator[LiveServer]:
+    """A running ingest server over `engine`."""
+    server = LiveServer(engine)
+    server.start()
+    yield server
+    server.stop()
