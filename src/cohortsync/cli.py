@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -93,12 +94,12 @@ def ingest(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Ingest Segment messages from files; bad rows are quarantined, re-ingesting changes nothing."""
+    """Ingest Segment messages from files; bad rows are quarantined; re-ingesting is a no-op."""
     rows = []
     with Engine.open(project) as engine, _progress() as bar:
         for path in files:
             task = bar.add_task(path.name, total=file_size(path))
-            report = engine.ingest_file(path, lambda n, t=task: bar.advance(t, n))
+            report = engine.ingest_file(path, partial(bar.advance, task))
             rows.append((str(path), report.result))
     if as_json:
         _print_json({name: dataclasses.asdict(r) for name, r in rows})
@@ -146,7 +147,9 @@ def serve(
     from cohortsync.server.app import create_app
 
     with Engine.open(project) as engine:
-        console.print(f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})")
+        console.print(
+            f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})"
+        )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
 
 

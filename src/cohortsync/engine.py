@@ -59,7 +59,9 @@ class Engine:
         """Close the store."""
         self.store.close()
 
-    def commit(self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()) -> IngestResult:
+    def commit(
+        self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()
+    ) -> IngestResult:
         """Durably store validated messages and quarantine rejected ones, in one transaction."""
         return store_messages(self.store, self.project.identity, messages, rejections)
 
@@ -77,9 +79,7 @@ class Engine:
                 )
         return writer.total
 
-    def ingest_file(
-        self, path: Path, progress: Callable[[int], None] | None = None
-    ) -> FileReport:
+    def ingest_file(self, path: Path, progress: Callable[[int], None] | None = None) -> FileReport:
         """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
         received = now_micros()
         source = f"file:{path.name}"
@@ -126,9 +126,9 @@ class Engine:
         from cohortsync.demo.shop import generate_shop
 
         def counted() -> Iterable[dict[str, Any]]:
-            for message in generate_shop(profiles=profiles, seed=seed, now=now):
-                if progress is not None:
-                    progress(1)
+            for index, message in enumerate(generate_shop(profiles, seed, now), start=1):
+                if progress is not None and index % 10_000 == 0:
+                    progress(10_000)
                 yield message
 
         return self.ingest_messages(counted(), source="demo", origin="demo")

@@ -31,7 +31,7 @@ class IdentityConfig(_Strict):
     def _region(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Z]{2}", value):
             raise ValueError(
-                f"default_region must be a two-letter ISO 3166 country code such as US, got {value!r}"
+                f"default_region must be a two-letter country code such as US, got {value!r}"
             )
         return value
 

@@ -109,10 +109,14 @@ def _read_jsonl(path: Path, progress: Progress | None) -> Iterator[Row]:
             if not line.strip():
                 continue
             if len(line) > MAX_MESSAGE_BYTES:
-                yield number, BadRow(
-                    "message_too_large",
-                    f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
-                    line[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"),
+                yield (
+                    number,
+                    BadRow(
+                        "message_too_large",
+                        f"a message may be at most {MAX_MESSAGE_BYTES} bytes: "
+                        "move large data out of it",
+                        line[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"),
+                    ),
                 )
                 continue
             try:

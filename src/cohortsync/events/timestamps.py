@@ -20,9 +20,7 @@ def parse_timestamp(value: object) -> int:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise TimestampError(
-            "is not ISO-8601: write e.g. 2026-05-01T12:00:00Z"
-        ) from None
+        raise TimestampError("is not ISO-8601: write e.g. 2026-05-01T12:00:00Z") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     micros = to_micros(moment)

@@ -68,7 +68,7 @@ def validate_message(
     if not isinstance(raw, dict):
         return Rejection(
             "invalid_message",
-            "each message must be a JSON object such as {\"type\": \"track\", ...}",
+            'each message must be a JSON object such as {"type": "track", ...}',
             origin,
             _payload(raw),
             source=source,

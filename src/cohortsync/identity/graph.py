@@ -38,6 +38,7 @@ class IdentityGraph:
         self.owners = owners
         self.profiles = profiles
         self.changes = changes or IdentityChanges()
+        self._reverse: dict[str, set[Key]] | None = None
         self.priority = priority_order(config)
         self.limited_kinds = {k for k in self.priority if config.limit_for(k) is not None}
 
@@ -118,8 +119,18 @@ class IdentityGraph:
             self.profiles[profile_id] = ProfileState(profile_id, is_new=True)
         return profile_id
 
+    def _keys_of(self) -> dict[str, set[Key]]:
+        """Reverse index profile → identifiers, built on the first merge of a batch."""
+        if self._reverse is None:
+            self._reverse = {}
+            for key, owner in self.owners.items():
+                self._reverse.setdefault(owner, set()).add(key)
+        return self._reverse
+
     def _own(self, key: Key, profile_id: str, at_us: int) -> None:
         self.owners[key] = profile_id
+        if self._reverse is not None:
+            self._reverse.setdefault(profile_id, set()).add(key)
         self.changes.new_identities.append((key[0], key[1], profile_id, at_us))
         if key[0] in self.limited_kinds:
             self.profiles[profile_id].limited.setdefault(key[0], set()).add(key[1])
@@ -136,9 +147,10 @@ class IdentityGraph:
             if bound is not None:
                 new.first_seen_us = min(new.first_seen_us or bound, bound)
                 new.last_seen_us = max(new.last_seen_us or bound, bound)
-        for key, owner in self.owners.items():
-            if owner == source:
-                self.owners[key] = target
+        moved = self._keys_of().pop(source, set())
+        for key in moved:
+            self.owners[key] = target
+        self._keys_of().setdefault(target, set()).update(moved)
         del self.profiles[source]
         self.changes.merges.append(
             Merge(source, target, message.message_id, kind, message.timestamp_us)

@@ -34,7 +34,7 @@ def normalize_email(value: str) -> str:
 
 @lru_cache(maxsize=65_536)
 def normalize_phone(value: str, default_region: str = "US") -> str:
-    """Parse a phone number (national numbers read in `default_region`) to E.164, e.g. +14155550134."""
+    """Parse a phone number (national ones read in `default_region`) to E.164: +14155550134."""
     if not value.strip():
         raise IdentifierError("phone is empty")
     try:

@@ -7,6 +7,7 @@ commit runs wait (a few milliseconds) and are committed together in the next one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,14 +39,12 @@ class GroupCommitter:
         if self._task is not None:
             await self._queue.join()
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True)
 
     async def submit(self, messages: list[Message], rejections: list[Rejection]) -> None:
-        """Return once `messages` and `rejections` are durably stored; raise if the commit failed."""
+        """Return once `messages` and `rejections` are durably stored; raise if that failed."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._queue.put((messages, rejections, future))
         await future
@@ -59,8 +58,10 @@ class GroupCommitter:
             while size < self._max_messages:
                 try:
                     timeout = deadline - loop.time()
-                    item = self._queue.get_nowait() if timeout <= 0 else await asyncio.wait_for(
-                        self._queue.get(), timeout
+                    item = (
+                        self._queue.get_nowait()
+                        if timeout <= 0
+                        else await asyncio.wait_for(self._queue.get(), timeout)
                     )
                 except (TimeoutError, asyncio.QueueEmpty):
                     break

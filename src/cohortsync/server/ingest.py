@@ -73,7 +73,9 @@ async def _parse(request: Request, limit: int, too_large: str) -> Any:
         raise BodyError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
 
 
-async def _store(request: Request, messages: list[Message], rejections: list[Rejection]) -> Response | None:
+async def _store(
+    request: Request, messages: list[Message], rejections: list[Rejection]
+) -> Response | None:
     committer: GroupCommitter = request.app.state.committer
     try:
         await committer.submit(messages, rejections)
@@ -95,7 +97,9 @@ async def ingest_batch(request: Request) -> Response:
         return error(401, "invalid_write_key", "send a valid write key as the Basic user name")
     batch = body.get("batch") if isinstance(body, dict) else None
     if not isinstance(batch, list) or not batch:
-        return error(400, "invalid_batch", "the body must be {\"batch\": [message, ...]} with messages")
+        return error(
+            400, "invalid_batch", 'the body must be {"batch": [message, ...]} with messages'
+        )
     if len(batch) > MAX_BATCH_MESSAGES:
         return error(400, "batch_too_large", f"a batch holds at most {MAX_BATCH_MESSAGES} messages")
     try:

@@ -52,7 +52,9 @@ class DuckDBStore(Store):
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 "version INTEGER PRIMARY KEY, description VARCHAR, applied_at TIMESTAMPTZ)"
             )
-            done = {row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()}
+            done = {
+                row[0] for row in con.execute("SELECT version FROM schema_migrations").fetchall()
+            }
             for version, description, sql in MIGRATIONS:
                 if version in done:
                     continue
@@ -192,7 +194,8 @@ class DuckDBStore(Store):
         )
         con.register("_merges", table)
         con.execute(
-            "INSERT INTO merges SELECT merged_at, source, direct_target, message_id, kind FROM _merges"
+            "INSERT INTO merges "
+            "SELECT merged_at, source, direct_target, message_id, kind FROM _merges"
         )
         # Profiles created and merged within this batch never reached the profiles table.
         con.execute(
@@ -227,9 +230,7 @@ class DuckDBStore(Store):
             "value = excluded.value, updated_at = excluded.updated_at "
             "WHERE excluded.updated_at > profile_traits.updated_at"
         )
-        con.execute(
-            "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)"
-        )
+        con.execute("DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)")
         con.execute(
             "UPDATE profiles SET first_seen = least(profiles.first_seen, b.first_seen), "
             "last_seen = greatest(profiles.last_seen, b.last_seen) FROM ("
@@ -327,7 +328,8 @@ class DuckDBStore(Store):
 
     def profile(self, profile_id: str, recent: int = 10) -> ProfileView | None:
         head = self.query(
-            "SELECT first_seen, last_seen FROM profiles WHERE profile_id = ? AND merged_into IS NULL",
+            "SELECT first_seen, last_seen FROM profiles "
+            "WHERE profile_id = ? AND merged_into IS NULL",
             [profile_id],
         )
         if not head:
@@ -348,8 +350,13 @@ class DuckDBStore(Store):
             )
         }
         merges = [
-            {"merged_at": at, "from_profile": src, "into_profile": dst, "via": kind,
-             "message_id": mid}
+            {
+                "merged_at": at,
+                "from_profile": src,
+                "into_profile": dst,
+                "via": kind,
+                "message_id": mid,
+            }
             for at, src, dst, kind, mid in self.query(
                 "SELECT merged_at, from_profile, into_profile, identifier_kind, message_id "
                 "FROM merges WHERE into_profile = ? OR into_profile IN "
@@ -405,8 +412,8 @@ def _final_targets(batch: ResolvedBatch) -> dict[str, str]:
     """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
     parent = {m.source: m.target for m in batch.changes.merges}
     final: dict[str, str] = {}
-    for source in parent:
-        target = parent[source]
+    for source, direct in parent.items():
+        target = direct
         while target in parent:
             target = parent[target]
         final[source] = target

@@ -1,4 +1,4 @@
-"""The store's schema, as numbered migrations applied once each and recorded in `schema_migrations`."""
+"""The store's schema: numbered migrations, each applied once and recorded in schema_migrations."""
 
 from __future__ import annotations
 
