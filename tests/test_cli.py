@@ -66,7 +66,13 @@ def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
     env.pop("COHORTSYNC_PROJECT", None)
     return subprocess.run(
-        [str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+        [str(SCRIPT), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -186,7 +192,9 @@ def test_profile_json_prints_identifiers_and_traits(
     runner: CliRunner, loaded_project: Path
 ) -> None:
     view = json_out(
-        invoke(runner, "profile", "email:ANN@example.com", "--project", str(loaded_project), "--json")
+        invoke(
+            runner, "profile", "email:ANN@example.com", "--project", str(loaded_project), "--json"
+        )
     )
 
     assert {(i["kind"], i["value"]) for i in view["identifiers"]} == {
@@ -201,9 +209,7 @@ def test_profile_json_prints_identifiers_and_traits(
     assert by_id["profile_id"] == view["profile_id"]
 
 
-def test_profile_is_printed_as_tables_without_json(
-    runner: CliRunner, loaded_project: Path
-) -> None:
+def test_profile_is_printed_as_tables_without_json(runner: CliRunner, loaded_project: Path) -> None:
     result = invoke(runner, "profile", "user_id:u1", "--project", str(loaded_project))
 
     assert result.exit_code == 0, result.output
@@ -234,7 +240,7 @@ BAD_PROJECT = "store: .cohortsync/store.duckdb\nidentty:\n  primary: email\n"
         ["demo", "--profiles", "1"],
         ["serve", "--port", "1"],
     ],
-    ids=lambda c: " ".join(c),
+    ids=" ".join,
 )
 def test_bad_project_file_makes_any_command_fail_with_file_and_line(
     tmp_path: Path, command: list[str]
@@ -271,7 +277,9 @@ def test_unknown_profile_fails_clearly_without_printing_the_email(project_dir: P
 
 
 def test_bad_identifier_kind_fails_with_the_accepted_kinds(project_dir: Path) -> None:
-    completed = run_script("profile", "mail:a@b.com", "--project", str(project_dir), cwd=project_dir)
+    completed = run_script(
+        "profile", "mail:a@b.com", "--project", str(project_dir), cwd=project_dir
+    )
 
     assert completed.returncode == 1
     assert "email:" in completed.stderr
@@ -318,3 +326,25 @@ def test_demo_builds_a_shop_into_a_new_project(runner: CliRunner, tmp_path: Path
     assert stats["identifiers"]["by_kind"]["email"] > 0
     assert stats["quarantined"]["total"] == 0
     assert "profiles" in result.stdout
+
+
+def test_profile_table_shows_values_with_brackets_verbatim(
+    runner: CliRunner, project_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "brackets.jsonl"
+    message = {
+        "type": "track",
+        "messageId": "br-1",
+        "userId": "u-br",
+        "event": "[/promo] Clicked",
+        "timestamp": "2026-05-01T10:00:00Z",
+        "context": {"traits": {"segment": "[vip]"}},
+    }
+    path.write_text(json.dumps(message) + "\n", encoding="utf-8")
+    assert invoke(runner, "ingest", str(path), "--project", str(project_dir)).exit_code == 0
+
+    result = invoke(runner, "profile", "user_id:u-br", "--project", str(project_dir))
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert "[/promo] Clicked" in result.stdout
+    assert "[vip]" in result.stdout

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cohortsync.config.loader import PROJECT_FILE, find_project_dir
@@ -158,7 +159,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CohortsyncError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, markup=True)
+        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
         raise SystemExit(1) from None
     except typer.Abort:
         raise SystemExit(130) from None

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from cohortsync.events.pipeline import IngestResult
@@ -25,7 +26,7 @@ def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
         table.add_column(label.removeprefix("by_"))
         table.add_column("count", justify="right")
         for key, count in part[label].items():
-            table.add_row(key, f"{count:,}")
+            table.add_row(escape(key), f"{count:,}")
         if section == "identifiers" and part.get("rejected"):
             for key, count in part["rejected"].items():
                 table.add_row(f"[yellow]{key} (rejected)[/]", f"{count:,}")
@@ -45,7 +46,7 @@ def ingest_table(rows: list[tuple[str, IngestResult]]) -> Table:
         table.add_column(column, justify="left" if column == "input" else "right")
     for name, r in rows:
         quarantined = f"[red]{r.quarantined:,}[/]" if r.quarantined else "0"
-        table.add_row(name, f"{r.received:,}", f"{r.stored:,}", f"{r.duplicates:,}", quarantined)
+        table.add_row(escape(name), f"{r.received:,}", f"{r.stored:,}", f"{r.duplicates:,}", quarantined)
     return table
 
 
@@ -59,12 +60,12 @@ def profile_group(view: ProfileView) -> Group:
     for column in ("kind", "value", "first seen"):
         identifiers.add_column(column)
     for ident in view.identifiers:
-        identifiers.add_row(ident["kind"], ident["value"], str(ident["first_seen"]))
+        identifiers.add_row(ident["kind"], escape(ident["value"]), str(ident["first_seen"]))
     traits = Table(title="traits", title_justify="left")
     traits.add_column("trait")
     traits.add_column("value")
     for name, value in view.traits.items():
-        traits.add_row(name, repr(value))
+        traits.add_row(escape(name), escape(repr(value)))
     merges = Table(title="merges", title_justify="left")
     for column in ("merged at", "from profile", "into", "via"):
         merges.add_column(column)
@@ -76,5 +77,5 @@ def profile_group(view: ProfileView) -> Group:
     for column in ("timestamp", "type", "event"):
         events.add_column(column)
     for event in view.recent_events:
-        events.add_row(str(event["timestamp"]), event["type"], event["event"] or "")
+        events.add_row(str(event["timestamp"]), event["type"], escape(event["event"] or ""))
     return Group(head, identifiers, traits, merges, events)

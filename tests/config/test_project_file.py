@@ -38,7 +38,7 @@ def write(directory: Path, text: str) -> Path:
 
 
 def config_error(directory: Path, monkeypatch: pytest.MonkeyPatch) -> ConfigError:
-    """Load from inside the project folder, so the error names `cohortsync.yml` as the user sees it."""
+    """Load from inside the project folder, so errors name `cohortsync.yml` as a user sees it."""
     monkeypatch.chdir(directory)
     with pytest.raises(ConfigError) as caught:
         load_project(directory)
@@ -78,7 +78,9 @@ def test_empty_project_file_uses_defaults(tmp_path: Path) -> None:
 def test_env_variable_is_interpolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CS_TEST_WEB_KEY", "wk_from_env_123")
     monkeypatch.setenv("CS_TEST_DIR", "stores")
-    text = "store: ${CS_TEST_DIR}/main.duckdb\nsources:\n  web:\n    write_key: ${CS_TEST_WEB_KEY}\n"
+    text = (
+        "store: ${CS_TEST_DIR}/main.duckdb\nsources:\n  web:\n    write_key: ${CS_TEST_WEB_KEY}\n"
+    )
 
     loaded = load_project(write(tmp_path, text))
 
@@ -97,7 +99,9 @@ def test_env_default_is_used_when_variable_is_unset(
     assert project.sources["web"].write_key == "wk_default_123"
 
 
-def test_env_variable_wins_over_its_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_variable_wins_over_its_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CS_TEST_SET_KEY", "wk_from_env_456")
     text = "sources:\n  web:\n    write_key: ${CS_TEST_SET_KEY:-wk_default_123}\n"
 
@@ -187,7 +191,9 @@ def test_short_write_key_is_an_error_at_its_line(
 def test_two_sources_sharing_a_write_key_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = "sources:\n  web:\n    write_key: wk_same_123456\n  app:\n    write_key: wk_same_123456\n"
+    text = (
+        "sources:\n  web:\n    write_key: wk_same_123456\n  app:\n    write_key: wk_same_123456\n"
+    )
 
     message = str(config_error(write(tmp_path, text), monkeypatch))
 

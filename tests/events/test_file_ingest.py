@@ -22,7 +22,9 @@ def query(engine: Engine, sql: str, params: list[Any] | None = None) -> list[tup
 
 
 def quarantine(engine: Engine) -> list[tuple[str, str]]:
-    return [(o, r) for o, r in query(engine, "SELECT origin, reason FROM quarantine ORDER BY origin")]
+    return [
+        (o, r) for o, r in query(engine, "SELECT origin, reason FROM quarantine ORDER BY origin")
+    ]
 
 
 def properties(engine: Engine, where: str, params: list[Any]) -> dict[str, Any]:
@@ -290,9 +292,7 @@ def test_csv_with_snake_case_headers_and_json_cells(engine: Engine, tmp_path: Pa
 def test_csv_saved_by_excel_with_a_byte_order_mark_is_read(engine: Engine, tmp_path: Path) -> None:
     # Excel's "CSV UTF-8" writes a BOM before the first header.
     path = tmp_path / "excel.csv"
-    path.write_bytes(
-        "type,userId,traits.email\nidentify,x1,xl@example.com\n".encode("utf-8-sig")
-    )
+    path.write_bytes("type,userId,traits.email\nidentify,x1,xl@example.com\n".encode("utf-8-sig"))
 
     report = engine.ingest_file(path)
 
@@ -350,9 +350,7 @@ def parquet_file(tmp_path: Path) -> Path:
     )
 
 
-def test_parquet_rows_with_struct_properties_are_stored(
-    engine: Engine, parquet_file: Path
-) -> None:
+def test_parquet_rows_with_struct_properties_are_stored(engine: Engine, parquet_file: Path) -> None:
     report = engine.ingest_file(parquet_file)
 
     assert report.result.stored == 2

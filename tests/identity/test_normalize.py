@@ -63,7 +63,9 @@ def test_us_phone_formats_become_one_e164_number(raw: str) -> None:
         ("+374 93 828222", "US", "+37493828222"),
     ],
 )
-def test_phone_national_numbers_use_the_default_region(raw: str, region: str, expected: str) -> None:
+def test_phone_national_numbers_use_the_default_region(
+    raw: str, region: str, expected: str
+) -> None:
     assert normalize_phone(raw, region) == expected
 
 

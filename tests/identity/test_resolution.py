@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,7 +20,9 @@ def track(mid: str, minute: int, event: str = "Product Viewed", **ids: Any) -> d
     return {"type": "track", "messageId": mid, "event": event, "timestamp": at(minute), **ids}
 
 
-def identify(mid: str, minute: int, traits: dict[str, Any] | None = None, **ids: Any) -> dict[str, Any]:
+def identify(
+    mid: str, minute: int, traits: dict[str, Any] | None = None, **ids: Any
+) -> dict[str, Any]:
     message: dict[str, Any] = {"type": "identify", "messageId": mid, "timestamp": at(minute), **ids}
     if traits is not None:
         message["traits"] = traits
@@ -157,7 +160,9 @@ def test_shared_device_in_one_batch_keeps_two_customers_apart(engine: Engine) ->
             identify("second", 3, anonymousId="d1", userId="u2"),
         ]
     )
-    assert engine.find_profile("user_id:u1").profile_id != engine.find_profile("user_id:u2").profile_id
+    assert (
+        engine.find_profile("user_id:u1").profile_id != engine.find_profile("user_id:u2").profile_id
+    )
     assert event_profile(engine, "second") == engine.find_profile("user_id:u2").profile_id
     assert merge_count(engine) == 0
 
@@ -170,7 +175,10 @@ def test_profile_holds_one_email_and_a_second_email_for_the_same_user_is_not_att
 
     emails = {v for k, v in identifiers(engine, "user_id:u5") if k == "email"}
     assert emails == {"a@x.com"}
-    assert engine.find_profile("email:a@x.com").profile_id == engine.find_profile("user_id:u5").profile_id
+    assert (
+        engine.find_profile("email:a@x.com").profile_id
+        == engine.find_profile("user_id:u5").profile_id
+    )
     with pytest.raises(NotFoundError):
         engine.find_profile("email:b@x.com")
     assert event_profile(engine, "i-2") == engine.find_profile("user_id:u5").profile_id
@@ -201,7 +209,15 @@ def test_alias_links_anonymous_profile_to_user_id(engine: Engine) -> None:
     anonymous = engine.find_profile("anonymous_id:a9").profile_id
 
     engine.ingest_messages(
-        [{"type": "alias", "messageId": "al-9", "previousId": "a9", "userId": "u9", "timestamp": at(2)}]
+        [
+            {
+                "type": "alias",
+                "messageId": "al-9",
+                "previousId": "a9",
+                "userId": "u9",
+                "timestamp": at(2),
+            }
+        ]
     )
 
     view = engine.find_profile("user_id:u9")
@@ -220,7 +236,15 @@ def test_alias_merges_anonymous_profile_into_existing_customer(engine: Engine) -
         ]
     )
     engine.ingest_messages(
-        [{"type": "alias", "messageId": "al-9", "previousId": "a9", "userId": "u9", "timestamp": at(3)}]
+        [
+            {
+                "type": "alias",
+                "messageId": "al-9",
+                "previousId": "a9",
+                "userId": "u9",
+                "timestamp": at(3),
+            }
+        ]
     )
     survivor = engine.find_profile("email:dee@example.com").profile_id
     assert engine.find_profile("anonymous_id:a9").profile_id == survivor
@@ -345,7 +369,13 @@ def _history() -> list[dict[str, Any]]:
         identify("h-3", 3, {"email": "gil@example.com"}, anonymousId="x1"),
         identify("h-4", 4, {"phone": "415 555 2671", "email": "bad@"}, userId="g1"),
         identify("h-5", 5, anonymousId="x1", userId="g2"),
-        {"type": "alias", "messageId": "h-6", "previousId": "x9", "userId": "g1", "timestamp": at(6)},
+        {
+            "type": "alias",
+            "messageId": "h-6",
+            "previousId": "x9",
+            "userId": "g1",
+            "timestamp": at(6),
+        },
         {"type": "track", "messageId": "h-7", "timestamp": at(7)},  # quarantined: no ids
     ]
 
@@ -449,7 +479,12 @@ def test_resent_identify_without_timestamp_does_not_overwrite_newer_traits(
 ) -> None:
     # Without a timestamp an event's time is its arrival time; a retry of the same message is a
     # duplicate and must not bring its (older) trait values back over newer ones.
-    older = {"type": "identify", "messageId": "plan-free", "userId": "uw", "traits": {"plan": "free"}}
+    older = {
+        "type": "identify",
+        "messageId": "plan-free",
+        "userId": "uw",
+        "traits": {"plan": "free"},
+    }
     newer = {"type": "identify", "messageId": "plan-pro", "userId": "uw", "traits": {"plan": "pro"}}
     engine.ingest_messages([older])
     engine.ingest_messages([newer])
@@ -458,3 +493,23 @@ def test_resent_identify_without_timestamp_does_not_overwrite_newer_traits(
 
     assert result.duplicates == 1
     assert engine.find_profile("user_id:uw").traits["plan"] == "pro"
+
+
+def test_merge_keeps_the_survivors_newer_trait_over_an_older_one(engine: Engine) -> None:
+    engine.ingest_messages([identify("a", 20, {"plan": "trial"}, anonymousId="a11")])
+    engine.ingest_messages(
+        [identify("k", 30, {"email": "gus@example.com", "plan": "pro"}, userId="u11")]
+    )
+    engine.ingest_messages([identify("link", 40, {"email": "gus@example.com"}, anonymousId="a11")])
+
+    assert engine.find_profile("anonymous_id:a11").traits["plan"] == "pro"
+
+
+def test_merged_profile_spans_the_first_and_last_events_of_both(engine: Engine) -> None:
+    engine.ingest_messages([track("early", 1, anonymousId="a12")])
+    engine.ingest_messages([identify("k", 5, {"email": "ida@example.com"}, userId="u12")])
+    engine.ingest_messages([identify("link", 10, {"email": "ida@example.com"}, anonymousId="a12")])
+
+    view = engine.find_profile("user_id:u12")
+    assert view.first_seen == datetime(2026, 5, 1, 10, 1, tzinfo=UTC)
+    assert view.last_seen == datetime(2026, 5, 1, 10, 10, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""The DuckDB store as a user meets it: data survives reopening, batching does not change results."""
+"""The DuckDB store as a user meets it: data survives reopening; batch size changes nothing."""
 
 from __future__ import annotations
 
@@ -14,25 +14,33 @@ from cohortsync.store.schema import LATEST_VERSION
 from tests.conftest import PROJECT_YAML
 
 
+def _message(kind: str, mid: str, minute: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "type": kind,
+        "messageId": mid,
+        "timestamp": f"2026-05-01T10:{minute:02d}:00Z",
+        **fields,
+    }
+
+
 def history() -> list[dict[str, Any]]:
     """Time-ordered messages with merges, a shared device, an alias and a bad identifier."""
-
-    def at(minute: int) -> str:
-        return f"2026-05-01T10:{minute:02d}:00Z"
-
     return [
-        {"type": "track", "messageId": "s-1", "anonymousId": "x1", "event": "Viewed", "timestamp": at(1)},
-        {"type": "identify", "messageId": "s-2", "userId": "g1", "timestamp": at(2),
-         "traits": {"email": "gil@example.com", "plan": "free"}},
-        {"type": "identify", "messageId": "s-3", "anonymousId": "x1", "timestamp": at(3),
-         "traits": {"email": "GIL@example.com"}},
-        {"type": "identify", "messageId": "s-4", "userId": "g1", "timestamp": at(4),
-         "traits": {"phone": "415 555 2671", "email": "bad@", "plan": "pro"}},
-        {"type": "identify", "messageId": "s-5", "anonymousId": "x1", "userId": "g2", "timestamp": at(5)},
-        {"type": "track", "messageId": "s-6", "anonymousId": "x2", "event": "Viewed", "timestamp": at(6)},
-        {"type": "alias", "messageId": "s-7", "previousId": "x2", "userId": "g1", "timestamp": at(7)},
-        {"type": "track", "messageId": "s-8", "timestamp": at(8)},
-    ]  # fmt: skip
+        _message("track", "s-1", 1, anonymousId="x1", event="Viewed"),
+        _message("identify", "s-2", 2, userId="g1", traits={"email": "gil@example.com"}),
+        _message("identify", "s-3", 3, anonymousId="x1", traits={"email": "GIL@example.com"}),
+        _message(
+            "identify",
+            "s-4",
+            4,
+            userId="g1",
+            traits={"phone": "415 555 2671", "email": "bad@", "plan": "pro"},
+        ),
+        _message("identify", "s-5", 5, anonymousId="x1", userId="g2"),
+        _message("track", "s-6", 6, anonymousId="x2", event="Viewed"),
+        _message("alias", "s-7", 7, previousId="x2", userId="g1"),
+        _message("track", "s-8", 8),  # no ids: quarantined
+    ]
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:
@@ -42,8 +50,10 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "identities": query("SELECT kind, value, profile_id FROM identities ORDER BY 1, 2"),
         "traits": query("SELECT profile_id, name, value FROM profile_traits ORDER BY 1, 2"),
         "events": query("SELECT message_id, canonical_profile_id FROM profile_events ORDER BY 1"),
-        "profiles": query(
-            "SELECT profile_id, first_seen, last_seen, merged_into FROM profiles ORDER BY 1"
+        "profiles": query("SELECT profile_id, merged_into FROM profiles ORDER BY 1"),
+        "seen": query(
+            "SELECT profile_id, first_seen, last_seen FROM profiles "
+            "WHERE merged_into IS NULL ORDER BY 1"
         ),
         "merges": query("SELECT from_profile, into_profile, message_id FROM merges ORDER BY 3"),
     }

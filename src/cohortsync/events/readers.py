@@ -15,6 +15,8 @@ import csv
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +133,7 @@ def _read_jsonl(path: Path, progress: Progress | None) -> Iterator[Row]:
 def _read_csv(path: Path, progress: Progress | None) -> Iterator[Row]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     with path.open("rb") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # Excel writes a BOM
         reader = csv.DictReader(text, delimiter=delimiter)
         position = 0
         for row in reader:
@@ -156,7 +158,7 @@ def _read_parquet(path: Path, progress: Progress | None) -> Iterator[Row]:
     for batch in pq.ParquetFile(path).iter_batches(batch_size=50_000):
         for row in batch.to_pylist():
             number += 1
-            yield number, map_columns({k: v for k, v in row.items() if v is not None})
+            yield number, map_columns({k: _plain(v) for k, v in row.items() if v is not None})
         if progress is not None:
             progress(batch.num_rows)
 
@@ -184,6 +186,21 @@ def map_columns(row: dict[str, Any]) -> dict[str, Any]:
         field = "traits" if message["type"] in ("identify", "group") else "properties"
         message.setdefault(field, {}).update(extra)
     return message
+
+
+def _plain(value: Any) -> Any:
+    """Parquet values as JSON would carry them: times as ISO-8601 text, decimals as floats."""
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cell(value: str) -> Any:

@@ -1,0 +1,207 @@
+"""The segment language's typed AST: frozen dataclasses, each carrying its source position.
+
+Semantics, shared by every back end (the SQL compiler and the Python evaluator must agree):
+- Time is in integer microseconds since the epoch (UTC). A condition is evaluated "as of" an
+  instant `at`: only events with timestamp <= at exist.
+- Windows over an event's timestamp `ts`:
+  `Within(d)`: at - d < ts <= at.   `Between(older, newer)` (older > newer): at - older <= ts <= at - newer.
+  `Before(d)`: ts < at - d.         `Since(event)`: ts > the latest `event` at or before `at`;
+  when `event` never happened the whole EventCondition is False, whatever its count.
+  `Ever()`: any ts <= at.
+- `where` filters compare an event property (top-level key of `properties`; dotted names reach
+  into nested objects) with a literal. A missing property makes every operator False except
+  `exists` (`exists: false` is True when missing). Numbers compare as numbers (bools are not
+  numbers), strings as strings; a type mismatch is False. `contains` is substring on strings.
+  `in`/`not_in` take a list; `not_in` is False when the property is missing.
+- `count` (default `gte 1`) compares the number of matching events with N.
+- `TraitCondition` compares a profile trait (identify or computed) with the same operators;
+  a missing trait is False except for `exists: false`.
+- Computed traits aggregate a property over matching events: `count` (0 when none),
+  `distinct_count` (0 when none), `sum`/`avg`/`min`/`max` over numeric values, `first`/`last`
+  (value of the earliest/latest event, ties broken by message_id), `most_frequent` (ties broken
+  by the smallest value as text); all but the counts are None when no value exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+OPERATORS = ("eq", "ne", "in", "not_in", "gt", "gte", "lt", "lte", "contains", "exists")
+AGGREGATIONS = (
+    "count", "sum", "avg", "min", "max", "first", "last", "distinct_count", "most_frequent",
+)  # fmt: skip
+US_PER = {"m": 60_000_000, "h": 3_600_000_000, "d": 86_400_000_000, "w": 604_800_000_000}
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a node was written: for `cohortsync.yml:LINE: …` errors."""
+
+    file: str
+    line: int
+
+
+@dataclass(frozen=True)
+class Duration:
+    """A length of time as written (`6h`), kept in microseconds."""
+
+    text: str
+    micros: int
+
+
+@dataclass(frozen=True)
+class Ever:
+    """No window: any time up to `at`."""
+
+
+@dataclass(frozen=True)
+class Within:
+    """In the last `duration`: at - duration < ts <= at."""
+
+    duration: Duration
+
+
+@dataclass(frozen=True)
+class Between:
+    """From `older` to `newer` ago, both ends included: at - older <= ts <= at - newer."""
+
+    older: Duration
+    newer: Duration
+
+
+@dataclass(frozen=True)
+class Before:
+    """More than `duration` ago: ts < at - duration."""
+
+    duration: Duration
+
+
+@dataclass(frozen=True)
+class Since:
+    """Strictly after the latest `event` (an event key) at or before `at`."""
+
+    event: str
+
+
+Window = Ever | Within | Between | Before | Since
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """`prop OP value` (or `trait OP value`)."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
+class EventCondition:
+    """The profile has `count OP n` events named `event` matching `where` inside `window`."""
+
+    event: str
+    where: tuple[Comparison, ...] = ()
+    window: Window = Ever()
+    count_op: str = "gte"
+    count: int = 1
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class TraitCondition:
+    """A profile trait (set by identify or computed) compared with a value."""
+
+    comparison: Comparison
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class HasIdentifier:
+    """The profile holds at least one identifier of `kind` (email, phone, user_id, …)."""
+
+    kind: str
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """Membership of another segment."""
+
+    name: str
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class All:
+    """Every condition holds."""
+
+    conditions: tuple[Condition, ...]
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """At least one condition holds (`any:` in YAML)."""
+
+    conditions: tuple[Condition, ...]
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class Not:
+    """The condition does not hold."""
+
+    condition: Condition
+    position: Position | None = None
+
+
+Condition = EventCondition | TraitCondition | HasIdentifier | SegmentRef | All | AnyOf | Not
+
+
+@dataclass(frozen=True)
+class ComputedTrait:
+    """`NAME: {event: E, AGG: PROP, where: …, window}`: a trait computed from events."""
+
+    name: str
+    event: str
+    aggregation: str
+    prop: str | None
+    where: tuple[Comparison, ...] = ()
+    window: Window = Ever()
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A named condition, with its description."""
+
+    name: str
+    condition: Condition
+    description: str | None = None
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class Audience:
+    """A segment published under a locked name, minus exclusions, with an optional holdout."""
+
+    name: str
+    segment: str
+    exclude: tuple[str, ...] = ()
+    holdout_percent: float | None = None
+    refresh: str = "1h"
+    identifiers: tuple[str, ...] = ()
+    destinations: tuple[str, ...] = ()
+    owner: str | None = None
+    description: str | None = None
+    position: Position | None = None
+
+
+@dataclass(frozen=True)
+class SegmentProject:
+    """Every computed trait, segment and audience of a project, bound and checked."""
+
+    traits: dict[str, ComputedTrait]
+    segments: dict[str, Segment]
+    audiences: dict[str, Audience]
