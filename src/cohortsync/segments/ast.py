@@ -4,8 +4,10 @@ Semantics, shared by every back end (the SQL compiler and the Python evaluator m
 - Time is in integer microseconds since the epoch (UTC). A condition is evaluated "as of" an
   instant `at`: only events with timestamp <= at exist.
 - Windows over an event's timestamp `ts`:
-  `Within(d)`: at - d < ts <= at.   `Between(older, newer)` (older > newer): at - older <= ts <= at - newer.
-  `Before(d)`: ts < at - d.         `Since(event)`: ts > the latest `event` at or before `at`;
+  `Within(d)`: at - d < ts <= at.
+  `Between(older, newer)` (older > newer): at - older <= ts <= at - newer.
+  `Before(d)`: ts < at - d.
+  `Since(event)`: ts > the latest `event` at or before `at`;
   when `event` never happened the whole EventCondition is False, whatever its count.
   `Ever()`: any ts <= at.
 - `where` filters compare an event property (top-level key of `properties`; dotted names reach
@@ -20,6 +22,9 @@ Semantics, shared by every back end (the SQL compiler and the Python evaluator m
   `distinct_count` (0 when none), `sum`/`avg`/`min`/`max` over numeric values, `first`/`last`
   (value of the earliest/latest event, ties broken by message_id), `most_frequent` (ties broken
   by the smallest value as text); all but the counts are None when no value exists.
+- A JSON null counts as missing. (Open point for the agreement test: the SQL compiler treats
+  `not_in` with a value of another type as "not in" (True); the Python evaluator as a type
+  mismatch (False). One rule must be chosen and both back ends aligned.)
 """
 
 from __future__ import annotations

@@ -35,7 +35,14 @@ from cohortsync.segments.ast import (
 )
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
-COUNT_OPS = {"eq": exp.EQ, "ne": exp.NEQ, "gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE}
+COUNT_OPS = {
+    "eq": exp.EQ,
+    "ne": exp.NEQ,
+    "gt": exp.GT,
+    "gte": exp.GTE,
+    "lt": exp.LT,
+    "lte": exp.LTE,
+}
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TS = "timestamp"
 
@@ -45,30 +52,28 @@ def _col(name: str, table: str | None = None) -> exp.Column:
     return exp.column(name, table=table, quoted=True)
 
 
-def _lit(value: Any) -> exp.Expression:
+def _lit(value: Any) -> exp.Expr:
     """A bound literal for a YAML value."""
     return exp.convert(value)
 
 
-def _and(*conds: exp.Expression) -> exp.Expression:
+def _and(*conds: exp.Expr) -> exp.Expr:
     """Conjunction of conditions (TRUE when empty)."""
     return exp.and_(*conds) if conds else exp.true()
 
 
-def _or(*conds: exp.Expression) -> exp.Expression:
+def _or(*conds: exp.Expr) -> exp.Expr:
     """Disjunction of conditions (FALSE when empty)."""
     return exp.or_(*conds) if conds else exp.false()
 
 
 def _count_holds_at_zero(op: str, n: int) -> bool:
     """Whether `0 OP n` is true, i.e. profiles without events satisfy the count."""
-    return {"eq": 0 == n, "ne": 0 != n, "gt": 0 > n, "gte": 0 >= n, "lt": 0 < n, "lte": 0 <= n}[
-        op
-    ]
+    return {"eq": n == 0, "ne": n != 0, "gt": n < 0, "gte": n <= 0, "lt": n > 0, "lte": n >= 0}[op]
 
 
 class Compiler:
-    """Builds sqlglot queries for segments and traits; `dialect` picks rendering and JSON functions."""
+    """Builds sqlglot queries for segments and traits; `dialect` picks SQL and JSON functions."""
 
     dialect = "duckdb"
 
@@ -76,28 +81,28 @@ class Compiler:
         self._alias = 0
 
     # -- dialect hooks -------------------------------------------------------------------
-    def json_path(self, parts: list[str]) -> exp.Expression:
+    def json_path(self, parts: list[str]) -> exp.Expr:
         """The path literal for a nested key (JSON pointer, `~` and `/` escaped)."""
         escaped = [p.replace("~", "~0").replace("/", "~1") for p in parts]
         return exp.Literal.string("/" + "/".join(escaped) if escaped else "$")
 
-    def json_type(self, doc: exp.Expression, path: exp.Expression) -> exp.Expression:
+    def json_type(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
         """JSON type name of the value at path (NULL when missing)."""
         return exp.Anonymous(this="json_type", expressions=[doc, path])
 
-    def json_text(self, doc: exp.Expression, path: exp.Expression) -> exp.Expression:
+    def json_text(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
         """The value at path as text (strings unquoted)."""
         return exp.Anonymous(this="json_extract_string", expressions=[doc, path])
 
-    def json_value(self, doc: exp.Expression, path: exp.Expression) -> exp.Expression:
+    def json_value(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
         """The value at path as JSON."""
         return exp.Anonymous(this="json_extract", expressions=[doc, path])
 
-    def to_json(self, value: exp.Expression) -> exp.Expression:
+    def to_json(self, value: exp.Expr) -> exp.Expr:
         """A SQL value converted to JSON."""
         return exp.Anonymous(this="to_json", expressions=[value])
 
-    def render(self, expr: exp.Expression) -> str:
+    def render(self, expr: exp.Expr) -> str:
         """The query as SQL text in this compiler's dialect."""
         return expr.sql(dialect=self.dialect, pretty=True)
 
@@ -106,7 +111,7 @@ class Compiler:
         self._alias += 1
         return f"{prefix}{self._alias}"
 
-    def _at(self, micros: int) -> exp.Expression:
+    def _at(self, micros: int) -> exp.Expr:
         """A TIMESTAMPTZ literal for an instant in microseconds."""
         stamp = EPOCH + timedelta(microseconds=micros)
         text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
@@ -120,7 +125,7 @@ class Compiler:
             .where(exp.Is(this=_col("merged_into"), expression=exp.null()))
         )
 
-    def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expression]:
+    def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expr]:
         """Timestamp predicates for a window (Since adds its anchor join elsewhere)."""
         ts = _col(TS, table)
         at = exp.LTE(this=ts, expression=self._at(at_us))
@@ -158,7 +163,7 @@ class Compiler:
         self, event: str, where: tuple[Comparison, ...], window: Window, at_us: int
     ) -> exp.Select:
         """Matching events `e` (columns profile_id, ts, message_id, properties) of one scan."""
-        preds: list[exp.Expression] = [
+        preds: list[exp.Expr] = [
             exp.EQ(this=_col("event_key", "e"), expression=exp.Literal.string(event)),
             *self._window(window, at_us, "e"),
         ]
@@ -173,16 +178,14 @@ class Compiler:
         if isinstance(window, Since):
             anchor = self._anchor(window.event, at_us).subquery("a")
             on = _and(
-                exp.EQ(
-                    this=_col("profile_id", "a"), expression=_col("canonical_profile_id", "e")
-                ),
+                exp.EQ(this=_col("profile_id", "a"), expression=_col("canonical_profile_id", "e")),
                 exp.GT(this=_col(TS, "e"), expression=_col("anchor_ts", "a")),
             )
             query = query.join(anchor, on=on)
         return query.where(_and(*preds))
 
     # -- comparisons ----------------------------------------------------------------------
-    def _present(self, doc: exp.Expression, path: exp.Expression) -> exp.Expression:
+    def _present(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
         """The value at path exists and is not JSON null."""
         kind = self.json_type(doc, path)
         return _and(
@@ -190,9 +193,7 @@ class Compiler:
             exp.NEQ(this=kind.copy(), expression=exp.Literal.string("NULL")),
         )
 
-    def _typed(
-        self, doc: exp.Expression, path: exp.Expression, value: Any
-    ) -> tuple[exp.Expression, exp.Expression] | None:
+    def _typed(self, doc: exp.Expr, path: exp.Expr, value: Any) -> tuple[exp.Expr, exp.Expr] | None:
         """(type check, comparable SQL value) for a literal's type, or None if incomparable."""
         kind = self.json_type(doc, path)
         text = self.json_text(doc, path)
@@ -200,13 +201,15 @@ class Compiler:
             check = exp.EQ(this=kind, expression=exp.Literal.string("BOOLEAN"))
             return check, exp.EQ(this=text, expression=exp.Literal.string(str(value).lower()))
         if isinstance(value, int | float):
-            check = exp.In(this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES])
-            return check, exp.cast(text, exp.DataType.build("DOUBLE"))
+            is_number = exp.In(
+                this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES]
+            )
+            return is_number, exp.cast(text, exp.DataType.build("DOUBLE"))
         if isinstance(value, str):
             return exp.EQ(this=kind, expression=exp.Literal.string("VARCHAR")), text
         return None
 
-    def _compare(self, doc: exp.Expression, parts: list[str], op: str, value: Any) -> exp.Expression:
+    def _compare(self, doc: exp.Expr, parts: list[str], op: str, value: Any) -> exp.Expr:
         """SQL predicate for `prop OP value` on a JSON document; never NULL."""
         path = self.json_path(parts)
         present = self._present(doc, path)
@@ -248,7 +251,7 @@ class Compiler:
         live = self._live()
         return live.where(exp.In(this=_col("profile_id"), query=body.subquery()), append=True)
 
-    def _wrap(self, query: exp.Expression) -> exp.Select:
+    def _wrap(self, query: exp.Expr) -> exp.Select:
         """`SELECT profile_id FROM (query)`: a plain select usable in set operations."""
         return exp.select(_col("profile_id")).from_(exp.paren(query).as_(self._name("c")))
 
@@ -297,9 +300,11 @@ class Compiler:
         op = COUNT_OPS[cond.count_op]
         if not _count_holds_at_zero(cond.count_op, cond.count):
             pid = exp.alias_(_col("canonical_profile_id", "e"), "profile_id")
-            return events.select(pid, append=False).group_by(
-                _col("canonical_profile_id", "e")
-            ).having(op(this=exp.Count(this=exp.Star()), expression=_lit(cond.count)))
+            return (
+                events.select(pid, append=False)
+                .group_by(_col("canonical_profile_id", "e"))
+                .having(op(this=exp.Count(this=exp.Star()), expression=_lit(cond.count)))
+            )
         counts = (
             events.select(
                 exp.alias_(_col("canonical_profile_id", "e"), "profile_id"),
@@ -337,7 +342,7 @@ class Compiler:
         """Profiles whose trait (computed first, else identify) satisfies the comparison."""
         comp = cond.comparison
         if comp.field in project.traits:
-            source: exp.Expression = self.compile_trait(project.traits[comp.field], at_us)
+            source: exp.Expr = self.compile_trait(project.traits[comp.field], at_us)
             parts: list[str] = []
         else:
             name, *parts = comp.field.split(".")
@@ -370,7 +375,7 @@ class Compiler:
         elif agg != "count":
             raise InputError(f"trait {trait.name!r}: {agg} needs a property")
         pid = _col("canonical_profile_id", "e")
-        value: exp.Expression
+        value: exp.Expr
         if agg in ("count", "distinct_count", "sum", "avg", "min", "max"):
             if agg == "count":
                 value = exp.Count(this=exp.Star())
@@ -399,9 +404,7 @@ class Compiler:
                     exp.Ordered(this=_col("message_id", "e"), desc=desc),
                 ]
             )
-            rank = exp.Window(
-                this=exp.RowNumber(), partition_by=[pid.copy()], order=order
-            )
+            rank = exp.Window(this=exp.RowNumber(), partition_by=[pid.copy()], order=order)
             ranked = events.select(
                 exp.alias_(pid, "profile_id"),
                 exp.alias_(self.json_value(doc, path), "v"),
@@ -430,17 +433,17 @@ class Compiler:
                 ]
             )
             rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("profile_id")], order=order)
-            ranked = exp.select(_col("profile_id"), _col("v"), exp.alias_(rank, "rk")).from_(
+            by_count = exp.select(_col("profile_id"), _col("v"), exp.alias_(rank, "rk")).from_(
                 grouped.subquery("g")
             )
             agg_q = (
                 exp.select(_col("profile_id"), _col("v"))
-                .from_(ranked.subquery("r"))
+                .from_(by_count.subquery("r"))
                 .where(exp.EQ(this=_col("rk"), expression=exp.Literal.number(1)))
             )
         else:
             raise InputError(f"unknown aggregation {agg!r}")
-        out: exp.Expression = _col("v", "x")
+        out: exp.Expr = _col("v", "x")
         if agg in ("count", "distinct_count"):
             out = exp.Coalesce(this=out, expressions=[exp.Literal.number(0)])
         if agg not in ("first", "last", "most_frequent"):

@@ -1,0 +1,1 @@
+"""The segment language: AST, parser and plain-English explainer."""
