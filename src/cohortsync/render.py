@@ -46,7 +46,9 @@ def ingest_table(rows: list[tuple[str, IngestResult]]) -> Table:
         table.add_column(column, justify="left" if column == "input" else "right")
     for name, r in rows:
         quarantined = f"[red]{r.quarantined:,}[/]" if r.quarantined else "0"
-        table.add_row(escape(name), f"{r.received:,}", f"{r.stored:,}", f"{r.duplicates:,}", quarantined)
+        table.add_row(
+            escape(name), f"{r.received:,}", f"{r.stored:,}", f"{r.duplicates:,}", quarantined
+        )
     return table
 
 
