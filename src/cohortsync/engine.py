@@ -15,7 +15,7 @@ from typing import Any
 from cohortsync.config.loader import LoadedProject, load_project
 from cohortsync.errors import InputError, NotFoundError
 from cohortsync.events.pipeline import EMPTY_RESULT, IngestResult, store_messages
-from cohortsync.events.readers import BadRow, detect_format, read_rows
+from cohortsync.events.readers import BadRow, read_rows
 from cohortsync.events.timestamps import now_micros
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
@@ -83,7 +83,6 @@ class Engine:
         """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
         received = now_micros()
         source = f"file:{path.name}"
-        kind = detect_format(path)
         with _PipelinedWriter(self.commit) as writer:
             for line, row in read_rows(path, progress):
                 origin = f"{path}:{line}"
@@ -97,7 +96,7 @@ class Engine:
                         received_at_us=received,
                         origin=origin,
                         new_id=content_message_id,
-                        check_size=kind != "jsonl",  # JSONL lines were size-checked as read
+                        keep_received_at=True,
                     )
                 )
         return FileReport(path, writer.total)

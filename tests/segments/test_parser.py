@@ -54,7 +54,9 @@ def condition(text: str) -> Any:
 
 
 def test_event_forms() -> None:
-    assert condition("{event: Order Completed}") == EventCondition("order_completed", position=at(2))
+    assert condition("{event: Order Completed}") == EventCondition(
+        "order_completed", position=at(2)
+    )
     assert condition("{event: x, within: 6h}") == EventCondition(
         "x", window=Within(Duration("6h", 6 * H)), position=at(2)
     )
@@ -91,6 +93,9 @@ def test_where_filters() -> None:
         position=at(2),
     )
     assert type(got.where[1].value) is float
+    assert condition("{event: x, where: {day: 2024-01-31}}").where == (
+        Comparison("day", "eq", "2024-01-31"),
+    )
     assert type(got.where[2].value) is int
 
 
@@ -171,7 +176,9 @@ audiences:
         owner="crm", description="Bring them back", position=at(10),
     )  # fmt: skip
     assert project.audiences["plain"] == Audience("plain", "vip", position=at(19))
-    assert project.segments["lapsed"].condition.window == Before(Duration("60d", 60 * D))
+    assert project.segments["lapsed"].condition == EventCondition(
+        "order_completed", window=Before(Duration("60d", 60 * D)), position=at(7)
+    )
     assert parse("{}") == SegmentProject({}, {}, {})
     assert condition("{event: x}").window == Ever()
 
@@ -215,12 +222,15 @@ audiences:
          "unknown aggregation 'average' in trait t: use one of count, sum"),
         ("traits:\n  t: {event: x, count: revenue}\n", 2, "count: takes true"),
         ("traits:\n  t: {event: x, sum: a, max: b}\n", 2, "exactly one aggregation"),
-        ("traits:\n  t: {event: x, sum: a, since: y}\n", 2, "since: is not allowed here"),
+        ("traits:\n  t: {event: x, sum: a, since: y}\n", 2,
+         "unknown key 'since' in computed trait t"),
         ("traits:\n  t:\n    event: x\n    sum: a\n    within: soon\n", 5, "such as 7d"),
         ("segments:\n  s: {has: email}\naudiences:\n  a: {segment: nope}\n", 4,
          "unknown segment 'nope'"),
-        ("segments:\n  s: {has: email}\naudiences:\n  a:\n    segment: s\n    exclude:\n"
-         "      - s\n      - gone\n", 8, "unknown segment 'gone'"),
+        ("segments:\n  s: {has: email}\n  t: {has: phone}\naudiences:\n  a:\n    segment: s\n"
+         "    exclude:\n      - t\n      - gone\n", 9, "unknown segment 'gone'"),
+        ("segments:\n  s: {has: email}\naudiences:\n  a: {segment: s, exclude: [s]}\n", 4,
+         "excludes its own segment s"),
         ("segments:\n  s: {has: email}\naudiences:\n  a:\n    segment: s\n    holdout:\n"
          "      percent: 100\n", 7, "between 0 and 100"),
         ("segments:\n  s: {has: email}\naudiences:\n  a: {segment: s, holdout: {percent: 0}}\n",
@@ -258,12 +268,17 @@ segments:
     with pytest.raises(ConfigError, match=r"cohortsync.yml:2: .*\(s -> s\)"):
         parse("segments:\n  s: {all: [{segment: s}]}\n")
     # A diamond is not a cycle.
-    parse("segments:\n  a: {has: email}\n  b: {segment: a}\n  c: {all: [{segment: a}, {segment: b}]}\n")
+    parse(
+        "segments:\n  a: {has: email}\n  b: {segment: a}\n"
+        "  c: {all: [{segment: a}, {segment: b}]}\n"
+    )
 
 
 def test_cron_forms_accepted() -> None:
     for cron in ("*/15 * * * *", "0 6 * * 1-5", "30 2 1,15 jan-jun sun", "0 0 * * 7"):
-        text = f"segments:\n  s: {{has: email}}\naudiences:\n  a: {{segment: s, refresh: '{cron}'}}\n"
+        text = (
+            f"segments:\n  s: {{has: email}}\naudiences:\n  a: {{segment: s, refresh: '{cron}'}}\n"
+        )
         assert parse(text).audiences["a"].refresh == cron
 
 
@@ -279,5 +294,6 @@ def test_parse_segments_from_a_loaded_project(tmp_path: Path) -> None:
     (tmp_path / F).write_text("segments:\n  buyers: {event: order_completed}\n", encoding="utf-8")
     project = parse_segments(load_project(tmp_path))
     assert project.segments["buyers"].condition == EventCondition(
-        "order_completed", position=Position(project.segments["buyers"].position.file, 2)  # type: ignore[union-attr]
+        "order_completed",
+        position=Position(project.segments["buyers"].position.file, 2),  # type: ignore[union-attr]
     )

@@ -62,6 +62,7 @@ def validate_message(
     defaults: Mapping[str, Any] | None = None,
     message_type: str | None = None,
     check_size: bool = True,
+    keep_received_at: bool = False,
     new_id: Callable[[Mapping[str, Any]], str] = lambda _: random_message_id(),
 ) -> Message | Rejection:
     """Validate one raw message; `message_type` is set by the single-type endpoints (/v1/track)."""
@@ -75,7 +76,15 @@ def validate_message(
         )
     try:
         return _build(
-            raw, source, received_at_us, sent_at_us, defaults, message_type, check_size, new_id
+            raw,
+            source,
+            received_at_us,
+            sent_at_us,
+            defaults,
+            message_type,
+            check_size,
+            keep_received_at,
+            new_id,
         )
     except _InvalidError as exc:
         message_id = raw.get("messageId")
@@ -97,9 +106,16 @@ def _build(
     defaults: Mapping[str, Any] | None,
     message_type: str | None,
     check_size: bool,
+    keep_received_at: bool,
     new_id: Callable[[Mapping[str, Any]], str],
 ) -> Message:
-    if check_size and len(orjson.dumps(raw)) > MAX_MESSAGE_BYTES:
+    try:
+        size = len(orjson.dumps(raw))  # also proves the message can be stored as JSON
+    except orjson.JSONEncodeError:
+        raise _InvalidError(
+            "invalid_message", "the message is nested too deeply or holds unstorable values"
+        ) from None
+    if check_size and size > MAX_MESSAGE_BYTES:
         raise _InvalidError(
             "message_too_large",
             f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
@@ -144,7 +160,13 @@ def _build(
             "invalid_message_id",
             f"messageId must be a non-empty string of at most {MAX_MESSAGE_ID_CHARS} characters",
         )
-    received = _time(get("receivedAt"), "receivedAt", received_at_us)
+    # Only files may carry their own receivedAt (an export from another pipeline); over HTTP
+    # the receive time is ours, as Segment sets it.
+    received = (
+        _time(get("receivedAt"), "receivedAt", received_at_us)
+        if keep_received_at
+        else received_at_us
+    )
     sent = _time(get("sentAt"), "sentAt", sent_at_us)
     original = _time(get("originalTimestamp") or get("timestamp"), "timestamp", received)
     try:

@@ -126,7 +126,8 @@ def _event_words(event: str) -> tuple[str, str, str, str]:
         noun = f"{_human(event)} event"
         return f"{past} {article} {obj}", f"{present} {article} {obj}", noun, noun + "s"
     noun = f"{_human(event)} event"
-    return f"had a {noun}", f"has a {noun}", noun, noun + "s"
+    article = "an" if noun[0] in "aeiou" else "a"
+    return f"had {article} {noun}", f"has {article} {noun}", noun, noun + "s"
 
 
 def _duration(d: Duration) -> str:
@@ -259,12 +260,12 @@ def _clause(cond: Condition, negated: bool) -> Clause:
         for child in cond.conditions:
             subject, pred = _clause(child, negated)
             inner = _strip(child)
-            if isinstance(inner, All | AnyOf) and len(inner.conditions) > 1:
-                ors = isinstance(inner, AnyOf) != _odd(child, negated)
-                if ors or len(inner.conditions) == 2:
-                    pred = f"{'either' if ors else 'both'} {pred}"
+            ands = isinstance(inner, All) != _odd(child, negated)
+            if isinstance(inner, All | AnyOf) and ands and len(inner.conditions) == 2:
+                pred = f"both {pred}"
             parts.append((subject, pred))
-        return _join(parts, word)
+        subject, pred = _join(parts, word)
+        return subject, f"either {pred}" if word == "or" and len(parts) > 1 else pred
     if isinstance(cond, EventCondition):
         return _event(cond, negated)
     if isinstance(cond, TraitCondition):

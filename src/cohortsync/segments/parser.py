@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +113,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, list | tuple):
         return tuple(_plain(v) for v in value)
+    if isinstance(value, date):
+        return value.isoformat()
     return value
 
 

@@ -41,6 +41,8 @@ async def read_body(request: Request, limit: int, too_large_code: str) -> bytes:
         raise BodyError(400, too_large_code, _too_large(limit))
     if not inflater.eof:
         raise BodyError(400, "invalid_gzip", "the gzip body is truncated")
+    if inflater.unused_data:
+        raise BodyError(400, "invalid_gzip", "send one gzip member per request body")
     return body
 
 

@@ -71,15 +71,37 @@ class GroupCommitter:
             rejections = [r for item in items for r in item[1]]
             try:
                 await loop.run_in_executor(self._executor, self._commit, messages, rejections)
-            except Exception as exc:  # every waiting request learns the commit failed
-                for *_, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
+            except Exception:
+                # One bad request must not fail its neighbours: commit each on its own.
+                groups = items if len(items) > 1 else []
+                if not groups:
+                    _settle(items[0][2], failed=True)
+                for own_messages, own_rejections, future in groups:
+                    try:
+                        await loop.run_in_executor(
+                            self._executor, self._commit, own_messages, own_rejections
+                        )
+                    except Exception:
+                        _settle(future, failed=True)
+                    else:
+                        _settle(future, failed=False)
             else:
                 self.commits += 1
                 for *_, future in items:
-                    if not future.done():
-                        future.set_result(None)
+                    _settle(future, failed=False)
             finally:
                 for _ in items:
                     self._queue.task_done()
+
+
+class CommitFailedError(Exception):
+    """The store could not commit a request's events; nothing of it was acknowledged."""
+
+
+def _settle(future: asyncio.Future[None], *, failed: bool) -> None:
+    if future.done():
+        return
+    if failed:
+        future.set_exception(CommitFailedError("events could not be stored"))
+    else:
+        future.set_result(None)

@@ -107,7 +107,6 @@ async def ingest_batch(request: Request) -> Response:
     except TimestampError as exc:
         return error(400, "invalid_timestamp", f"sentAt {exc}")
     received = now_micros()
-    check_size = len(orjson.dumps(batch)) > MAX_MESSAGE_BYTES
     messages: list[Message] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(batch):
@@ -118,7 +117,6 @@ async def ingest_batch(request: Request) -> Response:
             origin=f"http:/v1/batch#{index}",
             sent_at_us=sent_at,
             defaults=body,
-            check_size=check_size,
         )
         if isinstance(checked, Message):
             messages.append(checked)
@@ -156,7 +154,6 @@ def _single(kind: str) -> Any:
             received_at_us=now_micros(),
             origin=f"http:/v1/{kind}",
             message_type=kind,
-            check_size=False,
         )
         if isinstance(checked, Message):
             failure = await _store(request, [checked], [])
