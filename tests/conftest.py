@@ -46,7 +46,8 @@ def engine(project_dir: Path) -> Iterator[Engine]:
         yield opened
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -57,7 +58,7 @@ class LiveServer:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             create_app(engine), host="127.0.0.1", port=self.port, log_level="warning"

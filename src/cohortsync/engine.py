@@ -6,15 +6,15 @@ The CLI, the HTTP server and the dashboard call this and hold no logic of their 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from cohortsync.config.loader import LoadedProject, load_project
+from cohortsync.config.models import IDENTIFIER_KINDS
 from cohortsync.errors import InputError, NotFoundError
-from cohortsync.events.pipeline import EMPTY_RESULT, IngestResult, store_messages
+from cohortsync.events.pipeline import IngestResult, PipelinedWriter, store_messages
 from cohortsync.events.readers import BadRow, read_rows
 from cohortsync.events.timestamps import now_micros
 from cohortsync.events.validate import content_message_id, validate_message
@@ -24,7 +24,7 @@ from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.records import Message, Rejection
 
 FILE_BATCH = 50_000
-IDENTIFIER_PREFIXES = ("email", "phone", "user_id", "anonymous_id", "profile_id")
+IDENTIFIER_PREFIXES = (*IDENTIFIER_KINDS, "profile_id")
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Engine:
     ) -> IngestResult:
         """Validate and store raw Segment messages (dicts), e.g. from a generator."""
         received = now_micros()
-        with _PipelinedWriter(self.commit) as writer:
+        with PipelinedWriter(self.commit, FILE_BATCH) as writer:
             for index, raw in enumerate(raws):
                 writer.add(
                     validate_message(
@@ -83,7 +83,7 @@ class Engine:
         """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
         received = now_micros()
         source = f"file:{path.name}"
-        with _PipelinedWriter(self.commit) as writer:
+        with PipelinedWriter(self.commit, FILE_BATCH) as writer:
             for line, row in read_rows(path, progress):
                 origin = f"{path}:{line}"
                 if isinstance(row, BadRow):
@@ -131,54 +131,6 @@ class Engine:
                 yield message
 
         return self.ingest_messages(counted(), source="demo", origin="demo")
-
-
-class _PipelinedWriter:
-    """Commits full batches on a writer thread while the caller parses the next one.
-
-    DuckDB releases the GIL, so storing batch N overlaps with validating batch N+1;
-    at most one batch waits, so memory stays bounded.
-    """
-
-    def __init__(self, commit: Callable[[Sequence[Message], Sequence[Rejection]], IngestResult]):
-        self._commit = commit
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
-        self._pending: Future[IngestResult] | None = None
-        self._messages: list[Message] = []
-        self._rejections: list[Rejection] = []
-        self.total = EMPTY_RESULT
-
-    def __enter__(self) -> _PipelinedWriter:
-        return self
-
-    def add(self, item: Message | Rejection) -> None:
-        """Queue one validated message or rejection; a full batch goes to the writer."""
-        if isinstance(item, Rejection):
-            self._rejections.append(item)
-        else:
-            self._messages.append(item)
-        if len(self._messages) + len(self._rejections) >= FILE_BATCH:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._wait()
-        if self._messages or self._rejections:
-            batch, rejected = self._messages, self._rejections
-            self._messages, self._rejections = [], []
-            self._pending = self._executor.submit(self._commit, batch, rejected)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            pending, self._pending = self._pending, None
-            self.total += pending.result()
-
-    def __exit__(self, kind: object, *_: object) -> None:
-        try:
-            if kind is None:
-                self._flush()
-            self._wait()
-        finally:
-            self._executor.shutdown(wait=True)
 
 
 def parse_identifier(text: str, default_region: str = "US") -> tuple[str, str]:

@@ -61,7 +61,7 @@ def load_project(directory: str | Path | None = None) -> LoadedProject:
 
 def parse_project(text: str, file: Path) -> LoadedProject:
     """Validate project-file text; every problem becomes a `ConfigError` with its line."""
-    display = _display(file)
+    display = display_path(file)
     try:
         document = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
@@ -160,7 +160,8 @@ def _allowed_keys(parent: tuple[Any, ...]) -> list[str]:
     return sorted(fields) if fields else []
 
 
-def _display(file: Path) -> str:
+def display_path(file: Path) -> str:
+    """A file as errors name it: relative to the current folder when inside it."""
     try:
         return str(file.resolve().relative_to(Path.cwd()))
     except ValueError:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from cohortsync.config.models import IdentityConfig
-from cohortsync.identity.graph import IdentityGraph, identifier_keys, priority_order
+from cohortsync.identity.graph import (
+    IdentityGraph,
+    extract_identifiers,
+    limited_kinds,
+    preload_keys,
+)
 from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, Store
 from cohortsync.store.records import IdentityChanges, Message, Rejection
 
@@ -30,6 +36,7 @@ class IngestResult:
 
 
 EMPTY_RESULT = IngestResult(0, 0, 0, 0)
+Commit = Callable[[Sequence[Message], Sequence[Rejection]], IngestResult]
 
 
 def store_messages(
@@ -61,9 +68,58 @@ def store_messages(
 
 def _resolve(identity: IdentityConfig, store: Store, messages: list[Message]) -> ResolvedBatch:
     changes = IdentityChanges()
-    keyed = [identifier_keys(m, identity, changes) for m in messages]
-    limited = [k for k in priority_order(identity) if identity.limit_for(k) is not None]
-    owners, profiles = store.load_identity_state((k for keys in keyed for k in keys), limited)
+    keyed = [extract_identifiers(m, identity, changes) for m in messages]
+    wanted = (k for m, keys in zip(messages, keyed, strict=True) for k in preload_keys(m, keys))
+    owners, profiles = store.load_identity_state(wanted, limited_kinds(identity))
     graph = IdentityGraph(identity, owners, profiles, changes)
     profile_ids = [graph.resolve(m, keys) for m, keys in zip(messages, keyed, strict=True)]
     return ResolvedBatch(messages, profile_ids, graph.changes, graph.profiles)
+
+
+class PipelinedWriter:
+    """Commits full batches on a writer thread while the caller parses the next one.
+
+    DuckDB releases the GIL, so storing batch N overlaps with validating batch N+1;
+    at most one batch waits, so memory stays bounded.
+    """
+
+    def __init__(self, commit: Commit, batch_size: int) -> None:
+        self._commit = commit
+        self._batch_size = batch_size
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer")
+        self._pending: Future[IngestResult] | None = None
+        self._messages: list[Message] = []
+        self._rejections: list[Rejection] = []
+        self.total = EMPTY_RESULT
+
+    def __enter__(self) -> PipelinedWriter:
+        return self
+
+    def add(self, item: Message | Rejection) -> None:
+        """Queue one validated message or rejection; a full batch goes to the writer."""
+        if isinstance(item, Rejection):
+            self._rejections.append(item)
+        else:
+            self._messages.append(item)
+        if len(self._messages) + len(self._rejections) >= self._batch_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._wait()
+        if self._messages or self._rejections:
+            batch, rejected = self._messages, self._rejections
+            self._messages, self._rejections = [], []
+            self._pending = self._executor.submit(self._commit, batch, rejected)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.total += pending.result()
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        try:
+            if kind is None:
+                self._flush()
+            self._wait()
+        finally:
+            self._executor.shutdown(wait=True)

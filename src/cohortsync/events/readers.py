@@ -47,7 +47,6 @@ _TOP_LEVEL = {
 }
 _OBJECTS = ("properties", "traits", "context", "integrations")
 _STRING_FIELDS = frozenset(_TOP_LEVEL.values())
-FORMATS = ("jsonl", "csv", "parquet")
 _PROGRESS_BYTES = 1 << 20
 
 

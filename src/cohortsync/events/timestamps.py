@@ -34,11 +34,6 @@ def to_micros(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-def from_micros(micros: int) -> datetime:
-    """The aware UTC datetime of microseconds since the epoch."""
-    return datetime.fromtimestamp(micros / 1_000_000, tz=UTC)
-
-
 def now_micros() -> int:
     """The current time in microseconds since the epoch."""
     return to_micros(datetime.now(UTC))

@@ -39,16 +39,20 @@ class IdentityGraph:
         self.profiles = profiles
         self.changes = changes or IdentityChanges()
         self._reverse: dict[str, set[Key]] | None = None
-        self.priority = priority_order(config)
-        self.limited_kinds = {k for k in self.priority if config.limit_for(k) is not None}
+        self._rank = {kind: i for i, kind in enumerate(priority_order(config))}
+        self.limited_kinds = set(limited_kinds(config))
 
     def resolve(self, message: Message, keys: list[Key] | None = None) -> str:
         """Attach the message's identifiers, merging profiles where allowed; return its profile.
 
         `keys` are the message's identifiers when the caller already extracted them.
         """
-        if keys is None or message.previous_id is not None:
-            keys = extract_identifiers(message, self.config, self.owners, self.changes)
+        if keys is None:
+            keys = extract_identifiers(message, self.config, self.changes)
+        if message.previous_id is not None:
+            # An alias's previous id is a user_id if one is known, else an anonymous id.
+            kind = "user_id" if ("user_id", message.previous_id) in self.owners else "anonymous_id"
+            keys = [*keys, (kind, message.previous_id)]
         target = self._known(keys)
         if target is None:
             target = self._attach_with_limits(self._dedupe_keys(keys), message)
@@ -81,9 +85,8 @@ class IdentityGraph:
             keys = keys[:-1]
 
     def _dedupe_keys(self, keys: list[Key]) -> list[Key]:
-        rank = {kind: i for i, kind in enumerate(self.priority)}
-        unique = list(dict.fromkeys(keys))
-        return sorted(unique, key=lambda k: rank.get(k[0], len(rank)))
+        rank = self._rank
+        return sorted(dict.fromkeys(keys), key=lambda k: rank.get(k[0], len(rank)))
 
     def _try_attach(self, keys: list[Key], message: Message) -> str | None:
         """Attach `keys` to one profile if no limit breaks; None means: drop one key, retry."""
@@ -116,7 +119,7 @@ class IdentityGraph:
         digest = hashlib.sha256(f"{key[0]}:{key[1]}".encode()).hexdigest()[:20]
         profile_id = f"p_{digest}"
         if profile_id not in self.profiles:
-            self.profiles[profile_id] = ProfileState(profile_id, is_new=True)
+            self.profiles[profile_id] = ProfileState(profile_id)
         return profile_id
 
     def _keys_of(self) -> dict[str, set[Key]]:
@@ -159,20 +162,16 @@ class IdentityGraph:
         self.changes.touched.discard(source)
 
     def _apply_traits(self, profile_id: str, message: Message) -> None:
-        incoming: dict[str, Any] = {}
-        context_traits = (message.context or {}).get("traits")
-        if isinstance(context_traits, dict):
-            incoming.update(context_traits)
-        if message.type == "identify" and message.traits:
-            incoming.update(message.traits)
-        if not incoming:
+        sources = person_traits(message)
+        if not sources:
             return
         traits = self.profiles[profile_id].traits
-        for name, value in incoming.items():
-            current = traits.get(name)
-            if current is None or message.timestamp_us >= current[1]:
-                traits[name] = (value, message.timestamp_us)
-                self.changes.dirty_traits.add(profile_id)
+        for incoming in sources:  # identify traits come last, so they win over context.traits
+            for name, value in incoming.items():
+                current = traits.get(name)
+                if current is None or message.timestamp_us >= current[1]:
+                    traits[name] = (value, message.timestamp_us)
+                    self.changes.dirty_traits.add(profile_id)
 
 
 def priority_order(config: IdentityConfig) -> list[str]:
@@ -181,24 +180,35 @@ def priority_order(config: IdentityConfig) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
+def limited_kinds(config: IdentityConfig) -> list[str]:
+    """The identifier kinds a profile may hold only a limited number of (user_id, email)."""
+    return [k for k in priority_order(config) if config.limit_for(k) is not None]
+
+
+def person_traits(message: Message) -> list[dict[str, Any]]:
+    """The trait objects describing the person: `context.traits`, then an identify's `traits`."""
+    sources = []
+    context_traits = (message.context or {}).get("traits")
+    if isinstance(context_traits, dict):
+        sources.append(context_traits)
+    if message.type == "identify" and message.traits:
+        sources.append(message.traits)
+    return sources
+
+
 def extract_identifiers(
-    message: Message, config: IdentityConfig, owners: dict[Key, str], changes: IdentityChanges
+    message: Message, config: IdentityConfig, changes: IdentityChanges
 ) -> list[Key]:
-    """The normalised identifiers a message carries; unusable ones are recorded, not kept."""
+    """The normalised identifiers a message carries (an alias's previous id aside).
+
+    Unusable ones are recorded in `changes`, not kept.
+    """
     keys: list[Key] = []
     if message.user_id is not None:
         keys.append(("user_id", message.user_id))
     if message.anonymous_id is not None:
         keys.append(("anonymous_id", message.anonymous_id))
-    if message.previous_id is not None:
-        kind = "user_id" if ("user_id", message.previous_id) in owners else "anonymous_id"
-        keys.append((kind, message.previous_id))
-    sources = []
-    context_traits = (message.context or {}).get("traits")
-    if isinstance(context_traits, dict):
-        sources.append(context_traits)
-    if message.type in ("identify", "alias") and message.traits:
-        sources.append(message.traits)
+    sources = person_traits(message)
     for kind in dict.fromkeys((config.primary, *config.secondary)):
         if kind in ("user_id", "anonymous_id"):
             continue
@@ -213,11 +223,8 @@ def extract_identifiers(
     return keys
 
 
-def identifier_keys(
-    message: Message, config: IdentityConfig, changes: IdentityChanges
-) -> list[Key]:
-    """The message's identifiers, with an alias's previous id under both kinds for preloading."""
-    keys = extract_identifiers(message, config, {}, changes)
-    if message.previous_id is not None:
-        keys.append(("user_id", message.previous_id))
-    return keys
+def preload_keys(message: Message, keys: list[Key]) -> list[Key]:
+    """The keys to load before resolving: an alias's previous id under both possible kinds."""
+    if message.previous_id is None:
+        return keys
+    return [*keys, ("user_id", message.previous_id), ("anonymous_id", message.previous_id)]

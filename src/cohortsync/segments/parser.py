@@ -6,10 +6,9 @@ import difflib
 import re
 from collections.abc import Mapping
 from datetime import date
-from pathlib import Path
 from typing import Any
 
-from cohortsync.config.loader import LoadedProject
+from cohortsync.config.loader import LoadedProject, display_path
 from cohortsync.config.models import IDENTIFIER_KINDS
 from cohortsync.errors import ConfigError
 from cohortsync.events.validate import event_key
@@ -39,6 +38,7 @@ from cohortsync.segments.ast import (
     Window,
     Within,
 )
+from cohortsync.segments.schedule import valid_refresh
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
@@ -51,35 +51,17 @@ _AUDIENCE_KEYS = (
     "segment", "exclude", "holdout", "refresh", "identifiers", "destinations", "owner",
     "description",
 )  # fmt: skip
-_REFRESH = ("realtime", "15m", "1h", "1d")
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_CRON_NAMES: tuple[dict[str, int], ...] = (
-    {},
-    {},
-    {},
-    {m: i + 1 for i, m in enumerate(_MONTHS)},
-    {d: i for i, d in enumerate(_DAYS)},
-)
 _FIX_DURATION = "use <n>m, <n>h, <n>d or <n>w, e.g. 6h"
 
 
 def parse_segments(loaded: LoadedProject) -> SegmentProject:
     """Parse and bind the traits, segments and audiences of a loaded project."""
-    return parse_document(loaded.document, _display(loaded.file))
+    return parse_document(loaded.document, display_path(loaded.file))
 
 
 def parse_document(document: Any, file_display: str) -> SegmentProject:
     """Parse and bind from a ruamel round-trip document (a `CommentedMap`)."""
     return _Parser(document, file_display).run()
-
-
-def _display(file: Path) -> str:
-    try:
-        return str(file.resolve().relative_to(Path.cwd()))
-    except ValueError:
-        return str(file)
 
 
 def _node_line(node: Any, fallback: int) -> int:
@@ -621,44 +603,10 @@ class _Parser:
     def refresh(self, value: Any, line: int) -> str:
         """`realtime`, `15m`, `1h`, `1d` or a 5-field cron expression."""
         text = value.strip() if isinstance(value, str) else ""
-        if text in _REFRESH or _valid_cron(text):
+        if valid_refresh(text):
             return text
         raise self.fail(
             f"bad refresh {value!r}: use realtime, 15m, 1h, 1d or a 5-field cron expression "
             "such as '0 6 * * *'",
             line,
         )
-
-
-def _valid_cron(text: str) -> bool:
-    fields = text.split()
-    if len(fields) != 5:
-        return False
-    return all(_cron_field(f, i) for i, f in enumerate(fields))
-
-
-def _cron_field(field: str, index: int) -> bool:
-    low, high = _CRON_RANGES[index]
-    names = _CRON_NAMES[index]
-
-    def number(part: str) -> int | None:
-        value = (
-            names.get(part.lower()) if part.isalpha() else (int(part) if part.isdigit() else None)
-        )
-        return value if value is not None and low <= value <= high else None
-
-    for item in field.split(","):
-        base, _, step = item.partition("/")
-        if step and (not step.isdigit() or int(step) == 0):
-            return False
-        if base == "*":
-            continue
-        start, _, end = base.partition("-")
-        first = number(start)
-        if first is None:
-            return False
-        if end:
-            last = number(end)
-            if last is None or last < first:
-                return False
-    return True

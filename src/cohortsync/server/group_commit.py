@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from cohortsync.events.pipeline import IngestResult
+from cohortsync.events.pipeline import Commit
 from cohortsync.store.records import Message, Rejection
 
-Commit = Callable[[Sequence[Message], Sequence[Rejection]], IngestResult]
 _Item = tuple[list[Message], list[Rejection], "asyncio.Future[None]"]
 
 

@@ -65,12 +65,17 @@ def _authenticate(request: Request, body: Any) -> str | None:
     return project.source_for_key(key) if key else None
 
 
-async def _parse(request: Request, limit: int, too_large: str) -> Any:
-    body = await read_body(request, limit, too_large)
+async def _authenticated_body(request: Request, limit: int, too_large: str) -> tuple[Any, str]:
+    """The parsed JSON body and the source its write key names; `BodyError` otherwise."""
+    raw = await read_body(request, limit, too_large)
     try:
-        return orjson.loads(body)
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BodyError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
+    source = _authenticate(request, body)
+    if source is None:
+        raise BodyError(401, "invalid_write_key", "send a valid write key as the Basic user name")
+    return body, source
 
 
 async def _store(
@@ -89,12 +94,9 @@ async def _store(
 async def ingest_batch(request: Request) -> Response:
     """A batch of messages of any type, as the Segment libraries send them."""
     try:
-        body = await _parse(request, MAX_BATCH_BYTES, "batch_too_large")
+        body, source = await _authenticated_body(request, MAX_BATCH_BYTES, "batch_too_large")
     except BodyError as exc:
         return error(exc.status, exc.code, exc.message)
-    source = _authenticate(request, body)
-    if source is None:
-        return error(401, "invalid_write_key", "send a valid write key as the Basic user name")
     batch = body.get("batch") if isinstance(body, dict) else None
     if not isinstance(batch, list) or not batch:
         return error(
@@ -109,6 +111,7 @@ async def ingest_batch(request: Request) -> Response:
     received = now_micros()
     messages: list[Message] = []
     rejections: list[Rejection] = []
+    rejected_at: list[int] = []
     for index, raw in enumerate(batch):
         checked = validate_message(
             raw,
@@ -122,6 +125,7 @@ async def ingest_batch(request: Request) -> Response:
             messages.append(checked)
         else:
             rejections.append(checked)
+            rejected_at.append(index)
     failure = await _store(request, messages, rejections)
     if failure is not None:
         return failure
@@ -132,8 +136,8 @@ async def ingest_batch(request: Request) -> Response:
             "success": True,
             "accepted": len(messages),
             "quarantined": [
-                {"index": int(r.origin.rsplit("#", 1)[1]), "code": r.reason, "message": r.detail}
-                for r in rejections
+                {"index": index, "code": r.reason, "message": r.detail}
+                for index, r in zip(rejected_at, rejections, strict=True)
             ],
         }
     )
@@ -142,12 +146,11 @@ async def ingest_batch(request: Request) -> Response:
 def _single(kind: str) -> Any:
     async def ingest_one(request: Request) -> Response:
         try:
-            body = await _parse(request, MAX_MESSAGE_BYTES, "message_too_large")
+            body, source = await _authenticated_body(
+                request, MAX_MESSAGE_BYTES, "message_too_large"
+            )
         except BodyError as exc:
             return error(exc.status, exc.code, exc.message)
-        source = _authenticate(request, body)
-        if source is None:
-            return error(401, "invalid_write_key", "send a valid write key as the Basic user name")
         checked = validate_message(
             body,
             source=source,

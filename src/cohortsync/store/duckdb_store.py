@@ -143,12 +143,6 @@ class DuckDBStore(Store):
                 con.unregister("_rejected_ids")
         return inserted
 
-    def quarantine(self, rejections: Sequence[Rejection]) -> None:
-        """Record rejected messages on their own (no events in the batch)."""
-        if rejections:
-            with self._transaction() as con:
-                self._write_quarantine(con, rejections, datetime.now(UTC))
-
     def _write_profiles(
         self,
         con: duckdb.DuckDBPyConnection,

@@ -59,7 +59,6 @@ class ProfileState:
     traits: dict[str, tuple[Any, int]] = field(default_factory=dict)
     first_seen_us: int | None = None
     last_seen_us: int | None = None
-    is_new: bool = False
 
 
 @dataclass(frozen=True)
