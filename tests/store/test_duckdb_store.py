@@ -52,8 +52,8 @@ def snapshot(engine: Engine) -> dict[str, Any]:
         "events": query("SELECT message_id, canonical_profile_id FROM profile_events ORDER BY 1"),
         "profiles": query("SELECT profile_id, merged_into FROM profiles ORDER BY 1"),
         "seen": query(
-            "SELECT profile_id, first_seen, last_seen FROM profiles "
-            "WHERE merged_into IS NULL ORDER BY 1"
+            'SELECT canonical_profile_id, min("timestamp"), max("timestamp") '
+            "FROM profile_events GROUP BY 1 ORDER BY 1"
         ),
         "merges": query("SELECT from_profile, into_profile, message_id FROM merges ORDER BY 3"),
     }

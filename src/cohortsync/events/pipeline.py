@@ -12,6 +12,7 @@ from cohortsync.identity.graph import (
     extract_identifiers,
     limited_kinds,
     preload_keys,
+    trait_identifier_kinds,
 )
 from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, Store
 from cohortsync.store.records import IdentityChanges, Message, Rejection
@@ -68,11 +69,12 @@ def store_messages(
 
 def _resolve(identity: IdentityConfig, store: Store, messages: list[Message]) -> ResolvedBatch:
     changes = IdentityChanges()
-    keyed = [extract_identifiers(m, identity, changes) for m in messages]
-    wanted = (k for m, keys in zip(messages, keyed, strict=True) for k in preload_keys(m, keys))
+    kinds = trait_identifier_kinds(identity)
+    keyed = [extract_identifiers(m, identity, changes, kinds) for m in messages]
+    wanted = {k for m, keys in zip(messages, keyed, strict=True) for k in preload_keys(m, keys)}
     owners, profiles = store.load_identity_state(wanted, limited_kinds(identity))
     graph = IdentityGraph(identity, owners, profiles, changes)
-    profile_ids = [graph.resolve(m, keys) for m, keys in zip(messages, keyed, strict=True)]
+    profile_ids = graph.resolve_all(messages, keyed)
     return ResolvedBatch(messages, profile_ids, graph.changes, graph.profiles)
 
 

@@ -10,6 +10,7 @@ belongs to the profile of its highest-priority identifier. Traits are last-write
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from cohortsync.config.models import IdentityConfig
@@ -57,14 +58,29 @@ class IdentityGraph:
         if target is None:
             target = self._attach_with_limits(self._dedupe_keys(keys), message)
         self._apply_traits(target, message)
-        state = self.profiles[target]
-        ts = message.timestamp_us
-        if state.first_seen_us is None or ts < state.first_seen_us:
-            state.first_seen_us = ts
-        if state.last_seen_us is None or ts > state.last_seen_us:
-            state.last_seen_us = ts
-        self.changes.touched.add(target)
         return target
+
+    def resolve_all(self, messages: Sequence[Message], keyed: Sequence[list[Key]]) -> list[str]:
+        """Resolve a batch in order. Messages that carry no traits and no alias resolve once
+        per distinct identifier list: the answer cannot differ (a later merge is followed by
+        the store through the merged-away profile), and most events are of this kind."""
+        settled: dict[tuple[Key, ...], str] = {}
+        profile_ids = []
+        for message, keys in zip(messages, keyed, strict=True):
+            context = message.context
+            if (
+                message.previous_id is not None
+                or message.type == "identify"
+                or (context and context.get("traits"))
+            ):
+                profile_ids.append(self.resolve(message, keys))
+                continue
+            signature = tuple(keys)
+            profile_id = settled.get(signature)
+            if profile_id is None:
+                profile_id = settled[signature] = self.resolve(message, keys)
+            profile_ids.append(profile_id)
+        return profile_ids
 
     def _known(self, keys: list[Key]) -> str | None:
         """Fast path: every identifier already belongs to one profile, so nothing changes."""
@@ -120,6 +136,7 @@ class IdentityGraph:
         profile_id = f"p_{digest}"
         if profile_id not in self.profiles:
             self.profiles[profile_id] = ProfileState(profile_id)
+            self.changes.new_profiles.add(profile_id)
         return profile_id
 
     def _keys_of(self) -> dict[str, set[Key]]:
@@ -146,10 +163,6 @@ class IdentityGraph:
             current = new.traits.get(name)  # what was stored before, by the same rule
             if current is None or ts > current[1]:
                 new.traits[name] = (value, ts)
-        for bound in (old.first_seen_us, old.last_seen_us):
-            if bound is not None:
-                new.first_seen_us = min(new.first_seen_us or bound, bound)
-                new.last_seen_us = max(new.last_seen_us or bound, bound)
         moved = self._keys_of().pop(source, set())
         for key in moved:
             self.owners[key] = target
@@ -159,7 +172,6 @@ class IdentityGraph:
             Merge(source, target, message.message_id, kind, message.timestamp_us)
         )
         self.changes.dirty_traits.add(target)
-        self.changes.touched.discard(source)
 
     def _apply_traits(self, profile_id: str, message: Message) -> None:
         sources = person_traits(message)
@@ -188,16 +200,26 @@ def limited_kinds(config: IdentityConfig) -> list[str]:
 def person_traits(message: Message) -> list[dict[str, Any]]:
     """The trait objects describing the person: `context.traits`, then an identify's `traits`."""
     sources = []
-    context_traits = (message.context or {}).get("traits")
-    if isinstance(context_traits, dict):
+    context = message.context
+    context_traits = context.get("traits") if context else None
+    if context_traits.__class__ is dict:
         sources.append(context_traits)
     if message.type == "identify" and message.traits:
         sources.append(message.traits)
     return sources
 
 
+def trait_identifier_kinds(config: IdentityConfig) -> tuple[str, ...]:
+    """The identifier kinds read from traits: the primary and secondary ones, ids aside."""
+    kinds = dict.fromkeys((config.primary, *config.secondary))
+    return tuple(k for k in kinds if k not in ("user_id", "anonymous_id"))
+
+
 def extract_identifiers(
-    message: Message, config: IdentityConfig, changes: IdentityChanges
+    message: Message,
+    config: IdentityConfig,
+    changes: IdentityChanges,
+    trait_kinds: tuple[str, ...] | None = None,
 ) -> list[Key]:
     """The normalised identifiers a message carries (an alias's previous id aside).
 
@@ -209,9 +231,9 @@ def extract_identifiers(
     if message.anonymous_id is not None:
         keys.append(("anonymous_id", message.anonymous_id))
     sources = person_traits(message)
-    for kind in dict.fromkeys((config.primary, *config.secondary)):
-        if kind in ("user_id", "anonymous_id"):
-            continue
+    if not sources:
+        return keys
+    for kind in trait_identifier_kinds(config) if trait_kinds is None else trait_kinds:
         for traits in sources:
             raw = traits.get(kind)
             if raw is None or raw == "":

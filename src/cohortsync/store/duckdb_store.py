@@ -15,10 +15,15 @@ import orjson
 import pyarrow as pa
 
 from cohortsync.store.base import AlreadyStoredError, ProfileView, ResolvedBatch, Store
+from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
 
 _TS = pa.timestamp("us", tz="UTC")
+
+
+class _SomeAlreadyStoredError(Exception):
+    """Raised inside the transaction to roll it back when the insert skipped known ids."""
 
 
 class DuckDBStore(Store):
@@ -29,6 +34,7 @@ class DuckDBStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(self.path))
         self._lock = threading.RLock()
+        self._identities: IdentityCache | None = None
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -69,59 +75,51 @@ class DuckDBStore(Store):
     def load_identity_state(
         self, keys: Iterable[Key], limited_kinds: Iterable[str]
     ) -> tuple[dict[Key, str], dict[str, ProfileState]]:
-        unique = list(dict.fromkeys(keys))
-        if not unique:
-            return {}, {}
-        wanted = pa.table({"kind": [k for k, _ in unique], "value": [v for _, v in unique]})
         kinds = list(limited_kinds)
         with self._lock:
-            con = self._con
-            con.register("_wanted", wanted)
-            try:
-                owners = {
-                    (kind, value): profile
-                    for kind, value, profile in con.execute(
-                        "SELECT i.kind, i.value, i.profile_id FROM _wanted w "
-                        "JOIN identities i ON i.kind = w.kind AND i.value = w.value"
-                    ).fetchall()
-                }
-            finally:
-                con.unregister("_wanted")
-            profile_ids = sorted(set(owners.values()))
-            profiles = {p: ProfileState(p) for p in profile_ids}
-            if not profile_ids:
-                return owners, profiles
-            involved = pa.table({"profile_id": profile_ids})
-            con.register("_involved", involved)
-            try:
-                for kind, value, profile in con.execute(
-                    "SELECT i.kind, i.value, i.profile_id FROM _involved x "
-                    "JOIN identities i USING (profile_id) WHERE list_contains(?, i.kind)",
-                    [kinds],
-                ).fetchall():
-                    profiles[profile].limited.setdefault(kind, set()).add(value)
-            finally:
-                con.unregister("_involved")
-        return owners, profiles
+            if self._identities is None or self._identities.limited_kinds != frozenset(kinds):
+                rows = self._con.execute("SELECT kind, value, profile_id FROM identities")
+                self._identities = IdentityCache(rows.fetchall(), kinds)
+            return self._identities.lookup(keys)
 
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
         final = _final_targets(batch)
         events = _events_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
+        try:
+            inserted = self._commit(batch, rejections, events, final)
+        except _SomeAlreadyStoredError:
+            # Rare (a resent message): the batch was rolled back; name what was stored before.
+            with self._lock:
+                self._con.register("_events", events)
+                old = self._con.execute(
+                    "SELECT message_id FROM events SEMI JOIN _events USING (message_id)"
+                ).fetchall()
+                self._con.unregister("_events")
+            raise AlreadyStoredError({r[0] for r in old}) from None
+        if self._identities is not None:
+            self._identities.apply(batch.changes, final)
+        return inserted
+
+    def _commit(
+        self,
+        batch: ResolvedBatch,
+        rejections: Sequence[Rejection],
+        events: pa.Table,
+        final: dict[str, str],
+    ) -> int:
         now = datetime.now(UTC)
         with self._transaction() as con:
             inserted = 0
             if events.num_rows:
                 con.register("_events", events)
-                new = con.execute(
-                    "INSERT INTO events SELECT * FROM _events "
-                    "ON CONFLICT DO NOTHING RETURNING message_id"
-                ).fetchall()
+                # DuckDB answers an INSERT with the number of rows it inserted.
+                row = con.execute(
+                    "INSERT INTO events SELECT * FROM _events ON CONFLICT DO NOTHING"
+                ).fetchone()
                 con.unregister("_events")
-                inserted = len(new)
+                inserted = int(row[0]) if row else 0
                 if inserted != events.num_rows:
-                    fresh = {row[0] for row in new}
-                    old = {m.message_id for m in batch.messages if m.message_id not in fresh}
-                    raise AlreadyStoredError(old)
+                    raise _SomeAlreadyStoredError
             self._write_profiles(con, batch, final, now)
             self._write_identities(con, batch, final)
             self._write_traits(con, batch, final)
@@ -150,27 +148,15 @@ class DuckDBStore(Store):
         final: dict[str, str],
         now: datetime,
     ) -> None:
-        touched = sorted(
-            {final.get(p, p) for p in batch.changes.touched}
-            | {m.target for m in batch.changes.merges}
-        )
-        rows = [batch.profiles[p] for p in touched if p in batch.profiles]
-        rows = [r for r in rows if r.first_seen_us is not None]
-        if rows:
+        created = sorted(batch.changes.new_profiles)
+        if created:
             table = pa.table(
-                {
-                    "profile_id": [r.profile_id for r in rows],
-                    "first_seen": pa.array([r.first_seen_us for r in rows], _TS),
-                    "last_seen": pa.array([r.last_seen_us for r in rows], _TS),
-                    "created_at": pa.array([now] * len(rows), _TS),
-                }
+                {"profile_id": created, "created_at": pa.array([now] * len(created), _TS)}
             )
             con.register("_profiles", table)
             con.execute(
-                "INSERT INTO profiles SELECT profile_id, first_seen, last_seen, created_at, NULL "
-                "FROM _profiles ON CONFLICT (profile_id) DO UPDATE SET "
-                "first_seen = least(profiles.first_seen, excluded.first_seen), "
-                "last_seen = greatest(profiles.last_seen, excluded.last_seen)"
+                "INSERT INTO profiles SELECT profile_id, created_at, NULL FROM _profiles "
+                "ON CONFLICT DO NOTHING"
             )
             con.unregister("_profiles")
         merges = batch.changes.merges
@@ -191,15 +177,9 @@ class DuckDBStore(Store):
             "INSERT INTO merges "
             "SELECT merged_at, source, direct_target, message_id, kind FROM _merges"
         )
-        # Profiles created and merged within this batch never reached the profiles table.
-        con.execute(
-            "INSERT INTO profiles SELECT source, merged_at, merged_at, ?, target FROM _merges "
-            "ON CONFLICT (profile_id) DO UPDATE SET merged_into = excluded.merged_into",
-            [now],
-        )
         con.execute(
             "UPDATE profiles SET merged_into = m.target FROM _merges m "
-            "WHERE profiles.merged_into = m.source"
+            "WHERE profiles.profile_id = m.source OR profiles.merged_into = m.source"
         )
         con.execute(
             "UPDATE identities SET profile_id = m.target FROM _merges m "
@@ -213,7 +193,7 @@ class DuckDBStore(Store):
             "INSERT INTO profile_aliases SELECT source, target FROM _merges "
             "ON CONFLICT (profile_id) DO UPDATE SET canonical_id = excluded.canonical_id"
         )
-        # The survivor takes the merged profiles' stored traits (latest wins) and time bounds.
+        # The survivor takes the merged profiles' stored traits (latest wins).
         con.execute(
             "INSERT INTO profile_traits "
             "SELECT m.target, t.name, t.value, t.updated_at FROM profile_traits t "
@@ -225,13 +205,6 @@ class DuckDBStore(Store):
             "WHERE excluded.updated_at > profile_traits.updated_at"
         )
         con.execute("DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)")
-        con.execute(
-            "UPDATE profiles SET first_seen = least(profiles.first_seen, b.first_seen), "
-            "last_seen = greatest(profiles.last_seen, b.last_seen) FROM ("
-            "SELECT m.target, min(p.first_seen) AS first_seen, max(p.last_seen) AS last_seen "
-            "FROM _merges m JOIN profiles p ON p.profile_id = m.source GROUP BY m.target) b "
-            "WHERE profiles.profile_id = b.target"
-        )
         con.unregister("_merges")
 
     def _write_identities(
@@ -321,13 +294,16 @@ class DuckDBStore(Store):
         return str(rows[0][0]) if rows else None
 
     def profile(self, profile_id: str, recent: int = 10) -> ProfileView | None:
+        live = self.query(
+            "SELECT 1 FROM profiles WHERE profile_id = ? AND merged_into IS NULL", [profile_id]
+        )
+        if not live:
+            return None
         head = self.query(
-            "SELECT first_seen, last_seen FROM profiles "
-            "WHERE profile_id = ? AND merged_into IS NULL",
+            'SELECT min("timestamp"), max("timestamp") FROM profile_events '
+            "WHERE canonical_profile_id = ?",
             [profile_id],
         )
-        if not head:
-            return None
         identifiers = [
             {"kind": k, "value": v, "first_seen": f}
             for k, v, f in self.query(
@@ -421,22 +397,24 @@ def _quarantine_id(rejection: Rejection) -> str:
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else orjson.dumps(value, default=str).decode()
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def _events_table(messages: Sequence[Message], profile_ids: Sequence[str]) -> pa.Table:
     """One Arrow table of events, built column by column (far cheaper than row by row)."""
+    # A Message is a tuple: transposing with zip runs in C, one pass for every field.
+    columns = list(zip(*messages, strict=True)) or [()] * len(Message._fields)
+    fields = dict(zip(Message._fields, columns, strict=True))
     arrays: dict[str, pa.Array] = {}
     for name in _EVENT_COLUMNS:
         if name == "profile_id":
             arrays[name] = pa.array(profile_ids, pa.string())
         elif name in _JSON_COLUMNS:
-            arrays[name] = pa.array([_json(getattr(m, name)) for m in messages], pa.string())
+            arrays[name] = pa.array([_json(v) for v in fields[name]], pa.string())
         elif name in _TIME_COLUMNS:
-            attribute = _TIME_COLUMNS[name]
-            arrays[name] = pa.array([getattr(m, attribute) for m in messages], _TS)
+            arrays[name] = pa.array(fields[_TIME_COLUMNS[name]], _TS)
         else:
-            arrays[name] = pa.array([getattr(m, name) for m in messages], pa.string())
+            arrays[name] = pa.array(fields[name], pa.string())
     return pa.table(arrays)
 
 

@@ -51,14 +51,11 @@ class Rejection:
 @dataclass
 class ProfileState:
     """What resolution needs of one profile: its limited identifiers (user_id, email) as stored,
-    plus what this batch changes: trait updates and the first/last event times it saw.
-    The store folds those into what it holds, by the same last-write-wins rule."""
+    plus this batch's trait updates, which the store folds in by last-write-wins."""
 
     profile_id: str
     limited: dict[str, set[str]] = field(default_factory=dict)
     traits: dict[str, tuple[Any, int]] = field(default_factory=dict)
-    first_seen_us: int | None = None
-    last_seen_us: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,4 +86,4 @@ class IdentityChanges:
     merges: list[Merge] = field(default_factory=list)
     rejections: list[IdentifierRejection] = field(default_factory=list)
     dirty_traits: set[str] = field(default_factory=set)
-    touched: set[str] = field(default_factory=set)
+    new_profiles: set[str] = field(default_factory=set)

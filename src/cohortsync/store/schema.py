@@ -40,8 +40,6 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         CREATE TABLE profiles (
             profile_id VARCHAR PRIMARY KEY,
-            first_seen TIMESTAMPTZ NOT NULL,
-            last_seen TIMESTAMPTZ NOT NULL,
             created_at TIMESTAMPTZ NOT NULL,
             merged_into VARCHAR
         );
