@@ -59,6 +59,10 @@ class Engine:
         """Close the store."""
         self.store.close()
 
+    def warm_up(self) -> None:
+        """Load what the first ingest would otherwise load (the identity graph, Arrow paths)."""
+        self.commit([])
+
     def commit(
         self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()
     ) -> IngestResult:

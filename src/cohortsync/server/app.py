@@ -23,6 +23,7 @@ def create_app(engine: Engine) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         committer = GroupCommitter(engine.commit)
         app.state.committer = committer
+        engine.warm_up()  # the first request should not pay for loading the identity graph
         await committer.start()
         try:
             yield
