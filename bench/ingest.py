@@ -478,6 +478,9 @@ def main() -> None:
     parser.add_argument("--rps", type=float, default=500.0, help="/v1/track open-loop rate")
     parser.add_argument("--seconds", type=float, default=10.0, help="/v1/track duration")
     parser.add_argument("--quick", action="store_true", help="~10× smaller, under a minute")
+    parser.add_argument(
+        "--only", choices=("file", "batch", "track"), action="append", help="run only these"
+    )
     args = parser.parse_args()
     if args.quick:
         args.events //= 10
@@ -491,9 +494,13 @@ def main() -> None:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="cohortsync-bench-") as tmp:
         workdir = Path(tmp)
-        rows += bench_file(args.events, workdir)
-        rows += bench_http_batch(args.http_events, args.concurrency, workdir)
-        rows += bench_track(args.rps, args.seconds, workdir)
+        wanted = set(args.only or ("file", "batch", "track"))
+        if "file" in wanted:
+            rows += bench_file(args.events, workdir)
+        if "batch" in wanted:
+            rows += bench_http_batch(args.http_events, args.concurrency, workdir)
+        if "track" in wanted:
+            rows += bench_track(args.rps, args.seconds, workdir)
 
     table = Table(title="cohortsync ingest")
     for column in ("measure", "cohortsync", "baseline", "ratio", "aim", "met"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +25,7 @@ def create_app(engine: Engine) -> FastAPI:
         committer = GroupCommitter(engine.commit)
         app.state.committer = committer
         engine.warm_up()  # the first request should not pay for loading the identity graph
+        gc.freeze()  # the long-lived identity graph is never scanned by the collector again
         await committer.start()
         try:
             yield

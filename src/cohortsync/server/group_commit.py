@@ -19,7 +19,7 @@ _Item = tuple[list[Message], list[Rejection], "asyncio.Future[None]"]
 class GroupCommitter:
     """Collects submissions and commits them in batches on one writer thread."""
 
-    def __init__(self, commit: Commit, max_messages: int = 20_000, max_wait: float = 0.002) -> None:
+    def __init__(self, commit: Commit, max_messages: int = 20_000, max_wait: float = 0) -> None:
         self._commit = commit
         self._max_messages = max_messages
         self._max_wait = max_wait
