@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,12 +17,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cohortsync.audiences.members import Member
 from cohortsync.config.loader import PROJECT_FILE, find_project_dir
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.engine import Engine
-from cohortsync.errors import CohortsyncError
+from cohortsync.errors import CohortsyncError, InputError
 from cohortsync.events.readers import file_size
-from cohortsync.render import ingest_table, profile_group, stats_tables
+from cohortsync.events.timestamps import TimestampError, parse_timestamp
+from cohortsync.render import (
+    compute_table,
+    ingest_table,
+    members_table,
+    preview_group,
+    profile_group,
+    stats_tables,
+)
 
 app = typer.Typer(
     help="cohortsync: segments kept true as events arrive, synced where they act.",
@@ -41,6 +52,33 @@ ProjectOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+AtOption = Annotated[
+    str | None,
+    typer.Option(
+        "--at",
+        help="An ISO-8601 instant, e.g. 2026-05-01T12:00:00Z (no zone means UTC; default now).",
+        show_default=False,
+    ),
+]
+
+
+class Format(StrEnum):
+    """Output formats of `cohortsync members`."""
+
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def _at(text: str | None) -> datetime | None:
+    """The `--at` option as an aware datetime; a bad value is an InputError."""
+    if text is None:
+        return None
+    try:
+        micros = parse_timestamp(text)
+    except TimestampError as exc:
+        raise InputError(f"--at {text!r} {exc}") from None
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
 def _progress() -> Progress:
@@ -134,6 +172,59 @@ def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
         _print_json(counts)
     else:
         console.print(stats_tables(counts))
+
+
+@app.command()
+def compute(
+    project: ProjectOption = None, at: AtOption = None, as_json: JsonOption = False
+) -> None:
+    """Compute every segment and audience as of --at (default now) and record who entered/left."""
+    moment = _at(at)
+    with Engine.open(project) as engine:
+        report = engine.compute(moment)
+    if as_json:
+        _print_json(dataclasses.asdict(report))
+    else:
+        console.print(compute_table(report))
+
+
+@app.command()
+def members(
+    name: Annotated[str, typer.Argument(help="A segment or audience name.")],
+    project: ProjectOption = None,
+    at: AtOption = None,
+    output: Annotated[
+        Format, typer.Option("--format", "-f", help="table, json or csv (csv has a header).")
+    ] = Format.table,
+) -> None:
+    """List the members of a segment or audience: now, or as of --at from the recorded history."""
+    moment = _at(at)
+    with Engine.open(project) as engine:
+        found = engine.members(name, moment)
+    if output is Format.json:
+        _print_json([dataclasses.asdict(m) for m in found])
+    elif output is Format.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow([f.name for f in dataclasses.fields(Member)])
+        writer.writerows(dataclasses.astuple(m) for m in found)
+    else:
+        when = f"as of {moment.isoformat()}" if moment else "now"
+        console.print(members_table(found, f"{name}: {len(found):,} members {when}"))
+
+
+@app.command()
+def preview(
+    name: Annotated[str, typer.Argument(help="A segment or audience name.")],
+    project: ProjectOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Compute one segment or audience now (nothing recorded): size, sample, overlaps, rules."""
+    with Engine.open(project) as engine:
+        shown = engine.preview(name)
+    if as_json:
+        _print_json(dataclasses.asdict(shown))
+    else:
+        console.print(preview_group(shown))
 
 
 @app.command()

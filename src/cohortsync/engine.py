@@ -7,18 +7,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from cohortsync.audiences import compute as audience_compute
+from cohortsync.audiences import members as audience_members
+from cohortsync.audiences.compute import ComputeReport
+from cohortsync.audiences.members import Member, Preview
 from cohortsync.config.loader import LoadedProject, load_project
 from cohortsync.config.models import IDENTIFIER_KINDS
 from cohortsync.errors import InputError, NotFoundError
 from cohortsync.events.pipeline import IngestResult, PipelinedWriter, store_messages
 from cohortsync.events.readers import BadRow, read_rows
-from cohortsync.events.timestamps import now_micros
+from cohortsync.events.timestamps import now_micros, to_micros
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
+from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.parser import parse_segments
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.records import Message, Rejection
@@ -118,6 +125,28 @@ class Engine:
         """Counts of events, profiles, identifiers and quarantined rows."""
         return self.store.stats()
 
+    @cached_property
+    def segments(self) -> SegmentProject:
+        """The project's computed traits, segments and audiences, parsed and bound."""
+        return parse_segments(self.loaded)
+
+    def compute(self, at: datetime | None = None) -> ComputeReport:
+        """Compute every segment and audience as of `at` (default now); record the changes."""
+        return audience_compute.compute(self.store, self.segments, _micros(at))
+
+    def members(self, name: str, at: datetime | None = None) -> list[Member]:
+        """Members of a segment or audience now, or as of `at` replayed from history."""
+        at_us = None if at is None else _micros(at)
+        return audience_members.members(self.store, self.segments, name, at_us)
+
+    def preview(self, name: str, at: datetime | None = None) -> Preview:
+        """Size, sample, overlaps and explanation of a segment or audience, computed live."""
+        return audience_members.preview(self.store, self.segments, name, _micros(at))
+
+    def explain(self, name: str) -> str:
+        """The plain-English rules of a segment or audience."""
+        return audience_members.explain(self.segments, name)
+
     def load_demo(
         self,
         profiles: int,
@@ -151,6 +180,13 @@ def parse_identifier(text: str, default_region: str = "US") -> tuple[str, str]:
         return kind, normalize_identifier(kind, value, default_region)
     except IdentifierError as exc:
         raise InputError(str(exc)) from None
+
+
+def _micros(at: datetime | None) -> int:
+    """Microseconds of `at` (naive means UTC), or of now."""
+    if at is None:
+        return now_micros()
+    return to_micros(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
 
 
 def _mask(kind: str, value: str) -> str:

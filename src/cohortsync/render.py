@@ -1,14 +1,16 @@
-"""Terminal pictures: Rich tables for stats, profiles and ingest results."""
+"""Terminal pictures: Rich tables for stats, profiles, ingest results and memberships."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from cohortsync.audiences.compute import ComputeReport
+from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.store.base import ProfileView
 
@@ -81,3 +83,56 @@ def profile_group(view: ProfileView) -> Group:
     for event in view.recent_events:
         events.add_row(str(event["timestamp"]), event["type"], escape(event["event"] or ""))
     return Group(head, identifiers, traits, merges, events)
+
+
+def compute_table(report: ComputeReport) -> Table:
+    """Size, entered, exited and holdout of every segment and audience after a compute."""
+    title = (
+        f"computed as of {report.as_of.isoformat()} in {report.duration_ms:,.0f} ms "
+        f"(run {report.run_id})"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("kind", "name", "size", "entered", "exited", "holdout"):
+        table.add_column(column, justify="left" if column in ("kind", "name") else "right")
+    for row in report.rows:
+        holdout = f"{row.holdout:,}" if row.kind == "audience" else ""
+        table.add_row(
+            row.kind,
+            escape(row.name),
+            f"{row.size:,}",
+            f"[green]{row.entered:,}[/]" if row.entered else "0",
+            f"[yellow]{row.exited:,}[/]" if row.exited else "0",
+            holdout,
+        )
+    return table
+
+
+def members_table(members: Sequence[Member], title: str) -> Table:
+    """One row per member: profile, first user_id, email and phone, and holdout."""
+    table = Table(title=title, title_justify="left")
+    audience = any(m.holdout is not None for m in members)
+    columns = ["profile", "user_id", "email", "phone"] + (["holdout"] if audience else [])
+    for column in columns:
+        table.add_column(column)
+    for m in members:
+        cells = [escape(v or "") for v in (m.profile_id, m.user_id, m.email, m.phone)]
+        if audience:
+            cells.append("yes" if m.holdout else "")
+        table.add_row(*cells)
+    return table
+
+
+def preview_group(preview: Preview) -> Group:
+    """Size, a sample of members, overlap with the other audiences, and the rules in English."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row(f"[bold]{preview.kind}[/]", escape(preview.name))
+    head.add_row("size", f"{preview.size:,}")
+    if preview.kind == "audience":
+        head.add_row("holdout", f"{preview.holdout:,}")
+    sample = members_table(preview.sample, f"sample ({len(preview.sample)} of {preview.size:,})")
+    overlap = Table(title="overlap with audiences", title_justify="left")
+    overlap.add_column("audience")
+    overlap.add_column("shared members", justify="right")
+    for name, count in preview.overlap.items():
+        overlap.add_row(escape(name), f"{count:,}")
+    return Group(head, sample, overlap, escape(preview.explanation))

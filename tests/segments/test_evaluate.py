@@ -165,7 +165,8 @@ PROPS: dict[str, Any] = {
     ("field", "op", "value", "want"),
     [
         ("amount", "eq", 42, True), ("amount", "eq", 42.0, True), ("amount", "eq", "42", False),
-        ("amount", "ne", 41, True), ("amount", "ne", "x", False), ("name", "ne", "x", True),
+        ("amount", "ne", 41, True), ("amount", "ne", "x", True), ("name", "ne", "x", True),
+        ("amount", "ne", 42.0, False), ("flag", "ne", 1, True), ("amount", "not_in", ["42"], True),
         ("amount", "gt", 41, True), ("amount", "gt", 42, False), ("amount", "gte", 42, True),
         ("price", "lt", 10, True), ("price", "lte", 9.5, True), ("price", "lt", 9.5, False),
         ("name", "gt", "A", True), ("name", "lt", "A", False), ("amount", "gt", "1", False),
@@ -248,7 +249,7 @@ def test_computed_trait_empty_and_ties() -> None:
     assert compute_trait(trait("sum"), hist(ev("x", T0, v="a")), T0) is None
     assert compute_trait(trait("count", None), hist(ev("x", T0), ev("x", T0 + 1)), T0) == 1
     tie = hist(ev("x", T0, v="b"), ev("x", T0 + 1, v="a"), ev("x", T0 + 2, v=10))
-    assert compute_trait(trait("most_frequent"), tie, T0 + 9) == 10  # "10" < "a" < "b"
+    assert compute_trait(trait("most_frequent"), tie, T0 + 9) == 10  # numbers < "a" < "b"
     assert compute_trait(trait("first"), AGG_HISTORY, T0 - 1) is None
     since = trait("count", None, window=Since("y"))
     assert compute_trait(since, AGG_HISTORY, T0 + 9) == 0

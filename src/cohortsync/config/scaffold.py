@@ -1,41 +1,30 @@
-"""`cohortsync init`: write a starter project that runs as is."""
+"""`cohortsync init`: write a starter project that runs as is.
+
+The starter is the example project of a D2C retention team (`cohortsync/demo/project.yml`,
+shipped in the wheel): identity, a web source, computed traits, segments and audiences written
+against the demo shop's events. Only the write key changes from one project to the next.
+"""
 
 from __future__ import annotations
 
 import secrets
+from importlib.resources import files
 from pathlib import Path
 
 from cohortsync.config.loader import PROJECT_FILE
 from cohortsync.errors import InputError
 
-TEMPLATE = """\
-# cohortsync project file. Reference: README.md, "The project file".
-# Values may use ${{ENV_VAR}} or ${{ENV_VAR:-default}}.
+WRITE_KEY_PLACEHOLDER = "__WRITE_KEY__"
 
-# Where events, profiles and memberships live (relative to this file).
-store: .cohortsync/store.duckdb
 
-# One person = one profile. Identifiers are normalised (email lower-cased,
-# phone to E.164 using default_region) before they are matched.
-identity:
-  primary: email
-  secondary: [phone]
-  default_region: US
-  limits: {{user_id: 1, email: 1}}   # a shared device never merges two customers
+def template_text() -> str:
+    """The example project file as shipped, with the write-key placeholder."""
+    return files("cohortsync.demo").joinpath("project.yml").read_text(encoding="utf-8")
 
-# Ingest sources: send Segment-spec events to /v1/* with this write key
-# (HTTP Basic, write key as user name, empty password).
-sources:
-  web:
-    write_key: ${{COHORTSYNC_WEB_WRITE_KEY:-{write_key}}}
 
-# Computed traits, segments, audiences, destinations and conversions follow here.
-traits: {{}}
-segments: {{}}
-audiences: {{}}
-destinations: {{}}
-conversions: []
-"""
+def render_template(write_key: str) -> str:
+    """The example project file with `write_key` as the web source's default key."""
+    return template_text().replace(WRITE_KEY_PLACEHOLDER, write_key)
 
 
 def scaffold_project(directory: Path, *, force: bool = False) -> Path:
@@ -44,5 +33,5 @@ def scaffold_project(directory: Path, *, force: bool = False) -> Path:
     target = directory / PROJECT_FILE
     if target.exists() and not force:
         raise InputError(f"{target} already exists: edit it, or pass --force to overwrite it")
-    target.write_text(TEMPLATE.format(write_key="wk_" + secrets.token_hex(12)), encoding="utf-8")
+    target.write_text(render_template("wk_" + secrets.token_hex(12)), encoding="utf-8")
     return target

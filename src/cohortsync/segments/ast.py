@@ -13,18 +13,25 @@ Semantics, shared by every back end (the SQL compiler and the Python evaluator m
 - `where` filters compare an event property (top-level key of `properties`; dotted names reach
   into nested objects) with a literal. A missing property makes every operator False except
   `exists` (`exists: false` is True when missing). Numbers compare as numbers (bools are not
-  numbers), strings as strings; a type mismatch is False. `contains` is substring on strings.
-  `in`/`not_in` take a list; `not_in` is False when the property is missing.
+  numbers; ints and floats compare by value, as doubles in SQL), strings as strings (by code
+  point), booleans only with `eq`/`ne`. `eq`, `gt`, `gte`, `lt`, `lte` and `contains` are False
+  on a type mismatch (and `eq null` is always False: null is missing). `contains` is substring
+  on strings. `in` takes a list and holds when the value `eq`s one element.
+  `ne` and `not_in` are the exact complements of `eq` and `in` over PRESENT values: True when
+  the property is present and equal to the literal / to no element, where values of different
+  types are never equal (`5 ne "5"`, `5 not_in ["shoes"]` are True); False when missing.
 - `count` (default `gte 1`) compares the number of matching events with N.
 - `TraitCondition` compares a profile trait (identify or computed) with the same operators;
-  a missing trait is False except for `exists: false`.
+  a missing trait is False except for `exists: false` (and `ne`/`not_in` need it present).
 - Computed traits aggregate a property over matching events: `count` (0 when none),
-  `distinct_count` (0 when none), `sum`/`avg`/`min`/`max` over numeric values, `first`/`last`
-  (value of the earliest/latest event, ties broken by message_id), `most_frequent` (ties broken
-  by the smallest value as text); all but the counts are None when no value exists.
-- A JSON null counts as missing. (Open point for the agreement test: the SQL compiler treats
-  `not_in` with a value of another type as "not in" (True); the Python evaluator as a type
-  mismatch (False). One rule must be chosen and both back ends aligned.)
+  `distinct_count` (0 when none), `sum`/`avg`/`min`/`max` over numeric values (the SQL back end
+  yields doubles, the evaluator keeps ints: equal as numbers), `first`/`last` (value of the
+  earliest/latest event; ties on timestamp: `first` takes the smallest message_id, `last` the
+  largest), `most_frequent` (values are distinct by JSON value, so 5, 5.0 and "5" are three
+  values; ties go to the smallest value: numbers by value, then strings by code point, then
+  booleans (false first), then anything else, finally by JSON text); all but the counts are
+  None when no value exists.
+- A JSON null counts as missing, in properties, nested objects and identify traits alike.
 """
 
 from __future__ import annotations

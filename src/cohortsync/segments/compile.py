@@ -204,7 +204,8 @@ class Compiler:
             is_number = exp.In(
                 this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES]
             )
-            return is_number, exp.cast(text, exp.DataType.build("DOUBLE"))
+            # TRY_CAST: the engine may evaluate the cast before (or without) the type check.
+            return is_number, exp.TryCast(this=text, to=exp.DataType.build("DOUBLE"))
         if isinstance(value, str):
             return exp.EQ(this=kind, expression=exp.Literal.string("VARCHAR")), text
         return None
@@ -218,8 +219,10 @@ class Compiler:
         if op == "in":
             values = value if isinstance(value, list | tuple) else [value]
             return _or(*(self._compare(doc, parts, "eq", v) for v in values))
-        if op == "not_in":
-            return _and(present, exp.Not(this=exp.paren(self._compare(doc, parts, "in", value))))
+        if op in ("ne", "not_in"):
+            # The exact complements of eq / in over present values (see ast.py).
+            positive = self._compare(doc, parts, "eq" if op == "ne" else "in", value)
+            return _and(present, exp.Not(this=exp.paren(positive)))
         typed = self._typed(doc, path, value)
         if typed is None:
             return exp.false()
@@ -233,10 +236,8 @@ class Compiler:
             )
             return exp.paren(_and(check, found))
         if isinstance(value, bool):
-            if op not in ("eq", "ne"):
+            if op != "eq":
                 return exp.false()
-            if op == "ne":
-                lhs = exp.Not(this=exp.paren(lhs))
             return exp.paren(_and(check, lhs))
         if op not in COUNT_OPS:
             raise InputError(f"unknown operator {op!r}")
@@ -389,7 +390,9 @@ class Compiler:
                     expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES],
                 )
                 events = events.where(numeric, append=True)
-                number = exp.cast(self.json_text(doc, path), exp.DataType.build("DOUBLE"))
+                number = exp.TryCast(
+                    this=self.json_text(doc, path), to=exp.DataType.build("DOUBLE")
+                )
                 func = {"sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}[agg]
                 value = func(this=number)
             agg_q = events.select(
@@ -418,18 +421,58 @@ class Compiler:
             )
         elif agg == "most_frequent":
             assert path is not None
-            text = self.json_text(doc, path)
+            # Group by the JSON value (5 and "5" differ); ties: numbers by value, then
+            # strings, then booleans, then anything else, each by text, then JSON text.
+            value_j = self.json_value(doc, path)
+            kind = self.json_type(doc, path)
+            numeric = exp.In(this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES])
+            type_rank = exp.Case(
+                ifs=[
+                    exp.If(this=numeric, true=exp.Literal.number(0)),
+                    exp.If(
+                        this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("VARCHAR")),
+                        true=exp.Literal.number(1),
+                    ),
+                    exp.If(
+                        this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("BOOLEAN")),
+                        true=exp.Literal.number(2),
+                    ),
+                ],
+                default=exp.Literal.number(3),
+            )
+            as_number = exp.Case(
+                ifs=[
+                    exp.If(
+                        this=numeric.copy(),
+                        true=exp.TryCast(
+                            this=self.json_text(doc, path), to=exp.DataType.build("DOUBLE")
+                        ),
+                    )
+                ],
+                default=exp.Literal.number(0),
+            )
+            text = exp.Case(
+                ifs=[exp.If(this=numeric.copy(), true=exp.Literal.string(""))],
+                default=self.json_text(doc, path),
+            )
+            raw = exp.cast(value_j.copy(), exp.DataType.build("VARCHAR"))
             grouped = events.select(
                 exp.alias_(pid, "profile_id"),
-                exp.alias_(exp.Min(this=self.json_value(doc, path)), "v"),
-                exp.alias_(text, "vt"),
+                exp.alias_(exp.Min(this=value_j), "v"),
+                exp.alias_(exp.Min(this=type_rank), "vr"),
+                exp.alias_(exp.Min(this=as_number), "vn"),
+                exp.alias_(exp.Min(this=text), "vt"),
+                exp.alias_(raw, "vj"),
                 exp.alias_(exp.Count(this=exp.Star()), "n"),
                 append=False,
-            ).group_by(pid.copy(), text.copy())
+            ).group_by(pid.copy(), raw.copy())
             order = exp.Order(
                 expressions=[
                     exp.Ordered(this=_col("n"), desc=True),
+                    exp.Ordered(this=_col("vr"), desc=False),
+                    exp.Ordered(this=_col("vn"), desc=False),
                     exp.Ordered(this=_col("vt"), desc=False),
+                    exp.Ordered(this=_col("vj"), desc=False),
                 ]
             )
             rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("profile_id")], order=order)

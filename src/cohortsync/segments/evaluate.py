@@ -134,9 +134,11 @@ def compare(value: Any, op: str, lit: Any) -> bool:
     if value is MISSING:
         return False
     if op == "in":
-        return isinstance(lit, list | tuple) and any(compare(value, "eq", x) for x in lit)
-    if op == "not_in":
-        return isinstance(lit, list | tuple) and all(compare(value, "ne", x) for x in lit)
+        lits = lit if isinstance(lit, list | tuple) else [lit]
+        return any(compare(value, "eq", x) for x in lits)
+    if op in ("ne", "not_in"):
+        # The exact complements of eq / in over present values (see ast.py).
+        return not compare(value, "eq" if op == "ne" else "in", lit)
     if op == "contains":
         return isinstance(value, str) and isinstance(lit, str) and lit in value
     kind = _kind(value)
@@ -146,8 +148,6 @@ def compare(value: Any, op: str, lit: Any) -> bool:
         raise ValueError(f"unknown operator {op!r}")
     if op == "eq":
         return bool(value == lit)
-    if op == "ne":
-        return bool(value != lit)
     if kind == "bool" and op in ("gt", "gte", "lt", "lte"):
         return False
     if op == "gt":
@@ -274,6 +274,18 @@ def _canon(v: Any) -> str:
     return json.dumps(v, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
+def _tie_key(v: Any, canon: str) -> tuple[int, float, str, str]:
+    """most_frequent tie order: numbers (by value), strings, booleans, others; then JSON text."""
+    kind = _kind(v)
+    if kind == "num":
+        return (0, float(v), "", canon)
+    if kind == "str":
+        return (1, 0.0, v, canon)
+    if kind == "bool":
+        return (2, 0.0, canon, canon)
+    return (3, 0.0, "", canon)
+
+
 def _compute(trait: ComputedTrait, h: ProfileHistory, t: int, cap: int) -> Any:
     """Aggregate the trait's property over its matching events as of `t`."""
     evs = _matching(trait.event, trait.where, trait.window, h, t, cap) or []
@@ -307,7 +319,7 @@ def _compute(trait: ComputedTrait, h: ProfileHistory, t: int, cap: int) -> Any:
             if key in tally:
                 tally[key][0] += 1
             else:
-                tally[key] = [1, v if isinstance(v, str) else key, v]
+                tally[key] = [1, _tie_key(v, key), v]
         if not tally:
             return None
         return min(tally.values(), key=lambda x: (-x[0], x[1]))[2]

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
+
 from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
 
 
@@ -31,6 +33,15 @@ class ProfileView:
     traits: dict[str, Any]
     merges: list[dict[str, Any]]
     recent_events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MembershipChanges:
+    """What recording one compute changed: per (kind, name), how many entered and exited."""
+
+    run_id: int
+    entered: dict[tuple[str, str], int]
+    exited: dict[tuple[str, str], int]
 
 
 class AlreadyStoredError(Exception):
@@ -74,6 +85,35 @@ class Store(ABC):
     @abstractmethod
     def stats(self) -> dict[str, dict[str, int]]:
         """Counts of events by type, profiles, identifiers by kind, quarantined rows by reason."""
+
+    @abstractmethod
+    def profile_ids(self, sql: str) -> list[str]:
+        """Run a compiled membership query (one `profile_id` column); the ids it returns."""
+
+    @abstractmethod
+    def record_memberships(
+        self, computed: pa.Table, at_us: int, started: float
+    ) -> MembershipChanges:
+        """Record one compute in one transaction: diff, entries, exits, a compute_runs row.
+
+        `computed` holds (kind, name, profile_id, holdout). Current members absent from it exit
+        at `at_us`; new ones enter as new rows; the run's duration counts from `started` (a
+        `time.perf_counter()` value).
+        """
+
+    @abstractmethod
+    def last_compute_as_of(self) -> int | None:
+        """The instant (µs) the latest compute run was for, or None before the first run."""
+
+    @abstractmethod
+    def membership(self, kind: str, name: str, at_us: int | None = None) -> list[tuple[str, bool]]:
+        """(profile_id, holdout) of the members now, or as of `at_us` from history; by id."""
+
+    @abstractmethod
+    def identifiers(
+        self, profile_ids: Sequence[str], kinds: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        """Per profile (merged-away ids followed), its first identifier of each kind in `kinds`."""
 
     @abstractmethod
     def close(self) -> None:

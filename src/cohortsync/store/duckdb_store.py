@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,7 +15,14 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from cohortsync.store.base import AlreadyStoredError, ProfileView, ResolvedBatch, Store
+from cohortsync.store.base import (
+    AlreadyStoredError,
+    MembershipChanges,
+    ProfileView,
+    ResolvedBatch,
+    Store,
+)
+from cohortsync.store.duckdb_memberships import diff_memberships
 from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
@@ -355,6 +363,81 @@ class DuckDBStore(Store):
                 "by_reason",
             ),
         }
+
+    def profile_ids(self, sql: str) -> list[str]:
+        with self._lock:
+            table = self._con.sql(sql).to_arrow_table()
+        return [] if table is None else [str(v) for v in table.column(0).to_pylist()]
+
+    def record_memberships(
+        self, computed: pa.Table, at_us: int, started: float
+    ) -> MembershipChanges:
+        at = pa.scalar(at_us, _TS).as_py()
+        names = computed.select(["kind", "name"]).group_by(["kind", "name"]).aggregate([])
+        with self._lock:
+            self._con.register("_computed", computed)
+            try:
+                with self._transaction() as con:
+                    changes = diff_memberships(con, at)
+                    con.execute(
+                        "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            changes.run_id,
+                            datetime.now(UTC),
+                            at,
+                            (time.perf_counter() - started) * 1000,
+                            sum(1 for k in names.column("kind").to_pylist() if k == "segment"),
+                            sum(1 for k in names.column("kind").to_pylist() if k == "audience"),
+                            sum(changes.entered.values()),
+                            sum(changes.exited.values()),
+                        ],
+                    )
+            finally:
+                self._con.unregister("_computed")
+        return changes
+
+    def last_compute_as_of(self) -> int | None:
+        rows = self.query("SELECT epoch_us(max(as_of)) FROM compute_runs")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def membership(self, kind: str, name: str, at_us: int | None = None) -> list[tuple[str, bool]]:
+        if at_us is None:
+            rows = self.query(
+                "SELECT profile_id, holdout FROM memberships "
+                "WHERE kind = ? AND name = ? AND exited_at IS NULL ORDER BY profile_id",
+                [kind, name],
+            )
+        else:
+            at = pa.scalar(at_us, _TS).as_py()
+            rows = self.query(
+                "SELECT profile_id, holdout FROM memberships WHERE kind = ? AND name = ? "
+                "AND entered_at <= ? AND (exited_at IS NULL OR exited_at > ?) "
+                "ORDER BY profile_id",
+                [kind, name, at, at],
+            )
+        return [(str(p), bool(h)) for p, h in rows]
+
+    def identifiers(
+        self, profile_ids: Sequence[str], kinds: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        ids = pa.table({"profile_id": pa.array(list(profile_ids), pa.string())})
+        kinds_list = list(kinds)
+        with self._lock:
+            self._con.register("_ids", ids)
+            try:
+                rows = self._con.execute(
+                    "SELECT i.profile_id, x.kind, arg_min(x.value, (x.first_seen, x.value)) "
+                    "FROM _ids i LEFT JOIN profile_aliases a ON a.profile_id = i.profile_id "
+                    "JOIN identities x ON x.profile_id = coalesce(a.canonical_id, i.profile_id) "
+                    "WHERE list_contains(?, x.kind) GROUP BY ALL",
+                    [kinds_list],
+                ).fetchall()
+            finally:
+                self._con.unregister("_ids")
+        found: dict[str, dict[str, str]] = {}
+        for profile_id, kind, value in rows:
+            found.setdefault(str(profile_id), {})[str(kind)] = str(value)
+        return found
 
     def close(self) -> None:
         with self._lock:

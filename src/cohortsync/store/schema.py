@@ -80,6 +80,33 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id;
         """,
     ),
+    (
+        2,
+        "membership history of segments and audiences, compute runs",
+        """
+        -- One row per stay of one profile in one segment or audience; the current members
+        -- are the rows whose exited_at IS NULL. A re-entry is a new row.
+        CREATE TABLE memberships (
+            kind VARCHAR NOT NULL,              -- 'segment' | 'audience'
+            name VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            entered_at TIMESTAMPTZ NOT NULL,
+            exited_at TIMESTAMPTZ,
+            holdout BOOLEAN NOT NULL DEFAULT FALSE,
+            run_id BIGINT NOT NULL              -- the compute run that recorded the entry
+        );
+        CREATE TABLE compute_runs (
+            run_id BIGINT PRIMARY KEY,
+            run_at TIMESTAMPTZ NOT NULL,        -- when the compute ran
+            as_of TIMESTAMPTZ NOT NULL,         -- the instant it computed membership for
+            duration_ms DOUBLE NOT NULL,
+            segments INTEGER NOT NULL,
+            audiences INTEGER NOT NULL,
+            entered BIGINT NOT NULL,
+            exited BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -26,7 +26,7 @@ WHERE
         )
         AND (
           JSON_TYPE("e"."properties", '/price') IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'HUGEINT')
-          AND CAST(JSON_EXTRACT_STRING("e"."properties", '/price') AS DOUBLE) > 20
+          AND TRY_CAST(JSON_EXTRACT_STRING("e"."properties", '/price') AS DOUBLE) > 20
         )
       GROUP BY
         "e"."canonical_profile_id"

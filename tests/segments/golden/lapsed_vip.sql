@@ -18,7 +18,7 @@ WHERE
         LEFT JOIN (
           SELECT
             "e"."canonical_profile_id" AS profile_id,
-            SUM(CAST(JSON_EXTRACT_STRING("e"."properties", '/total') AS DOUBLE)) AS v
+            SUM(TRY_CAST(JSON_EXTRACT_STRING("e"."properties", '/total') AS DOUBLE)) AS v
           FROM profile_events AS e
           WHERE
             (
@@ -44,7 +44,7 @@ WHERE
         "p"."merged_into" IS NULL
         AND (
           JSON_TYPE("t"."value", '$') IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'HUGEINT')
-          AND CAST(JSON_EXTRACT_STRING("t"."value", '$') AS DOUBLE) >= 500
+          AND TRY_CAST(JSON_EXTRACT_STRING("t"."value", '$') AS DOUBLE) >= 500
         )
     ) AS c1
     INTERSECT

@@ -1,0 +1,483 @@
+"""Segments benchmark: the example project's audiences, ours vs hand-written SQL vs pandas.
+
+Run:  .venv/bin/python bench/segments.py [--events N ...] [--repeat R] [--quick]
+
+For each size, a store is built once and cached under bench/out/segments-<N>/ (a project made
+by `scaffold_project`, i.e. the very template `cohortsync init` writes):
+- up to --base events (default 1M): `generate_shop` at a fixed NOW, ingested through
+  `Engine.ingest_messages` (about 25k events/s, so 1M takes ~40 s);
+- above that: the base store's file is copied and its events multiplied in SQL, copy k of every
+  row getting `~k` appended to message_id, profile_id, user_id and anonymous_id (and the same
+  suffix on profiles, aliases, identities and identify traits), so each copy is a distinct set
+  of profiles with the same shape of history. 10M = the 1M base x 10.
+
+Then, on the same store and in the same process, every audience of the example project is
+computed as of NOW three ways, each the best of --repeat runs:
+- ours: `DuckDBCompiler().compile_segment` for the audience's segment, minus each excluded
+  segment (EXCEPT), rendered and run; compile time included;
+- hand SQL: one query per audience written by hand against `profile_events` / `profiles`
+  (below, `HAND_SQL`), the way an analyst would write it: one scan, FILTER aggregates;
+- pandas: the events (track events only) read into a DataFrame first, with the properties the
+  audiences use already extracted into typed columns (favourable to pandas: it never parses
+  JSON); only the computation is timed.
+The three member sets must be equal (asserted). Peak memory is the process's max RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+from sqlglot import exp
+
+from cohortsync.config.loader import load_project
+from cohortsync.config.scaffold import scaffold_project
+from cohortsync.demo.shop import generate_shop
+from cohortsync.segments.compile import DuckDBCompiler
+from cohortsync.segments.parser import parse_segments
+
+NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # fixed, so stores are reproducible and cacheable
+AT_US = int(NOW.timestamp()) * 1_000_000
+EVENTS_PER_PROFILE = 31.8  # what generate_shop yields on average (measured at 5k profiles)
+OUT = Path(__file__).parent / "out"
+console = Console(width=150)
+
+
+# -- building the stores -------------------------------------------------------------------
+
+
+def _store_file(directory: Path) -> Path:
+    return directory / ".cohortsync" / "store.duckdb"
+
+
+def build_base(directory: Path, events: int) -> None:
+    """Generate and ingest ~`events` demo-shop events through the engine."""
+    from cohortsync.engine import Engine
+
+    profiles = max(100, round(events / EVENTS_PER_PROFILE))
+    scaffold_project(directory, force=True)
+    started = time.perf_counter()
+    with Engine.open(directory) as engine:
+        result = engine.ingest_messages(generate_shop(profiles, seed=7, now=NOW), source="demo")
+    console.print(
+        f"  built {directory.name}: {profiles:,} profiles, {result.received:,} messages "
+        f"ingested in {time.perf_counter() - started:.0f} s"
+    )
+
+
+def build_multiplied(base: Path, directory: Path, factor: int) -> None:
+    """Copy the base store and multiply its events `factor` times as distinct profiles."""
+    started = time.perf_counter()
+    scaffold_project(directory, force=True)
+    _store_file(directory).parent.mkdir(parents=True, exist_ok=True)
+    partial = _store_file(directory).with_suffix(".partial")
+    shutil.copyfile(_store_file(base), partial)
+    con = duckdb.connect(str(partial))
+    s = "|| '~' || k"  # the suffix of copy k
+    copies = f"range(1, {factor}) AS r(k)"
+    con.execute(
+        f"INSERT INTO events SELECT e.* REPLACE (message_id {s} AS message_id, "
+        f"profile_id {s} AS profile_id, user_id {s} AS user_id, "
+        f"anonymous_id {s} AS anonymous_id, previous_id {s} AS previous_id) "
+        f"FROM events e, {copies}"
+    )
+    con.execute(
+        f"INSERT INTO profiles SELECT profile_id {s}, created_at, merged_into {s} "
+        f"FROM profiles, {copies}"
+    )
+    con.execute(
+        f"INSERT INTO profile_aliases SELECT profile_id {s}, canonical_id {s} "
+        f"FROM profile_aliases, {copies}"
+    )
+    con.execute(
+        f"INSERT INTO identities SELECT kind, value {s}, profile_id {s}, first_seen "
+        f"FROM identities, {copies}"
+    )
+    con.execute(
+        f"INSERT INTO profile_traits SELECT profile_id {s}, name, value, updated_at "
+        f"FROM profile_traits, {copies}"
+    )
+    con.execute("CHECKPOINT")
+    con.close()
+    partial.rename(_store_file(directory))  # only a finished store is ever reused
+    console.print(
+        f"  built {directory.name}: base x {factor} in SQL in {time.perf_counter() - started:.0f} s"
+    )
+
+
+def ensure_store(events: int, base_events: int) -> Path:
+    """The cached project directory holding ~`events` events."""
+    directory = OUT / f"segments-{events}"
+    if _store_file(directory).exists():
+        return directory
+    if events <= base_events:
+        build_base(directory, events)
+        return directory
+    factor = max(2, round(events / base_events))
+    base = ensure_store(base_events, base_events)
+    build_multiplied(base, directory, factor)
+    return directory
+
+
+# -- hand-written SQL -------------------------------------------------------------------------
+
+AT = f"TIMESTAMPTZ '{NOW:%Y-%m-%d %H:%M:%S}+00'"
+LIVE = "SELECT profile_id FROM profiles WHERE merged_into IS NULL"
+REVENUE = "TRY_CAST(json_extract_string(properties, '$.revenue') AS DOUBLE)"
+NUMERIC_REVENUE = "json_type(properties, '$.revenue') IN ('BIGINT', 'UBIGINT', 'DOUBLE', 'HUGEINT')"
+ACTIVE_SUBSCRIBER = f"""
+    SELECT canonical_profile_id AS pid FROM profile_events
+    WHERE event_key IN ('subscription_started', 'subscription_cancelled') AND timestamp <= {AT}
+    GROUP BY 1
+    HAVING max(timestamp) FILTER (event_key = 'subscription_started') IS NOT NULL
+       AND coalesce(max(timestamp) FILTER (event_key = 'subscription_cancelled')
+                    <= max(timestamp) FILTER (event_key = 'subscription_started'), true)
+"""
+LAPSED = f"""
+    SELECT canonical_profile_id AS pid FROM profile_events
+    WHERE event_key IN ('order_completed', 'product_viewed', 'added_to_cart', 'email_opened',
+                        'email_clicked')
+      AND timestamp >= {AT} - INTERVAL 90 DAY AND timestamp <= {AT}
+    GROUP BY 1
+    HAVING count(*) FILTER (event_key = 'order_completed'
+                            AND timestamp <= {AT} - INTERVAL 60 DAY) > 0
+       AND count(*) FILTER (event_key = 'order_completed'
+                            AND timestamp > {AT} - INTERVAL 60 DAY) = 0
+       AND count(*) FILTER (event_key <> 'order_completed'
+                            AND timestamp > {AT} - INTERVAL 14 DAY) > 0
+"""
+# Per-profile order aggregates (computed traits ltv, aov, usually_discounted) as of AT.
+ORDERS = f"""
+    SELECT canonical_profile_id AS pid,
+           sum({REVENUE}) FILTER ({NUMERIC_REVENUE}) AS ltv,
+           avg({REVENUE}) FILTER ({NUMERIC_REVENUE}) AS aov,
+           count(*) FILTER (json_extract_string(properties, '$.discount') = 'true')
+             > count(*) FILTER (json_extract_string(properties, '$.discount') = 'false')
+             AS usually_discounted
+    FROM profile_events WHERE event_key = 'order_completed' AND timestamp <= {AT}
+    GROUP BY 1
+"""
+HAND_SQL: dict[str, str] = {
+    "cio_cart_abandon_6h": f"""
+        SELECT c.pid FROM (
+            SELECT canonical_profile_id AS pid, max(timestamp) AS last_add
+            FROM profile_events
+            WHERE event_key = 'added_to_cart' AND timestamp <= {AT}
+            GROUP BY 1
+            HAVING count(*) FILTER (timestamp BETWEEN {AT} - INTERVAL 6 HOUR
+                                                  AND {AT} - INTERVAL 2 HOUR) > 0
+        ) c
+        WHERE c.pid IN ({LIVE}) AND NOT EXISTS (
+            SELECT 1 FROM profile_events o
+            WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = c.pid
+              AND o.timestamp > c.last_add AND o.timestamp <= {AT})
+    """,
+    "cio_browse_abandon_24h": f"""
+        SELECT canonical_profile_id FROM profile_events
+        WHERE event_key IN ('product_viewed', 'added_to_cart', 'order_completed')
+          AND timestamp >= {AT} - INTERVAL 24 HOUR AND timestamp <= {AT}
+        GROUP BY 1
+        HAVING count(*) FILTER (event_key = 'product_viewed'
+                                AND timestamp <= {AT} - INTERVAL 1 HOUR) > 0
+           AND count(*) FILTER (event_key <> 'product_viewed'
+                                AND timestamp > {AT} - INTERVAL 24 HOUR) = 0
+        INTERSECT {LIVE}
+    """,
+    "cio_lapsed_75d": f"({LAPSED} INTERSECT {LIVE}) EXCEPT ({ACTIVE_SUBSCRIBER})",
+    "cio_lapsed_high_aov": f"""
+        SELECT o.pid FROM ({ORDERS}) o
+        WHERE o.aov >= 50 AND NOT o.usually_discounted
+          AND o.pid IN ({LAPSED}) AND o.pid IN ({LIVE}) AND o.pid NOT IN ({ACTIVE_SUBSCRIBER})
+    """,
+    "cio_lapsed_price_sensitive": f"""
+        SELECT o.pid FROM ({ORDERS}) o
+        WHERE o.usually_discounted
+          AND o.pid IN ({LAPSED}) AND o.pid IN ({LIVE}) AND o.pid NOT IN ({ACTIVE_SUBSCRIBER})
+    """,
+    "cio_replenish_30d": f"""
+        SELECT canonical_profile_id FROM profile_events
+        WHERE event_key IN ('added_to_cart', 'order_completed')
+          AND timestamp >= {AT} - INTERVAL 35 DAY AND timestamp <= {AT}
+        GROUP BY 1
+        HAVING count(*) FILTER (event_key = 'added_to_cart'
+                   AND timestamp <= {AT} - INTERVAL 21 DAY
+                   AND json_extract_string(properties, '$.sku')
+                       IN ('COF-ESP-250', 'COF-DEC-250', 'VIT-D3-60', 'VIT-MULTI-30')) > 0
+           AND count(*) FILTER (event_key = 'order_completed'
+                   AND timestamp <= {AT} - INTERVAL 21 DAY) > 0
+           AND count(*) FILTER (event_key = 'order_completed'
+                   AND timestamp > {AT} - INTERVAL 21 DAY) = 0
+        INTERSECT {LIVE}
+        EXCEPT ({ACTIVE_SUBSCRIBER})
+    """,
+    "cio_recent_purch_7d_suppress": f"""
+        SELECT DISTINCT canonical_profile_id FROM profile_events
+        WHERE event_key = 'order_completed'
+          AND timestamp > {AT} - INTERVAL 7 DAY AND timestamp <= {AT}
+        INTERSECT {LIVE}
+    """,
+    "cio_active_subscribers_suppress": f"{ACTIVE_SUBSCRIBER} INTERSECT {LIVE}",
+    "cio_ltv_high": f"SELECT pid FROM ({ORDERS}) WHERE ltv >= 150 INTERSECT {LIVE}",
+    "cio_ltv_mid": f"SELECT pid FROM ({ORDERS}) WHERE ltv >= 50 AND ltv < 150 INTERSECT {LIVE}",
+    "cio_ltv_low": f"SELECT pid FROM ({ORDERS}) WHERE ltv > 0 AND ltv < 50 INTERSECT {LIVE}",
+    "cio_nonconverter_msg1": f"""
+        SELECT canonical_profile_id FROM profile_events
+        WHERE event_key IN ('email_delivered', 'order_completed')
+          AND timestamp >= {AT} - INTERVAL 7 DAY AND timestamp <= {AT}
+        GROUP BY 1
+        HAVING count(*) FILTER (event_key = 'email_delivered'
+                   AND timestamp <= {AT} - INTERVAL 24 HOUR
+                   AND json_extract_string(properties, '$.campaign_id')
+                       IN ('cmp_welcome_1', 'cmp_cart_recovery_1')) > 0
+           AND count(*) FILTER (event_key = 'order_completed'
+                   AND timestamp > {AT} - INTERVAL 7 DAY) = 0
+        INTERSECT {LIVE}
+    """,
+}
+
+
+# -- pandas -----------------------------------------------------------------------------------
+
+DF_SQL = """
+    SELECT canonical_profile_id AS pid, event_key AS ev,
+           epoch_us(timestamp) AS ts,
+           json_extract_string(properties, '$.sku') AS sku,
+           json_extract_string(properties, '$.campaign_id') AS campaign_id,
+           CASE WHEN json_type(properties, '$.revenue') IN ('BIGINT', 'UBIGINT', 'DOUBLE',
+                'HUGEINT') THEN CAST(json_extract_string(properties, '$.revenue') AS DOUBLE)
+                END AS revenue,
+           CASE json_type(properties, '$.discount') WHEN 'BOOLEAN'
+                THEN json_extract_string(properties, '$.discount') = 'true' END AS discount
+    FROM profile_events WHERE type = 'track'
+"""
+H = 3_600_000_000
+D = 24 * H
+
+
+class PandasAudiences:
+    """The same audiences over a DataFrame of track events (typed columns, no JSON)."""
+
+    def __init__(self, df: pd.DataFrame, live: np.ndarray, at: int) -> None:
+        self.df, self.live, self.at = df, live, at
+
+    def _ids(self, mask: pd.Series) -> np.ndarray:
+        return np.intersect1d(self.df.loc[mask, "pid"].unique(), self.live)
+
+    def _ev(self, name: str, lo: int | None = None, hi: int | None = None) -> pd.Series:
+        """Events `name` with lo <= ts <= hi (hi defaults to at)."""
+        df = self.df
+        mask = (df["ev"] == name) & (df["ts"] <= (self.at if hi is None else hi))
+        return mask & (df["ts"] >= lo) if lo is not None else mask
+
+    def active_subscriber(self) -> np.ndarray:
+        df = self.df
+        subs = df[(df["ev"] == "subscription_started") & (df["ts"] <= self.at)]
+        cancels = df[(df["ev"] == "subscription_cancelled") & (df["ts"] <= self.at)]
+        start = subs.groupby("pid", observed=True)["ts"].max()
+        cancel = cancels.groupby("pid", observed=True)["ts"].max().reindex(start.index)
+        active = start.index[~(cancel > start)]
+        return np.intersect1d(np.asarray(active), self.live)
+
+    def lapsed(self) -> np.ndarray:
+        at = self.at
+        old = self._ids(self._ev("order_completed", at - 90 * D, at - 60 * D))
+        recent = self._ids(self._ev("order_completed", at - 60 * D + 1))
+        engaged_mask = (
+            self.df["ev"].isin(["product_viewed", "added_to_cart", "email_opened", "email_clicked"])
+            & (self.df["ts"] > at - 14 * D)
+            & (self.df["ts"] <= at)
+        )
+        engaged = self._ids(engaged_mask)
+        return np.intersect1d(np.setdiff1d(old, recent), engaged)
+
+    def orders(self) -> pd.DataFrame:
+        o = self.df[self._ev("order_completed")]
+        g = o.groupby("pid", observed=True)
+        out = pd.DataFrame({"ltv": g["revenue"].sum(min_count=1), "aov": g["revenue"].mean()})
+        disc = o["discount"]
+        trues = (disc == True).groupby(o["pid"], observed=True).sum()  # noqa: E712
+        falses = (disc == False).groupby(o["pid"], observed=True).sum()  # noqa: E712
+        out["usually_discounted"] = trues > falses
+        return out
+
+    def run(self, name: str) -> np.ndarray:
+        at, df = self.at, self.df
+        if name == "cio_cart_abandon_6h":
+            carts = df[self._ev("added_to_cart")]
+            g = carts.groupby("pid", observed=True)["ts"]
+            last_add = g.max()
+            in_window = carts[(carts["ts"] >= at - 6 * H) & (carts["ts"] <= at - 2 * H)]
+            cand = last_add[last_add.index.isin(in_window["pid"].unique())]
+            orders = df[self._ev("order_completed")]
+            last_order = orders.groupby("pid", observed=True)["ts"].max().reindex(cand.index)
+            keep = cand.index[~(last_order > cand)]
+            return np.intersect1d(np.asarray(keep), self.live)
+        if name == "cio_browse_abandon_24h":
+            viewed = self._ids(self._ev("product_viewed", at - 24 * H, at - H))
+            carted = self._ids(self._ev("added_to_cart", at - 24 * H + 1))
+            ordered = self._ids(self._ev("order_completed", at - 24 * H + 1))
+            return np.setdiff1d(viewed, np.union1d(carted, ordered))
+        if name == "cio_lapsed_75d":
+            return np.setdiff1d(self.lapsed(), self.active_subscriber())
+        if name in ("cio_lapsed_high_aov", "cio_lapsed_price_sensitive"):
+            o = self.orders()
+            if name == "cio_lapsed_high_aov":
+                chosen = o.index[(o["aov"] >= 50) & ~o["usually_discounted"]]
+            else:
+                chosen = o.index[o["usually_discounted"]]
+            lapsed = np.intersect1d(self.lapsed(), np.asarray(chosen))
+            return np.setdiff1d(lapsed, self.active_subscriber())
+        if name == "cio_replenish_30d":
+            skus = ["COF-ESP-250", "COF-DEC-250", "VIT-D3-60", "VIT-MULTI-30"]
+            carted = self._ids(
+                self._ev("added_to_cart", at - 35 * D, at - 21 * D) & df["sku"].isin(skus)
+            )
+            bought = self._ids(self._ev("order_completed", at - 35 * D, at - 21 * D))
+            rebought = self._ids(self._ev("order_completed", at - 21 * D + 1))
+            due = np.setdiff1d(np.intersect1d(carted, bought), rebought)
+            return np.setdiff1d(due, self.active_subscriber())
+        if name == "cio_recent_purch_7d_suppress":
+            return self._ids(self._ev("order_completed", at - 7 * D + 1))
+        if name == "cio_active_subscribers_suppress":
+            return self.active_subscriber()
+        if name in ("cio_ltv_high", "cio_ltv_mid", "cio_ltv_low"):
+            ltv = self.orders()["ltv"]
+            if name == "cio_ltv_high":
+                chosen = ltv.index[ltv >= 150]
+            elif name == "cio_ltv_mid":
+                chosen = ltv.index[(ltv >= 50) & (ltv < 150)]
+            else:
+                chosen = ltv.index[(ltv > 0) & (ltv < 50)]
+            return np.intersect1d(np.asarray(chosen), self.live)
+        if name == "cio_nonconverter_msg1":
+            mask = self._ev("email_delivered", at - 7 * D, at - 24 * H) & df["campaign_id"].isin(
+                ["cmp_welcome_1", "cmp_cart_recovery_1"]
+            )
+            delivered = self._ids(mask)
+            ordered = self._ids(self._ev("order_completed", at - 7 * D + 1))
+            return np.setdiff1d(delivered, ordered)
+        raise KeyError(name)
+
+
+# -- running ------------------------------------------------------------------------------
+
+
+def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(best wall time in ms, result of the last run)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = fn()
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best, result
+
+
+def run_size(events: int, base_events: int, repeat: int) -> None:
+    directory = ensure_store(events, base_events)
+    loaded = load_project(directory)
+    project = parse_segments(loaded)
+    con = duckdb.connect(str(_store_file(directory)), read_only=True)
+    n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    n_profiles = con.execute("SELECT count(*) FROM profiles WHERE merged_into IS NULL").fetchone()[
+        0
+    ]
+    started = time.perf_counter()
+    df = con.execute(DF_SQL).df()
+    pids = df["pid"].astype("category")
+    names = pids.cat.categories  # profile ids; the DataFrame holds their integer codes
+    df["pid"] = pids.cat.codes.astype(np.int64)
+    df["ev"] = df["ev"].astype("category")
+    live_ids = [r[0] for r in con.execute(LIVE).fetchall()]
+    codes = names.get_indexer(live_ids)
+    live = np.sort(codes[codes >= 0])  # profiles without track events are in no audience
+    load_s = time.perf_counter() - started
+    pandas_side = PandasAudiences(df, live, AT_US)
+
+    def ours(name: str) -> list[tuple[Any, ...]]:
+        audience = project.audiences[name]
+        compiler = DuckDBCompiler()
+        query: exp.Query = compiler.compile_segment(audience.segment, project, AT_US)
+        for excluded in audience.exclude:
+            query = exp.except_(
+                query, compiler.compile_segment(excluded, project, AT_US), distinct=True
+            )
+        return con.execute(compiler.render(query)).fetchall()
+
+    def compile_only(name: str) -> str:
+        audience = project.audiences[name]
+        compiler = DuckDBCompiler()
+        query: exp.Query = compiler.compile_segment(audience.segment, project, AT_US)
+        for excluded in audience.exclude:
+            query = exp.except_(
+                query, compiler.compile_segment(excluded, project, AT_US), distinct=True
+            )
+        return compiler.render(query)
+
+    table = Table(title=f"{n_events:,} events, {n_profiles:,} live profiles (as of {NOW:%F %H:%M})")
+    columns = ("audience", "members", "ours ms", "(compile ms)", "hand SQL ms", "pandas ms",
+               "ours/hand", "pandas/ours")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col == "audience" else "right")
+    totals = [0.0, 0.0, 0.0]
+    for name in project.audiences:
+        t_ours, r_ours = best_of(repeat, lambda n=name: ours(n))
+        t_compile, _ = best_of(repeat, lambda n=name: compile_only(n))
+        t_hand, r_hand = best_of(repeat, lambda n=name: con.execute(HAND_SQL[n]).fetchall())
+        t_pd, r_pd = best_of(repeat, lambda n=name: pandas_side.run(n))
+        a, b, c = {r[0] for r in r_ours}, {r[0] for r in r_hand}, set(names[r_pd])
+        assert a == b == c, (name, len(a), len(b), len(c))
+        totals = [totals[0] + t_ours, totals[1] + t_hand, totals[2] + t_pd]
+        table.add_row(
+            name, f"{len(a):,}", f"{t_ours:.1f}", f"{t_compile:.1f}", f"{t_hand:.1f}",
+            f"{t_pd:.1f}",
+            f"{t_ours / t_hand:.2f}x", f"{t_pd / t_ours:.1f}x",
+        )  # fmt: skip
+    table.add_row(
+        "[b]all audiences[/b]", "", f"{totals[0]:.0f}", "", f"{totals[1]:.0f}", f"{totals[2]:.0f}",
+        f"{totals[0] / totals[1]:.2f}x", f"{totals[2] / totals[0]:.1f}x",
+    )  # fmt: skip
+    console.print(table)
+    console.print(f"  pandas DataFrame load (not timed above): {load_s:.1f} s, {len(df):,} rows")
+    con.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--base", type=int, default=1_000_000, help="largest engine-built store")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one 100k-event store, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.events, args.repeat, args.base = [100_000], 1, 100_000
+    OUT.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    cpu = platform.processor() or platform.machine()
+    console.print(
+        f"segments bench: Python {sys.version.split()[0]}, duckdb {duckdb.__version__}, "
+        f"pandas {pd.__version__}, {os.cpu_count()} CPUs ({cpu}), best of {args.repeat}"
+    )
+    for events in args.events:
+        run_size(events, args.base, args.repeat)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(
+        f"total wall time {time.perf_counter() - started:.1f} s, peak RSS {peak_mb:,.0f} MB"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Audiences: segment − exclusions, the holdout split, membership history and its diff."""

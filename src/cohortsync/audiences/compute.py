@@ -1,0 +1,164 @@
+"""Compute every segment and audience as of an instant, and record the changes as history."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pyarrow as pa
+
+from cohortsync.audiences.holdout import holdout_flags
+from cohortsync.errors import InputError
+from cohortsync.segments.ast import Audience, SegmentProject
+from cohortsync.segments.compile import Compiler, DuckDBCompiler
+from cohortsync.store.base import Store
+
+SEGMENT = "segment"
+AUDIENCE = "audience"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Computed:
+    """Members of every segment and audience at one instant: sorted (profile_id, holdout)."""
+
+    at_us: int
+    segments: dict[str, list[str]]
+    audiences: dict[str, list[tuple[str, bool]]]
+
+    def ids(self, kind: str, name: str) -> set[str]:
+        """The member ids of one segment or audience."""
+        if kind == SEGMENT:
+            return set(self.segments[name])
+        return {p for p, _ in self.audiences[name]}
+
+
+@dataclass(frozen=True)
+class NameReport:
+    """One segment or audience after a compute: its size and what changed."""
+
+    kind: str
+    name: str
+    size: int
+    entered: int
+    exited: int
+    holdout: int = 0
+
+
+@dataclass(frozen=True)
+class ComputeReport:
+    """What one compute run found and recorded."""
+
+    run_id: int
+    as_of: datetime
+    duration_ms: float
+    rows: list[NameReport] = field(default_factory=list)
+
+    def row(self, name: str, kind: str | None = None) -> NameReport:
+        """The report line of one name (an audience first when a segment shares its name)."""
+        for kind_ in (kind,) if kind else (AUDIENCE, SEGMENT):
+            for row in self.rows:
+                if row.kind == kind_ and row.name == name:
+                    return row
+        raise KeyError(name)
+
+
+def to_datetime(at_us: int) -> datetime:
+    """An aware UTC datetime for microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=at_us)
+
+
+def audience_members(audience: Audience, segments: dict[str, list[str]]) -> list[tuple[str, bool]]:
+    """Segment members minus every excluded segment's members, each flagged holdout or not."""
+    excluded: set[str] = set()
+    for name in audience.exclude:
+        excluded.update(segments[name])
+    ids = [p for p in segments[audience.segment] if p not in excluded]
+    flags = holdout_flags(audience.name, ids, audience.holdout_percent)
+    return list(zip(ids, flags, strict=True))
+
+
+def compute_members(
+    store: Store, project: SegmentProject, at_us: int, compiler: Compiler | None = None
+) -> Computed:
+    """Members of every segment and audience as of `at_us`, computed on the store; no writes."""
+    compiler = compiler or DuckDBCompiler()
+    segments: dict[str, list[str]] = {}
+    for name in project.segments:
+        sql = compiler.render(compiler.compile_segment(name, project, at_us))
+        segments[name] = sorted(set(store.profile_ids(sql)))
+    audiences = {
+        name: audience_members(audience, segments) for name, audience in project.audiences.items()
+    }
+    return Computed(at_us, segments, audiences)
+
+
+def _table(computed: Computed) -> pa.Table:
+    """One Arrow table (kind, name, profile_id, holdout) of every membership."""
+    kinds: list[str] = []
+    names: list[str] = []
+    ids: list[str] = []
+    flags: list[bool] = []
+    for name, members in computed.segments.items():
+        kinds += [SEGMENT] * len(members)
+        names += [name] * len(members)
+        ids += members
+        flags += [False] * len(members)
+    for name, flagged in computed.audiences.items():
+        kinds += [AUDIENCE] * len(flagged)
+        names += [name] * len(flagged)
+        ids += [p for p, _ in flagged]
+        flags += [h for _, h in flagged]
+    return pa.table(
+        {
+            "kind": pa.array(kinds, pa.string()),
+            "name": pa.array(names, pa.string()),
+            "profile_id": pa.array(ids, pa.string()),
+            "holdout": pa.array(flags, pa.bool_()),
+        }
+    )
+
+
+def compute(
+    store: Store, project: SegmentProject, at_us: int, compiler: Compiler | None = None
+) -> ComputeReport:
+    """Compute everything as of `at_us` and record entries and exits in one transaction.
+
+    History only moves forward: an instant before the latest run's is refused (read the past
+    with `members --at` instead). Computing twice at the same instant changes nothing.
+    """
+    started = time.perf_counter()
+    last = store.last_compute_as_of()
+    if last is not None and at_us < last:
+        raise InputError(
+            f"membership history already runs to {to_datetime(last).isoformat()}: compute at "
+            "or after it (to see an earlier instant, use `cohortsync members NAME --at TIME`)"
+        )
+    computed = compute_members(store, project, at_us, compiler)
+    changes = store.record_memberships(_table(computed), at_us, started)
+    rows: list[NameReport] = []
+    for name, members in computed.segments.items():
+        key = (SEGMENT, name)
+        rows.append(
+            NameReport(
+                SEGMENT, name, len(members), changes.entered.get(key, 0), changes.exited.get(key, 0)
+            )
+        )
+    for name, flagged in computed.audiences.items():
+        key = (AUDIENCE, name)
+        rows.append(
+            NameReport(
+                AUDIENCE,
+                name,
+                len(flagged),
+                changes.entered.get(key, 0),
+                changes.exited.get(key, 0),
+                sum(1 for _, h in flagged if h),
+            )
+        )
+    known = {(r.kind, r.name) for r in rows}
+    for kind, name in sorted(set(changes.exited) - known):  # removed from the project file
+        rows.append(NameReport(kind, name, 0, 0, changes.exited[(kind, name)]))
+    duration = (time.perf_counter() - started) * 1000
+    return ComputeReport(changes.run_id, to_datetime(at_us), duration, rows)
