@@ -18,6 +18,7 @@ from typer.testing import CliRunner, Result
 
 from cohortsync.cli import app
 from cohortsync.config.loader import PROJECT_FILE, load_project
+from cohortsync.engine import Engine
 from cohortsync.errors import InputError
 
 SCRIPT = Path(sys.executable).with_name("cohortsync")
@@ -312,7 +313,6 @@ def test_ingesting_a_file_with_an_unknown_extension_fails_cleanly(project_dir: P
 
 
 def test_demo_builds_a_shop_into_a_new_project(runner: CliRunner, tmp_path: Path) -> None:
-    pytest.importorskip("cohortsync.demo.shop")
     target = tmp_path / "demo"
 
     result = invoke(runner, "demo", "--profiles", "200", "--project", str(target))
@@ -326,6 +326,13 @@ def test_demo_builds_a_shop_into_a_new_project(runner: CliRunner, tmp_path: Path
     assert stats["identifiers"]["by_kind"]["email"] > 0
     assert stats["quarantined"]["total"] == 0
     assert "profiles" in result.stdout
+    # The demo computed the example audiences: history holds them, buyers are suppressed.
+    assert "cio_cart_abandon_6h" in result.stdout and "audience overlap" in result.stdout
+    with Engine.open(target) as engine:
+        overlaps = engine.overlaps()
+    assert overlaps[("cio_recent_purch_7d_suppress", "cio_recent_purch_7d_suppress")] > 0
+    assert overlaps[("cio_cart_abandon_6h", "cio_recent_purch_7d_suppress")] == 0
+    assert overlaps[("cio_browse_abandon_24h", "cio_recent_purch_7d_suppress")] == 0
 
 
 def test_profile_table_shows_values_with_brackets_verbatim(

@@ -28,6 +28,7 @@ from cohortsync.render import (
     compute_table,
     ingest_table,
     members_table,
+    overlap_table,
     preview_group,
     profile_group,
     stats_tables,
@@ -112,7 +113,7 @@ def demo(
     profiles: Annotated[int, typer.Option(min=1, help="How many shoppers to simulate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 7,
 ) -> None:
-    """Build a synthetic D2C shop's 180 days of events into the store and show what loaded."""
+    """Build a synthetic D2C shop's 180 days of events, compute its audiences, show them."""
     directory = find_project_dir(project)
     if not (directory / PROJECT_FILE).exists():
         scaffold_project(directory)
@@ -123,8 +124,13 @@ def demo(
         result = engine.load_demo(profiles, seed, now, lambda n: bar.advance(task, n))
         bar.update(task, total=result.received)
         stats = engine.stats()
+        report = engine.compute(now)
+        overlaps = engine.overlaps()
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
+    console.print(compute_table(report))
+    if overlaps:
+        console.print(overlap_table(overlaps))
 
 
 @app.command()

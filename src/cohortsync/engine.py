@@ -143,6 +143,10 @@ class Engine:
         """Size, sample, overlaps and explanation of a segment or audience, computed live."""
         return audience_members.preview(self.store, self.segments, name, _micros(at))
 
+    def overlaps(self) -> dict[tuple[str, str], int]:
+        """Members each pair of audiences shares now (from the last compute)."""
+        return audience_members.overlaps(self.store, self.segments)
+
     def explain(self, name: str) -> str:
         """The plain-English rules of a segment or audience."""
         return audience_members.explain(self.segments, name)

@@ -107,6 +107,23 @@ def compute_table(report: ComputeReport) -> Table:
     return table
 
 
+def overlap_table(overlaps: Mapping[tuple[str, str], int], top: int = 3) -> Table:
+    """Each audience's size and the audiences it shares most members with."""
+    names = list(dict.fromkeys(a for a, _ in overlaps))
+    table = Table(title="audience overlap (shared members)", title_justify="left")
+    table.add_column("audience")
+    table.add_column("size", justify="right")
+    table.add_column(f"largest overlaps (of {len(names) - 1} others)")
+    for name in names:
+        shared = sorted(
+            ((overlaps[(name, other)], other) for other in names if other != name),
+            reverse=True,
+        )
+        text = ", ".join(f"{escape(other)} {count:,}" for count, other in shared[:top] if count)
+        table.add_row(escape(name), f"{overlaps[(name, name)]:,}", text or "none")
+    return table
+
+
 def members_table(members: Sequence[Member], title: str) -> Table:
     """One row per member: profile, first user_id, email and phone, and holdout."""
     table = Table(title=title, title_justify="left")

@@ -81,6 +81,14 @@ def members(
     return with_identifiers(store, kind, store.membership(kind, name, at_us))
 
 
+def overlaps(store: Store, project: SegmentProject) -> dict[tuple[str, str], int]:
+    """Current members shared by every pair of audiences (the diagonal is each one's size)."""
+    current = {
+        name: {p for p, _ in store.membership(AUDIENCE, name, None)} for name in project.audiences
+    }
+    return {(a, b): len(current[a] & current[b]) for a in current for b in current}
+
+
 def explain(project: SegmentProject, name: str) -> str:
     """The plain-English entry and exit rules of a segment or audience."""
     if resolve(project, name) == AUDIENCE:
