@@ -39,6 +39,7 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import orjson
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -48,6 +49,7 @@ from cohortsync.config.loader import load_project
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.demo.shop import generate_shop
 from cohortsync.segments.compile import DuckDBCompiler
+from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
 from cohortsync.segments.parser import parse_segments
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # fixed, so stores are reproducible and cacheable
@@ -407,16 +409,6 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     load_s = time.perf_counter() - started
     pandas_side = PandasAudiences(df, live, AT_US)
 
-    def ours(name: str) -> list[tuple[Any, ...]]:
-        audience = project.audiences[name]
-        compiler = DuckDBCompiler()
-        query: exp.Query = compiler.compile_segment(audience.segment, project, AT_US)
-        for excluded in audience.exclude:
-            query = exp.except_(
-                query, compiler.compile_segment(excluded, project, AT_US), distinct=True
-            )
-        return con.execute(compiler.render(query)).fetchall()
-
     def compile_only(name: str) -> str:
         audience = project.audiences[name]
         compiler = DuckDBCompiler()
@@ -426,6 +418,9 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
                 query, compiler.compile_segment(excluded, project, AT_US), distinct=True
             )
         return compiler.render(query)
+
+    def ours(name: str) -> list[tuple[Any, ...]]:
+        return con.execute(compile_only(name)).fetchall()
 
     table = Table(title=f"{n_events:,} events, {n_profiles:,} live profiles (as of {NOW:%F %H:%M})")
     columns = ("audience", "members", "ours ms", "(compile ms)", "hand SQL ms", "pandas ms",
@@ -452,7 +447,56 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     )  # fmt: skip
     console.print(table)
     console.print(f"  pandas DataFrame load (not timed above): {load_s:.1f} s, {len(df):,} rows")
+    console.print(evaluator_cost(con, project))
     con.close()
+
+
+def histories(con: duckdb.DuckDBPyConnection, sample: int) -> list[ProfileHistory]:
+    """The first `sample` live profiles (by id) as the real-time path sees them."""
+    rows = con.execute(
+        "WITH s AS (SELECT profile_id FROM profiles WHERE merged_into IS NULL "
+        "ORDER BY profile_id LIMIT ?) "
+        'SELECT e.canonical_profile_id, e.message_id, e.event_key, epoch_us(e."timestamp"), '
+        "e.properties FROM profile_events e JOIN s ON s.profile_id = e.canonical_profile_id "
+        "WHERE e.event_key IS NOT NULL",
+        [sample],
+    ).fetchall()
+    events: dict[str, list[EventRecord]] = {}
+    for pid, mid, key, ts, props in rows:
+        events.setdefault(pid, []).append(
+            EventRecord(mid, key, ts, orjson.loads(props) if props else {})
+        )
+    traits: dict[str, dict[str, Any]] = {pid: {} for pid in events}
+    for pid, name, value in con.execute(
+        "SELECT profile_id, name, value FROM profile_traits WHERE profile_id IN (SELECT unnest(?))",
+        [list(events)],
+    ).fetchall():
+        traits[pid][name] = None if value is None else orjson.loads(value)
+    return [ProfileHistory(pid, tuple(evs), traits[pid]) for pid, evs in events.items()]
+
+
+def evaluator_cost(con: duckdb.DuckDBPyConnection, project: Any, sample: int = 2_000) -> Table:
+    """Microseconds per profile of the Python evaluator and of `next_change`, per segment."""
+    loaded = histories(con, sample)
+    per_profile = sum(len(h.events) for h in loaded) / max(1, len(loaded))
+    table = Table(
+        title=f"Python evaluator over {len(loaded):,} profiles "
+        f"({per_profile:.0f} events each on average), as of {NOW:%F %H:%M}"
+    )
+    for col in ("segment", "evaluate µs/profile", "next_change µs/profile"):
+        table.add_column(col, justify="left" if col == "segment" else "right")
+    for name, segment in project.segments.items():
+        started = time.perf_counter()
+        for history in loaded:
+            evaluate(segment.condition, history, AT_US, project)
+        evaluated = time.perf_counter() - started
+        started = time.perf_counter()
+        for history in loaded:
+            next_change(segment.condition, history, AT_US, project)
+        changed = time.perf_counter() - started
+        n = max(1, len(loaded))
+        table.add_row(name, f"{evaluated / n * 1e6:.1f}", f"{changed / n * 1e6:.1f}")
+    return table
 
 
 def main(argv: list[str] | None = None) -> None:
