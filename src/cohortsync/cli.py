@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -13,7 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -93,6 +94,14 @@ def _progress() -> Progress:
     )
 
 
+def _show(value: Any, as_json: bool, picture: Callable[[], RenderableType]) -> None:
+    """Print `value` as JSON, or the terminal picture of it."""
+    if as_json:
+        _print_json(value)
+    else:
+        console.print(picture())
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
 
@@ -146,10 +155,7 @@ def ingest(
             task = bar.add_task(path.name, total=file_size(path))
             report = engine.ingest_file(path, partial(bar.advance, task))
             rows.append((str(path), report.result))
-    if as_json:
-        _print_json({name: dataclasses.asdict(r) for name, r in rows})
-    else:
-        console.print(ingest_table(rows))
+    _show({name: dataclasses.asdict(r) for name, r in rows}, as_json, lambda: ingest_table(rows))
 
 
 @app.command()
@@ -163,10 +169,7 @@ def profile(
     """Show one profile: identifiers, traits, merges and recent events."""
     with Engine.open(project) as engine:
         view = engine.find_profile(identifier)
-    if as_json:
-        _print_json(dataclasses.asdict(view))
-    else:
-        console.print(profile_group(view))
+    _show(dataclasses.asdict(view), as_json, lambda: profile_group(view))
 
 
 @app.command()
@@ -174,10 +177,7 @@ def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     """Counts: events by type, profiles, identifiers by kind, quarantined rows by reason."""
     with Engine.open(project) as engine:
         counts = engine.stats()
-    if as_json:
-        _print_json(counts)
-    else:
-        console.print(stats_tables(counts))
+    _show(counts, as_json, lambda: stats_tables(counts))
 
 
 @app.command()
@@ -188,10 +188,7 @@ def compute(
     moment = _at(at)
     with Engine.open(project) as engine:
         report = engine.compute(moment)
-    if as_json:
-        _print_json(dataclasses.asdict(report))
-    else:
-        console.print(compute_table(report))
+    _show(dataclasses.asdict(report), as_json, lambda: compute_table(report))
 
 
 @app.command()
@@ -227,10 +224,7 @@ def preview(
     """Compute one segment or audience now (nothing recorded): size, sample, overlaps, rules."""
     with Engine.open(project) as engine:
         shown = engine.preview(name)
-    if as_json:
-        _print_json(dataclasses.asdict(shown))
-    else:
-        console.print(preview_group(shown))
+    _show(dataclasses.asdict(shown), as_json, lambda: preview_group(shown))
 
 
 @app.command()
