@@ -1,0 +1,1 @@
+"""Destinations: one module per system behind one protocol (base.py)."""

@@ -1,0 +1,169 @@
+"""What a destination is: the records it receives, the result it returns, the errors it raises.
+
+A destination applies one batch of audience changes (or conversions) and reports a result per
+record. It never retries by itself and never logs raw PII: the sync layer owns retries,
+batching and the record of what each destination acknowledged.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from cohortsync.errors import CohortsyncError
+
+Op = Literal["add", "remove"]
+ADD: Op = "add"
+REMOVE: Op = "remove"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One profile entering (`add`) or leaving (`remove`) one audience at one destination.
+
+    `identifiers` are normalised but not hashed (`email` lower-cased, `phone` E.164, `user_id`,
+    `anonymous_id`); a remove carries the identifiers the destination was given on the add.
+    """
+
+    change_id: int
+    audience: str
+    profile_id: str
+    op: Op
+    holdout: bool
+    at: datetime
+    identifiers: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Changes of one audience for one destination, under an id that stays the same on resend."""
+
+    batch_id: str
+    audience: str
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One event forwarded as a conversion signal (an order → Meta CAPI `Purchase`)."""
+
+    conversion_id: int
+    message_id: str
+    name: str
+    event: str
+    at: datetime
+    profile_id: str
+    identifiers: Mapping[str, str]
+    value: float | None = None
+    currency: str | None = None
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConversionBatch:
+    """Conversions for one destination under a stable id."""
+
+    batch_id: str
+    conversions: tuple[Conversion, ...]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a destination acknowledged for one batch.
+
+    Every record not named in `rejected` (permanent, with the reason; never retried) or in
+    `retry` (transient for that record alone) was acknowledged. `stats` carries what the
+    platform reported (`num_received`, `num_invalid_entries`, `events_received`, ...).
+    """
+
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    retry: Mapping[int, str] = field(default_factory=dict)
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+class DeliveryError(CohortsyncError):
+    """A whole batch failed; the message never holds raw emails or phones."""
+
+
+class TransientError(DeliveryError):
+    """Timeout, connection failure, 429 or 5xx: retry later, not before `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(DeliveryError):
+    """The destination refused the batch as invalid (4xx): retrying the same bytes cannot help."""
+
+
+class AuthError(DeliveryError):
+    """401/403 or an expired token: the destination is paused and its queue kept until fixed."""
+
+
+class DestinationConfig(BaseModel):
+    """Base of every destination's settings in `cohortsync.yml` (`type` names the module)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: str
+
+
+@dataclass(frozen=True)
+class DestinationContext:
+    """What a destination may use: its name, the project folder, an HTTP client and a clock."""
+
+    name: str
+    project_dir: Path
+    http: httpx.Client
+    clock: Callable[[], datetime]
+
+
+class Destination(ABC):
+    """One system that receives audience changes or conversions."""
+
+    kind: ClassVar[str]
+    """The `type:` that selects this module in `cohortsync.yml`."""
+    config_model: ClassVar[type[DestinationConfig]]
+    accepts: ClassVar[tuple[str, ...]]
+    """Identifier kinds it can match on, in order of preference."""
+    ad_platform: ClassVar[bool] = False
+    """Ad platforms never receive holdout members; warehouse and analytics get them flagged."""
+    max_batch: ClassVar[int] = 1000
+    """Most records in one batch (a platform's documented request limit)."""
+    audiences: ClassVar[bool] = True
+    """Whether it receives audience changes."""
+    conversions: ClassVar[bool] = False
+    """Whether it receives conversions."""
+
+    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
+        self.config = config
+        self.context = context
+
+    def apply(self, batch: Batch) -> BatchResult:
+        """Apply audience changes; raise a `DeliveryError` when the whole batch failed."""
+        raise NotImplementedError(f"{self.kind} does not receive audience changes")
+
+    def send_conversions(self, batch: ConversionBatch) -> BatchResult:
+        """Send conversions; raise a `DeliveryError` when the whole batch failed."""
+        raise NotImplementedError(f"{self.kind} does not receive conversions")
+
+    @abstractmethod
+    def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
+        """The exact requests (or writes) `apply`/`send_conversions` would make, as JSON-able
+        dicts, with identifiers hashed as they would leave and secrets redacted; sends nothing."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or files."""
+
+
+def usable(change: Change | Conversion, accepts: Sequence[str]) -> bool:
+    """Whether a record carries at least one identifier the destination can match on."""
+    return any(change.identifiers.get(kind) for kind in accepts)

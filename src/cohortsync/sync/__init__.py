@@ -1,0 +1,1 @@
+"""Sync: the outbox, the planner, the delivery worker and its retry policy."""
