@@ -114,6 +114,8 @@ class DestinationConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
+    dry_run: bool = False
+    """Never send: `cohortsync sync` writes the requests it would make to a folder instead."""
 
 
 @dataclass(frozen=True)
