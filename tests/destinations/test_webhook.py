@@ -1,0 +1,349 @@
+"""The webhook destination over real HTTP: signed Standard Webhooks a receiver trusts, dedupes."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from cohortsync.destinations.base import (
+    AuthError,
+    Batch,
+    Change,
+    Conversion,
+    ConversionBatch,
+    DestinationContext,
+    PermanentError,
+    TransientError,
+)
+from cohortsync.destinations.signing import generate_secret, verify
+from cohortsync.destinations.webhook import WebhookConfig, WebhookDestination
+from tests.destinations.receiver import Receiver, Reply, client, running
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0 + timedelta(minutes=5)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running(Receiver()) as served:
+        yield served
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with client() as opened:
+        yield opened
+
+
+def make(
+    url: str, clock: Clock, http: httpx.Client, tmp_path: Path, **settings: Any
+) -> WebhookDestination:
+    config = WebhookConfig.model_validate(
+        {"type": "webhook", "url": url, "secret": SECRET, **settings}
+    )
+    context = DestinationContext(name="hooks", project_dir=tmp_path, http=http, clock=clock)
+    return WebhookDestination(config, context)
+
+
+@pytest.fixture
+def hook(
+    receiver: Receiver, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> WebhookDestination:
+    return make(receiver.url + "/cohortsync", clock, http, tmp_path)
+
+
+def change(change_id: int, op: str = "add", holdout: bool = False, **identifiers: str) -> Change:
+    ids = identifiers or {"email": f"p{change_id}@example.com", "user_id": f"u{change_id}"}
+    return Change(
+        change_id=change_id,
+        audience="cio_cart_abandon_6h",
+        profile_id=f"prof-{change_id}",
+        op=op,  # type: ignore[arg-type]
+        holdout=holdout,
+        at=T0 + timedelta(seconds=change_id),
+        identifiers=ids,
+    )
+
+
+BATCH = Batch(
+    batch_id="b-42",
+    audience="cio_cart_abandon_6h",
+    changes=(change(1), change(2, "remove"), change(3, holdout=True, phone="+14155550134")),
+)
+
+
+def test_batch_is_posted_as_one_audience_changes_webhook(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    result = hook.apply(BATCH)
+    assert result.rejected == {}
+    assert result.stats == {"sent": 3}
+    [request] = receiver.received
+    assert (request.method, request.path) == ("POST", "/cohortsync")
+    assert request.headers["content-type"] == "application/json"
+    assert json.loads(request.body) == {
+        "type": "audience.changes",
+        "timestamp": "2026-03-01T12:00:03.000000Z",
+        "data": {
+            "batch_id": "b-42",
+            "audience": "cio_cart_abandon_6h",
+            "changes": [
+                {
+                    "change_id": 1,
+                    "operation": "add",
+                    "profile_id": "prof-1",
+                    "holdout": False,
+                    "at": "2026-03-01T12:00:01.000000Z",
+                    "identifiers": {"email": "p1@example.com", "user_id": "u1"},
+                },
+                {
+                    "change_id": 2,
+                    "operation": "remove",
+                    "profile_id": "prof-2",
+                    "holdout": False,
+                    "at": "2026-03-01T12:00:02.000000Z",
+                    "identifiers": {"email": "p2@example.com", "user_id": "u2"},
+                },
+                {
+                    "change_id": 3,
+                    "operation": "add",
+                    "profile_id": "prof-3",
+                    "holdout": True,
+                    "at": "2026-03-01T12:00:03.000000Z",
+                    "identifiers": {"phone": "+14155550134"},
+                },
+            ],
+        },
+    }
+
+
+def test_signature_verifies_with_the_package_helper_and_an_independent_hmac(
+    hook: WebhookDestination, receiver: Receiver, clock: Clock
+) -> None:
+    hook.apply(BATCH)
+    [request] = receiver.received
+    assert request.headers["webhook-id"] == "b-42"
+    assert request.headers["webhook-timestamp"] == str(int(clock.now.timestamp()))
+    verify(SECRET, request.headers, request.body, now=int(clock.now.timestamp()))
+    key = base64.b64decode(SECRET.removeprefix("whsec_"))
+    signed = f"b-42.{request.headers['webhook-timestamp']}.".encode() + request.body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    assert request.headers["webhook-signature"] == f"v1,{expected}"
+
+
+def test_a_retry_resends_identical_bytes_under_the_same_id_freshly_signed(
+    hook: WebhookDestination, receiver: Receiver, clock: Clock
+) -> None:
+    receiver.reply(Reply(503))
+    with pytest.raises(TransientError):
+        hook.apply(BATCH)
+    clock.now += timedelta(minutes=30)
+    hook.apply(BATCH)
+    first, second = receiver.received
+    assert second.body == first.body
+    assert second.headers["webhook-id"] == first.headers["webhook-id"] == "b-42"
+    assert (
+        int(second.headers["webhook-timestamp"]) - int(first.headers["webhook-timestamp"]) == 1800
+    )
+    assert second.headers["webhook-signature"] != first.headers["webhook-signature"]
+    verify(SECRET, second.headers, second.body, now=int(clock.now.timestamp()))
+
+
+def test_conversions_are_posted_as_a_conversions_webhook(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    conversion = Conversion(
+        conversion_id=7,
+        message_id="msg-order-7",
+        name="Purchase",
+        event="order_completed",
+        at=T0,
+        profile_id="prof-1",
+        identifiers={"email": "p1@example.com"},
+        value=42.5,
+        currency="EUR",
+        properties={"order_id": "o-7"},
+    )
+    result = hook.send_conversions(ConversionBatch(batch_id="c-1", conversions=(conversion,)))
+    assert result.stats == {"sent": 1}
+    [request] = receiver.received
+    assert request.headers["webhook-id"] == "c-1"
+    body = json.loads(request.body)
+    assert body["type"] == "conversions"
+    assert body["data"] == {
+        "batch_id": "c-1",
+        "conversions": [
+            {
+                "conversion_id": 7,
+                "message_id": "msg-order-7",
+                "name": "Purchase",
+                "event": "order_completed",
+                "at": "2026-03-01T12:00:00.000000Z",
+                "profile_id": "prof-1",
+                "identifiers": {"email": "p1@example.com"},
+                "value": 42.5,
+                "currency": "EUR",
+                "properties": {"order_id": "o-7"},
+                "context": {},
+            }
+        ],
+    }
+
+
+def test_change_without_any_identifier_is_rejected_and_not_sent(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    bare = Change(5, "cio_cart_abandon_6h", "prof-5", "add", False, T0, {"device_id": "d1"})
+    result = hook.apply(Batch("b-5", "cio_cart_abandon_6h", (change(1), bare)))
+    assert result.rejected == {5: "no user_id, email, phone or anonymous_id to send"}
+    [request] = receiver.received
+    assert [c["change_id"] for c in json.loads(request.body)["data"]["changes"]] == [1]
+    hook.apply(Batch("b-6", "cio_cart_abandon_6h", (bare,)))
+    assert len(receiver.received) == 1
+
+
+def test_extra_headers_are_sent(
+    receiver: Receiver, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    hook = make(receiver.url, clock, http, tmp_path, headers={"X-Team": "retention"})
+    hook.apply(BATCH)
+    assert receiver.received[0].headers["x-team"] == "retention"
+
+
+def test_429_with_retry_after_is_transient_and_says_when(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    receiver.reply(Reply(429, b'{"error": "slow down"}', {"Retry-After": "7"}))
+    with pytest.raises(TransientError, match="HTTP 429") as caught:
+        hook.apply(BATCH)
+    assert caught.value.retry_after == 7.0
+
+
+def test_500_is_transient(hook: WebhookDestination, receiver: Receiver) -> None:
+    receiver.reply(Reply(500, b"oops"))
+    with pytest.raises(TransientError, match="HTTP 500"):
+        hook.apply(BATCH)
+
+
+def test_timeout_is_transient(
+    receiver: Receiver, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    hook = make(receiver.url, clock, http, tmp_path, timeout=0.2)
+    receiver.reply(Reply(200, delay=1.0))
+    with pytest.raises(TransientError, match=r"no answer within 0\.2 s"):
+        hook.apply(BATCH)
+
+
+def test_connection_refused_is_transient(clock: Clock, http: httpx.Client, tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    hook = make(f"http://127.0.0.1:{free_port()}/", clock, http, tmp_path)
+    with pytest.raises(TransientError, match="connection failed"):
+        hook.apply(BATCH)
+
+
+def test_401_is_an_auth_error(hook: WebhookDestination, receiver: Receiver) -> None:
+    receiver.reply(Reply(401, b'{"error": "bad signature"}'))
+    with pytest.raises(AuthError, match="HTTP 401"):
+        hook.apply(BATCH)
+
+
+def test_400_is_permanent_and_its_excerpt_has_no_pii(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    receiver.reply(Reply(400, b'{"error": "unknown profile p1@example.com"}'))
+    with pytest.raises(PermanentError, match="HTTP 400") as caught:
+        hook.apply(BATCH)
+    assert "p1@example.com" not in str(caught.value)
+
+
+def test_410_gone_is_permanent_and_says_the_endpoint_asked_to_be_disabled(
+    hook: WebhookDestination, receiver: Receiver
+) -> None:
+    receiver.reply(Reply(410))
+    with pytest.raises(PermanentError, match="asked to be disabled"):
+        hook.apply(BATCH)
+
+
+def test_redirect_is_not_followed(hook: WebhookDestination, receiver: Receiver) -> None:
+    receiver.reply(Reply(302, headers={"Location": receiver.url + "/elsewhere"}))
+    with pytest.raises(PermanentError, match="redirect, not followed"):
+        hook.apply(BATCH)
+    assert [r.path for r in receiver.received] == ["/cohortsync"]
+
+
+def test_dry_run_describes_the_request_sends_nothing_and_hides_secrets(
+    receiver: Receiver, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    url = receiver.url.replace("http://", "http://user:pw@") + "/in?token=tok_abc"
+    hook = make(url, clock, http, tmp_path, headers={"Authorization": "Bearer tok_xyz"})
+    [described] = hook.dry_run(BATCH)
+    assert receiver.received == []
+    assert described["method"] == "POST"
+    assert described["url"] == receiver.url.replace("http://", "http://***@") + "/in?token=***"
+    assert described["headers"]["Authorization"] == "***"
+    assert described["headers"]["webhook-id"] == "b-42"
+    assert described["body"] == json.loads(hook.body(BATCH))
+    text = json.dumps(described)
+    for secret in (SECRET, SECRET.removeprefix("whsec_"), "tok_xyz", "tok_abc", "pw"):
+        assert secret not in text
+
+
+@pytest.mark.parametrize(
+    ("secret", "problem"),
+    [
+        ("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "starts with 'whsec_'"),
+        ("whsec_%%%", "not valid base64"),
+    ],
+)
+def test_bad_secret_is_a_config_error_saying_how_to_generate_one(secret: str, problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem) as caught:
+        WebhookConfig.model_validate({"url": "https://hooks.example.com", "secret": secret})
+    assert "generate_secret()" in str(caught.value)
+    assert secret not in str(caught.value)
+
+
+def test_generated_secret_is_accepted_and_hidden_in_the_config_repr() -> None:
+    secret = generate_secret()
+    config = WebhookConfig.model_validate({"url": "https://hooks.example.com", "secret": secret})
+    assert secret not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("settings", "problem"),
+    [
+        ({"url": "ftp://hooks.example.com"}, "http:// or https://"),
+        ({"headers": {"webhook-id": "x"}}, "set by cohortsync"),
+        ({"headers": {"bad header": "x"}}, "not a valid HTTP header name"),
+        ({"timeout": 0}, "greater than 0"),
+        ({"retries": 3}, "Extra inputs"),
+    ],
+)
+def test_bad_settings_are_refused(settings: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValidationError, match=problem):
+        WebhookConfig.model_validate({"url": "https://h.example.com", "secret": SECRET, **settings})
