@@ -12,6 +12,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from cohortsync.audiences import compute as audience_compute
 from cohortsync.audiences import members as audience_members
 from cohortsync.audiences.compute import ComputeReport
@@ -28,7 +30,12 @@ from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.parser import parse_segments
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
+from cohortsync.sync.configure import SyncSetup, sync_setup
+from cohortsync.sync.retry import RetryPolicy
+from cohortsync.sync.run import SyncReport, run_sync
+from cohortsync.sync.worker import Clock
 
 FILE_BATCH = 50_000
 IDENTIFIER_PREFIXES = (*IDENTIFIER_KINDS, "profile_id")
@@ -131,8 +138,73 @@ class Engine:
         return parse_segments(self.loaded)
 
     def compute(self, at: datetime | None = None) -> ComputeReport:
-        """Compute every segment and audience as of `at` (default now); record the changes."""
-        return audience_compute.compute(self.store, self.segments, _micros(at))
+        """Compute every segment and audience as of `at` (default now); record the changes.
+
+        The changes every destination needs are queued in the outbox in the same transaction.
+        """
+        return audience_compute.compute(
+            self.store, self.segments, _micros(at), routes=self.sync_setup.routes
+        )
+
+    @cached_property
+    def sync_setup(self) -> SyncSetup:
+        """The project's destinations, validated, and which audiences and conversions go where."""
+        return sync_setup(self.loaded, self.segments)
+
+    def retry_policy(self) -> RetryPolicy:
+        """Backoff and give-up window from the project's `sync:` settings."""
+        settings = self.project.sync
+        return RetryPolicy(
+            base=settings.backoff_base,
+            cap=settings.backoff_cap,
+            window=settings.retry_seconds(),
+            auth_pause=settings.auth_pause,
+        )
+
+    def sync(
+        self,
+        audience: str | None = None,
+        destination: str | None = None,
+        dry_run: bool = False,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        http: httpx.Client | None = None,
+    ) -> SyncReport:
+        """Plan and deliver audience changes and conversions (or write a dry run)."""
+        setup = self.sync_setup
+        if audience is not None and audience not in self.segments.audiences:
+            known = ", ".join(sorted(self.segments.audiences)) or "none"
+            raise InputError(f"no audience named {audience!r}: known audiences: {known}")
+        if destination is not None and destination not in setup.classes:
+            known = ", ".join(sorted(setup.classes)) or "none"
+            raise InputError(f"no destination named {destination!r}: known destinations: {known}")
+        return run_sync(
+            self.store.outbox,
+            setup,
+            self.loaded.root,
+            policy or self.retry_policy(),
+            clock or _utc_now,
+            self.loaded.root / self.project.sync.dry_run_dir,
+            audience=audience,
+            destination=destination,
+            dry_run=dry_run,
+            http=http,
+        )
+
+    def sync_status(self) -> list[RouteStatus]:
+        """Per audience × destination (and conversion stream): desired, delivered, waiting."""
+        setup = self.sync_setup
+        conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
+        return self.store.outbox.status(setup.routes, conversion_destinations, setup.accepts())
+
+    def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
+        """The latest sync runs, newest first."""
+        return self.store.outbox.runs(limit)
+
+    def retry_dead(self, audience: str | None = None, destination: str | None = None) -> int:
+        """Queue dead letters again on the next sync; return how many."""
+        return self.store.outbox.retry_dead(destination, audience, _utc_now())
 
     def members(self, name: str, at: datetime | None = None) -> list[Member]:
         """Members of a segment or audience now, or as of `at` replayed from history."""
@@ -191,6 +263,10 @@ def _micros(at: datetime | None) -> int:
     if at is None:
         return now_micros()
     return to_micros(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _mask(kind: str, value: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -13,6 +14,7 @@ from cohortsync.errors import InputError
 from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.segments.compile import Compiler, DuckDBCompiler
 from cohortsync.store.base import Store
+from cohortsync.store.outbox import Route
 
 SEGMENT = "segment"
 AUDIENCE = "audience"
@@ -121,12 +123,18 @@ def _table(computed: Computed) -> pa.Table:
 
 
 def compute(
-    store: Store, project: SegmentProject, at_us: int, compiler: Compiler | None = None
+    store: Store,
+    project: SegmentProject,
+    at_us: int,
+    compiler: Compiler | None = None,
+    routes: Sequence[Route] = (),
 ) -> ComputeReport:
     """Compute everything as of `at_us` and record entries and exits in one transaction.
 
     History only moves forward: an instant before the latest run's is refused (read the past
-    with `members --at` instead). Computing twice at the same instant changes nothing.
+    with `members --at` instead). Computing twice at the same instant changes nothing. The
+    changes each of `routes` (audience → destination) needs go to the outbox in that same
+    transaction.
     """
     started = time.perf_counter()
     last = store.last_compute_as_of()
@@ -136,7 +144,7 @@ def compute(
             "or after it (to see an earlier instant, use `cohortsync members NAME --at TIME`)"
         )
     computed = compute_members(store, project, at_us, compiler)
-    changes = store.record_memberships(_table(computed), at_us, started)
+    changes = store.record_memberships(_table(computed), at_us, started, routes)
     rows: list[NameReport] = []
     for name, members in computed.segments.items():
         key = (SEGMENT, name)

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 IDENTIFIER_KINDS = ("user_id", "email", "phone", "anonymous_id")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION = re.compile(r"(\d+)([mhdw])")
+_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 class _Strict(BaseModel):
@@ -67,6 +69,46 @@ class SourceConfig(_Strict):
     write_key: str = Field(min_length=8)
 
 
+class SyncConfig(_Strict):
+    """How delivery retries: exponential backoff with full jitter, then dead letters."""
+
+    retry_window: str = "24h"
+    """Give up on a failing add or conversion after this long (`<n>m|h|d|w`); exits never."""
+    backoff_base: float = Field(default=1.0, gt=0)
+    """Seconds before the first retry (doubling each attempt, jittered)."""
+    backoff_cap: float = Field(default=3600.0, gt=0)
+    """Most seconds between two attempts."""
+    auth_pause: float = Field(default=300.0, gt=0)
+    """Seconds a destination rests after a 401/403 before it is tried again."""
+    dry_run_dir: str = ".cohortsync/dry-run"
+    """Where dry runs write the requests they would send (relative to the project file)."""
+
+    @field_validator("retry_window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not _DURATION.fullmatch(value.strip()):
+            raise ValueError(f"retry_window {value!r} must look like 30m, 24h, 3d or 1w")
+        return value.strip()
+
+    def retry_seconds(self) -> float:
+        """The retry window in seconds."""
+        amount, unit = int(self.retry_window[:-1]), self.retry_window[-1]
+        return amount * _UNIT_SECONDS[unit]
+
+
+class ConversionRule(_Strict):
+    """Events forwarded once each as a conversion signal (`order_completed` → `Purchase`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    event: str = Field(min_length=1)
+    as_: str = Field(alias="as", min_length=1)
+    value: str | None = None
+    """The event property holding the conversion value, e.g. revenue."""
+    currency: str | None = Field(default=None, pattern=r"^[A-Za-z]{3}$")
+    """ISO 4217 code used when the event carries no `currency` property."""
+    destinations: tuple[str, ...] = Field(min_length=1)
+
+
 class Project(_Strict):
     """The whole project file."""
 
@@ -77,7 +119,8 @@ class Project(_Strict):
     segments: dict[str, Any] = Field(default_factory=dict)
     audiences: dict[str, Any] = Field(default_factory=dict)
     destinations: dict[str, Any] = Field(default_factory=dict)
-    conversions: list[Any] = Field(default_factory=list)
+    conversions: list[ConversionRule] = Field(default_factory=list)
+    sync: SyncConfig = SyncConfig()
 
     @field_validator("sources")
     @classmethod

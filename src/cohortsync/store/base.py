@@ -9,6 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
 
 
@@ -92,14 +93,20 @@ class Store(ABC):
 
     @abstractmethod
     def record_memberships(
-        self, computed: pa.Table, at_us: int, started: float
+        self, computed: pa.Table, at_us: int, started: float, routes: Sequence[Route] = ()
     ) -> MembershipChanges:
         """Record one compute in one transaction: diff, entries, exits, a compute_runs row.
 
         `computed` holds (kind, name, profile_id, holdout). Current members absent from it exit
         at `at_us`; new ones enter as new rows; the run's duration counts from `started` (a
-        `time.perf_counter()` value).
+        `time.perf_counter()` value). The changes each of `routes` needs are queued in the
+        outbox in the same transaction, so no membership change is ever lost on its way out.
         """
+
+    @property
+    @abstractmethod
+    def outbox(self) -> OutboxStore:
+        """The sync state: outbox, claimed batches, what destinations acknowledged."""
 
     @abstractmethod
     def last_compute_as_of(self) -> int | None:

@@ -23,7 +23,9 @@ from cohortsync.store.base import (
     Store,
 )
 from cohortsync.store.duckdb_memberships import diff_memberships
+from cohortsync.store.duckdb_outbox import DuckDBOutbox, plan_changes
 from cohortsync.store.identity_cache import IdentityCache
+from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
 
@@ -369,8 +371,12 @@ class DuckDBStore(Store):
             table = self._con.sql(sql).to_arrow_table()
         return [] if table is None else [str(v) for v in table.column(0).to_pylist()]
 
+    @property
+    def outbox(self) -> OutboxStore:
+        return DuckDBOutbox(self._con, self._lock, self._transaction)
+
     def record_memberships(
-        self, computed: pa.Table, at_us: int, started: float
+        self, computed: pa.Table, at_us: int, started: float, routes: Sequence[Route] = ()
     ) -> MembershipChanges:
         at = pa.scalar(at_us, _TS).as_py()
         names = computed.select(["kind", "name"]).group_by(["kind", "name"]).aggregate([])
@@ -379,6 +385,7 @@ class DuckDBStore(Store):
             try:
                 with self._transaction() as con:
                     changes = diff_memberships(con, at)
+                    plan_changes(con, routes, datetime.now(UTC))
                     con.execute(
                         "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [

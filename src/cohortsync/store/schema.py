@@ -107,6 +107,137 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        3,
+        "sync: outbox, batches, destination state, delivery log, dead letters, runs, conversions",
+        """
+        -- Monotonic ids handed out by the single writer (change_id, conversion_id, run_id).
+        CREATE TABLE counters (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+        -- Changes due at destinations. Per (destination, audience, profile) at most one row is
+        -- waiting (batch_id NULL: planning coalesces it to the latest desired state) and at
+        -- most one is in flight (batch_id set: claimed into a batch, resent until resolved).
+        CREATE TABLE outbox (
+            change_id BIGINT PRIMARY KEY,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            op VARCHAR NOT NULL,                -- 'add' | 'remove'
+            holdout BOOLEAN NOT NULL,
+            changed_at TIMESTAMPTZ NOT NULL,    -- when membership changed
+            planned_at TIMESTAMPTZ NOT NULL,
+            batch_id VARCHAR,
+            identifiers JSON                    -- normalised identifiers, fixed when claimed
+        );
+        -- Conversions due at destinations; a (destination, message_id) is queued once, ever.
+        CREATE TABLE conversion_outbox (
+            conversion_id BIGINT PRIMARY KEY,
+            destination VARCHAR NOT NULL,
+            message_id VARCHAR NOT NULL,
+            name VARCHAR NOT NULL,
+            event VARCHAR NOT NULL,
+            "timestamp" TIMESTAMPTZ NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            value DOUBLE,
+            currency VARCHAR,
+            properties JSON,
+            context JSON,
+            planned_at TIMESTAMPTZ NOT NULL,
+            batch_id VARCHAR,
+            identifiers JSON
+        );
+        CREATE TABLE conversion_ledger (
+            destination VARCHAR NOT NULL,
+            message_id VARCHAR NOT NULL,
+            conversion_id BIGINT NOT NULL,
+            PRIMARY KEY (destination, message_id)
+        );
+        -- A claimed unit of delivery. Its rows and bytes stay the same on every attempt.
+        CREATE TABLE sync_batches (
+            batch_id VARCHAR PRIMARY KEY,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR,                   -- NULL for conversions
+            kind VARCHAR NOT NULL,              -- 'changes' | 'conversions'
+            op VARCHAR,
+            records INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            first_attempt_at TIMESTAMPTZ,
+            next_attempt_at TIMESTAMPTZ NOT NULL,
+            last_error VARCHAR
+        );
+        -- What each destination acknowledged holding, with the identifiers it was given.
+        CREATE TABLE destination_state (
+            destination VARCHAR NOT NULL,
+            audience VARCHAR NOT NULL,
+            profile_id VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,            -- 'member' | 'rejected'
+            holdout BOOLEAN NOT NULL,
+            identifiers JSON,
+            reason VARCHAR,
+            change_id BIGINT NOT NULL,
+            batch_id VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (destination, audience, profile_id)
+        );
+        -- One row per record a destination resolved (acknowledged or rejected).
+        CREATE TABLE delivery_log (
+            record_id BIGINT NOT NULL,          -- change_id or conversion_id
+            kind VARCHAR NOT NULL,              -- 'changes' | 'conversions'
+            batch_id VARCHAR NOT NULL,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR,
+            profile_id VARCHAR NOT NULL,
+            op VARCHAR NOT NULL,                -- 'add' | 'remove' | conversion name
+            outcome VARCHAR NOT NULL,           -- 'acknowledged' | 'rejected'
+            reason VARCHAR,
+            attempts INTEGER NOT NULL,
+            resolved_at TIMESTAMPTZ NOT NULL
+        );
+        -- One row per batch a destination answered, with what the platform reported
+        -- (num_received, num_invalid_entries, events_received, ...).
+        CREATE TABLE batch_results (
+            batch_id VARCHAR PRIMARY KEY,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR,
+            kind VARCHAR NOT NULL,
+            op VARCHAR,
+            records INTEGER NOT NULL,
+            acknowledged INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            resolved_at TIMESTAMPTZ NOT NULL,
+            stats JSON
+        );
+        CREATE TABLE dead_letters (
+            record_id BIGINT NOT NULL,
+            kind VARCHAR NOT NULL,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR,
+            profile_id VARCHAR NOT NULL,
+            op VARCHAR NOT NULL,
+            reason VARCHAR NOT NULL,
+            attempts INTEGER NOT NULL,
+            first_attempt_at TIMESTAMPTZ,
+            dead_at TIMESTAMPTZ NOT NULL,
+            batch_id VARCHAR,
+            retried_at TIMESTAMPTZ              -- set by `sync --retry-dead`
+        );
+        CREATE TABLE sync_runs (
+            run_id BIGINT PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            duration_ms DOUBLE NOT NULL,
+            dry_run BOOLEAN NOT NULL,
+            destination VARCHAR,
+            audience VARCHAR,
+            planned BIGINT NOT NULL,
+            batches BIGINT NOT NULL,
+            acknowledged BIGINT NOT NULL,
+            rejected BIGINT NOT NULL,
+            retrying BIGINT NOT NULL,
+            dead_lettered BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

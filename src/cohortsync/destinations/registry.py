@@ -1,0 +1,36 @@
+"""Which module implements each destination `type:`; imported only when a project uses it."""
+
+from __future__ import annotations
+
+import importlib
+
+from cohortsync.destinations.base import Destination
+
+MODULES = {
+    "warehouse": "cohortsync.destinations.warehouse",
+    "files": "cohortsync.destinations.files",
+    "webhook": "cohortsync.destinations.webhook",
+    "segment": "cohortsync.destinations.segment",
+    "meta_custom_audience": "cohortsync.destinations.meta_custom_audience",
+    "meta_capi": "cohortsync.destinations.meta_capi",
+}
+ALIASES = {"duckdb": "warehouse", "postgres": "warehouse"}
+
+
+def known_types() -> list[str]:
+    """Every `type:` a destination may have."""
+    return sorted([*MODULES, *ALIASES])
+
+
+def destination_class(type_name: str) -> type[Destination]:
+    """The class for a destination `type:`; KeyError when no module implements it."""
+    kind = ALIASES.get(type_name, type_name)
+    module = importlib.import_module(MODULES[kind])
+    for value in vars(module).values():
+        if (
+            isinstance(value, type)
+            and issubclass(value, Destination)
+            and getattr(value, "kind", None) == kind
+        ):
+            return value
+    raise KeyError(type_name)

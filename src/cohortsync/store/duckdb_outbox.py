@@ -1,0 +1,804 @@
+"""The outbox on DuckDB: set-based planning, claims, resolutions; every write an Arrow batch."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from cohortsync.store.outbox import (
+    CHANGES,
+    CONVERSIONS,
+    ClaimedBatch,
+    ConversionRoute,
+    OutboxRecord,
+    OutboxStore,
+    PlanCounts,
+    Resolution,
+    Route,
+    RouteStatus,
+    SyncRunRecord,
+)
+
+Transaction = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+KEY = "destination, audience, profile_id"
+_KEY_MATCH = (
+    "{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
+    "AND {a}.profile_id = {b}.profile_id"
+)
+
+
+def _match(a: str, b: str) -> str:
+    return _KEY_MATCH.format(a=a, b=b)
+
+
+def next_ids(con: duckdb.DuckDBPyConnection, name: str, count: int) -> int:
+    """Reserve `count` ids of counter `name`; return the first (ids only ever grow)."""
+    row = con.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
+    start = (int(row[0]) if row else 0) + 1
+    if count:
+        con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", [name, start + count - 1])
+    return start
+
+
+class _Registered:
+    """Register Arrow tables under names for the length of a `with` block."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, **tables: pa.Table) -> None:
+        self.con, self.tables = con, tables
+
+    def __enter__(self) -> duckdb.DuckDBPyConnection:
+        for name, table in self.tables.items():
+            self.con.register(name, table)
+        return self.con
+
+    def __exit__(self, *_: object) -> None:
+        for name in self.tables:
+            self.con.unregister(name)
+
+
+def _routes_table(routes: Sequence[Route]) -> pa.Table:
+    return pa.table(
+        {
+            "destination": pa.array([r.destination for r in routes], pa.string()),
+            "audience": pa.array([r.audience for r in routes], pa.string()),
+            "include_holdout": pa.array([r.include_holdout for r in routes], pa.bool_()),
+        }
+    )
+
+
+def plan_changes(
+    con: duckdb.DuckDBPyConnection, routes: Sequence[Route], now: datetime
+) -> PlanCounts:
+    """Queue what brings each route to its desired state; call inside a transaction.
+
+    Base state = the in-flight change for a key if any, else what the destination acknowledged.
+    Waiting rows that no longer match what is needed are dropped (an enter then exit before
+    delivery coalesces to nothing); needed changes without a waiting row are added, removes
+    first so a merged profile's old identifiers leave before its survivor's are added.
+    """
+    if not routes:
+        return PlanCounts()
+    with _Registered(con, _routes=_routes_table(routes)):
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _desired AS
+            SELECT r.destination, m.name AS audience, m.profile_id, m.holdout,
+                   m.entered_at AS changed_at
+            FROM memberships m JOIN _routes r ON r.audience = m.name
+            WHERE m.kind = 'audience' AND m.exited_at IS NULL
+              AND (r.include_holdout OR NOT m.holdout);
+            CREATE OR REPLACE TEMP TABLE _base AS
+            WITH flight AS (
+                SELECT o.* FROM outbox o SEMI JOIN _routes r USING (destination, audience)
+                WHERE o.batch_id IS NOT NULL),
+            acked AS (
+                SELECT s.* FROM destination_state s
+                SEMI JOIN _routes r USING (destination, audience))
+            SELECT coalesce(f.destination, s.destination) AS destination,
+                   coalesce(f.audience, s.audience) AS audience,
+                   coalesce(f.profile_id, s.profile_id) AS profile_id,
+                   CASE WHEN f.change_id IS NOT NULL THEN f.op = 'add' ELSE true END AS present,
+                   coalesce(f.holdout, s.holdout) AS holdout,
+                   f.change_id IS NULL AND s.status = 'rejected' AS rejected
+            FROM flight f FULL JOIN acked s ON {_match("f", "s")};
+            CREATE OR REPLACE TEMP TABLE _needed AS
+            SELECT * FROM (
+                SELECT d.destination, d.audience, d.profile_id, 'add' AS op, d.holdout,
+                       d.changed_at
+                FROM _desired d LEFT JOIN _base b USING ({KEY})
+                WHERE b.profile_id IS NULL OR NOT b.present
+                   OR (b.holdout <> d.holdout AND NOT b.rejected)
+                UNION ALL
+                SELECT b.destination, b.audience, b.profile_id, 'remove', b.holdout,
+                       ?::TIMESTAMPTZ
+                FROM _base b ANTI JOIN _desired d USING ({KEY})
+                WHERE b.present AND NOT b.rejected
+            ) n
+            WHERE NOT EXISTS (
+                SELECT 1 FROM dead_letters x
+                WHERE x.kind = 'changes' AND x.retried_at IS NULL AND x.op = n.op
+                  AND {_match("x", "n")});
+            """,
+            [now],
+        )
+        con.execute(
+            f"""DELETE FROM destination_state s
+            WHERE s.status = 'rejected'
+              AND EXISTS (SELECT 1 FROM _routes r
+                          WHERE r.destination = s.destination AND r.audience = s.audience)
+              AND NOT EXISTS (SELECT 1 FROM _desired d WHERE {_match("d", "s")})
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {_match("o", "s")})"""
+        )
+        con.execute(
+            f"""DELETE FROM outbox o
+            WHERE o.batch_id IS NULL
+              AND EXISTS (SELECT 1 FROM _routes r
+                          WHERE r.destination = o.destination AND r.audience = o.audience)
+              AND NOT EXISTS (SELECT 1 FROM _needed n
+                              WHERE {_match("n", "o")} AND n.op = o.op
+                                AND n.holdout = o.holdout)"""
+        )
+        con.execute(
+            f"""CREATE OR REPLACE TEMP TABLE _new AS
+            SELECT n.* FROM _needed n
+            ANTI JOIN (SELECT {KEY} FROM outbox WHERE batch_id IS NULL) w USING ({KEY})"""
+        )
+        counts = con.execute(
+            "SELECT count(*) FILTER (op = 'add'), count(*) FILTER (op = 'remove') FROM _new"
+        ).fetchone()
+        adds, removes = (int(counts[0]), int(counts[1])) if counts else (0, 0)
+        start = next_ids(con, "change_id", adds + removes)
+        con.execute(
+            f"""INSERT INTO outbox
+            SELECT ? - 1 + row_number() OVER (ORDER BY op DESC, {KEY}), {KEY}, op, holdout,
+                   changed_at, ?::TIMESTAMPTZ, NULL, NULL
+            FROM _new""",
+            [start, now],
+        )
+        for table in ("_desired", "_base", "_needed", "_new"):
+            con.execute(f"DROP TABLE {table}")
+    return PlanCounts(adds=adds, removes=removes)
+
+
+def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
+    """A stable, unique id for a set of records: sent as the idempotency key on every try."""
+    digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
+    return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
+
+
+_IDENTIFIERS = """
+    WITH owners AS (
+        SELECT c.record_id, coalesce(a.canonical_id, c.profile_id) AS owner
+        FROM _claim c LEFT JOIN profile_aliases a ON a.profile_id = c.profile_id),
+    firsts AS (
+        SELECT o.record_id, x.kind, arg_min(x.value, (x.first_seen, x.value)) AS value
+        FROM owners o JOIN identities x ON x.profile_id = o.owner GROUP BY ALL)
+    SELECT record_id, json_group_object(kind, value)::VARCHAR FROM firsts GROUP BY record_id
+"""
+
+
+class DuckDBOutbox(OutboxStore):
+    """`OutboxStore` over the store's DuckDB connection, sharing its lock and transactions."""
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, lock: threading.RLock, transaction: Transaction
+    ) -> None:
+        self._con = con
+        self._lock = lock
+        self._transaction = transaction
+
+    def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
+        with self._transaction() as con:
+            return plan_changes(con, routes, now)
+
+    def plan_conversions(self, routes: Sequence[ConversionRoute], now: datetime) -> PlanCounts:
+        if not routes:
+            return PlanCounts()
+        table = pa.table(
+            {
+                "destination": [r.destination for r in routes],
+                "event": [r.event for r in routes],
+                "name": [r.name for r in routes],
+                "value_path": [
+                    f"$.{r.value_property}" if r.value_property else None for r in routes
+                ],
+                "currency": pa.array([r.currency for r in routes], pa.string()),
+            }
+        )
+        with self._transaction() as con, _Registered(con, _rules=table):
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE _conv AS
+                SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
+                       e.canonical_profile_id AS profile_id,
+                       TRY_CAST(json_extract_string(e.properties, r.value_path) AS DOUBLE)
+                           AS value,
+                       coalesce(json_extract_string(e.properties, '$.currency'), r.currency)
+                           AS currency,
+                       e.properties, e.context
+                FROM profile_events e JOIN _rules r ON e.type = 'track' AND e.event = r.event
+                ANTI JOIN conversion_ledger l
+                    ON l.destination = r.destination AND l.message_id = e.message_id"""
+            )
+            row = con.execute("SELECT count(*) FROM _conv").fetchone()
+            count = int(row[0]) if row else 0
+            start = next_ids(con, "conversion_id", count)
+            con.execute(
+                """CREATE OR REPLACE TEMP TABLE _conv_ids AS
+                SELECT ? - 1 + row_number() OVER (ORDER BY "timestamp", destination, message_id)
+                       AS conversion_id, * FROM _conv""",
+                [start],
+            )
+            con.execute(
+                """INSERT INTO conversion_outbox
+                SELECT conversion_id, destination, message_id, name, event, "timestamp",
+                       profile_id, value, upper(currency), properties, context,
+                       ?::TIMESTAMPTZ, NULL, NULL
+                FROM _conv_ids""",
+                [now],
+            )
+            con.execute(
+                "INSERT INTO conversion_ledger "
+                "SELECT destination, message_id, conversion_id FROM _conv_ids"
+            )
+            con.execute("DROP TABLE _conv")
+            con.execute("DROP TABLE _conv_ids")
+        return PlanCounts(conversions=count)
+
+    def claim(
+        self,
+        destination: str,
+        kind: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None = None,
+    ) -> ClaimedBatch | None:
+        with self._transaction() as con:
+            due = con.execute(
+                "SELECT batch_id FROM sync_batches WHERE destination = ? AND kind = ? "
+                "AND next_attempt_at <= ? AND (?::VARCHAR IS NULL OR audience = ?) "
+                "ORDER BY created_at, batch_id LIMIT 1",
+                [destination, kind, now, audience, audience],
+            ).fetchone()
+            if due:
+                return self._load(con, str(due[0]))
+            batches = self._form(con, destination, kind, max_records, audience, 1)
+            if not batches:
+                return None
+            audience_, op, ids = batches[0]
+            return self._claim(con, destination, kind, audience_, op, ids, now)
+
+    def peek(
+        self, destination: str, kind: str, max_records: int, audience: str | None = None
+    ) -> list[ClaimedBatch]:
+        with self._lock:
+            formed = self._form(self._con, destination, kind, max_records, audience, None)
+            batches: list[ClaimedBatch] = []
+            for audience_, op, ids in formed:
+                records = self._records_with_identifiers(self._con, kind, ids, op, destination)
+                batch_id = "dry-" + _batch_id(kind, destination, ids)
+                batches.append(
+                    ClaimedBatch(batch_id, destination, audience_, kind, op, 0, None, records)
+                )
+            return batches
+
+    def _form(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        destination: str,
+        kind: str,
+        max_records: int,
+        audience: str | None,
+        limit: int | None,
+    ) -> list[tuple[str | None, str | None, list[int]]]:
+        """Group claimable records into batches: (audience, op, ids), oldest first."""
+        if kind == CONVERSIONS:
+            rows = con.execute(
+                "SELECT conversion_id FROM conversion_outbox "
+                "WHERE destination = ? AND batch_id IS NULL ORDER BY conversion_id",
+                [destination],
+            ).fetchall()
+            ids = [int(r[0]) for r in rows]
+            chunks = [ids[i : i + max_records] for i in range(0, len(ids), max_records)]
+            return [(None, None, chunk) for chunk in chunks[:limit]]
+        rows = con.execute(
+            f"""SELECT o.audience, o.op, o.change_id FROM outbox o
+            WHERE o.destination = ? AND o.batch_id IS NULL
+              AND (?::VARCHAR IS NULL OR o.audience = ?)
+              AND NOT EXISTS (SELECT 1 FROM outbox f
+                              WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})
+            ORDER BY o.change_id""",
+            [destination, audience, audience],
+        ).fetchall()
+        groups: dict[tuple[str, str], list[int]] = {}
+        for aud, op, change_id in rows:
+            groups.setdefault((str(aud), str(op)), []).append(int(change_id))
+        formed: list[tuple[str | None, str | None, list[int]]] = []
+        for (aud, op), ids in sorted(groups.items(), key=lambda item: item[1][0]):
+            formed += [(aud, op, ids[i : i + max_records]) for i in range(0, len(ids), max_records)]
+            if limit is not None and len(formed) >= limit:
+                return formed[:limit]
+        return formed
+
+    def _records_with_identifiers(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        kind: str,
+        ids: Sequence[int],
+        op: str | None,
+        destination: str,
+    ) -> tuple[OutboxRecord, ...]:
+        """Records of `ids` with identifiers fixed now: a remove reuses what the add sent."""
+        claim = pa.table({"record_id": pa.array(list(ids), pa.int64())})
+        table = "outbox" if kind == CHANGES else "conversion_outbox"
+        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        with _Registered(con, _ids=claim):
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE _claim AS SELECT t.{id_col} AS record_id, "
+                f"t.profile_id FROM {table} t SEMI JOIN _ids i ON i.record_id = t.{id_col}"
+            )
+            current = {int(r): str(j) for r, j in con.execute(_IDENTIFIERS).fetchall()}
+            sent: dict[int, str] = {}
+            if kind == CHANGES and op == "remove":
+                sent = {
+                    int(r): str(j)
+                    for r, j in con.execute(
+                        "SELECT o.change_id, s.identifiers FROM outbox o JOIN destination_state s "
+                        f"ON {_match('o', 's')} SEMI JOIN _ids i ON i.record_id = o.change_id "
+                        "WHERE s.identifiers IS NOT NULL"
+                    ).fetchall()
+                }
+            con.execute("DROP TABLE _claim")
+            if kind == CHANGES:
+                rows = con.execute(
+                    "SELECT change_id, profile_id, op, holdout, changed_at, identifiers, NULL "
+                    "FROM outbox SEMI JOIN _ids i ON i.record_id = change_id ORDER BY change_id"
+                ).fetchall()
+            else:
+                rows = con.execute(
+                    'SELECT conversion_id, profile_id, name, false, "timestamp", identifiers, '
+                    "json_object('message_id', message_id, 'name', name, 'event', event, "
+                    "'value', value, 'currency', currency, 'properties', properties, "
+                    "'context', context)::VARCHAR "
+                    "FROM conversion_outbox SEMI JOIN _ids i ON i.record_id = conversion_id "
+                    "ORDER BY conversion_id"
+                ).fetchall()
+        records = []
+        for record_id, profile_id, op_, holdout, at, fixed, conversion in rows:
+            chosen = fixed or sent.get(int(record_id)) or current.get(int(record_id)) or "{}"
+            records.append(
+                OutboxRecord(
+                    int(record_id),
+                    str(profile_id),
+                    str(op_),
+                    bool(holdout),
+                    at,
+                    orjson.loads(chosen),
+                    orjson.loads(conversion) if conversion else {},
+                )
+            )
+        return tuple(records)
+
+    def _claim(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        destination: str,
+        kind: str,
+        audience: str | None,
+        op: str | None,
+        ids: list[int],
+        now: datetime,
+    ) -> ClaimedBatch:
+        records = self._records_with_identifiers(con, kind, ids, op, destination)
+        batch_id = _batch_id(kind, destination, ids)
+        table = "outbox" if kind == CHANGES else "conversion_outbox"
+        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        fixed = pa.table(
+            {
+                "record_id": pa.array([r.record_id for r in records], pa.int64()),
+                "identifiers": pa.array(
+                    [orjson.dumps(dict(r.identifiers)).decode() for r in records], pa.string()
+                ),
+            }
+        )
+        with _Registered(con, _fixed=fixed):
+            con.execute(
+                f"UPDATE {table} SET batch_id = ?, identifiers = f.identifiers FROM _fixed f "
+                f"WHERE {table}.{id_col} = f.record_id",
+                [batch_id],
+            )
+        con.execute(
+            "INSERT INTO sync_batches VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)",
+            [batch_id, destination, audience, kind, op, len(records), now, now],
+        )
+        return ClaimedBatch(batch_id, destination, audience, kind, op, 0, None, records)
+
+    def _load(self, con: duckdb.DuckDBPyConnection, batch_id: str) -> ClaimedBatch:
+        row = con.execute(
+            "SELECT destination, audience, kind, op, attempts, first_attempt_at "
+            "FROM sync_batches WHERE batch_id = ?",
+            [batch_id],
+        ).fetchone()
+        assert row is not None
+        destination, audience, kind, op, attempts, first = row
+        table = "outbox" if kind == CHANGES else "conversion_outbox"
+        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        ids = [
+            int(r[0])
+            for r in con.execute(
+                f"SELECT {id_col} FROM {table} WHERE batch_id = ? ORDER BY {id_col}", [batch_id]
+            ).fetchall()
+        ]
+        records = self._records_with_identifiers(con, kind, ids, op, destination)
+        return ClaimedBatch(
+            batch_id, destination, audience, kind, op, int(attempts), first, records
+        )
+
+    def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
+        with self._transaction() as con:
+            if batch.kind == CHANGES:
+                self._resolve_changes(con, batch, resolution, now)
+            else:
+                self._resolve_conversions(con, batch, resolution, now)
+            rejected = sum(1 for r in batch.records if r.record_id in resolution.rejected)
+            retried = sum(1 for r in batch.records if r.record_id in resolution.retry)
+            con.execute(
+                "INSERT OR REPLACE INTO batch_results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    batch.batch_id,
+                    batch.destination,
+                    batch.audience,
+                    batch.kind,
+                    batch.op,
+                    len(batch.records),
+                    len(batch.records) - rejected - retried,
+                    rejected,
+                    batch.attempts + 1,
+                    now,
+                    orjson.dumps(dict(resolution.stats)).decode(),
+                ],
+            )
+            con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
+
+    def _log(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> list[OutboxRecord]:
+        """Write delivery_log rows for resolved records; return those resolved."""
+        done = [r for r in batch.records if r.record_id not in resolution.retry]
+        log = pa.table(
+            {
+                "record_id": pa.array([r.record_id for r in done], pa.int64()),
+                "outcome": [
+                    "rejected" if r.record_id in resolution.rejected else "acknowledged"
+                    for r in done
+                ],
+                "reason": pa.array(
+                    [resolution.rejected.get(r.record_id) for r in done], pa.string()
+                ),
+                "profile_id": [r.profile_id for r in done],
+                "op": [r.op for r in done],
+            }
+        )
+        with _Registered(con, _log=log):
+            con.execute(
+                "INSERT INTO delivery_log SELECT record_id, ?, ?, ?, ?, profile_id, op, outcome, "
+                "reason, ?, ?::TIMESTAMPTZ FROM _log",
+                [
+                    batch.kind,
+                    batch.batch_id,
+                    batch.destination,
+                    batch.audience,
+                    batch.attempts + 1,
+                    now,
+                ],
+            )
+        return done
+
+    def _resolve_changes(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        done = self._log(con, batch, resolution, now)
+        keep = [r for r in done if r.op == "add"]
+        state = pa.table(
+            {
+                "profile_id": pa.array([r.profile_id for r in keep], pa.string()),
+                "status": pa.array(
+                    ["rejected" if r.record_id in resolution.rejected else "member" for r in keep],
+                    pa.string(),
+                ),
+                "holdout": pa.array([r.holdout for r in keep], pa.bool_()),
+                "identifiers": pa.array(
+                    [orjson.dumps(dict(r.identifiers)).decode() for r in keep], pa.string()
+                ),
+                "reason": pa.array(
+                    [resolution.rejected.get(r.record_id) for r in keep], pa.string()
+                ),
+                "change_id": pa.array([r.record_id for r in keep], pa.int64()),
+            }
+        )
+        ids = pa.table({"profile_id": pa.array([r.profile_id for r in done], pa.string())})
+        retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
+        with _Registered(con, _state=state, _done=ids, _retry=retry):
+            con.execute(
+                "DELETE FROM destination_state s WHERE s.destination = ? AND s.audience = ? "
+                "AND s.profile_id IN (SELECT profile_id FROM _done)",
+                [batch.destination, batch.audience],
+            )
+            con.execute(
+                "INSERT INTO destination_state SELECT ?, ?, profile_id, status, holdout, "
+                "identifiers, reason, change_id, ?, ?::TIMESTAMPTZ FROM _state",
+                [batch.destination, batch.audience, batch.batch_id, now],
+            )
+            # A retried record gives way to a newer waiting change for the same profile.
+            con.execute(
+                f"""DELETE FROM outbox o WHERE o.batch_id = ?
+                AND o.change_id IN (SELECT record_id FROM _retry)
+                AND EXISTS (SELECT 1 FROM outbox w
+                            WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
+                [batch.batch_id],
+            )
+            con.execute(
+                "UPDATE outbox SET batch_id = NULL, identifiers = NULL WHERE batch_id = ? "
+                "AND change_id IN (SELECT record_id FROM _retry)",
+                [batch.batch_id],
+            )
+        con.execute("DELETE FROM outbox WHERE batch_id = ?", [batch.batch_id])
+
+    def _resolve_conversions(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        done = self._log(con, batch, resolution, now)
+        rejected = [r for r in done if r.record_id in resolution.rejected]
+        self._dead(con, batch, rejected, resolution.rejected, now)
+        retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
+        with _Registered(con, _retry=retry):
+            con.execute(
+                "UPDATE conversion_outbox SET batch_id = NULL, identifiers = NULL "
+                "WHERE batch_id = ? AND conversion_id IN (SELECT record_id FROM _retry)",
+                [batch.batch_id],
+            )
+        con.execute("DELETE FROM conversion_outbox WHERE batch_id = ?", [batch.batch_id])
+
+    def _dead(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ClaimedBatch,
+        records: Sequence[OutboxRecord],
+        reasons: Mapping[int, str],
+        now: datetime,
+        default_reason: str = "",
+    ) -> None:
+        if not records:
+            return
+        dead = pa.table(
+            {
+                "record_id": pa.array([r.record_id for r in records], pa.int64()),
+                "profile_id": [r.profile_id for r in records],
+                "op": [r.op for r in records],
+                "reason": [reasons.get(r.record_id, default_reason) for r in records],
+            }
+        )
+        with _Registered(con, _dead=dead):
+            con.execute(
+                "INSERT INTO dead_letters SELECT record_id, ?, ?, ?, profile_id, op, reason, ?, "
+                "?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?, NULL FROM _dead",
+                [
+                    batch.kind,
+                    batch.destination,
+                    batch.audience,
+                    batch.attempts + 1,
+                    batch.first_attempt_at or now,
+                    now,
+                    batch.batch_id,
+                ],
+            )
+
+    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
+        with self._transaction() as con:
+            con.execute(
+                "UPDATE sync_batches SET attempts = attempts + 1, "
+                "first_attempt_at = coalesce(first_attempt_at, ?::TIMESTAMPTZ), "
+                "next_attempt_at = ?, last_error = ? WHERE batch_id = ?",
+                [now, next_attempt, error, batch.batch_id],
+            )
+
+    def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
+        with self._transaction() as con:
+            self._dead(con, batch, batch.records, {}, now, reason)
+            table = "outbox" if batch.kind == CHANGES else "conversion_outbox"
+            con.execute(f"DELETE FROM {table} WHERE batch_id = ?", [batch.batch_id])
+            con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
+
+    def retry_dead(self, destination: str | None, audience: str | None, now: datetime) -> int:
+        with self._transaction() as con:
+            where = (
+                "retried_at IS NULL AND (?::VARCHAR IS NULL OR destination = ?) "
+                "AND (?::VARCHAR IS NULL OR audience = ?)"
+            )
+            params = [destination, destination, audience, audience]
+            row = con.execute(f"SELECT count(*) FROM dead_letters WHERE {where}", params).fetchone()
+            # Conversions come back through the ledger: forget them there to queue them again.
+            con.execute(
+                "DELETE FROM conversion_ledger l USING dead_letters d "
+                "WHERE d.kind = 'conversions' AND d.retried_at IS NULL "
+                "AND (?::VARCHAR IS NULL OR d.destination = ?) "
+                "AND (?::VARCHAR IS NULL OR d.audience = ?) "
+                "AND l.destination = d.destination AND l.conversion_id = d.record_id",
+                params,
+            )
+            con.execute(f"UPDATE dead_letters SET retried_at = ? WHERE {where}", [now, *params])
+        return int(row[0]) if row else 0
+
+    def status(
+        self,
+        routes: Sequence[Route],
+        conversion_destinations: Sequence[str],
+        accepts: Mapping[str, Sequence[str]],
+    ) -> list[RouteStatus]:
+        accepted = pa.table(
+            {
+                "destination": [d for d, kinds in accepts.items() for _ in kinds],
+                "kind": [k for kinds in accepts.values() for k in kinds],
+            }
+        )
+        found: list[RouteStatus] = []
+        with (
+            self._lock,
+            _Registered(self._con, _routes=_routes_table(routes), _accepts=accepted) as con,
+        ):
+            rows = con.execute(_STATUS_SQL).fetchall() if routes else []
+            found += [_route_status(row) for row in rows]
+            for destination in conversion_destinations:
+                row = con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchone()
+                assert row is not None
+                found.append(_route_status((destination, None, *row)))
+        return found
+
+    def log_run(self, run: SyncRunRecord) -> int:
+        with self._transaction() as con:
+            run_id = next_ids(con, "sync_run", 1)
+            con.execute(
+                "INSERT INTO sync_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    run_id,
+                    run.started_at,
+                    run.duration_ms,
+                    run.dry_run,
+                    run.destination,
+                    run.audience,
+                    run.planned,
+                    run.batches,
+                    run.acknowledged,
+                    run.rejected,
+                    run.retrying,
+                    run.dead_lettered,
+                ],
+            )
+        return run_id
+
+    def runs(self, limit: int = 10) -> list[SyncRunRecord]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT started_at, duration_ms, dry_run, destination, audience, planned, "
+                "batches, acknowledged, rejected, retrying, dead_lettered FROM sync_runs "
+                "ORDER BY run_id DESC LIMIT ?",
+                [limit],
+            ).fetchall()
+        return [SyncRunRecord(*row) for row in rows]
+
+    def acknowledged(self, destination: str, audience: str) -> dict[str, bool]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT profile_id, holdout FROM destination_state WHERE destination = ? "
+                "AND audience = ? AND status = 'member'",
+                [destination, audience],
+            ).fetchall()
+        return {str(p): bool(h) for p, h in rows}
+
+
+def _route_status(row: Sequence[Any]) -> RouteStatus:
+    (
+        destination,
+        audience,
+        desired,
+        acked,
+        pending,
+        retrying,
+        failed,
+        dead,
+        matchable,
+        last_sync,
+        next_attempt,
+        last_error,
+    ) = row
+    return RouteStatus(
+        str(destination),
+        None if audience is None else str(audience),
+        int(desired or 0),
+        int(acked or 0),
+        int(pending or 0),
+        int(retrying or 0),
+        int(failed or 0),
+        int(dead or 0),
+        int(matchable or 0),
+        last_sync,
+        next_attempt,
+        last_error,
+    )
+
+
+_STATUS_SQL = """
+WITH desired AS (
+    SELECT r.destination, r.audience, m.profile_id
+    FROM _routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
+    WHERE m.exited_at IS NULL AND (r.include_holdout OR NOT m.holdout)),
+matchable AS (
+    SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
+    FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
+    JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
+    JOIN _accepts k ON k.destination = d.destination AND k.kind = x.kind
+    GROUP BY ALL),
+batches AS (
+    SELECT destination, audience, sum(records) FILTER (attempts > 0) AS retrying,
+           min(next_attempt_at) AS next_attempt, arg_max(last_error, next_attempt_at)
+               FILTER (last_error IS NOT NULL) AS last_error
+    FROM sync_batches WHERE kind = 'changes' GROUP BY ALL)
+SELECT r.destination, r.audience,
+    (SELECT count(*) FROM desired d WHERE d.destination = r.destination
+        AND d.audience = r.audience),
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'member'),
+    (SELECT count(*) FROM outbox o WHERE o.destination = r.destination
+        AND o.audience = r.audience),
+    b.retrying,
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'rejected'),
+    (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
+        AND x.audience = r.audience AND x.retried_at IS NULL),
+    coalesce(mt.n, 0),
+    (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
+        AND l.audience = r.audience),
+    b.next_attempt, b.last_error
+FROM _routes r
+LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
+LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
+ORDER BY r.audience, r.destination
+"""
+
+_CONVERSION_STATUS_SQL = """
+SELECT
+    (SELECT count(*) FROM conversion_ledger WHERE destination = ?),
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions' AND destination = ?
+        AND outcome = 'acknowledged'),
+    (SELECT count(*) FROM conversion_outbox WHERE destination = ?),
+    (SELECT coalesce(sum(records), 0) FROM sync_batches WHERE kind = 'conversions'
+        AND destination = ? AND attempts > 0),
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions' AND destination = ?
+        AND outcome = 'rejected'),
+    (SELECT count(*) FROM dead_letters WHERE kind = 'conversions' AND destination = ?
+        AND retried_at IS NULL AND batch_id NOT IN (
+            SELECT batch_id FROM delivery_log WHERE kind = 'conversions' AND destination = ?
+            AND outcome = 'rejected')),
+    0,
+    (SELECT max(resolved_at) FROM delivery_log WHERE kind = 'conversions'
+        AND destination = ?),
+    NULL, NULL
+"""

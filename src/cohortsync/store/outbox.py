@@ -1,0 +1,203 @@
+"""The sync side of the store: outbox, claimed batches, what destinations acknowledged.
+
+The planner writes desired changes here in the same transaction as the membership change; the
+delivery worker claims batches, and records each destination's answer before the rows leave.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+CHANGES = "changes"
+CONVERSIONS = "conversions"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One audience delivered to one destination; ad platforms never get holdout members."""
+
+    destination: str
+    audience: str
+    include_holdout: bool
+
+
+@dataclass(frozen=True)
+class ConversionRoute:
+    """Events named `event` forwarded to `destination` as conversion `name`."""
+
+    destination: str
+    event: str
+    name: str
+    value_property: str | None = None
+    currency: str | None = None
+
+
+@dataclass(frozen=True)
+class PlanCounts:
+    """What one planning pass queued: changes per (destination, audience), conversions."""
+
+    adds: int = 0
+    removes: int = 0
+    conversions: int = 0
+
+    def __add__(self, other: PlanCounts) -> PlanCounts:
+        return PlanCounts(
+            self.adds + other.adds,
+            self.removes + other.removes,
+            self.conversions + other.conversions,
+        )
+
+    @property
+    def total(self) -> int:
+        """Every record queued."""
+        return self.adds + self.removes + self.conversions
+
+
+@dataclass(frozen=True)
+class OutboxRecord:
+    """One record of a claimed batch, identifiers fixed at claim time."""
+
+    record_id: int
+    profile_id: str
+    op: str
+    holdout: bool
+    at: datetime
+    identifiers: Mapping[str, str]
+    conversion: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClaimedBatch:
+    """A unit of delivery: the same records under the same id on every attempt."""
+
+    batch_id: str
+    destination: str
+    audience: str | None
+    kind: str
+    op: str | None
+    attempts: int
+    first_attempt_at: datetime | None
+    records: tuple[OutboxRecord, ...]
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """A destination's answer for a batch: ids rejected (with reason) and ids to retry alone."""
+
+    rejected: Mapping[int, str] = field(default_factory=dict)
+    retry: Mapping[int, str] = field(default_factory=dict)
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RouteStatus:
+    """One line of `cohortsync status`: an audience × destination, or a conversion stream."""
+
+    destination: str
+    audience: str | None
+    desired: int
+    acknowledged: int
+    pending: int
+    retrying: int
+    failed: int
+    dead_lettered: int
+    matchable: int
+    last_sync: datetime | None
+    next_attempt: datetime | None
+    last_error: str | None
+
+    @property
+    def match_rate(self) -> float | None:
+        """Members with an identifier the destination accepts, over members."""
+        return self.matchable / self.desired if self.desired else None
+
+
+@dataclass(frozen=True)
+class SyncRunRecord:
+    """The counts of one `cohortsync sync` run, kept in `sync_runs`."""
+
+    started_at: datetime
+    duration_ms: float
+    dry_run: bool
+    destination: str | None
+    audience: str | None
+    planned: int
+    batches: int
+    acknowledged: int
+    rejected: int
+    retrying: int
+    dead_lettered: int
+
+
+class OutboxStore(ABC):
+    """Durable sync state; every method is one transaction."""
+
+    @abstractmethod
+    def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
+        """Queue adds and removes that bring each route's destination to its desired state."""
+
+    @abstractmethod
+    def plan_conversions(self, routes: Sequence[ConversionRoute], now: datetime) -> PlanCounts:
+        """Queue every matching event not queued before for its destination (once, ever)."""
+
+    @abstractmethod
+    def claim(
+        self,
+        destination: str,
+        kind: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None = None,
+    ) -> ClaimedBatch | None:
+        """The next due batch: an unresolved one whose retry time has come, else a new one.
+
+        A new batch holds one audience and one operation, oldest changes first, and never a
+        profile whose earlier change is still in flight (a remove never overtakes its add).
+        """
+
+    @abstractmethod
+    def peek(
+        self, destination: str, kind: str, max_records: int, audience: str | None = None
+    ) -> list[ClaimedBatch]:
+        """The batches `claim` would form now, without claiming anything (dry runs)."""
+
+    @abstractmethod
+    def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
+        """Record the destination's answer and release the batch's rows, atomically."""
+
+    @abstractmethod
+    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
+        """A failed attempt: count it and set when the same batch is tried again."""
+
+    @abstractmethod
+    def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
+        """Give up on a batch: its records move to `dead_letters` with the reason."""
+
+    @abstractmethod
+    def retry_dead(self, destination: str | None, audience: str | None, now: datetime) -> int:
+        """Mark dead letters as retried so the next plan queues their records again."""
+
+    @abstractmethod
+    def status(
+        self,
+        routes: Sequence[Route],
+        conversion_destinations: Sequence[str],
+        accepts: Mapping[str, Sequence[str]],
+    ) -> list[RouteStatus]:
+        """Per route: desired, acknowledged, pending, retrying, failed, dead letters, matches."""
+
+    @abstractmethod
+    def log_run(self, run: SyncRunRecord) -> int:
+        """Keep one sync run's counts; return its id."""
+
+    @abstractmethod
+    def runs(self, limit: int = 10) -> list[SyncRunRecord]:
+        """The latest sync runs, newest first."""
+
+    @abstractmethod
+    def acknowledged(self, destination: str, audience: str) -> dict[str, bool]:
+        """profile_id → holdout of what one destination acknowledged holding for an audience."""

@@ -1,0 +1,223 @@
+"""Delivery: claim due batches, send them, record each destination's answer.
+
+One batch is one unit for its whole life: the same records under the same id on every attempt,
+so a destination that already applied it recognises the resend. A failure never loses a record:
+timeouts, 429 and 5xx are retried with backoff (never before `Retry-After`); 401/403 pause the
+destination with its queue kept; a 400 moves the batch to dead letters with the reason. Adds and
+conversions go to dead letters once the retry window has passed; exits are retried for as long
+as it takes, since a buyer must always leave a retargeting list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cohortsync.destinations.base import (
+    AuthError,
+    Batch,
+    BatchResult,
+    Change,
+    Conversion,
+    ConversionBatch,
+    Destination,
+    PermanentError,
+    TransientError,
+)
+from cohortsync.destinations.http import scrub
+from cohortsync.store.outbox import (
+    CHANGES,
+    CONVERSIONS,
+    ClaimedBatch,
+    OutboxStore,
+    Resolution,
+)
+from cohortsync.sync.retry import RetryPolicy
+
+Clock = Callable[[], datetime]
+
+
+@dataclass
+class Tally:
+    """What one sync run did for one destination and audience (or its conversions)."""
+
+    batches: int = 0
+    acknowledged: int = 0
+    rejected: int = 0
+    retrying: int = 0
+    dead_lettered: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+@dataclass
+class Delivery:
+    """Per (destination, audience or None for conversions), the tally of a run."""
+
+    tallies: dict[tuple[str, str | None], Tally] = field(default_factory=dict)
+
+    def tally(self, destination: str, audience: str | None) -> Tally:
+        """The tally of one route, created on first use."""
+        return self.tallies.setdefault((destination, audience), Tally())
+
+    def total(self, attribute: str) -> int:
+        """A count summed over every route."""
+        return sum(int(getattr(t, attribute)) for t in self.tallies.values())
+
+
+def to_batch(batch: ClaimedBatch, identifiers: Mapping[str, tuple[str, ...]]) -> Batch:
+    """The destination's view of a claimed batch of changes (identifiers the audience allows)."""
+    allowed = identifiers.get(batch.audience or "", ())
+    changes = tuple(
+        Change(
+            change_id=r.record_id,
+            audience=batch.audience or "",
+            profile_id=r.profile_id,
+            op="add" if r.op == "add" else "remove",
+            holdout=r.holdout,
+            at=r.at,
+            identifiers={k: v for k, v in r.identifiers.items() if not allowed or k in allowed},
+        )
+        for r in batch.records
+    )
+    return Batch(batch.batch_id, batch.audience or "", changes)
+
+
+def to_conversions(batch: ClaimedBatch) -> ConversionBatch:
+    """The destination's view of a claimed batch of conversions."""
+    conversions = []
+    for r in batch.records:
+        c = r.conversion
+        value = c.get("value")
+        conversions.append(
+            Conversion(
+                conversion_id=r.record_id,
+                message_id=str(c["message_id"]),
+                name=str(c["name"]),
+                event=str(c["event"]),
+                at=r.at,
+                profile_id=r.profile_id,
+                identifiers=r.identifiers,
+                value=None if value is None else float(value),
+                currency=c.get("currency"),
+                properties=c.get("properties") or {},
+                context=c.get("context") or {},
+            )
+        )
+    return ConversionBatch(batch.batch_id, tuple(conversions))
+
+
+class Deliverer:
+    """Drains the outbox of a set of destinations until nothing more is due now."""
+
+    def __init__(
+        self,
+        outbox: OutboxStore,
+        destinations: Mapping[str, Destination],
+        policy: RetryPolicy,
+        clock: Clock,
+        identifiers: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        self.outbox = outbox
+        self.destinations = destinations
+        self.policy = policy
+        self.clock = clock
+        self.identifiers = identifiers or {}
+
+    def run(self, audience: str | None = None, max_batches: int | None = None) -> Delivery:
+        """Deliver every due batch of every destination (optionally one audience)."""
+        delivery = Delivery()
+        for name, destination in self.destinations.items():
+            kinds: Sequence[str] = [
+                kind
+                for kind, takes in (
+                    (CHANGES, destination.audiences),
+                    (CONVERSIONS, destination.conversions and audience is None),
+                )
+                if takes
+            ]
+            for kind in kinds:
+                self._drain(name, destination, kind, audience, delivery, max_batches)
+        return delivery
+
+    def _drain(
+        self,
+        name: str,
+        destination: Destination,
+        kind: str,
+        audience: str | None,
+        delivery: Delivery,
+        max_batches: int | None,
+    ) -> None:
+        sent = 0
+        while max_batches is None or sent < max_batches:
+            batch = self.outbox.claim(name, kind, destination.max_batch, self.clock(), audience)
+            if batch is None:
+                return
+            sent += 1
+            if not self.deliver(destination, batch, delivery):
+                return  # the destination is failing: send it nothing more this run
+
+    def deliver(self, destination: Destination, batch: ClaimedBatch, delivery: Delivery) -> bool:
+        """Send one batch and record the outcome; False when the destination is failing."""
+        tally = delivery.tally(batch.destination, batch.audience)
+        tally.batches += 1
+        try:
+            if batch.kind == CHANGES:
+                result = destination.apply(to_batch(batch, self.identifiers))
+            else:
+                result = destination.send_conversions(to_conversions(batch))
+        except TransientError as exc:
+            self._transient(batch, str(exc), exc.retry_after, tally)
+            return False
+        except AuthError as exc:
+            now = self.clock()
+            error = f"paused: {exc}"
+            self.outbox.defer(batch, error, now + timedelta(seconds=self.policy.auth_pause), now)
+            tally.retrying += len(batch.records)
+            tally.error = error
+            return False
+        except PermanentError as exc:
+            self.outbox.dead_letter(batch, f"refused: {exc}", self.clock())
+            tally.dead_lettered += len(batch.records)
+            tally.error = str(exc)
+            return True
+        except Exception as exc:  # a destination bug must not lose the batch: retry it
+            self._transient(batch, scrub(f"{type(exc).__name__}: {exc}"), None, tally)
+            return False
+        self._resolved(batch, result, tally)
+        return True
+
+    def _transient(
+        self, batch: ClaimedBatch, error: str, retry_after: float | None, tally: Tally
+    ) -> None:
+        now = self.clock()
+        first = batch.first_attempt_at or now
+        expired = (now - first).total_seconds() >= self.policy.window
+        if expired and batch.op != "remove":
+            reason = f"gave up after {batch.attempts + 1} attempts over {now - first}: {error}"
+            self.outbox.dead_letter(batch, reason, now)
+            tally.dead_lettered += len(batch.records)
+        else:
+            delay = self.policy.delay(batch.attempts + 1, retry_after)
+            self.outbox.defer(batch, error, now + timedelta(seconds=delay), now)
+            tally.retrying += len(batch.records)
+        tally.error = error
+
+    def _resolved(self, batch: ClaimedBatch, result: BatchResult, tally: Tally) -> None:
+        ids = {r.record_id for r in batch.records}
+        rejected = {k: v for k, v in result.rejected.items() if k in ids}
+        retry = {k: v for k, v in result.retry.items() if k in ids and k not in rejected}
+        self.outbox.resolve(batch, Resolution(rejected, retry, dict(result.stats)), self.clock())
+        tally.acknowledged += len(ids) - len(rejected) - len(retry)
+        tally.rejected += len(rejected)
+        tally.retrying += len(retry)
+        for key, value in result.stats.items():
+            tally.stats[key] = tally.stats.get(key, 0) + int(value)
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since a `time.perf_counter()` value."""
+    return (time.perf_counter() - started) * 1000
