@@ -15,6 +15,8 @@ import uvicorn
 from cohortsync.engine import Engine
 from cohortsync.server.app import create_app
 
+pytest_plugins = ["tests.fakes.fixtures"]
+
 WRITE_KEY = "wk_test_0123456789"
 OTHER_KEY = "wk_other_9876543210"
 

@@ -1,0 +1,27 @@
+"""Pytest fixtures serving the fakes: each test gets its own fake on its own loopback port.
+
+Loaded for the whole suite by `pytest_plugins` in tests/conftest.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.fakes.meta import MetaFake
+from tests.fakes.webhook import WebhookFake
+
+
+@pytest.fixture
+def meta_fake() -> Iterator[MetaFake]:
+    """A running Graph API fake: `.url`, `.token`, `.ad_account_id`, `.pixel_id`, state, faults."""
+    with MetaFake().serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def webhook_fake() -> Iterator[WebhookFake]:
+    """A running Standard Webhooks receiver: `.url`, `.secret` (`whsec_…`), state, faults."""
+    with WebhookFake().serving() as fake:
+        yield fake
