@@ -1,4 +1,8 @@
-"""Which module implements each destination `type:`; imported only when a project uses it."""
+"""Which module implements each destination `type:`; imported only when a project uses it.
+
+A `type:` of the form `package.module:ClassName` loads a destination written outside
+cohortsync (any `Destination` subclass): the way to add a system cohortsync does not ship.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ def known_types() -> list[str]:
 
 def destination_class(type_name: str) -> type[Destination]:
     """The class for a destination `type:`; KeyError when no module implements it."""
+    if ":" in type_name:
+        module_name, _, class_name = type_name.partition(":")
+        found = getattr(importlib.import_module(module_name), class_name, None)
+        if isinstance(found, type) and issubclass(found, Destination):
+            return found
+        raise KeyError(type_name)
     kind = ALIASES.get(type_name, type_name)
     module = importlib.import_module(MODULES[kind])
     for value in vars(module).values():

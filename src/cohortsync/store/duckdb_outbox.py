@@ -39,9 +39,14 @@ def _match(a: str, b: str) -> str:
     return _KEY_MATCH.format(a=a, b=b)
 
 
+def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
+    """The first row of a fully fetched result (DuckDB keeps unfinished results open)."""
+    return rows[0] if rows else None
+
+
 def next_ids(con: duckdb.DuckDBPyConnection, name: str, count: int) -> int:
     """Reserve `count` ids of counter `name`; return the first (ids only ever grow)."""
-    row = con.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
+    row = _first(con.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchall())
     start = (int(row[0]) if row else 0) + 1
     if count:
         con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", [name, start + count - 1])
@@ -150,9 +155,11 @@ def plan_changes(
             SELECT n.* FROM _needed n
             ANTI JOIN (SELECT {KEY} FROM outbox WHERE batch_id IS NULL) w USING ({KEY})"""
         )
-        counts = con.execute(
-            "SELECT count(*) FILTER (op = 'add'), count(*) FILTER (op = 'remove') FROM _new"
-        ).fetchone()
+        counts = _first(
+            con.execute(
+                "SELECT count(*) FILTER (op = 'add'), count(*) FILTER (op = 'remove') FROM _new"
+            ).fetchall()
+        )
         adds, removes = (int(counts[0]), int(counts[1])) if counts else (0, 0)
         start = next_ids(con, "change_id", adds + removes)
         con.execute(
@@ -226,7 +233,7 @@ class DuckDBOutbox(OutboxStore):
                 ANTI JOIN conversion_ledger l
                     ON l.destination = r.destination AND l.message_id = e.message_id"""
             )
-            row = con.execute("SELECT count(*) FROM _conv").fetchone()
+            row = _first(con.execute("SELECT count(*) FROM _conv").fetchall())
             count = int(row[0]) if row else 0
             start = next_ids(con, "conversion_id", count)
             con.execute(
@@ -260,14 +267,23 @@ class DuckDBOutbox(OutboxStore):
         audience: str | None = None,
     ) -> ClaimedBatch | None:
         with self._transaction() as con:
-            due = con.execute(
-                "SELECT batch_id FROM sync_batches WHERE destination = ? AND kind = ? "
-                "AND next_attempt_at <= ? AND (?::VARCHAR IS NULL OR audience = ?) "
-                "ORDER BY created_at, batch_id LIMIT 1",
-                [destination, kind, now, audience, audience],
-            ).fetchone()
+            due = _first(
+                con.execute(
+                    "SELECT batch_id FROM sync_batches WHERE destination = ? AND kind = ? "
+                    "AND next_attempt_at <= ? AND (?::VARCHAR IS NULL OR audience = ?) "
+                    "ORDER BY created_at, batch_id LIMIT 1",
+                    [destination, kind, now, audience, audience],
+                ).fetchall()
+            )
             if due:
                 return self._load(con, str(due[0]))
+            resting = con.execute(
+                "SELECT count(*) FROM sync_batches WHERE destination = ? AND attempts > 0 "
+                "AND next_attempt_at > ?",
+                [destination, now],
+            ).fetchall()
+            if resting[0][0]:
+                return None  # the destination is backing off: nothing new before it recovers
             batches = self._form(con, destination, kind, max_records, audience, 1)
             if not batches:
                 return None
@@ -420,11 +436,13 @@ class DuckDBOutbox(OutboxStore):
         return ClaimedBatch(batch_id, destination, audience, kind, op, 0, None, records)
 
     def _load(self, con: duckdb.DuckDBPyConnection, batch_id: str) -> ClaimedBatch:
-        row = con.execute(
-            "SELECT destination, audience, kind, op, attempts, first_attempt_at "
-            "FROM sync_batches WHERE batch_id = ?",
-            [batch_id],
-        ).fetchone()
+        row = _first(
+            con.execute(
+                "SELECT destination, audience, kind, op, attempts, first_attempt_at "
+                "FROM sync_batches WHERE batch_id = ?",
+                [batch_id],
+            ).fetchall()
+        )
         assert row is not None
         destination, audience, kind, op, attempts, first = row
         table = "outbox" if kind == CHANGES else "conversion_outbox"
@@ -634,7 +652,9 @@ class DuckDBOutbox(OutboxStore):
                 "AND (?::VARCHAR IS NULL OR audience = ?)"
             )
             params = [destination, destination, audience, audience]
-            row = con.execute(f"SELECT count(*) FROM dead_letters WHERE {where}", params).fetchone()
+            row = _first(
+                con.execute(f"SELECT count(*) FROM dead_letters WHERE {where}", params).fetchall()
+            )
             # Conversions come back through the ledger: forget them there to queue them again.
             con.execute(
                 "DELETE FROM conversion_ledger l USING dead_letters d "
@@ -667,7 +687,7 @@ class DuckDBOutbox(OutboxStore):
             rows = con.execute(_STATUS_SQL).fetchall() if routes else []
             found += [_route_status(row) for row in rows]
             for destination in conversion_destinations:
-                row = con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchone()
+                row = _first(con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchall())
                 assert row is not None
                 found.append(_route_status((destination, None, *row)))
         return found

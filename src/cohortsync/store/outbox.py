@@ -157,6 +157,8 @@ class OutboxStore(ABC):
 
         A new batch holds one audience and one operation, oldest changes first, and never a
         profile whose earlier change is still in flight (a remove never overtakes its add).
+        While a failed batch of the destination waits for its retry time, nothing new is
+        claimed: a throttled or failing destination is sent nothing before `Retry-After`.
         """
 
     @abstractmethod
