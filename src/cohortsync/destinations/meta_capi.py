@@ -1,0 +1,234 @@
+"""Meta Conversions API: conversions sent as server events to one pixel (dataset).
+
+Each conversion becomes one event of `POST {pixel_id}/events`: `event_name` the conversion's
+name, `event_time` in Unix seconds, `event_id` the message id (Meta keeps the first of each
+name + id within 48 hours, so a resend never counts twice), `user_data` with email, phone and
+user id SHA-256-hashed after Meta's normalisation and the browser fields (IP, user agent, `fbc`,
+`fbp`) as they are. One invalid event makes Meta refuse the whole request, so records that
+would be refused are rejected here, each with its reason, and the rest are still sent: events
+older than 7 days (`too_old`), website events without page URL or user agent, purchases
+without value and currency, records with no customer information.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Literal
+
+from pydantic import field_validator
+
+from cohortsync.destinations.base import (
+    Batch,
+    BatchResult,
+    Conversion,
+    ConversionBatch,
+    Destination,
+    DestinationConfig,
+    DestinationContext,
+    PermanentError,
+)
+from cohortsync.destinations.hashing import hash_identifier
+from cohortsync.destinations.http import PreparedRequest, json_body
+from cohortsync.destinations.meta_graph import GraphConfig, graph_send
+
+MAX_EVENTS = 1_000
+MAX_AGE = timedelta(days=7)
+AGE_MARGIN = timedelta(minutes=5)
+"""Events this close to the 7-day limit are rejected too: the request must arrive in time."""
+ActionSource = Literal[
+    "email",
+    "website",
+    "app",
+    "phone_call",
+    "chat",
+    "physical_store",
+    "system_generated",
+    "business_messaging",
+    "other",
+]
+_JSON = {"Content-Type": "application/json"}
+
+
+class MetaCapiConfig(GraphConfig):
+    """`type: meta_capi`: the pixel (dataset) id, its token, the events' action source."""
+
+    type: Literal["meta_capi"] = "meta_capi"
+    pixel_id: str
+    action_source: ActionSource = "website"
+    test_event_code: str | None = None
+    """Sent as `test_event_code` so events show in Events Manager's Test events tab (they still
+    count in measurement)."""
+
+    @field_validator("pixel_id")
+    @classmethod
+    def _pixel(cls, value: str) -> str:
+        number = value.strip()
+        if not number.isdigit():
+            raise ValueError("pixel_id must be the pixel (dataset) number, like 987654321012345")
+        return number
+
+
+class MetaCapiDestination(Destination):
+    """Sends conversions to Meta's Conversions API; receives no audience changes."""
+
+    kind: ClassVar[str] = "meta_capi"
+    config_model: ClassVar[type[DestinationConfig]] = MetaCapiConfig
+    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
+    ad_platform: ClassVar[bool] = True
+    max_batch: ClassVar[int] = MAX_EVENTS
+    audiences: ClassVar[bool] = False
+    conversions: ClassVar[bool] = True
+
+    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
+        if not isinstance(config, MetaCapiConfig):
+            raise TypeError(f"meta_capi needs a MetaCapiConfig, got {type(config).__name__}")
+        super().__init__(config, context)
+        self.settings: MetaCapiConfig = config
+
+    def send_conversions(self, batch: ConversionBatch) -> BatchResult:
+        """Send the valid conversions, ≤ 1,000 per request; reject the others with a reason."""
+        events, rejected = self.plan(batch)
+        received = 0
+        requests = self.requests(events)
+        for index, request in enumerate(requests, start=1):
+            what = f"meta_capi {self.context.name}: events request {index}/{len(requests)}"
+            answer = graph_send(self.context.http, request, what, self.context.clock())
+            if isinstance(answer, dict) and isinstance(answer.get("events_received"), int):
+                received += answer["events_received"]
+        stats = {"sent": len(events), "requests": len(requests), "events_received": received}
+        return BatchResult(rejected=rejected, stats=stats)
+
+    def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
+        """The `/events` requests `send_conversions` would make, secrets redacted."""
+        if not isinstance(batch, ConversionBatch):
+            raise PermanentError("meta_capi receives conversions, not audience changes")
+        events, _ = self.plan(batch)
+        return [request.describe() for request in self.requests(events)]
+
+    def plan(self, batch: ConversionBatch) -> tuple[list[dict[str, Any]], dict[int, str]]:
+        """The events to send, in batch order, and the conversions rejected before sending."""
+        now = _aware(self.context.clock())
+        events: list[dict[str, Any]] = []
+        rejected: dict[int, str] = {}
+        for conversion in batch.conversions:
+            event, reason = self.event(conversion, now)
+            if event is None:
+                rejected[conversion.conversion_id] = reason
+            else:
+                events.append(event)
+        return events, rejected
+
+    def event(self, conversion: Conversion, now: datetime) -> tuple[dict[str, Any] | None, str]:
+        """One server event for a conversion, or None and why Meta would refuse it."""
+        at = _aware(conversion.at)
+        if at <= now - MAX_AGE + AGE_MARGIN:
+            return None, (
+                f"too_old: event_time {at.isoformat()} is more than 7 days before "
+                f"{now.isoformat()}; Meta refuses such events"
+            )
+        context = conversion.context
+        user_data = _user_data(conversion)
+        if not _matchable(user_data):
+            return None, (
+                "no customer information Meta can match: needs email, phone, user_id, fbc, "
+                "fbp, or both context.ip and context.userAgent"
+            )
+        event: dict[str, Any] = {
+            "event_name": conversion.name,
+            "event_time": int(at.timestamp()),
+            "event_id": conversion.message_id,
+            "action_source": self.settings.action_source,
+            "user_data": user_data,
+        }
+        url = _text(_get(context, "page", "url"))
+        if url:
+            event["event_source_url"] = url
+        if self.settings.action_source == "website" and not (
+            url and user_data.get("client_user_agent")
+        ):
+            return None, (
+                "website events need context.page.url and context.userAgent; for server-side "
+                "events set action_source (e.g. system_generated) in the destination config"
+            )
+        custom = _custom_data(conversion)
+        if conversion.name == "Purchase" and ("value" not in custom or "currency" not in custom):
+            return None, "Purchase events need a value and a currency (ISO 4217, e.g. USD)"
+        if custom:
+            event["custom_data"] = custom
+        return event, ""
+
+    def requests(self, events: list[dict[str, Any]]) -> list[PreparedRequest]:
+        """The `/events` requests for these events, ≤ 1,000 each, rendered deterministically."""
+        out: list[PreparedRequest] = []
+        for start in range(0, len(events), MAX_EVENTS):
+            body: dict[str, Any] = {"data": events[start : start + MAX_EVENTS]}
+            if self.settings.test_event_code:
+                body["test_event_code"] = self.settings.test_event_code
+            out.append(
+                PreparedRequest(
+                    "POST",
+                    self.settings.url(f"{self.settings.pixel_id}/events"),
+                    self.settings.auth_params(),
+                    _JSON,
+                    json_body(body),
+                )
+            )
+        return out
+
+
+def _user_data(conversion: Conversion) -> dict[str, Any]:
+    """Hashed email, phone and user id; IP, user agent, fbc and fbp exactly as received."""
+    ids = conversion.identifiers
+    data: dict[str, Any] = {}
+    for key, kind, source in (
+        ("em", "email", "email"),
+        ("ph", "phone", "phone"),
+        ("external_id", "external_id", "user_id"),
+    ):
+        hashed = hash_identifier(kind, _text(ids.get(source)), "meta")
+        if hashed:
+            data[key] = [hashed]
+    context, properties = conversion.context, conversion.properties
+    browser = {
+        "client_ip_address": _text(context.get("ip")),
+        "client_user_agent": _text(context.get("userAgent")),
+        "fbc": _text(context.get("fbc")) or _text(properties.get("fbc")),
+        "fbp": _text(context.get("fbp")) or _text(properties.get("fbp")),
+    }
+    data.update({key: value for key, value in browser.items() if value})
+    return data
+
+
+def _matchable(user_data: Mapping[str, Any]) -> bool:
+    """An id Meta can match on, or the IP + user agent pair it accepts in place of one."""
+    if set(user_data) & {"em", "ph", "external_id", "fbc", "fbp"}:
+        return True
+    return "client_ip_address" in user_data and "client_user_agent" in user_data
+
+
+def _custom_data(conversion: Conversion) -> dict[str, Any]:
+    custom: dict[str, Any] = {}
+    if conversion.value is not None:
+        custom["value"] = conversion.value
+    if conversion.currency:
+        custom["currency"] = conversion.currency.strip().upper()
+    return custom
+
+
+def _get(mapping: Mapping[str, Any], *path: str) -> Any:
+    value: Any = mapping
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _aware(moment: datetime) -> datetime:
+    """Naive datetimes are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -1,0 +1,290 @@
+"""Meta Custom Audiences: audience changes as customer-file uploads to one ad account.
+
+Each cohortsync audience maps to the customer-file audience of the same exact name in the ad
+account, found by listing `act_X/customaudiences` or created (`subtype=CUSTOM`) on first use.
+Members are added with `POST {id}/users` and removed with `DELETE {id}/users`, as the
+multi-key schema `["EXTERN_ID", "EMAIL", "PHONE"]`: email and phone SHA-256-hashed after Meta's
+normalisation, `EXTERN_ID` the user id (hashed when configured, or when it is an email address or
+`+` phone number). A batch becomes at most 10,000 rows per request, one upload session per run of
+consecutive adds or removes; session ids and bodies derive from the batch alone, so a resent
+batch sends identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl, urlsplit
+
+from pydantic import field_validator
+
+from cohortsync.destinations.base import (
+    ADD,
+    Batch,
+    BatchResult,
+    Change,
+    ConversionBatch,
+    Destination,
+    DestinationConfig,
+    DestinationContext,
+    Op,
+    PermanentError,
+)
+from cohortsync.destinations.hashing import hash_identifier
+from cohortsync.destinations.http import PreparedRequest, json_body
+from cohortsync.destinations.meta_graph import GraphConfig, graph_send
+
+SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE")
+MAX_ROWS = 10_000
+MAX_PAGES = 1_000
+PAGE_SIZE = 100
+NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
+HOLDOUT = "holdout member: ad platforms never receive the control group"
+_PII_LIKE = re.compile(r"@|^\+[\d\s().-]{7,}$")
+"""A user id that is an email address or an international phone number is never sent raw."""
+_JSON = {"Content-Type": "application/json"}
+
+
+class MetaCustomAudienceConfig(GraphConfig):
+    """`type: meta_custom_audience`: the ad account, its token, and how audiences are created."""
+
+    type: Literal["meta_custom_audience"] = "meta_custom_audience"
+    ad_account_id: str
+    """The ad account number, with or without its `act_` prefix."""
+    customer_file_source: Literal[
+        "USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"
+    ] = "USER_PROVIDED_ONLY"
+    hash_external_id: bool = False
+    """Send `EXTERN_ID` as the SHA-256 of the user id instead of the id itself."""
+
+    @field_validator("ad_account_id")
+    @classmethod
+    def _account(cls, value: str) -> str:
+        number = value.strip().removeprefix("act_")
+        if not number.isdigit():
+            raise ValueError(
+                "ad_account_id must be the ad account number, like act_1234567890 or 1234567890"
+            )
+        return number
+
+    @property
+    def account_path(self) -> str:
+        """The ad account's Graph node, `act_<number>`."""
+        return f"act_{self.ad_account_id}"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One `/users` request: the op, its session fields and the rows it carries."""
+
+    op: Op
+    session_id: int
+    batch_seq: int
+    last: bool
+    total: int
+    rows: tuple[tuple[str, str, str], ...]
+
+
+class MetaCustomAudienceDestination(Destination):
+    """Keeps customer-file Custom Audiences in one ad account equal to cohortsync's audiences."""
+
+    kind: ClassVar[str] = "meta_custom_audience"
+    config_model: ClassVar[type[DestinationConfig]] = MetaCustomAudienceConfig
+    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
+    ad_platform: ClassVar[bool] = True
+    max_batch: ClassVar[int] = MAX_ROWS
+
+    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
+        if not isinstance(config, MetaCustomAudienceConfig):
+            raise TypeError(
+                "meta_custom_audience needs a MetaCustomAudienceConfig, "
+                f"got {type(config).__name__}"
+            )
+        super().__init__(config, context)
+        self.settings: MetaCustomAudienceConfig = config
+        self._ids: dict[str, str] = {}
+
+    def apply(self, batch: Batch) -> BatchResult:
+        """Upload the batch's adds and removes; records without identifiers are rejected."""
+        uploads, rejected = self.plan(batch)
+        if not uploads:
+            return BatchResult(rejected=rejected, stats={"sent": 0, "requests": 0})
+        audience_id = self.audience_id(batch.audience)
+        received: dict[int, int] = {}
+        invalid: dict[int, int] = {}
+        for upload in uploads:
+            what = f"meta_custom_audience {self.context.name}: {upload.op} to {batch.audience}"
+            answer = graph_send(
+                self.context.http, self.request(audience_id, upload), what, self.context.clock()
+            )
+            if isinstance(answer, dict):
+                received[upload.session_id] = _count(answer, "num_received")
+                invalid[upload.session_id] = _count(answer, "num_invalid_entries")
+        stats = {
+            "sent": sum(len(u.rows) for u in uploads),
+            "requests": len(uploads),
+            "num_received": sum(received.values()),
+            "num_invalid_entries": sum(invalid.values()),
+        }
+        return BatchResult(rejected=rejected, stats=stats)
+
+    def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
+        """The `/users` requests `apply` would send, secrets redacted; an audience id not yet
+        known reads `<id of NAME>` (apply looks it up by name, or creates it, first)."""
+        if not isinstance(batch, Batch):
+            raise PermanentError("meta_custom_audience receives audience changes, not conversions")
+        uploads, _ = self.plan(batch)
+        audience_id = self._ids.get(batch.audience, f"<id of {batch.audience}>")
+        return [self.request(audience_id, upload).describe() for upload in uploads]
+
+    def plan(self, batch: Batch) -> tuple[list[Upload], dict[int, str]]:
+        """The uploads for a batch, in order, and the records rejected before sending.
+
+        Runs of consecutive adds or removes keep the batch's order (a profile removed then
+        re-added ends up a member); each run is one upload session of ≤ 10,000-row requests.
+        """
+        rejected: dict[int, str] = {}
+        runs: list[tuple[Op, list[tuple[str, str, str]]]] = []
+        for change in batch.changes:
+            if change.holdout and change.op == ADD:
+                rejected[change.change_id] = HOLDOUT
+                continue
+            row = self.row(change)
+            if row is None:
+                rejected[change.change_id] = NO_IDENTIFIER
+                continue
+            if not runs or runs[-1][0] != change.op:
+                runs.append((change.op, []))
+            runs[-1][1].append(row)
+        uploads: list[Upload] = []
+        for index, (op, rows) in enumerate(runs):
+            session = session_id(batch.batch_id, index)
+            chunks = [rows[i : i + MAX_ROWS] for i in range(0, len(rows), MAX_ROWS)]
+            for seq, chunk in enumerate(chunks, start=1):
+                uploads.append(
+                    Upload(op, session, seq, seq == len(chunks), len(rows), tuple(chunk))
+                )
+        return uploads, rejected
+
+    def row(self, change: Change) -> tuple[str, str, str] | None:
+        """The `EXTERN_ID, EMAIL, PHONE` row of a change (`""` where unknown), or None if empty."""
+        ids = change.identifiers
+        email = hash_identifier("email", ids.get("email") or "", "meta") or ""
+        phone = hash_identifier("phone", ids.get("phone") or "", "meta") or ""
+        extern = self._extern_id(ids.get("user_id") or "")
+        if not (email or phone or extern):
+            return None
+        return (extern, email, phone)
+
+    def _extern_id(self, user_id: str) -> str:
+        """The user id as sent: hashed when configured or when it looks like an email or phone."""
+        value = user_id.strip()
+        if not value:
+            return ""
+        if self.settings.hash_external_id or _PII_LIKE.search(value):
+            return hash_identifier("external_id", value, "meta") or ""
+        return value
+
+    def request(self, audience_id: str, upload: Upload) -> PreparedRequest:
+        """The exact `/users` request for one upload: the same bytes on every attempt."""
+        body = {
+            "payload": {"schema": list(SCHEMA), "is_raw": True, "data": list(upload.rows)},
+            "session": {
+                "session_id": upload.session_id,
+                "batch_seq": upload.batch_seq,
+                "last_batch_flag": upload.last,
+                "estimated_num_total": upload.total,
+            },
+        }
+        return PreparedRequest(
+            method="POST" if upload.op == ADD else "DELETE",
+            url=self.settings.url(f"{audience_id}/users"),
+            params=self.settings.auth_params(),
+            headers=_JSON,
+            content=json_body(body),
+        )
+
+    def audience_id(self, name: str) -> str:
+        """The id of the customer-file audience named exactly `name`, created if missing."""
+        cached = self._ids.get(name)
+        if cached is not None:
+            return cached
+        found = self._find(name)
+        if found is None:
+            found = self._create(name)
+        self._ids[name] = found
+        return found
+
+    def _find(self, name: str) -> str | None:
+        """List the account's audiences page by page; the lowest id wins if a name repeats."""
+        what = f"meta_custom_audience {self.context.name}: look up audience {name}"
+        matches: list[str] = []
+        after: str | None = None
+        for _ in range(MAX_PAGES):
+            params = {"fields": "id,name", "limit": str(PAGE_SIZE), **self.settings.auth_params()}
+            if after is not None:
+                params["after"] = after
+            listing = PreparedRequest(
+                "GET", self.settings.url(f"{self.settings.account_path}/customaudiences"), params
+            )
+            page = graph_send(self.context.http, listing, what, self.context.clock())
+            if not isinstance(page, dict):
+                break
+            for audience in page.get("data") or ():
+                if isinstance(audience, dict) and audience.get("name") == name:
+                    matches.append(str(audience.get("id")))
+            after = _next_cursor(page)
+            if after is None:
+                break
+        return min(matches, key=lambda i: (len(i), i)) if matches else None
+
+    def _create(self, name: str) -> str:
+        """Create the empty customer-file audience and return its id."""
+        what = f"meta_custom_audience {self.context.name}: create audience {name}"
+        body = {
+            "name": name,
+            "subtype": "CUSTOM",
+            "description": f"{name}: kept in sync by cohortsync; members change on every sync.",
+            "customer_file_source": self.settings.customer_file_source,
+        }
+        creation = PreparedRequest(
+            "POST",
+            self.settings.url(f"{self.settings.account_path}/customaudiences"),
+            self.settings.auth_params(),
+            _JSON,
+            json_body(body),
+        )
+        answer = graph_send(self.context.http, creation, what, self.context.clock())
+        audience_id = answer.get("id") if isinstance(answer, dict) else None
+        if not audience_id:
+            raise PermanentError(f"{what}: Meta answered without an audience id")
+        return str(audience_id)
+
+
+def session_id(batch_id: str, run: int) -> int:
+    """A positive int64 upload session id derived from the batch id and the run's position."""
+    digest = hashlib.sha256(f"{batch_id}/{run}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFF_FFFF_FFFF_FFFF or 1
+
+
+def _next_cursor(page: dict[str, Any]) -> str | None:
+    """The `after` cursor of the next page, or None on the last page."""
+    paging = page.get("paging")
+    if not isinstance(paging, dict) or not paging.get("next"):
+        return None
+    cursors = paging.get("cursors")
+    after = cursors.get("after") if isinstance(cursors, dict) else None
+    if isinstance(after, str) and after:
+        return after
+    query = dict(parse_qsl(urlsplit(str(paging["next"])).query))
+    return query.get("after") or None
+
+
+def _count(answer: dict[str, Any], key: str) -> int:
+    value = answer.get(key)
+    try:
+        return int(value) if value is not None else 0
+    except (TypeError, ValueError):
+        return 0
