@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from cohortsync.destinations.base import (
     ADD,
@@ -92,6 +92,7 @@ _SCHEMES = ("duckdb://", "postgresql://", "postgres://")
 class WarehouseConfig(DestinationConfig):
     """Where the tables live: a DuckDB file or a Postgres database, a schema, a table prefix."""
 
+    model_config = ConfigDict(hide_input_in_errors=True)  # a URL may carry a password
     type: Literal["warehouse"] = "warehouse"
     url: str
     db_schema: str = Field(default="cohortsync", alias="schema")

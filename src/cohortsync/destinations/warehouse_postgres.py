@@ -25,6 +25,7 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10
 _AUTH_STATES = ("28", "42501")  # invalid authorization (class 28), insufficient privilege
 _RETRY_STATES = ("08", "40", "53", "57")  # connection, rollback, resources, operator intervention
+_AUTH_MESSAGES = ("authentication failed", "no pg_hba.conf entry", "permission denied")
 
 
 def redact_url(url: str) -> str:
@@ -114,15 +115,17 @@ class PostgresSession:
             conn.close()
 
     def _translate(self, exc: psycopg.Error, connecting: bool) -> DeliveryError:
-        """Unreachable, restarting or contended → transient; refused login or rights → auth;
-        anything else (a table of another shape, bad data) → permanent."""
+        """Unreachable, restarting or contended → transient; refused login, rights or a missing
+        database → auth (paused until fixed); anything else (bad data, a table of another
+        shape) → permanent."""
         state = exc.sqlstate or ""
-        detail = scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        detail = _detail(exc, connecting)
         where = f"{self.what}: Postgres {self.shown}"
-        if state.startswith(_AUTH_STATES) or "authentication failed" in detail:
+        refused = state.startswith(_AUTH_STATES) or any(m in detail for m in _AUTH_MESSAGES)
+        if refused:
             return AuthError(f"{where}: access refused ({detail}); fix the user or its rights")
-        if state == "3D000":
-            return AuthError(f"{where}: {detail}; create the database or fix `url`")
+        if state == "3D000" or (connecting and "does not exist" in detail):
+            return AuthError(f"{where}: {detail}; create it or fix `url`")
         if (
             connecting
             or isinstance(exc, psycopg.OperationalError)
@@ -131,3 +134,13 @@ class PostgresSession:
             self.close()
             return TransientError(f"{where}: unavailable ({detail}); the batch will be retried")
         return PermanentError(f"{where} refused the write: {detail}")
+
+
+def _detail(exc: psycopg.Error, connecting: bool) -> str:
+    """The useful line of a Postgres error. A failed login names only host, port, user and
+    database; an error during a write may quote row values, so it is scrubbed of PII."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if connecting:
+        text = text.rsplit(" failed: ", 1)[-1].removeprefix("FATAL: ")
+        return text.split(" Is the server running", 1)[0]
+    return scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
