@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cohortsync.destinations.base import (
@@ -26,6 +28,7 @@ from cohortsync.destinations.base import (
     PermanentError,
     TransientError,
 )
+from cohortsync.destinations.http import json_body
 from cohortsync.destinations.segment import SegmentConfig, SegmentDestination
 from cohortsync.engine import Engine
 from tests.conftest import WRITE_KEY, LiveServer
@@ -333,3 +336,35 @@ def test_default_url_is_segments_api() -> None:
     config = SegmentConfig.model_validate({"write_key": "k"})
     assert config.url == "https://api.segment.io"
     assert "'k'" not in repr(config)
+
+
+# --- M-3: the same batch always gives the same requests, split within Segment's limits ---------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12_000), min_size=1, max_size=120),
+    anonymous=st.booleans(),
+)
+def test_requests_are_a_deterministic_split_within_limits(
+    sizes: list[int], anonymous: bool
+) -> None:
+    kind = "anonymous_id" if anonymous else "user_id"
+    changes = tuple(
+        Change(i, AUDIENCE, f"prof-{i}", "add", False, T0, {kind: f"{i}-" + "x" * size})
+        for i, size in enumerate(sizes)
+    )
+    batch = Batch("b-p", AUDIENCE, changes)
+    with httpx.Client() as http:
+        segment = make("https://api.segment.io", http, Path("."))
+        first = segment.dry_run(batch)
+        second = segment.dry_run(batch)
+        expected = segment.messages(batch)
+    assert first == second
+    sent = []
+    for request in first:
+        assert len(json_body(request["body"])) <= 475_000
+        assert len(request["body"]["batch"]) <= 2_500
+        sent += request["body"]["batch"]
+    assert sent == expected
+    assert len(expected) == 2 * len(sizes)

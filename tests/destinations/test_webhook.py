@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cohortsync.destinations.base import (
@@ -28,6 +30,7 @@ from cohortsync.destinations.base import (
 from cohortsync.destinations.signing import generate_secret, verify
 from cohortsync.destinations.webhook import WebhookConfig, WebhookDestination
 from tests.destinations.receiver import Receiver, Reply, client, running
+from tests.fakes.webhook import WebhookFake
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -347,3 +350,98 @@ def test_generated_secret_is_accepted_and_hidden_in_the_config_repr() -> None:
 def test_bad_settings_are_refused(settings: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         WebhookConfig.model_validate({"url": "https://h.example.com", "secret": SECRET, **settings})
+
+
+# --- against the Standard Webhooks contract fake ------------------------------------------------
+
+
+def fake_hook(
+    fake: WebhookFake, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> WebhookDestination:
+    config = WebhookConfig.model_validate({"url": fake.url, "secret": fake.secret, "timeout": 1})
+    fake.now = clock.now
+    context = DestinationContext(name="hooks", project_dir=tmp_path, http=http, clock=clock)
+    return WebhookDestination(config, context)
+
+
+def test_a_standard_webhooks_receiver_verifies_and_applies_the_batch_once(
+    webhook_fake: WebhookFake, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    hook = fake_hook(webhook_fake, clock, http, tmp_path)
+    hook.apply(BATCH)
+    hook.apply(BATCH)
+    assert webhook_fake.rejections == []
+    [(msg_id, body)] = webhook_fake.applied
+    assert msg_id == "b-42"
+    assert [c["change_id"] for c in body["data"]["changes"]] == [1, 2, 3]
+    assert webhook_fake.duplicates == 1
+
+
+def test_a_retry_long_after_the_first_attempt_is_re_signed_and_accepted(
+    webhook_fake: WebhookFake, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    hook = fake_hook(webhook_fake, clock, http, tmp_path)
+    webhook_fake.fail(503, retry_after=1800)
+    with pytest.raises(TransientError) as caught:
+        hook.apply(BATCH)
+    assert caught.value.retry_after == 1800
+    clock.now += timedelta(minutes=30)
+    webhook_fake.now = clock.now
+    hook.apply(BATCH)
+    assert webhook_fake.rejections == []
+    assert [msg_id for msg_id, _ in webhook_fake.applied] == ["b-42"]
+    assert webhook_fake.duplicates == 0
+
+
+def test_a_lost_acknowledgement_is_retried_and_the_receiver_dedupes_it(
+    webhook_fake: WebhookFake, clock: Clock, http: httpx.Client, tmp_path: Path
+) -> None:
+    hook = fake_hook(webhook_fake, clock, http, tmp_path)
+    webhook_fake.timeout(delay=3, processed=True)
+    with pytest.raises(TransientError, match="no answer within 1 s"):
+        hook.apply(BATCH)
+    hook.apply(BATCH)
+    assert len(webhook_fake.applied) == 1
+    assert webhook_fake.duplicates == 1
+
+
+# --- M-3: a retry resends the same bytes --------------------------------------------------------
+
+identifier_values = st.text(alphabet=st.characters(codec="utf-8"), min_size=1, max_size=20)
+changes_strategy = st.lists(
+    st.builds(
+        Change,
+        change_id=st.integers(1, 10**12),
+        audience=st.just("cio_cart_abandon_6h"),
+        profile_id=st.text(min_size=1, max_size=10),
+        op=st.sampled_from(["add", "remove"]),
+        holdout=st.booleans(),
+        at=st.datetimes(timezones=st.just(UTC)),
+        identifiers=st.dictionaries(
+            st.sampled_from(["user_id", "email", "phone", "anonymous_id"]),
+            identifier_values,
+            min_size=1,
+        ),
+    ),
+    min_size=1,
+    max_size=20,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(changes=changes_strategy, later=st.integers(1, 10**6))
+def test_body_depends_on_the_batch_alone(changes: list[Change], later: int) -> None:
+    clock = Clock()
+    with httpx.Client() as http:
+        hook = make("https://hooks.example.com/in", clock, http, Path("."))
+        batch = Batch("b-1", "cio_cart_abandon_6h", tuple(changes))
+        first = hook.request(batch)
+        clock.now += timedelta(seconds=later)
+        reordered = tuple(
+            Change(**{**vars(c), "identifiers": dict(reversed(list(c.identifiers.items())))})
+            for c in changes
+        )
+        second = hook.request(Batch("b-1", "cio_cart_abandon_6h", reordered))
+    assert second.content == first.content
+    assert second.headers["webhook-id"] == first.headers["webhook-id"]
+    verify(SECRET, second.headers, second.content, now=int(clock.now.timestamp()))
