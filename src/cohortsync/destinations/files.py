@@ -73,7 +73,8 @@ _META_PLATFORM = b"cohortsync.platform"
 
 
 class FilesConfig(DestinationConfig):
-    """`type: files`: the output folder, the file formats, and the ad platform they are for."""
+    """`type: files`: the output folder (relative to the project folder unless absolute), the
+    file formats, and the ad platform the files are for."""
 
     type: Literal["files"] = "files"
     path: str
@@ -150,10 +151,6 @@ class FilesDestination(Destination):
                 "(check that the folder exists and is writable)"
             ) from None
         return BatchResult(rejected=plan.rejected, stats={**stats, "files": written})
-
-    def send_conversions(self, batch: ConversionBatch) -> BatchResult:
-        """Files carry audiences only."""
-        raise NotImplementedError("the files destination receives audience changes only")
 
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The files `apply` would write and their row counts; nothing is written."""
