@@ -27,12 +27,15 @@ from cohortsync.events.readers import file_size
 from cohortsync.events.timestamps import TimestampError, parse_timestamp
 from cohortsync.render import (
     compute_table,
+    demo_table,
     ingest_table,
     members_table,
     overlap_table,
     preview_group,
     profile_group,
     stats_tables,
+    status_table,
+    sync_table,
 )
 
 app = typer.Typer(
@@ -122,7 +125,7 @@ def demo(
     profiles: Annotated[int, typer.Option(min=1, help="How many shoppers to simulate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 7,
 ) -> None:
-    """Build a synthetic D2C shop's 180 days of events, compute its audiences, show them."""
+    """Build a synthetic D2C shop's 180 days of events, compute its audiences, sync them."""
     directory = find_project_dir(project)
     if not (directory / PROJECT_FILE).exists():
         scaffold_project(directory)
@@ -135,11 +138,16 @@ def demo(
         stats = engine.stats()
         report = engine.compute(now)
         overlaps = engine.overlaps()
+        sync_task = bar.add_task("syncing to destinations", total=None)
+        synced = engine.sync(progress=lambda n: bar.advance(sync_task, n))
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
     if overlaps:
         console.print(overlap_table(overlaps))
+    console.print(demo_table(report, synced))
+    if synced.dry_run_folder is not None:
+        console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
 
 
 @app.command()
@@ -243,6 +251,111 @@ def serve(
             f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})"
         )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command()
+def sync(
+    project: ProjectOption = None,
+    audience: Annotated[
+        str | None, typer.Option(help="Only this audience (conversions are skipped).")
+    ] = None,
+    destination: Annotated[str | None, typer.Option(help="Only this destination.")] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Write the exact requests (identifiers hashed, secrets hidden) to the dry-run "
+            "folder; send nothing.",
+        ),
+    ] = False,
+    retry_dead: Annotated[
+        bool, typer.Option("--retry-dead", help="Queue dead-lettered records again first.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Deliver audience changes and conversions to destinations: each once, in order, retried."""
+    with Engine.open(project) as engine:
+        if retry_dead:
+            requeued = engine.retry_dead(audience, destination)
+            err.print(f"{requeued:,} dead-lettered records queued again")
+        with _progress() as bar:
+            task = bar.add_task("delivering", total=None)
+            report = engine.sync(
+                audience, destination, dry_run, progress=lambda n: bar.advance(task, n)
+            )
+    if report.dry_run_folder is not None:
+        err.print(f"dry-run requests written under {report.dry_run_folder}")
+    _show(_sync_json(report), as_json, lambda: sync_table(report))
+
+
+def _sync_json(report: Any) -> dict[str, Any]:
+    return {
+        "started_at": report.started_at,
+        "duration_ms": report.duration_ms,
+        "planned": dataclasses.asdict(report.planned),
+        "dry_run_folder": report.dry_run_folder,
+        "routes": [
+            {"destination": d, "audience": a, **dataclasses.asdict(t)}
+            for (d, a), t in report.delivery.tallies.items()
+        ],
+    }
+
+
+@app.command()
+def status(project: ProjectOption = None, as_json: JsonOption = False) -> None:
+    """Per audience × destination: desired, acknowledged, pending, failed, dead letters, matches."""
+    with Engine.open(project) as engine:
+        rows = engine.sync_status()
+        runs = engine.sync_runs(5)
+    value = {
+        "routes": [{**dataclasses.asdict(r), "match_rate": r.match_rate} for r in rows],
+        "runs": [dataclasses.asdict(r) for r in runs],
+    }
+    _show(value, as_json, lambda: status_table(rows))
+
+
+class Platform(StrEnum):
+    """Ad platforms whose normalisation rules `cohortsync normalize` applies."""
+
+    meta = "meta"
+    google = "google"
+    tiktok = "tiktok"
+
+
+@app.command()
+def normalize(
+    kind: Annotated[str, typer.Argument(help="email, phone, first_name, zip, country, …")],
+    value: Annotated[str, typer.Argument(help="The raw value, as your data holds it.")],
+    platform: Annotated[
+        Platform, typer.Option("--for", help="Whose rules: meta, google or tiktok.")
+    ] = Platform.meta,
+    region: Annotated[
+        str, typer.Option(help="Country for phones written without a country code.")
+    ] = "US",
+    as_json: JsonOption = False,
+) -> None:
+    """Print an identifier as a platform receives it: normalised, then SHA-256 (match debugging)."""
+    from cohortsync.destinations.hashing import hash_identifier, is_hashed
+    from cohortsync.destinations.hashing import normalize as normal_form
+
+    try:
+        normal = (
+            value.strip().lower()
+            if is_hashed(value)
+            else normal_form(kind, value, platform.value, region)
+        )
+        hashed = hash_identifier(kind, value, platform.value, region)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if normal is None:
+        raise InputError(
+            f"{kind} value is blank or not valid for {platform.value}: nothing would be sent"
+        )
+    result = {"kind": kind, "platform": platform.value, "normalized": normal, "sha256": hashed}
+    if as_json:
+        _print_json(result)
+    else:
+        console.print(f"normalized  {escape(normal)}\nsha256      {hashed}")
 
 
 def main() -> None:

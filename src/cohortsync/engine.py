@@ -170,6 +170,7 @@ class Engine:
         clock: Clock | None = None,
         policy: RetryPolicy | None = None,
         http: httpx.Client | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> SyncReport:
         """Plan and deliver audience changes and conversions (or write a dry run)."""
         setup = self.sync_setup
@@ -190,6 +191,7 @@ class Engine:
             destination=destination,
             dry_run=dry_run,
             http=http,
+            progress=progress,
         )
 
     def sync_status(self) -> list[RouteStatus]:

@@ -13,6 +13,8 @@ from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.store.base import ProfileView
+from cohortsync.store.outbox import RouteStatus
+from cohortsync.sync.run import SyncReport
 
 
 def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
@@ -153,3 +155,105 @@ def preview_group(preview: Preview) -> Group:
     for name, count in preview.overlap.items():
         overlap.add_row(escape(name), f"{count:,}")
     return Group(head, sample, overlap, escape(preview.explanation))
+
+
+def sync_table(report: SyncReport) -> Table:
+    """Per destination and audience: batches, acknowledged, rejected, retrying, dead letters."""
+    planned = report.planned
+    title = (
+        f"sync: planned {planned.adds:,} adds, {planned.removes:,} removes, "
+        f"{planned.conversions:,} conversions in {report.duration_ms:,.0f} ms"
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("destination")
+    table.add_column("audience")
+    for column in ("batches", "acknowledged", "rejected", "retrying", "dead-lettered"):
+        table.add_column(column, justify="right")
+    table.add_column("note")
+    for (destination, audience), t in sorted(
+        report.delivery.tallies.items(), key=lambda item: (item[0][0], item[0][1] or "")
+    ):
+        note = escape(t.error or "")
+        if report.dry_run_folder is not None and not t.acknowledged and t.retrying:
+            note = note or "dry run: written, not sent"
+        stats = ", ".join(f"{k} {v:,}" for k, v in sorted(t.stats.items()))
+        table.add_row(
+            escape(destination),
+            escape(audience or "(conversions)"),
+            f"{t.batches:,}",
+            f"{t.acknowledged:,}",
+            f"[yellow]{t.rejected:,}[/]" if t.rejected else "0",
+            f"{t.retrying:,}",
+            f"[red]{t.dead_lettered:,}[/]" if t.dead_lettered else "0",
+            "; ".join(part for part in (note, stats) if part),
+        )
+    return table
+
+
+def status_table(rows: Sequence[RouteStatus]) -> Table:
+    """`cohortsync status`: each audience × destination, its delivery state and match rate."""
+    table = Table(title="sync status", title_justify="left")
+    table.add_column("audience")
+    table.add_column("destination")
+    for column in ("desired", "acked", "pending", "retrying", "failed", "dead", "match"):
+        table.add_column(column, justify="right")
+    table.add_column("last sync")
+    errors = any(s.last_error for s in rows)
+    if errors:
+        table.add_column("next try / error")
+    for s in rows:
+        rate = "—" if s.match_rate is None or s.audience is None else f"{s.match_rate:.0%}"
+        behind = s.desired != s.acknowledged
+        cells = [
+            escape(s.audience or "(conversions)"),
+            escape(s.destination),
+            f"{s.desired:,}",
+            f"[yellow]{s.acknowledged:,}[/]" if behind else f"{s.acknowledged:,}",
+            f"{s.pending:,}",
+            f"{s.retrying:,}",
+            f"[yellow]{s.failed:,}[/]" if s.failed else "0",
+            f"[red]{s.dead_lettered:,}[/]" if s.dead_lettered else "0",
+            rate,
+            f"{s.last_sync:%Y-%m-%d %H:%M}" if s.last_sync else "never",
+        ]
+        if errors:
+            note = f"{s.next_attempt:%H:%M:%S} " if s.next_attempt and s.retrying else ""
+            cells.append(note + escape((s.last_error or "")[:80]))
+        table.add_row(*cells)
+    return table
+
+
+def demo_table(report: ComputeReport, synced: SyncReport) -> Table:
+    """Each audience: its size and holdout, and what each destination received."""
+    destinations = sorted({d for d, a in synced.delivery.tallies if a is not None})
+    table = Table(title="audiences → destinations", title_justify="left")
+    table.add_column("audience")
+    table.add_column("members", justify="right")
+    table.add_column("holdout", justify="right")
+    for name in destinations:
+        table.add_column(name, justify="right")
+    for row in report.rows:
+        if row.kind != "audience":
+            continue
+        cells = []
+        for name in destinations:
+            tally = synced.delivery.tallies.get((name, row.name))
+            if tally is None:
+                cells.append("—")
+            elif synced.dry_run_folder is not None and not tally.acknowledged and tally.retrying:
+                cells.append(f"[cyan]{tally.retrying:,} dry run[/]")
+            else:
+                failed = tally.rejected + tally.dead_lettered
+                cells.append(
+                    f"{tally.acknowledged:,}"
+                    + (f" [yellow]({failed:,} failed)[/]" if failed else "")
+                )
+        table.add_row(escape(row.name), f"{row.size:,}", f"{row.holdout:,}", *cells)
+    conversions = [(d, t) for (d, a), t in synced.delivery.tallies.items() if a is None]
+    for name, tally in conversions:
+        table.caption = (table.caption or "") + (
+            f"conversions → {name}: {tally.acknowledged:,} sent\n"
+            if tally.acknowledged
+            else f"conversions → {name}: {tally.retrying:,} written as a dry run\n"
+        )
+    return table

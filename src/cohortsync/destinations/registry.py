@@ -18,12 +18,11 @@ MODULES = {
     "meta_custom_audience": "cohortsync.destinations.meta_custom_audience",
     "meta_capi": "cohortsync.destinations.meta_capi",
 }
-ALIASES = {"duckdb": "warehouse", "postgres": "warehouse"}
 
 
 def known_types() -> list[str]:
     """Every `type:` a destination may have."""
-    return sorted([*MODULES, *ALIASES])
+    return sorted(MODULES)
 
 
 def destination_class(type_name: str) -> type[Destination]:
@@ -34,7 +33,7 @@ def destination_class(type_name: str) -> type[Destination]:
         if isinstance(found, type) and issubclass(found, Destination):
             return found
         raise KeyError(type_name)
-    kind = ALIASES.get(type_name, type_name)
+    kind = type_name
     module = importlib.import_module(MODULES[kind])
     for value in vars(module).values():
         if (

@@ -38,7 +38,9 @@ def write_dry_run(
             for batch in outbox.peek(name, kind, destination.max_batch, audience):
                 number += 1
                 if kind == CHANGES:
-                    requests = destination.dry_run(to_batch(batch, identifiers))
+                    requests = destination.dry_run(
+                        to_batch(batch, identifiers, destination.ad_platform)
+                    )
                     label = f"{batch.audience}-{batch.op}"
                 else:
                     requests = destination.dry_run(to_conversions(batch))

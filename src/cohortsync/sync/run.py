@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ def run_sync(
     destination: str | None = None,
     dry_run: bool = False,
     http: httpx.Client | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> SyncReport:
     """Plan every route (or one audience / destination), then deliver or write a dry run.
 
@@ -70,7 +72,7 @@ def run_sync(
         }
         dry = {n: d for n, d in wanted.items() if dry_run or d.config.dry_run}
         live = {n: d for n, d in wanted.items() if n not in dry}
-        delivery = Deliverer(outbox, live, policy, clock, setup.identifiers).run(audience)
+        delivery = Deliverer(outbox, live, policy, clock, setup.identifiers, progress).run(audience)
         if dry:
             written = write_dry_run(outbox, dry, dry_run_folder, setup.identifiers, audience)
             delivery.tallies.update(written.tallies)

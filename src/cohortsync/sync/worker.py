@@ -67,9 +67,15 @@ class Delivery:
         return sum(int(getattr(t, attribute)) for t in self.tallies.values())
 
 
-def to_batch(batch: ClaimedBatch, identifiers: Mapping[str, tuple[str, ...]]) -> Batch:
-    """The destination's view of a claimed batch of changes (identifiers the audience allows)."""
-    allowed = identifiers.get(batch.audience or "", ())
+def to_batch(
+    batch: ClaimedBatch, identifiers: Mapping[str, tuple[str, ...]], ad_platform: bool
+) -> Batch:
+    """The destination's view of a claimed batch of changes.
+
+    Ad platforms get only the identifier kinds the audience lists under `identifiers`; the
+    team's own systems (warehouse, webhook, analytics) get every identifier.
+    """
+    allowed = identifiers.get(batch.audience or "", ()) if ad_platform else ()
     changes = tuple(
         Change(
             change_id=r.record_id,
@@ -119,7 +125,9 @@ class Deliverer:
         policy: RetryPolicy,
         clock: Clock,
         identifiers: Mapping[str, tuple[str, ...]] | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
+        self.progress = progress
         self.outbox = outbox
         self.destinations = destinations
         self.policy = policy
@@ -157,7 +165,10 @@ class Deliverer:
             if batch is None:
                 return
             sent += 1
-            if not self.deliver(destination, batch, delivery):
+            delivered = self.deliver(destination, batch, delivery)
+            if self.progress is not None:
+                self.progress(len(batch.records))
+            if not delivered:
                 return  # the destination is failing: send it nothing more this run
 
     def deliver(self, destination: Destination, batch: ClaimedBatch, delivery: Delivery) -> bool:
@@ -166,7 +177,9 @@ class Deliverer:
         tally.batches += 1
         try:
             if batch.kind == CHANGES:
-                result = destination.apply(to_batch(batch, self.identifiers))
+                result = destination.apply(
+                    to_batch(batch, self.identifiers, destination.ad_platform)
+                )
             else:
                 result = destination.send_conversions(to_conversions(batch))
         except TransientError as exc:
