@@ -11,6 +11,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -277,6 +278,34 @@ def test_a_change_already_applied_in_another_batch_is_not_applied_again(wh: Ware
     assert set(wh.members()) == {"p3"}
     ids = wh.rows('SELECT change_id, batch_id FROM {s}."audience_changes" ORDER BY change_id')
     assert [tuple(row) for row in ids] == [(1, "b1"), (2, "b2"), (3, "b3")]
+
+
+def test_two_writers_sending_the_same_batch_at_once_write_it_once(wh: Warehouse) -> None:
+    size = 3_000
+    same = batch("b1", *(change(i, "add", f"p{i}") for i in range(1, size + 1)))
+    writers = [wh.destination(), wh.destination()]
+    start = threading.Barrier(len(writers))
+    written: list[int] = []
+
+    def send(dest: WarehouseDestination) -> None:
+        start.wait()
+        for _ in range(5):  # what the sync layer does with a TransientError: retry later
+            try:
+                written.append(dest.apply(same).stats["written"])
+                return
+            except TransientError:
+                continue
+
+    threads = [threading.Thread(target=send, args=(dest,)) for dest in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert sorted(written) == [0, size]
+    assert wh.rows('SELECT count(*) FROM {s}."audience_changes"') == [(size,)]
+    assert wh.rows('SELECT count(*) FROM {s}."applied_batches"') == [(1,)]
+    assert len(wh.members()) == size
 
 
 def test_a_change_repeated_inside_one_batch_is_written_once(wh: Warehouse) -> None:

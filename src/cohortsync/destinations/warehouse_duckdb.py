@@ -2,12 +2,14 @@
 
 DuckDB appends Arrow at millions of rows a second but single-row INSERTs at about a thousand,
 so a batch is registered as one Arrow table and copied into a temporary stage in one statement.
-DuckDB lets one process write a file: a file held by another process is a `TransientError`.
+DuckDB lets one process write a file: a file held by another process is a `TransientError`;
+inside one process, writers of the same file take turns (DuckDB would fail the second on a key).
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,7 +17,12 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from cohortsync.destinations.base import DeliveryError, PermanentError, TransientError
+from cohortsync.destinations.base import (
+    AuthError,
+    DeliveryError,
+    PermanentError,
+    TransientError,
+)
 from cohortsync.destinations.http import scrub
 from cohortsync.destinations.warehouse_schema import DUCKDB, Column, ColumnType, Dialect
 
@@ -30,6 +37,14 @@ _ARROW: dict[ColumnType, pa.DataType] = {
     "json": pa.string(),
 }
 _ARROW_VIEW = "cohortsync_arrow_batch"
+_FILE_LOCKS: dict[Path, threading.Lock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.Lock:
+    """The lock every writer of `path` in this process takes around its transaction."""
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(path.resolve(), threading.Lock())
 
 
 class DuckDBSession:
@@ -40,6 +55,7 @@ class DuckDBSession:
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what
+        self._turn = _file_lock(path)
         self._conn: duckdb.DuckDBPyConnection | None = None
 
     def _connection(self) -> duckdb.DuckDBPyConnection:
@@ -52,23 +68,24 @@ class DuckDBSession:
                     f"{self.what}: cannot create the folder of {self.path} ({exc.strerror})"
                 ) from None
             except duckdb.Error as exc:
-                raise self._translate(exc) from None
+                raise self._translate(exc, opening=True) from None
         return self._conn
 
     def transaction(self, work: Callable[[DuckDBSession], T]) -> T:
         """Run `work` in one transaction: all of it is committed, or none of it."""
-        conn = self._connection()
-        try:
-            conn.begin()
-            result = work(self)
-            conn.commit()
-            return result
-        except duckdb.Error as exc:
-            self._rollback()
-            raise self._translate(exc) from None
-        except BaseException:
-            self._rollback()
-            raise
+        with self._turn:
+            conn = self._connection()
+            try:
+                conn.begin()
+                result = work(self)
+                conn.commit()
+                return result
+            except duckdb.Error as exc:
+                self._rollback()
+                raise self._translate(exc) from None
+            except BaseException:
+                self._rollback()
+                raise
 
     def _rollback(self) -> None:
         if self._conn is None:
@@ -113,8 +130,9 @@ class DuckDBSession:
             with contextlib.suppress(duckdb.Error):
                 conn.close()
 
-    def _translate(self, exc: duckdb.Error) -> DeliveryError:
-        """A lock held by another process, I/O or a write conflict is transient; else permanent."""
+    def _translate(self, exc: duckdb.Error, opening: bool = False) -> DeliveryError:
+        """A lock held by another process, I/O or a write conflict is transient; a file that
+        cannot be opened otherwise pauses the destination (auth); a refused write is permanent."""
         message = str(exc)
         if isinstance(exc, duckdb.IOException) and "lock" in message.lower():
             self.close()
@@ -125,6 +143,8 @@ class DuckDBSession:
         if isinstance(exc, duckdb.IOException | duckdb.TransactionException):
             self.close()
             return TransientError(f"{self.what}: DuckDB {self.path}: {scrub(message)}")
+        if opening:
+            return AuthError(f"{self.what}: cannot open DuckDB {self.path}: {scrub(message)}")
         return PermanentError(
             f"{self.what}: DuckDB {self.path} refused the write: {scrub(message)}"
         )
