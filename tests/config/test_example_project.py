@@ -14,6 +14,7 @@ from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
 from cohortsync.segments.compile import DuckDBCompiler
 from cohortsync.segments.parser import parse_segments
+from cohortsync.sync.configure import sync_setup
 
 LOCKED_AUDIENCES = {
     "cio_cart_abandon_6h",
@@ -48,11 +49,17 @@ def test_template_parses_with_the_locked_audience_names(tmp_path: Path) -> None:
     assert project.audiences["cio_cart_abandon_6h"].holdout_percent == 10
     for audience in project.audiences.values():
         assert audience.identifiers == ("email", "phone")
-        assert audience.destinations == ()
+        assert "warehouse" in audience.destinations
         assert audience.owner
         assert audience.description
         assert "Leaves" in audience.description or "leaves" in audience.description
     assert loaded.project.sources["web"].write_key == "wk_test_0123456789"
+    setup = sync_setup(loaded, project)
+    ads = {r.audience for r in setup.routes if r.destination == "meta_ads"}
+    assert "cio_recent_purch_7d_suppress" in ads  # buyers are suppressed on Meta
+    assert all(not r.include_holdout for r in setup.routes if r.destination == "meta_ads")
+    assert setup.configs["meta_ads"].dry_run and setup.configs["meta_capi"].dry_run
+    assert [r.name for r in setup.conversion_routes] == ["Purchase", "Purchase"]
 
 
 def test_init_project_loads_and_keeps_the_spine_keys(tmp_path: Path) -> None:
