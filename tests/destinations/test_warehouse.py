@@ -79,10 +79,12 @@ def change(
 
 
 def batch(batch_id: str, *changes: Change) -> Batch:
+    """A batch of the cart-abandon audience."""
     return Batch(batch_id, "cio_cart_abandon_6h", tuple(changes))
 
 
 def conversion(conversion_id: int, profile: str, value: float = 42.0) -> Conversion:
+    """A Purchase from order_completed, one hour per id after T0."""
     return Conversion(
         conversion_id=conversion_id,
         message_id=f"msg-{conversion_id}",
@@ -109,6 +111,7 @@ class Warehouse:
         self.http = httpx.Client()
 
     def destination(self, **settings: Any) -> WarehouseDestination:
+        """A new destination instance on this database and schema (closed at cleanup)."""
         config = WarehouseConfig.model_validate(
             {"type": "warehouse", "url": self.url, "schema": self.schema, **settings}
         )
@@ -146,6 +149,7 @@ class Warehouse:
         return {t: sorted(self.rows(f'SELECT * FROM {{s}}."{t}"'), key=repr) for t in TABLES}
 
     def cleanup(self) -> None:
+        """Close every destination and drop the Postgres schema."""
         for dest in self.opened:
             dest.close()
         self.http.close()
@@ -503,6 +507,7 @@ def test_postgres_missing_database_says_so(tmp_path: Path) -> None:
         ({"url": "warehouse.duckdb"}, "not a path"),
         ({"url": "duckdb:///"}, "names no DuckDB file"),
         ({"url": "duckdb:///w.duckdb", "schema": "bad-name"}, "plain SQL name"),
+        ({"url": "duckdb:///w.duckdb", "schema": "fine\n"}, "plain SQL name"),
         ({"url": "duckdb:///w.duckdb", "table_prefix": "1x"}, "table_prefix"),
         ({"url": "duckdb:///w.duckdb", "tables": "x"}, "Extra inputs are not permitted"),
     ],

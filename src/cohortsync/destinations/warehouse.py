@@ -101,6 +101,7 @@ class WarehouseConfig(DestinationConfig):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
+        """A DuckDB file or a Postgres URL; the message never echoes the URL (passwords)."""
         if not url.startswith(_SCHEMES):
             scheme = url.split("://", 1)[0] + "://" if "://" in url else "a path"
             raise ValueError(
@@ -114,7 +115,8 @@ class WarehouseConfig(DestinationConfig):
     @field_validator("db_schema")
     @classmethod
     def _plain_schema(cls, value: str) -> str:
-        if not NAME.match(value) or len(value) > 63:
+        """A name that needs no escaping and fits Postgres's 63-byte limit."""
+        if not NAME.fullmatch(value) or len(value) > 63:
             raise ValueError(
                 f"schema {value!r} must be a plain SQL name: letters, digits and _, "
                 "not starting with a digit, at most 63 characters"
@@ -124,7 +126,8 @@ class WarehouseConfig(DestinationConfig):
     @field_validator("table_prefix")
     @classmethod
     def _plain_prefix(cls, value: str) -> str:
-        if value and (not NAME.match(value) or len(value) > MAX_PREFIX):
+        """Empty, or a prefix that keeps every table name a plain SQL name."""
+        if value and (not NAME.fullmatch(value) or len(value) > MAX_PREFIX):
             raise ValueError(
                 f"table_prefix {value!r} must be letters, digits and _, not starting with a "
                 f"digit, at most {MAX_PREFIX} characters"
@@ -302,10 +305,12 @@ def write_conversions(
 
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with its times as ISO strings."""
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def _sample(data: Mapping[str, list[Any]], skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The first rows of staged columns, as JSON-able dicts."""
     count = min(SAMPLE, len(next(iter(data.values()), [])))
     return [_jsonable({k: v[i] for k, v in data.items() if k not in skip}) for i in range(count)]
 
@@ -361,6 +366,7 @@ class WarehouseDestination(Destination):
 
     @staticmethod
     def _stats(received: int, unique: int, written: int | None) -> dict[str, int]:
+        """What the batch did: records received, rows written, duplicates or a skipped resend."""
         if written is None:
             return {"received": received, "written": 0, "already_applied": 1}
         return {"received": received, "written": written, "duplicates": unique - written}

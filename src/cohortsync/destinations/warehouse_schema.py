@@ -109,22 +109,27 @@ class Names:
 
     @property
     def members(self) -> str:
+        """The `audience_members` table."""
         return self.table("audience_members")
 
     @property
     def changes(self) -> str:
+        """The `audience_changes` table."""
         return self.table("audience_changes")
 
     @property
     def stays(self) -> str:
+        """The `audience_stays` view."""
         return self.table("audience_stays")
 
     @property
     def conversions(self) -> str:
+        """The `conversions` table."""
         return self.table("conversions")
 
     @property
     def applied(self) -> str:
+        """The `applied_batches` table."""
         return self.table("applied_batches")
 
 
