@@ -500,6 +500,12 @@ def test_postgres_missing_database_says_so(tmp_path: Path) -> None:
     dest.close()
 
 
+def test_schema_may_be_written_schema_or_db_schema() -> None:
+    for key in ("schema", "db_schema"):
+        config = WarehouseConfig.model_validate({"url": "duckdb:///w.duckdb", key: "analytics"})
+        assert config.db_schema == "analytics"
+
+
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [

@@ -92,7 +92,9 @@ _SCHEMES = ("duckdb://", "postgresql://", "postgres://")
 class WarehouseConfig(DestinationConfig):
     """Where the tables live: a DuckDB file or a Postgres database, a schema, a table prefix."""
 
-    model_config = ConfigDict(hide_input_in_errors=True)  # a URL may carry a password
+    # A URL may carry a password: errors never echo input. `schema` may also be written
+    # `db_schema` (the attribute's name, since `schema` is taken on pydantic models).
+    model_config = ConfigDict(hide_input_in_errors=True, validate_by_name=True)
     type: Literal["warehouse"] = "warehouse"
     url: str
     db_schema: str = Field(default="cohortsync", alias="schema")
