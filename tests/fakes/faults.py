@@ -183,6 +183,7 @@ class Faults:
             await asyncio.sleep(min(RELEASE_POLL, left))
 
     def _add(self, rule: _Rule) -> None:
+        """Append a rule to the script."""
         with self._lock:
             self._rules.append(rule)
 
@@ -194,6 +195,7 @@ class Faults:
         headers: Mapping[str, str] | None,
         retry_after: float | str | None,
     ) -> Fault:
+        """Build a fault answer: headers lower-cased, Retry-After in whole seconds."""
         pairs = [(name.lower(), value) for name, value in (headers or {}).items()]
         if retry_after is not None:
             value = retry_after if isinstance(retry_after, str) else str(math.ceil(retry_after))
@@ -201,6 +203,7 @@ class Faults:
         return Fault(kind, status, self._body(status, body), tuple(pairs))
 
     def _body(self, status: int, body: bytes | str | Mapping[str, Any] | None) -> bytes:
+        """The fault's body as bytes; the fake's own error shape when none is given."""
         if body is None:
             return orjson.dumps(self._render(status))
         if isinstance(body, bytes):

@@ -157,6 +157,7 @@ def appsecret_proof(app_secret: str, token: str) -> str:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
+    """A JSON request body, which must be an object of parameters."""
     try:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:

@@ -238,6 +238,7 @@ class MetaFake(FakeServer):
     # -- the app ------------------------------------------------------------------------------
 
     def _build_app(self) -> FastAPI:
+        """The Graph routes; anything else gets Graph's unknown-path error."""
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         app.add_exception_handler(GraphError, _graph_error)
         app.add_api_route(V + "/act_{account}/customaudiences", self._list, methods=["GET"])
@@ -356,6 +357,7 @@ class MetaFake(FakeServer):
     # -- state changes (called under the lock) -------------------------------------------------
 
     def _create(self, name: str, description: str, source: str) -> str:
+        """Store a new audience under a fresh numeric id."""
         audience_id = str(next(self._ids))
         created = int(self.now.timestamp())
         self._audiences[audience_id] = Audience(audience_id, name, description, source, created)
@@ -405,6 +407,7 @@ class MetaFake(FakeServer):
         return matches[-1]
 
     def _check_account(self, account: str, request: Request) -> None:
+        """Code 100 / subcode 33 unless the path names this fake's ad account."""
         if account != self.ad_account_id:
             raise unknown_object(request.method, f"act_{account}")
 
@@ -468,6 +471,7 @@ def _audience_fields(audience: Audience, fields: list[str], account_id: str) -> 
 
 
 def _int_param(params: Mapping[str, Any], name: str, default: int) -> int:
+    """A positive integer parameter such as `limit`, with its default."""
     raw = params.get(name, default)
     if isinstance(raw, str) and raw.isdigit():
         raw = int(raw)
@@ -482,6 +486,7 @@ def _cursor(index: int) -> str:
 
 
 def _cursor_index(cursor: Any) -> int:
+    """The list position a paging cursor points at (0 without one)."""
     if cursor is None:
         return 0
     try:

@@ -188,4 +188,5 @@ def _check_hash(key: str, item: str, where: str, suspect: Suspect) -> None:
 
 
 def _missing(what: str) -> GraphError:
+    """Code 100 naming a missing or malformed required field."""
     return invalid(f"Missing or invalid required parameter {what}", title="Missing parameter")

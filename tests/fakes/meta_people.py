@@ -91,6 +91,7 @@ class KnownPeople:
         return None if index is None else self.people[index]
 
     def _add(self, column: str, index: int, right: str, wrong: set[str]) -> None:
+        """Remember the right hash of one identifier and the hashes of its wrong forms."""
         right_hash = sha256(right)
         self.right.setdefault(column, {})[right_hash] = index
         bad = {sha256(form) for form in wrong} | {sha256(right_hash)}
@@ -98,6 +99,7 @@ class KnownPeople:
 
     @staticmethod
     def _forms(key: str, raw: str, region: str) -> tuple[str, set[str]]:
+        """The right and wrong forms of one raw identifier, by kind."""
         if key == "email":
             return email_forms(raw)
         if key == "phone":

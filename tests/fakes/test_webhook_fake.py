@@ -175,7 +175,7 @@ def test_scripted_failures_fire_then_stop_and_are_captured(webhook_fake: Webhook
     assert len(webhook_fake.applied) == 1
 
 
-def test_gone_disables_nothing_but_answers_410(webhook_fake: WebhookFake) -> None:
+def test_a_410_window_refuses_deliveries_until_cleared(webhook_fake: WebhookFake) -> None:
     webhook_fake.fail(410, seconds=60)
     for _ in range(2):
         assert (

@@ -125,6 +125,7 @@ class WebhookFake(FakeServer):
         }
 
     def _build_app(self) -> FastAPI:
+        """One route: POST on any path is a delivery."""
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         app.add_api_route("/{rest:path}", self._receive, methods=["POST"])
         return app
