@@ -6,6 +6,7 @@ Its base URL stands for `https://graph.facebook.com`; every route is under `/v25
 - `POST /v25.0/act_{ad_account_id}/customaudiences` creates one → `{"id": "<digits>"}`;
 - `POST /v25.0/{audience_id}/users` adds members; `DELETE` (or `POST` with `method=DELETE`)
   removes them → `{"audience_id", "session_id", "num_received", "num_invalid_entries", …}`;
+- `POST /v25.0/{audience_id}/usersreplace` replaces all members, in a session (§1.8);
 - `GET  /v25.0/{audience_id}?fields=…` reads an audience (name, approximate counts, status);
 - `POST /v25.0/{pixel_id}/events` takes conversions → `{"events_received", "messages", …}`.
 
@@ -47,6 +48,7 @@ from tests.fakes.meta_audiences import (
 )
 from tests.fakes.meta_capi import EventLedger, parse_events
 from tests.fakes.meta_people import KnownPeople
+from tests.fakes.meta_replace import IN_PROGRESS, Replacer, replace_error
 
 V = f"/{API_VERSION}"
 FILE_SOURCES = frozenset(
@@ -113,6 +115,7 @@ class MetaFake(FakeServer):
         self._seen: set[tuple[str, int, int, str]] = set()
         self._sessions: dict[tuple[str, int], _SessionTotals] = {}
         self._events = EventLedger()
+        self._replacer = Replacer()
         self._people = KnownPeople()
         self._ids = itertools.count(23850000000000000 + secrets.randbelow(10**9) * 1000)
 
@@ -244,6 +247,7 @@ class MetaFake(FakeServer):
         app.add_api_route(V + "/act_{account}/customaudiences", self._list, methods=["GET"])
         app.add_api_route(V + "/act_{account}/customaudiences", self._new, methods=["POST"])
         app.add_api_route(V + "/{node}/users", self._users, methods=["POST", "DELETE"])
+        app.add_api_route(V + "/{node}/usersreplace", self._replace, methods=["POST"])
         app.add_api_route(V + "/{node}/events", self._conversions, methods=["POST"])
         app.add_api_route(V + "/{node}", self._read, methods=["GET"])
         app.add_api_route("/{rest:path}", self._unknown, methods=_ALL_METHODS)
@@ -263,8 +267,7 @@ class MetaFake(FakeServer):
         limit = _int_param(params, "limit", PAGE_SIZE)
         start = _cursor_index(params.get("after"))
         with self._lock:
-            audiences = list(self._audiences.values())
-            page = [_audience_fields(a, fields, self.ad_account_id) for a in audiences]
+            page = [self._render(audience, fields) for audience in self._audiences.values()]
         chunk = page[start : start + limit]
         body: dict[str, Any] = {"data": chunk, "paging": {}}
         if chunk:
@@ -303,17 +306,36 @@ class MetaFake(FakeServer):
     async def _users(self, node: str, request: Request) -> Response:
         """POST/DELETE {audience_id}/users: add or remove members (§1.3–1.7)."""
         params = await self._params(request)
-        with self._lock:
-            audience = self._audiences.get(node)
-        if audience is None:
-            raise unknown_object(request.method, node)
+        audience = self._audience(node, request)
         removing = request.method == "DELETE" or str(params.get("method", "")).upper() == "DELETE"
         payload = json_param(params, "payload", dict)
         session = parse_session(json_param(params, "session", dict, required=False))
         with self._lock:
             upload = parse_payload(payload, self._people.badly_normalised)
+            if self._replacer.busy(audience, self.now):
+                raise replace_error(IN_PROGRESS, "a replace session is in progress; wait for it")
             body = self._apply(audience, "remove" if removing else "add", session, upload)
         return JSONResponse(body)
+
+    async def _replace(self, node: str, request: Request) -> Response:
+        """POST {audience_id}/usersreplace: one batch of a full-replace session (§1.8)."""
+        params = await self._params(request)
+        audience = self._audience(node, request)
+        payload = json_param(params, "payload", dict)
+        session = parse_session(json_param(params, "session", dict))
+        with self._lock:
+            upload = parse_payload(payload, self._people.badly_normalised)
+            current = self._replacer.apply(audience, session, upload, self.now)
+            self._accept(audience, "replace", session, upload)
+        return JSONResponse(
+            {
+                "account_id": self.ad_account_id,
+                "session_id": str(current.session_id),
+                "num_received": current.received,
+                "num_invalid_entries": current.invalid_entries,
+                "invalid_entry_samples": list(upload.samples.values()),
+            }
+        )
 
     async def _read(self, node: str, request: Request) -> Response:
         """GET {node}?fields=…: an audience (or the pixel / ad account, id only)."""
@@ -322,7 +344,7 @@ class MetaFake(FakeServer):
         with self._lock:
             audience = self._audiences.get(node)
             if audience is not None:
-                return JSONResponse(_audience_fields(audience, fields, self.ad_account_id))
+                return JSONResponse(self._render(audience, fields))
         if node in (self.pixel_id, f"act_{self.ad_account_id}"):
             return JSONResponse({"id": node})
         raise unknown_object("GET", node)
@@ -369,24 +391,17 @@ class MetaFake(FakeServer):
         """Apply one validated batch, note resends, and build the §1.7 success body."""
         session_id = session.session_id or secrets.randbelow(2**62) + 1
         totals = self._sessions.setdefault((audience.id, session_id), _SessionTotals())
-        if session.session_id is not None and session.batch_seq is not None:
-            key = (audience.id, session.session_id, session.batch_seq, op)
-            if key in self._seen:
-                self.duplicate_batches += 1
-            elif totals.finished:
-                raise invalid(
-                    f"Upload session {session_id} already finished (last_batch_flag was sent); "
-                    "start a new session_id",
-                    title="Session finished",
-                )
-            self._seen.add(key)
+        if totals.finished and _batch_key(audience, op, session) not in self._seen:
+            raise invalid(
+                f"Upload session {session_id} already finished (last_batch_flag was sent); "
+                "start a new session_id",
+                title="Session finished",
+            )
         if op == "add":
             audience.add(upload.rows)
         else:
             audience.remove(upload.rows)
-        self._batches.append(
-            Batch(audience.id, op, session.session_id, session.batch_seq, upload.rows)
-        )
+        self._accept(audience, op, session, upload)
         totals.received += upload.received
         totals.invalid_entries += upload.invalid_entries
         totals.finished = totals.finished or session.last_batch_flag
@@ -397,6 +412,30 @@ class MetaFake(FakeServer):
             "num_invalid_entries": totals.invalid_entries,
             "invalid_entry_samples": upload.samples,
         }
+
+    def _accept(self, audience: Audience, op: str, session: Session, upload: Upload) -> None:
+        """Record an applied batch; count it as a resend if its (session, seq, op) was seen."""
+        key = _batch_key(audience, op, session)
+        if key is not None:
+            if key in self._seen:
+                self.duplicate_batches += 1
+            self._seen.add(key)
+        self._batches.append(
+            Batch(audience.id, op, session.session_id, session.batch_seq, upload.rows)
+        )
+
+    def _render(self, audience: Audience, fields: list[str]) -> dict[str, Any]:
+        """An audience with the requested fields (its status says when a replace runs)."""
+        replacing = self._replacer.busy(audience, self.now)
+        return _audience_fields(audience, fields, self.ad_account_id, replacing)
+
+    def _audience(self, node: str, request: Request) -> Audience:
+        """The audience with this id, or Graph's unknown-object error."""
+        with self._lock:
+            audience = self._audiences.get(node)
+        if audience is None:
+            raise unknown_object(request.method, node)
+        return audience
 
     def _named(self, name: str) -> Audience:
         """The audience called `name` (the newest if a retry created two)."""
@@ -445,7 +484,16 @@ def _fields(params: Mapping[str, Any]) -> list[str]:
     return [name.strip() for name in raw.split(",") if name.strip()]
 
 
-def _audience_fields(audience: Audience, fields: list[str], account_id: str) -> dict[str, Any]:
+def _batch_key(audience: Audience, op: str, session: Session) -> tuple[str, int, int, str] | None:
+    """What identifies a batch for resend detection, when the client sent a session."""
+    if session.session_id is None or session.batch_seq is None:
+        return None
+    return (audience.id, session.session_id, session.batch_seq, op)
+
+
+def _audience_fields(
+    audience: Audience, fields: list[str], account_id: str, replacing: bool = False
+) -> dict[str, Any]:
     """An audience rendered with the requested fields; code 100 for a field Graph lacks."""
     for name in fields:
         if name not in _AUDIENCE_FIELDS:
@@ -462,7 +510,11 @@ def _audience_fields(audience: Audience, fields: list[str], account_id: str) -> 
         "account_id": account_id,
         "approximate_count_lower_bound": size,
         "approximate_count_upper_bound": size,
-        "operation_status": {"code": 200, "description": "Normal"},
+        "operation_status": (
+            {"description": "replace_in_progress"}
+            if replacing
+            else {"code": 200, "description": "Normal"}
+        ),
         "delivery_status": {"code": 200, "description": "This audience is ready for use."},
         "time_created": audience.time_created,
         "time_updated": audience.time_created,

@@ -447,6 +447,91 @@ def test_seeded_and_dropped_members_model_drift(meta: MetaFake) -> None:
     assert meta.members("aud") == {MARY}
 
 
+# -- full replace -----------------------------------------------------------------------------
+
+
+def replace(
+    fake: MetaFake,
+    audience_id: str,
+    rows: list[str],
+    seq: int,
+    *,
+    last: bool = False,
+    sid: int = 42,
+) -> httpx.Response:
+    """One /usersreplace batch of EMAIL hashes."""
+    form = {
+        "payload": json.dumps({"schema": ["EMAIL"], "data": [[row] for row in rows]}),
+        "session": json.dumps({"session_id": sid, "batch_seq": seq, "last_batch_flag": last}),
+    }
+    return call(fake, "POST", f"/{audience_id}/usersreplace", data=form)
+
+
+def test_a_replace_session_swaps_the_members_when_it_ends(meta: MetaFake) -> None:
+    audience_id = create(meta, "aud")
+    upload(meta, audience_id, "EMAIL_SHA256", [MARY, JOHN])
+    first = replace(meta, audience_id, [sha("a@example.com")], 1)
+    assert first.json() == {
+        "account_id": meta.ad_account_id,
+        "session_id": "42",
+        "num_received": 1,
+        "num_invalid_entries": 0,
+        "invalid_entry_samples": [],
+    }
+    assert meta.members("aud") == {MARY, JOHN}
+    status = call(meta, "GET", f"/{audience_id}", params={"fields": "operation_status"}).json()
+    assert status["operation_status"]["description"] == "replace_in_progress"
+    busy = upload(meta, audience_id, "EMAIL_SHA256", [MARY])
+    assert graph_error(busy, 400, 2650)["error_subcode"] == 1870145
+    replace(meta, audience_id, [MARY], 2)
+    last = replace(meta, audience_id, [MARY], 2, last=True)
+    assert last.json()["num_received"] == 3
+    assert meta.members("aud") == {sha("a@example.com"), MARY}
+    assert meta.duplicate_batches == 1
+
+
+@pytest.mark.parametrize(
+    ("steps", "subcode"),
+    [
+        ([(2, False)], 1870147),
+        ([(1, False), (1, False)], 1870148),
+        ([(1, True), (2, False)], 1870159),
+    ],
+    ids=["no first batch", "first batch resent", "after the last batch"],
+)
+def test_replace_session_errors_use_code_2650(
+    meta: MetaFake, steps: list[tuple[int, bool]], subcode: int
+) -> None:
+    audience_id = create(meta, "aud")
+    *before, (seq, last) = steps
+    for earlier_seq, earlier_last in before:
+        assert replace(meta, audience_id, [MARY], earlier_seq, last=earlier_last).status_code == 200
+    response = replace(meta, audience_id, [JOHN], seq, last=last)
+    assert graph_error(response, 400, 2650)["error_subcode"] == subcode
+
+
+def test_a_replace_session_ends_by_itself_after_90_minutes(meta: MetaFake) -> None:
+    audience_id = create(meta, "aud")
+    upload(meta, audience_id, "EMAIL_SHA256", [JOHN])
+    replace(meta, audience_id, [MARY], 1)
+    meta.now = NOW + timedelta(minutes=91)
+    late = replace(meta, audience_id, [sha("b@example.com")], 2)
+    assert graph_error(late, 400, 2650)["error_subcode"] == 1870158
+    assert meta.members("aud") == {MARY}
+    assert upload(meta, audience_id, "EMAIL_SHA256", [JOHN]).status_code == 200
+
+
+def test_a_replace_session_keeps_one_schema(meta: MetaFake) -> None:
+    audience_id = create(meta, "aud")
+    replace(meta, audience_id, [MARY], 1)
+    form = {
+        "payload": json.dumps({"schema": ["PHONE"], "data": [[PHONE]]}),
+        "session": json.dumps({"session_id": 42, "batch_seq": 2}),
+    }
+    response = call(meta, "POST", f"/{audience_id}/usersreplace", data=form)
+    graph_error(response, 400, 2650)
+
+
 # -- conversions ------------------------------------------------------------------------------
 
 
