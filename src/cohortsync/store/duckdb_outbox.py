@@ -162,14 +162,20 @@ def plan_changes(
         )
         adds, removes = (int(counts[0]), int(counts[1])) if counts else (0, 0)
         start = next_ids(con, "change_id", adds + removes)
+        con.execute(_PLANNED_IDENTIFIERS)
         con.execute(
             f"""INSERT INTO outbox
-            SELECT ? - 1 + row_number() OVER (ORDER BY op DESC, {KEY}), {KEY}, op, holdout,
-                   changed_at, ?::TIMESTAMPTZ, NULL, NULL
-            FROM _new""",
+            SELECT ? - 1 + row_number() OVER (ORDER BY n.op DESC, n.{KEY.replace(", ", ", n.")}),
+                   n.{KEY.replace(", ", ", n.")}, n.op, n.holdout, n.changed_at, ?::TIMESTAMPTZ,
+                   NULL,
+                   CASE WHEN n.op = 'remove' THEN coalesce(s.identifiers, i.identifiers)
+                        ELSE i.identifiers END
+            FROM _new n
+            LEFT JOIN _new_ids i ON i.profile_id = n.profile_id
+            LEFT JOIN destination_state s ON {_match("s", "n")}""",
             [start, now],
         )
-        for table in ("_desired", "_base", "_needed", "_new"):
+        for table in ("_desired", "_base", "_needed", "_new", "_new_ids"):
             con.execute(f"DROP TABLE {table}")
     return PlanCounts(adds=adds, removes=removes)
 
@@ -179,6 +185,20 @@ def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
     digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
     return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
 
+
+# Identifiers are fixed when a change is planned, in one set-based pass over the identity graph:
+# a claim then reads them from the outbox row (a remove reuses what the add sent).
+_PLANNED_IDENTIFIERS = """
+    CREATE OR REPLACE TEMP TABLE _new_ids AS
+    WITH owners AS (
+        SELECT DISTINCT n.profile_id, coalesce(a.canonical_id, n.profile_id) AS owner
+        FROM _new n LEFT JOIN profile_aliases a ON a.profile_id = n.profile_id),
+    firsts AS (
+        SELECT o.profile_id, x.kind, arg_min(x.value, (x.first_seen, x.value)) AS value
+        FROM owners o JOIN identities x ON x.profile_id = o.owner GROUP BY ALL)
+    SELECT profile_id, json_group_object(kind, value)::VARCHAR AS identifiers
+    FROM firsts GROUP BY profile_id
+"""
 
 _IDENTIFIERS = """
     WITH owners AS (
@@ -317,23 +337,37 @@ class DuckDBOutbox(OutboxStore):
         if kind == CONVERSIONS:
             rows = con.execute(
                 "SELECT conversion_id FROM conversion_outbox "
-                "WHERE destination = ? AND batch_id IS NULL ORDER BY conversion_id",
-                [destination],
+                "WHERE destination = ? AND batch_id IS NULL ORDER BY conversion_id LIMIT ?",
+                [destination, None if limit is None else limit * max_records],
             ).fetchall()
             ids = [int(r[0]) for r in rows]
             chunks = [ids[i : i + max_records] for i in range(0, len(ids), max_records)]
             return [(None, None, chunk) for chunk in chunks[:limit]]
-        rows = con.execute(
-            f"""SELECT o.audience, o.op, o.change_id FROM outbox o
+        claimable = f"""FROM outbox o
             WHERE o.destination = ? AND o.batch_id IS NULL
               AND (?::VARCHAR IS NULL OR o.audience = ?)
               AND NOT EXISTS (SELECT 1 FROM outbox f
-                              WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})
-            ORDER BY o.change_id""",
-            [destination, audience, audience],
+                              WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})"""
+        params = [destination, audience, audience]
+        if limit == 1:  # a claim: the oldest change decides the audience and operation
+            head = _first(
+                con.execute(
+                    f"SELECT o.audience, o.op {claimable} ORDER BY o.change_id LIMIT 1", params
+                ).fetchall()
+            )
+            if head is None:
+                return []
+            rows = con.execute(
+                f"SELECT o.change_id {claimable} AND o.audience = ? AND o.op = ? "
+                "ORDER BY o.change_id LIMIT ?",
+                [*params, head[0], head[1], max_records],
+            ).fetchall()
+            return [(str(head[0]), str(head[1]), [int(r[0]) for r in rows])]
+        grouped = con.execute(
+            f"SELECT o.audience, o.op, o.change_id {claimable} ORDER BY o.change_id", params
         ).fetchall()
         groups: dict[tuple[str, str], list[int]] = {}
-        for aud, op, change_id in rows:
+        for aud, op, change_id in grouped:
             groups.setdefault((str(aud), str(op)), []).append(int(change_id))
         formed: list[tuple[str | None, str | None, list[int]]] = []
         for (aud, op), ids in sorted(groups.items(), key=lambda item: item[1][0]):
@@ -350,27 +384,11 @@ class DuckDBOutbox(OutboxStore):
         op: str | None,
         destination: str,
     ) -> tuple[OutboxRecord, ...]:
-        """Records of `ids` with identifiers fixed now: a remove reuses what the add sent."""
+        """Records of `ids` with their identifiers (fixed when planned; looked up if missing)."""
         claim = pa.table({"record_id": pa.array(list(ids), pa.int64())})
         table = "outbox" if kind == CHANGES else "conversion_outbox"
         id_col = "change_id" if kind == CHANGES else "conversion_id"
         with _Registered(con, _ids=claim):
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE _claim AS SELECT t.{id_col} AS record_id, "
-                f"t.profile_id FROM {table} t SEMI JOIN _ids i ON i.record_id = t.{id_col}"
-            )
-            current = {int(r): str(j) for r, j in con.execute(_IDENTIFIERS).fetchall()}
-            sent: dict[int, str] = {}
-            if kind == CHANGES and op == "remove":
-                sent = {
-                    int(r): str(j)
-                    for r, j in con.execute(
-                        "SELECT o.change_id, s.identifiers FROM outbox o JOIN destination_state s "
-                        f"ON {_match('o', 's')} SEMI JOIN _ids i ON i.record_id = o.change_id "
-                        "WHERE s.identifiers IS NOT NULL"
-                    ).fetchall()
-                }
-            con.execute("DROP TABLE _claim")
             if kind == CHANGES:
                 rows = con.execute(
                     "SELECT change_id, profile_id, op, holdout, changed_at, identifiers, NULL "
@@ -385,9 +403,18 @@ class DuckDBOutbox(OutboxStore):
                     "FROM conversion_outbox SEMI JOIN _ids i ON i.record_id = conversion_id "
                     "ORDER BY conversion_id"
                 ).fetchall()
+            current: dict[int, str] = {}
+            if any(row[5] is None for row in rows):
+                con.execute(
+                    f"CREATE OR REPLACE TEMP TABLE _claim AS SELECT t.{id_col} AS record_id, "
+                    f"t.profile_id FROM {table} t SEMI JOIN _ids i ON i.record_id = t.{id_col} "
+                    "WHERE t.identifiers IS NULL"
+                )
+                current = {int(r): str(j) for r, j in con.execute(_IDENTIFIERS).fetchall()}
+                con.execute("DROP TABLE _claim")
         records = []
         for record_id, profile_id, op_, holdout, at, fixed, conversion in rows:
-            chosen = fixed or sent.get(int(record_id)) or current.get(int(record_id)) or "{}"
+            chosen = fixed or current.get(int(record_id)) or "{}"
             records.append(
                 OutboxRecord(
                     int(record_id),
@@ -561,20 +588,24 @@ class DuckDBOutbox(OutboxStore):
                 "identifiers, reason, change_id, ?, ?::TIMESTAMPTZ FROM _state",
                 [batch.destination, batch.audience, batch.batch_id, now],
             )
-            # A retried record gives way to a newer waiting change for the same profile.
-            con.execute(
-                f"""DELETE FROM outbox o WHERE o.batch_id = ?
-                AND o.change_id IN (SELECT record_id FROM _retry)
-                AND EXISTS (SELECT 1 FROM outbox w
-                            WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
-                [batch.batch_id],
-            )
-            con.execute(
-                "UPDATE outbox SET batch_id = NULL, identifiers = NULL WHERE batch_id = ? "
-                "AND change_id IN (SELECT record_id FROM _retry)",
-                [batch.batch_id],
-            )
+            if resolution.retry:
+                self._release_retries(con, batch)
         con.execute("DELETE FROM outbox WHERE batch_id = ?", [batch.batch_id])
+
+    def _release_retries(self, con: duckdb.DuckDBPyConnection, batch: ClaimedBatch) -> None:
+        """Records to retry alone leave the batch; a newer waiting change supersedes them."""
+        con.execute(
+            f"""DELETE FROM outbox o WHERE o.batch_id = ?
+            AND o.change_id IN (SELECT record_id FROM _retry)
+            AND EXISTS (SELECT 1 FROM outbox w
+                        WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
+            [batch.batch_id],
+        )
+        con.execute(
+            "UPDATE outbox SET batch_id = NULL WHERE batch_id = ? "
+            "AND change_id IN (SELECT record_id FROM _retry)",
+            [batch.batch_id],
+        )
 
     def _resolve_conversions(
         self,
@@ -587,12 +618,13 @@ class DuckDBOutbox(OutboxStore):
         rejected = [r for r in done if r.record_id in resolution.rejected]
         self._dead(con, batch, rejected, resolution.rejected, now)
         retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
-        with _Registered(con, _retry=retry):
-            con.execute(
-                "UPDATE conversion_outbox SET batch_id = NULL, identifiers = NULL "
-                "WHERE batch_id = ? AND conversion_id IN (SELECT record_id FROM _retry)",
-                [batch.batch_id],
-            )
+        if resolution.retry:
+            with _Registered(con, _retry=retry):
+                con.execute(
+                    "UPDATE conversion_outbox SET batch_id = NULL, identifiers = NULL "
+                    "WHERE batch_id = ? AND conversion_id IN (SELECT record_id FROM _retry)",
+                    [batch.batch_id],
+                )
         con.execute("DELETE FROM conversion_outbox WHERE batch_id = ?", [batch.batch_id])
 
     def _dead(
