@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -341,7 +341,7 @@ def test_default_url_is_segments_api() -> None:
 # --- M-3: the same batch always gives the same requests, split within Segment's limits ---------
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sizes=st.lists(st.integers(1, 12_000), min_size=1, max_size=120),
     anonymous=st.booleans(),

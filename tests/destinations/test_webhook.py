@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -428,7 +428,7 @@ changes_strategy = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(changes=changes_strategy, later=st.integers(1, 10**6))
 def test_body_depends_on_the_batch_alone(changes: list[Change], later: int) -> None:
     clock = Clock()
