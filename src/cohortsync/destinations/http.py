@@ -23,7 +23,7 @@ from cohortsync.destinations.base import AuthError, PermanentError, TransientErr
 SECRET_PARAMS = frozenset({"access_token", "api_key", "api_secret", "appsecret_proof", "writeKey"})
 SECRET_HEADERS = frozenset({"authorization", "access-token", "x-api-key"})
 _EMAIL = re.compile(r"[^\s\"'<>@]+@[^\s\"'<>@]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+?\d[\d\s().-]{7,}\d")
+_PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b")
 EXCERPT = 300
 
 
