@@ -13,14 +13,16 @@ by `scaffold_project`, i.e. the very template `cohortsync init` writes):
 
 Then, on the same store and in the same process, every audience of the example project is
 computed as of NOW three ways, each the best of --repeat runs:
-- ours: `DuckDBCompiler().compile_segment` for the audience's segment, minus each excluded
-  segment (EXCEPT), rendered and run; compile time included;
+- ours: `DuckDBCompiler().compile_audience` (the audience's segment minus each excluded
+  segment, one query), rendered and run; compile time included;
 - hand SQL: one query per audience written by hand against `profile_events` / `profiles`
   (below, `HAND_SQL`), the way an analyst would write it: one scan, FILTER aggregates;
 - pandas: the events (track events only) read into a DataFrame first, with the properties the
   audiences use already extracted into typed columns (favourable to pandas: it never parses
   JSON); only the computation is timed.
-The three member sets must be equal (asserted). Peak memory is the process's max RSS.
+The three member sets must be equal (asserted). Then the whole project is computed the way
+`cohortsync compute` does it (`compute_members`: every segment in one query, then audiences),
+against the sum of the hand-written queries. Peak memory is the process's max RSS.
 """
 
 from __future__ import annotations
@@ -43,14 +45,15 @@ import orjson
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
-from sqlglot import exp
 
+from cohortsync.audiences.compute import AUDIENCE, compute_members
 from cohortsync.config.loader import load_project
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.demo.shop import generate_shop
 from cohortsync.segments.compile import DuckDBCompiler
 from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
 from cohortsync.segments.parser import parse_segments
+from cohortsync.store.duckdb_store import DuckDBStore
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # fixed, so stores are reproducible and cacheable
 AT_US = int(NOW.timestamp()) * 1_000_000
@@ -162,6 +165,12 @@ LAPSED = f"""
        AND count(*) FILTER (event_key <> 'order_completed'
                             AND timestamp > {AT} - INTERVAL 14 DAY) > 0
 """
+# Buyers of the last 7 days: excluded from the cart and browse abandon audiences.
+RECENT_BUYERS = f"""
+    SELECT canonical_profile_id FROM profile_events
+    WHERE event_key = 'order_completed'
+      AND timestamp > {AT} - INTERVAL 7 DAY AND timestamp <= {AT}
+"""
 # Per-profile order aggregates (computed traits ltv, aov, usually_discounted) as of AT.
 ORDERS = f"""
     SELECT canonical_profile_id AS pid,
@@ -187,16 +196,20 @@ HAND_SQL: dict[str, str] = {
             SELECT 1 FROM profile_events o
             WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = c.pid
               AND o.timestamp > c.last_add AND o.timestamp <= {AT})
+          AND c.pid NOT IN ({RECENT_BUYERS})
     """,
     "cio_browse_abandon_24h": f"""
         SELECT canonical_profile_id FROM profile_events
         WHERE event_key IN ('product_viewed', 'added_to_cart', 'order_completed')
-          AND timestamp >= {AT} - INTERVAL 24 HOUR AND timestamp <= {AT}
+          AND timestamp >= {AT} - INTERVAL 7 DAY AND timestamp <= {AT}
         GROUP BY 1
         HAVING count(*) FILTER (event_key = 'product_viewed'
+                                AND timestamp >= {AT} - INTERVAL 24 HOUR
                                 AND timestamp <= {AT} - INTERVAL 1 HOUR) > 0
-           AND count(*) FILTER (event_key <> 'product_viewed'
+           AND count(*) FILTER (event_key = 'added_to_cart'
                                 AND timestamp > {AT} - INTERVAL 24 HOUR) = 0
+           AND count(*) FILTER (event_key = 'order_completed'
+                                AND timestamp > {AT} - INTERVAL 7 DAY) = 0
         INTERSECT {LIVE}
     """,
     "cio_lapsed_75d": f"({LAPSED} INTERSECT {LIVE}) EXCEPT ({ACTIVE_SUBSCRIBER})",
@@ -327,11 +340,12 @@ class PandasAudiences:
             orders = df[self._ev("order_completed")]
             last_order = orders.groupby("pid", observed=True)["ts"].max().reindex(cand.index)
             keep = cand.index[~(last_order > cand)]
-            return np.intersect1d(np.asarray(keep), self.live)
+            recent = self._ids(self._ev("order_completed", at - 7 * D + 1))
+            return np.setdiff1d(np.intersect1d(np.asarray(keep), self.live), recent)
         if name == "cio_browse_abandon_24h":
             viewed = self._ids(self._ev("product_viewed", at - 24 * H, at - H))
             carted = self._ids(self._ev("added_to_cart", at - 24 * H + 1))
-            ordered = self._ids(self._ev("order_completed", at - 24 * H + 1))
+            ordered = self._ids(self._ev("order_completed", at - 7 * D + 1))  # 24h, and 7d excluded
             return np.setdiff1d(viewed, np.union1d(carted, ordered))
         if name == "cio_lapsed_75d":
             return np.setdiff1d(self.lapsed(), self.active_subscriber())
@@ -392,7 +406,8 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     directory = ensure_store(events, base_events)
     loaded = load_project(directory)
     project = parse_segments(loaded)
-    con = duckdb.connect(str(_store_file(directory)), read_only=True)
+    # Read-write, so that the DuckDBStore below shares this process's database instance.
+    con = duckdb.connect(str(_store_file(directory)))
     n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     n_profiles = con.execute("SELECT count(*) FROM profiles WHERE merged_into IS NULL").fetchone()[
         0
@@ -410,14 +425,8 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     pandas_side = PandasAudiences(df, live, AT_US)
 
     def compile_only(name: str) -> str:
-        audience = project.audiences[name]
         compiler = DuckDBCompiler()
-        query: exp.Query = compiler.compile_segment(audience.segment, project, AT_US)
-        for excluded in audience.exclude:
-            query = exp.except_(
-                query, compiler.compile_segment(excluded, project, AT_US), distinct=True
-            )
-        return compiler.render(query)
+        return compiler.render(compiler.compile_audience(name, project, AT_US))
 
     def ours(name: str) -> list[tuple[Any, ...]]:
         return con.execute(compile_only(name)).fetchall()
@@ -428,6 +437,7 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     for col in columns:
         table.add_column(col, justify="left" if col == "audience" else "right")
     totals = [0.0, 0.0, 0.0]
+    members: dict[str, set[str]] = {}
     for name in project.audiences:
         t_ours, r_ours = best_of(repeat, lambda n=name: ours(n))
         t_compile, _ = best_of(repeat, lambda n=name: compile_only(n))
@@ -435,6 +445,7 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
         t_pd, r_pd = best_of(repeat, lambda n=name: pandas_side.run(n))
         a, b, c = {r[0] for r in r_ours}, {r[0] for r in r_hand}, set(names[r_pd])
         assert a == b == c, (name, len(a), len(b), len(c))
+        members[name] = a
         totals = [totals[0] + t_ours, totals[1] + t_hand, totals[2] + t_pd]
         table.add_row(
             name, f"{len(a):,}", f"{t_ours:.1f}", f"{t_compile:.1f}", f"{t_hand:.1f}",
@@ -447,6 +458,17 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     )  # fmt: skip
     console.print(table)
     console.print(f"  pandas DataFrame load (not timed above): {load_s:.1f} s, {len(df):,} rows")
+    store = DuckDBStore(_store_file(directory))
+    t_run, computed = best_of(repeat, lambda: compute_members(store, project, AT_US))
+    store.close()
+    for name, expected in members.items():
+        assert computed.ids(AUDIENCE, name) == expected, name
+    console.print(
+        f"  one compute run (compute_members: {len(project.segments)} segments and "
+        f"{len(project.audiences)} audiences, as `cohortsync compute` does): [b]{t_run:.0f} ms[/b]"
+        f" against {totals[1]:.0f} ms for the {len(members)} hand-written queries "
+        f"({t_run / totals[1]:.2f}x) and {totals[2]:.0f} ms in pandas"
+    )
     console.print(evaluator_cost(con, project))
     con.close()
 

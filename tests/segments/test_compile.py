@@ -414,7 +414,7 @@ GOLDEN_SEGMENTS = {
 def test_golden_sql(name: str) -> None:
     compiler = DuckDBCompiler()
     proj = project(GOLDEN_SEGMENTS, (LTV,))
-    sql = compiler.render(compiler.compile_segment(name, proj, AT_US)) + "\n"
+    sql = compiler.render(compiler.compile_segment(name, proj, AT_US), pretty=True) + "\n"
     path = GOLDEN / f"{name}.sql"
     if not path.exists() or os.environ.get("COHORTSYNC_UPDATE_GOLDEN"):
         GOLDEN.mkdir(exist_ok=True)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+from sqlglot import exp
 
 from cohortsync.audiences.holdout import holdout_flags
 from cohortsync.errors import InputError
@@ -84,16 +86,51 @@ def audience_members(audience: Audience, segments: dict[str, list[str]]) -> list
 def compute_members(
     store: Store, project: SegmentProject, at_us: int, compiler: Compiler | None = None
 ) -> Computed:
-    """Members of every segment and audience as of `at_us`, computed on the store; no writes."""
+    """Members of every segment and audience as of `at_us`, computed on the store; no writes.
+
+    Every segment is computed by one query (one scan of the events, each trait once) into a
+    temporary table of per-profile flags, then each segment's members are read from it.
+    """
     compiler = compiler or DuckDBCompiler()
-    segments: dict[str, list[str]] = {}
-    for name in project.segments:
-        sql = compiler.render(compiler.compile_segment(name, project, at_us))
-        segments[name] = sorted(set(store.profile_ids(sql)))
+    segments = _segment_members(store, project, at_us, compiler) if project.segments else {}
     audiences = {
         name: audience_members(audience, segments) for name, audience in project.audiences.items()
     }
     return Computed(at_us, segments, audiences)
+
+
+def _segment_members(
+    store: Store, project: SegmentProject, at_us: int, compiler: Compiler
+) -> dict[str, list[str]]:
+    """Sorted members of every segment, through one temporary table of per-profile flags."""
+    plan = compiler.compile_members(project, list(project.segments), at_us)
+    table = exp.to_table(f"cohortsync_members_{uuid.uuid4().hex}")
+    create = exp.Create(
+        this=table,
+        kind="TABLE",
+        expression=plan.query,
+        properties=exp.Properties(expressions=[exp.TemporaryProperty()]),
+    )
+    drop = exp.Drop(tables=[table.copy()], kind="TABLE", exists=True)
+    nothing = exp.select(exp.cast(exp.null(), exp.DataType.build("VARCHAR")).as_("profile_id"))
+    segments: dict[str, list[str]] = {}
+    try:
+        for i, (name, column) in enumerate(plan.columns.items()):
+            flagged = (
+                exp.select(exp.column("profile_id", quoted=True))
+                .from_(table.copy())
+                .where(exp.column(column, quoted=True))
+            )
+            sql = compiler.render(flagged)
+            if i == 0:  # the table is filled by the same call that reads its first segment
+                sql = f"{compiler.render(create)};\n{sql}"
+            # One row per live profile: ids are unique, so sorting is all that is left.
+            segments[name] = sorted(store.profile_ids(sql))
+    finally:
+        store.profile_ids(
+            f"{compiler.render(drop)};\n{compiler.render(nothing.where(exp.false()))}"
+        )
+    return segments
 
 
 def _table(computed: Computed) -> pa.Table:

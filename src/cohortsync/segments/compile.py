@@ -1,13 +1,19 @@
-"""Compile segments and computed traits into SQL (sqlglot expressions) over the event store.
+"""Compile segments, audiences and computed traits into SQL (sqlglot expressions) over the store.
 
-Every user value is bound as a sqlglot literal; no SQL is assembled from strings. Each query
-returns only live profiles (`profiles.merged_into IS NULL`). A JSON null property is treated
-as missing, like an absent key. Set operations keep the boolean algebra exact: `Not` is
-"live profiles EXCEPT the condition", so SQL NULLs never leak into membership.
+A query reads the event log once: every event condition and computed trait it needs becomes a
+`FILTER` aggregate of one shared scan (`scan.EventScan`), and each condition is a boolean
+expression over those per-profile columns, evaluated on every live profile
+(`profiles.merged_into IS NULL`). Every leaf expression is TRUE or FALSE, never NULL, so
+`not`/`all`/`any` are plain NOT/AND/OR and keep the boolean algebra exact. A segment used by
+several others is read once: references share the scan's columns.
+
+Every user value is bound as a sqlglot literal; no SQL is assembled from strings. A JSON null
+property is treated as missing, like an absent key.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,6 +39,7 @@ from cohortsync.segments.ast import (
     Window,
     Within,
 )
+from cohortsync.segments.scan import EventScan, Span, sql_type, table_ref
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
 COUNT_OPS = {
@@ -59,17 +66,47 @@ def _lit(value: Any) -> exp.Expr:
 
 def _and(*conds: exp.Expr) -> exp.Expr:
     """Conjunction of conditions (TRUE when empty)."""
-    return exp.and_(*conds) if conds else exp.true()
+    return exp.and_(*conds, copy=False) if conds else exp.true()
 
 
 def _or(*conds: exp.Expr) -> exp.Expr:
     """Disjunction of conditions (FALSE when empty)."""
-    return exp.or_(*conds) if conds else exp.false()
+    return exp.or_(*conds, copy=False) if conds else exp.false()
 
 
-def _count_holds_at_zero(op: str, n: int) -> bool:
-    """Whether `0 OP n` is true, i.e. profiles without events satisfy the count."""
-    return {"eq": n == 0, "ne": n != 0, "gt": n < 0, "gte": n <= 0, "lt": n > 0, "lte": n >= 0}[op]
+def _count_holds(op: str, n: int, count: int) -> bool:
+    """Whether `n OP count` is true."""
+    return {
+        "eq": n == count, "ne": n != count, "gt": n > count,
+        "gte": n >= count, "lt": n < count, "lte": n <= count,
+    }[op]  # fmt: skip
+
+
+def _same_for_any(op: str, count: int) -> bool:
+    """Whether `n OP count` is the same for every n >= 1 (so only "any event?" matters)."""
+    first = _count_holds(op, 1, count)
+    return all(_count_holds(op, n, count) == first for n in range(2, max(count, 1) + 2))
+
+
+def window_span(window: Window, at_us: int) -> Span:
+    """The inclusive timestamp bounds (µs) of a window as of `at_us` (Since: up to `at_us`)."""
+    if isinstance(window, Ever | Since):
+        return Span(None, at_us)
+    if isinstance(window, Within):
+        return Span(at_us - window.duration.micros + 1, at_us)
+    if isinstance(window, Between):
+        return Span(at_us - window.older.micros, min(at_us, at_us - window.newer.micros))
+    if isinstance(window, Before):
+        return Span(None, min(at_us, at_us - window.duration.micros - 1))
+    raise InputError(f"unknown window {window!r}")
+
+
+@dataclass(frozen=True)
+class MembersQuery:
+    """One query of every live profile with a boolean column per segment (`columns[name]`)."""
+
+    query: exp.Select
+    columns: dict[str, str]
 
 
 class Compiler:
@@ -102,9 +139,13 @@ class Compiler:
         """A SQL value converted to JSON."""
         return exp.Anonymous(this="to_json", expressions=[value])
 
-    def render(self, expr: exp.Expr) -> str:
-        """The query as SQL text in this compiler's dialect."""
-        return expr.sql(dialect=self.dialect, pretty=True)
+    def render(self, expr: exp.Expr, pretty: bool = False) -> str:
+        """The query as SQL text in this compiler's dialect (`pretty`: indented, for reading).
+
+        Compiled queries share sub-expressions (a segment referenced twice is one node), which
+        generating SQL reads but never changes, so the tree is not copied first.
+        """
+        return expr.sql(dialect=self.dialect, pretty=pretty, copy=False)
 
     # -- helpers ---------------------------------------------------------------------------
     def _name(self, prefix: str) -> str:
@@ -115,15 +156,7 @@ class Compiler:
         """A TIMESTAMPTZ literal for an instant in microseconds."""
         stamp = EPOCH + timedelta(microseconds=micros)
         text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
-        return exp.cast(exp.Literal.string(text), exp.DataType.build("TIMESTAMPTZ"))
-
-    def _live(self) -> exp.Select:
-        """Every live profile."""
-        return (
-            exp.select(_col("profile_id"))
-            .from_(exp.to_table("profiles"))
-            .where(exp.Is(this=_col("merged_into"), expression=exp.null()))
-        )
+        return exp.cast(exp.Literal.string(text), sql_type("TIMESTAMPTZ"), copy=False)
 
     def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expr]:
         """Timestamp predicates for a window (Since adds its anchor join elsewhere)."""
@@ -146,17 +179,19 @@ class Compiler:
         """Per profile, the latest `event` at or before `at` (for Since windows)."""
         return (
             exp.select(
-                exp.alias_(_col("canonical_profile_id"), "profile_id"),
-                exp.alias_(exp.Max(this=_col(TS)), "anchor_ts"),
+                exp.alias_(_col("canonical_profile_id"), "profile_id", copy=False),
+                exp.alias_(exp.Max(this=_col(TS)), "anchor_ts", copy=False),
+                copy=False,
             )
-            .from_(exp.to_table("profile_events"))
+            .from_(table_ref("profile_events"), copy=False)
             .where(
                 _and(
                     exp.EQ(this=_col("event_key"), expression=exp.Literal.string(event)),
                     exp.LTE(this=_col(TS), expression=self._at(at_us)),
-                )
+                ),
+                copy=False,
             )
-            .group_by(_col("canonical_profile_id"))
+            .group_by(_col("canonical_profile_id"), copy=False)
         )
 
     def _events(
@@ -170,19 +205,20 @@ class Compiler:
         doc = _col("properties", "e")
         preds += [self._compare(doc, c.field.split("."), c.op, c.value) for c in where]
         query = exp.select(
-            exp.alias_(_col("canonical_profile_id", "e"), "profile_id"),
+            exp.alias_(_col("canonical_profile_id", "e"), "profile_id", copy=False),
             _col(TS, "e"),
             _col("message_id", "e"),
             _col("properties", "e"),
-        ).from_(exp.alias_(exp.to_table("profile_events"), "e", table=True))
+            copy=False,
+        ).from_(exp.alias_(table_ref("profile_events"), "e", table=True, copy=False), copy=False)
         if isinstance(window, Since):
-            anchor = self._anchor(window.event, at_us).subquery("a")
+            anchor = self._anchor(window.event, at_us).subquery("a", copy=False)
             on = _and(
                 exp.EQ(this=_col("profile_id", "a"), expression=_col("canonical_profile_id", "e")),
                 exp.GT(this=_col(TS, "e"), expression=_col("anchor_ts", "a")),
             )
-            query = query.join(anchor, on=on)
-        return query.where(_and(*preds))
+            query = query.join(anchor, on=on, copy=False)
+        return query.where(_and(*preds), copy=False)
 
     # -- comparisons ----------------------------------------------------------------------
     def _present(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
@@ -205,24 +241,74 @@ class Compiler:
                 this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES]
             )
             # TRY_CAST: the engine may evaluate the cast before (or without) the type check.
-            return is_number, exp.TryCast(this=text, to=exp.DataType.build("DOUBLE"))
+            return is_number, exp.TryCast(this=text, to=sql_type("DOUBLE"))
         if isinstance(value, str):
             return exp.EQ(this=kind, expression=exp.Literal.string("VARCHAR")), text
         return None
+
+    def _compare_in(self, doc: exp.Expr, path: exp.Expr, values: list[Any]) -> exp.Expr:
+        """`prop IN values`: one `IN` list per literal type, each behind its type check."""
+        groups: dict[str, list[Any]] = {}
+        for v in values:
+            kind = "bool" if isinstance(v, bool) else "num" if isinstance(v, int | float) else (
+                "str" if isinstance(v, str) else None)  # fmt: skip
+            if kind is not None and v not in groups.setdefault(kind, []):
+                groups[kind].append(v)
+        preds: list[exp.Expr] = []
+        for kind, lits in groups.items():
+            typed = self._typed(doc, path, lits[0])
+            assert typed is not None
+            check, lhs = typed
+            if kind == "bool":
+                lhs = self.json_text(doc, path)
+            texts = [str(v).lower() if kind == "bool" else v for v in lits]
+            test = (
+                exp.EQ(this=lhs, expression=_lit(texts[0]))
+                if len(texts) == 1
+                else exp.In(this=lhs, expressions=[_lit(v) for v in texts])
+            )
+            preds.append(exp.paren(_and(check, test), copy=False))
+        return _or(*preds)
+
+    def _compare_number(self, value: exp.Expr, parts: list[str], op: str, lit: Any) -> exp.Expr:
+        """`trait OP lit` for a SQL number (NULL: missing), with `_compare`'s rules; never NULL."""
+        present: exp.Expr = exp.not_(exp.Is(this=value, expression=exp.null()), copy=False)
+        if parts:
+            present = exp.false()  # a number has no keys to look into
+        if op == "exists":
+            return present if lit else exp.not_(present, copy=False)
+        if op in ("in", "not_in"):
+            lits = lit if isinstance(lit, list | tuple) else [lit]
+            positive = _or(*(self._compare_number(value, parts, "eq", v) for v in lits))
+        elif op == "ne":
+            positive = self._compare_number(value, parts, "eq", lit)
+        else:
+            positive = exp.false()
+        if op in ("ne", "not_in"):
+            return _and(present, exp.not_(positive, copy=False))
+        if op == "in":
+            return positive
+        if op == "contains" or isinstance(lit, bool) or not isinstance(lit, int | float):
+            return exp.false()
+        if op not in COUNT_OPS:
+            raise InputError(f"unknown operator {op!r}")
+        return exp.paren(
+            _and(present, COUNT_OPS[op](this=value.copy(), expression=_lit(lit))), copy=False
+        )
 
     def _compare(self, doc: exp.Expr, parts: list[str], op: str, value: Any) -> exp.Expr:
         """SQL predicate for `prop OP value` on a JSON document; never NULL."""
         path = self.json_path(parts)
         present = self._present(doc, path)
         if op == "exists":
-            return present if value else exp.Not(this=exp.paren(present))
+            return present if value else exp.Not(this=exp.paren(present, copy=False))
         if op == "in":
             values = value if isinstance(value, list | tuple) else [value]
-            return _or(*(self._compare(doc, parts, "eq", v) for v in values))
+            return self._compare_in(doc, path, list(values))
         if op in ("ne", "not_in"):
             # The exact complements of eq / in over present values (see ast.py).
             positive = self._compare(doc, parts, "eq" if op == "ne" else "in", value)
-            return _and(present, exp.Not(this=exp.paren(positive)))
+            return _and(present, exp.Not(this=exp.paren(positive, copy=False)))
         typed = self._typed(doc, path, value)
         if typed is None:
             return exp.false()
@@ -234,145 +320,76 @@ class Compiler:
                 this=exp.StrPosition(this=lhs, substr=exp.Literal.string(value)),
                 expression=exp.Literal.number(0),
             )
-            return exp.paren(_and(check, found))
+            return exp.paren(_and(check, found), copy=False)
         if isinstance(value, bool):
             if op != "eq":
                 return exp.false()
-            return exp.paren(_and(check, lhs))
+            return exp.paren(_and(check, lhs), copy=False)
         if op not in COUNT_OPS:
             raise InputError(f"unknown operator {op!r}")
-        return exp.paren(_and(check, COUNT_OPS[op](this=lhs, expression=_lit(value))))
+        return exp.paren(_and(check, COUNT_OPS[op](this=lhs, expression=_lit(value))), copy=False)
 
-    # -- conditions -----------------------------------------------------------------------
+    # -- public entry points ----------------------------------------------------------------
+    def compile_condition(
+        self, condition: Condition, project: SegmentProject, at_us: int
+    ) -> exp.Select:
+        """Query of `profile_id` for every live profile satisfying `condition` as of `at_us`."""
+        query = _Query(self, project, at_us)
+        return query.select([_col("profile_id", "p")], query.condition(condition, ()))
+
     def compile_segment(self, name: str, project: SegmentProject, at_us: int) -> exp.Select:
         """Query of `profile_id` for every live profile in segment `name` as of `at_us`."""
         if name not in project.segments:
             raise InputError(f"unknown segment {name!r}")
-        body = self._condition(project.segments[name].condition, project, at_us, (name,))
-        live = self._live()
-        return live.where(exp.In(this=_col("profile_id"), query=body.subquery()), append=True)
+        return self.compile_condition(SegmentRef(name), project, at_us)
 
-    def _wrap(self, query: exp.Expr) -> exp.Select:
-        """`SELECT profile_id FROM (query)`: a plain select usable in set operations."""
-        return exp.select(_col("profile_id")).from_(exp.paren(query).as_(self._name("c")))
+    def compile_audience(self, name: str, project: SegmentProject, at_us: int) -> exp.Select:
+        """Query of `profile_id` of an audience's members: its segment minus every exclusion.
 
-    def _condition(
-        self, cond: Condition, project: SegmentProject, at_us: int, stack: tuple[str, ...]
-    ) -> exp.Query:
-        """A query of profile_id (possibly including non-live ids) satisfying `cond`."""
-        if isinstance(cond, EventCondition):
-            return self._event_condition(cond, at_us)
-        if isinstance(cond, TraitCondition):
-            return self._trait_condition(cond, project, at_us)
-        if isinstance(cond, HasIdentifier):
-            return (
-                exp.select(_col("profile_id"))
-                .from_(exp.to_table("identities"))
-                .where(exp.EQ(this=_col("kind"), expression=exp.Literal.string(cond.kind)))
-            )
-        if isinstance(cond, SegmentRef):
-            if cond.name in stack:
-                raise InputError(f"segment {cond.name!r} refers to itself")
-            if cond.name not in project.segments:
-                raise InputError(f"unknown segment {cond.name!r}")
-            inner = project.segments[cond.name].condition
-            return self._condition(inner, project, at_us, (*stack, cond.name))
-        if isinstance(cond, All | AnyOf):
-            parts = [self._wrap(self._condition(c, project, at_us, stack)) for c in cond.conditions]
-            if not parts:
-                return self._live() if isinstance(cond, All) else self._live().where(exp.false())
-            result: exp.Query = parts[0]
-            for part in parts[1:]:
-                if isinstance(cond, All):
-                    result = exp.intersect(result, part, distinct=True)
-                else:
-                    result = exp.union(result, part, distinct=True)
-            return result
-        if isinstance(cond, Not):
-            inner_q = self._wrap(self._condition(cond.condition, project, at_us, stack))
-            return exp.except_(self._live(), inner_q, distinct=True)
-        raise InputError(f"unknown condition {cond!r}")
+        Holdout members are included (the holdout flag is applied outside SQL).
+        """
+        if name not in project.audiences:
+            raise InputError(f"unknown audience {name!r}")
+        audience = project.audiences[name]
+        excluded = tuple(Not(SegmentRef(x)) for x in audience.exclude)
+        condition = All((SegmentRef(audience.segment), *excluded))
+        return self.compile_condition(condition, project, at_us)
 
-    def _event_condition(self, cond: EventCondition, at_us: int) -> exp.Select:
-        """Profiles whose matching-event count satisfies `count_op count`."""
-        if cond.count_op not in COUNT_OPS:
-            raise InputError(f"unknown count operator {cond.count_op!r}")
-        events = self._events(cond.event, cond.where, cond.window, at_us)
-        op = COUNT_OPS[cond.count_op]
-        if not _count_holds_at_zero(cond.count_op, cond.count):
-            pid = exp.alias_(_col("canonical_profile_id", "e"), "profile_id")
-            return (
-                events.select(pid, append=False)
-                .group_by(_col("canonical_profile_id", "e"))
-                .having(op(this=exp.Count(this=exp.Star()), expression=_lit(cond.count)))
-            )
-        counts = (
-            events.select(
-                exp.alias_(_col("canonical_profile_id", "e"), "profile_id"),
-                exp.alias_(exp.Count(this=exp.Star()), "n"),
-                append=False,
-            )
-            .group_by(_col("canonical_profile_id", "e"))
-            .subquery("m")
-        )
-        query = (
-            exp.select(_col("profile_id", "p"))
-            .from_(exp.alias_(exp.to_table("profiles"), "p", table=True))
-            .join(
-                counts,
-                on=exp.EQ(this=_col("profile_id", "m"), expression=_col("profile_id", "p")),
-                join_type="left",
-            )
-        )
-        if isinstance(cond.window, Since):
-            anchor = self._anchor(cond.window.event, at_us).subquery("a")
-            query = query.join(
-                anchor, on=exp.EQ(this=_col("profile_id", "a"), expression=_col("profile_id", "p"))
-            )
-        n = exp.Coalesce(this=_col("n", "m"), expressions=[exp.Literal.number(0)])
-        return query.where(
-            _and(
-                exp.Is(this=_col("merged_into", "p"), expression=exp.null()),
-                op(this=n, expression=_lit(cond.count)),
-            )
-        )
+    def compile_members(
+        self, project: SegmentProject, names: list[str], at_us: int
+    ) -> MembersQuery:
+        """One query of every live profile with one boolean column per segment in `names`.
 
-    def _trait_condition(
-        self, cond: TraitCondition, project: SegmentProject, at_us: int
-    ) -> exp.Select:
-        """Profiles whose trait (computed first, else identify) satisfies the comparison."""
-        comp = cond.comparison
-        if comp.field in project.traits:
-            source: exp.Expr = self.compile_trait(project.traits[comp.field], at_us)
-            parts: list[str] = []
-        else:
-            name, *parts = comp.field.split(".")
-            source = (
-                exp.select(_col("profile_id"), _col("value"))
-                .from_(exp.to_table("profile_traits"))
-                .where(exp.EQ(this=_col("name"), expression=exp.Literal.string(name)))
-            )
-        pred = self._compare(_col("value", "t"), parts, comp.op, comp.value)
-        return (
-            exp.select(_col("profile_id", "p"))
-            .from_(exp.alias_(exp.to_table("profiles"), "p", table=True))
-            .join(
-                exp.paren(source).as_("t"),
-                on=exp.EQ(this=_col("profile_id", "t"), expression=_col("profile_id", "p")),
-                join_type="left",
-            )
-            .where(_and(exp.Is(this=_col("merged_into", "p"), expression=exp.null()), pred))
-        )
+        All segments share one scan of the events and compute each trait once.
+        """
+        query = _Query(self, project, at_us)
+        columns: list[exp.Expr] = [_col("profile_id", "p")]
+        names_to_columns: dict[str, str] = {}
+        for i, name in enumerate(names):
+            if name not in project.segments:
+                raise InputError(f"unknown segment {name!r}")
+            column = f"s{i}"
+            columns.append(exp.alias_(query.condition(SegmentRef(name), ()), column, copy=False))
+            names_to_columns[name] = column
+        return MembersQuery(query.select(columns, None), names_to_columns)
 
-    # -- computed traits ------------------------------------------------------------------
     def compile_trait(self, trait: ComputedTrait, at_us: int) -> exp.Select:
         """Query of `(profile_id, value)` (value as JSON, NULL when none) for every live profile."""
+        query = _Query(self, None, at_us)
+        value, kind = query.trait_value(trait)
+        out = value if kind == _JSON else self.to_json(value)
+        json_value = exp.alias_(exp.cast(out, sql_type("JSON"), copy=False), "value", copy=False)
+        return query.select([_col("profile_id", "p"), json_value], None)
+
+    # -- computed traits read on their own (first, last, most_frequent, since windows) ----------
+    def _trait_rows(self, trait: ComputedTrait, at_us: int) -> exp.Select:
+        """Query of `(profile_id, v)` for profiles with a value: v the raw aggregate."""
         events = self._events(trait.event, trait.where, trait.window, at_us)
         agg = trait.aggregation
         doc = _col("properties", "e")
         path = self.json_path(trait.prop.split(".")) if trait.prop else None
         if path is not None:
-            events = events.where(self._present(doc, path), append=True)
+            events = events.where(self._present(doc, path), append=True, copy=False)
         elif agg != "count":
             raise InputError(f"trait {trait.name!r}: {agg} needs a property")
         pid = _col("canonical_profile_id", "e")
@@ -389,15 +406,16 @@ class Compiler:
                     this=self.json_type(doc, path),
                     expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES],
                 )
-                events = events.where(numeric, append=True)
-                number = exp.TryCast(
-                    this=self.json_text(doc, path), to=exp.DataType.build("DOUBLE")
-                )
+                events = events.where(numeric, append=True, copy=False)
+                number = exp.TryCast(this=self.json_text(doc, path), to=sql_type("DOUBLE"))
                 func = {"sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}[agg]
                 value = func(this=number)
             agg_q = events.select(
-                exp.alias_(pid, "profile_id"), exp.alias_(value, "v"), append=False
-            ).group_by(pid.copy())
+                exp.alias_(pid, "profile_id", copy=False),
+                exp.alias_(value, "v", copy=False),
+                append=False,
+                copy=False,
+            ).group_by(pid.copy(), copy=False)
         elif agg in ("first", "last"):
             assert path is not None
             desc = agg == "last"
@@ -409,15 +427,16 @@ class Compiler:
             )
             rank = exp.Window(this=exp.RowNumber(), partition_by=[pid.copy()], order=order)
             ranked = events.select(
-                exp.alias_(pid, "profile_id"),
-                exp.alias_(self.json_value(doc, path), "v"),
-                exp.alias_(rank, "rk"),
+                exp.alias_(pid, "profile_id", copy=False),
+                exp.alias_(self.json_value(doc, path), "v", copy=False),
+                exp.alias_(rank, "rk", copy=False),
                 append=False,
-            ).subquery("r")
+                copy=False,
+            ).subquery("r", copy=False)
             agg_q = (
-                exp.select(_col("profile_id"), _col("v"))
-                .from_(ranked)
-                .where(exp.EQ(this=_col("rk"), expression=exp.Literal.number(1)))
+                exp.select(_col("profile_id"), _col("v"), copy=False)
+                .from_(ranked, copy=False)
+                .where(exp.EQ(this=_col("rk"), expression=exp.Literal.number(1)), copy=False)
             )
         elif agg == "most_frequent":
             assert path is not None
@@ -444,9 +463,7 @@ class Compiler:
                 ifs=[
                     exp.If(
                         this=numeric.copy(),
-                        true=exp.TryCast(
-                            this=self.json_text(doc, path), to=exp.DataType.build("DOUBLE")
-                        ),
+                        true=exp.TryCast(this=self.json_text(doc, path), to=sql_type("DOUBLE")),
                     )
                 ],
                 default=exp.Literal.number(0),
@@ -455,17 +472,18 @@ class Compiler:
                 ifs=[exp.If(this=numeric.copy(), true=exp.Literal.string(""))],
                 default=self.json_text(doc, path),
             )
-            raw = exp.cast(value_j.copy(), exp.DataType.build("VARCHAR"))
+            raw = exp.cast(value_j.copy(), sql_type("VARCHAR"), copy=False)
             grouped = events.select(
-                exp.alias_(pid, "profile_id"),
-                exp.alias_(exp.Min(this=value_j), "v"),
-                exp.alias_(exp.Min(this=type_rank), "vr"),
-                exp.alias_(exp.Min(this=as_number), "vn"),
-                exp.alias_(exp.Min(this=text), "vt"),
-                exp.alias_(raw, "vj"),
-                exp.alias_(exp.Count(this=exp.Star()), "n"),
+                exp.alias_(pid, "profile_id", copy=False),
+                exp.alias_(exp.Min(this=value_j), "v", copy=False),
+                exp.alias_(exp.Min(this=type_rank), "vr", copy=False),
+                exp.alias_(exp.Min(this=as_number), "vn", copy=False),
+                exp.alias_(exp.Min(this=text), "vt", copy=False),
+                exp.alias_(raw, "vj", copy=False),
+                exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
                 append=False,
-            ).group_by(pid.copy(), raw.copy())
+                copy=False,
+            ).group_by(pid.copy(), raw.copy(), copy=False)
             order = exp.Order(
                 expressions=[
                     exp.Ordered(this=_col("n"), desc=True),
@@ -476,32 +494,225 @@ class Compiler:
                 ]
             )
             rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("profile_id")], order=order)
-            by_count = exp.select(_col("profile_id"), _col("v"), exp.alias_(rank, "rk")).from_(
-                grouped.subquery("g")
-            )
+            by_count = exp.select(
+                _col("profile_id"), _col("v"), exp.alias_(rank, "rk", copy=False), copy=False
+            ).from_(grouped.subquery("g", copy=False), copy=False)
             agg_q = (
-                exp.select(_col("profile_id"), _col("v"))
-                .from_(by_count.subquery("r"))
-                .where(exp.EQ(this=_col("rk"), expression=exp.Literal.number(1)))
+                exp.select(_col("profile_id"), _col("v"), copy=False)
+                .from_(by_count.subquery("r", copy=False), copy=False)
+                .where(exp.EQ(this=_col("rk"), expression=exp.Literal.number(1)), copy=False)
             )
         else:
             raise InputError(f"unknown aggregation {agg!r}")
-        out: exp.Expr = _col("v", "x")
-        if agg in ("count", "distinct_count"):
-            out = exp.Coalesce(this=out, expressions=[exp.Literal.number(0)])
-        if agg not in ("first", "last", "most_frequent"):
-            out = self.to_json(out)
-        out = exp.cast(out, exp.DataType.build("JSON"))
-        return (
-            exp.select(_col("profile_id", "p"), exp.alias_(out, "value"))
-            .from_(exp.alias_(exp.to_table("profiles"), "p", table=True))
-            .join(
-                agg_q.subquery("x"),
-                on=exp.EQ(this=_col("profile_id", "x"), expression=_col("profile_id", "p")),
-                join_type="left",
-            )
-            .where(exp.Is(this=_col("merged_into", "p"), expression=exp.null()))
+        return agg_q
+
+
+_JSON = "json"
+_NUMBER = "number"
+
+
+class _Query:
+    """The state of one query being compiled: its shared scan, its joins, what it has built."""
+
+    def __init__(self, compiler: Compiler, project: SegmentProject | None, at_us: int) -> None:
+        self.c = compiler
+        self.project = project
+        self.at = at_us
+        self.scan = EventScan(compiler._at)
+        self._joins: list[tuple[exp.Expr, str]] = []
+        self._traits: dict[str, tuple[exp.Expr, str]] = {}
+        self._identify: dict[str, exp.Expr] = {}
+        self._segments: dict[str, exp.Expr] = {}
+
+    def _join(self, query: exp.Select, prefix: str) -> str:
+        """Left-join `query` (one row per profile_id) to the profiles; its alias."""
+        alias = f"{prefix}{len(self._joins)}"
+        self._joins.append((query.subquery(alias, copy=False), alias))
+        return alias
+
+    def select(self, columns: list[exp.Expr], where: exp.Expr | None) -> exp.Select:
+        """`SELECT columns FROM profiles p [LEFT JOIN ...] WHERE live [AND where]`."""
+        query = exp.select(*columns, copy=False).from_(
+            exp.alias_(table_ref("profiles"), "p", table=True, copy=False), copy=False
         )
+        pid = _col("profile_id", "p")
+        if self.scan:
+            on = exp.EQ(this=_col("pid", "f"), expression=pid.copy())
+            query = query.join(self.scan.build(), on=on, join_type="left", copy=False)
+        for sub, alias in self._joins:
+            on = exp.EQ(this=_col("profile_id", alias), expression=pid.copy())
+            query = query.join(sub, on=on, join_type="left", copy=False)
+        live = exp.Is(this=_col("merged_into", "p"), expression=exp.null())
+        return query.where(live if where is None else _and(live, where), copy=False)
+
+    # -- conditions -------------------------------------------------------------------------
+    def condition(self, cond: Condition, stack: tuple[str, ...]) -> exp.Expr:
+        """A boolean expression (never NULL) over the query's columns for `cond`."""
+        if isinstance(cond, EventCondition):
+            return self._event(cond)
+        if isinstance(cond, TraitCondition):
+            return self._trait_condition(cond)
+        if isinstance(cond, HasIdentifier):
+            holders = (
+                exp.select(_col("profile_id"), copy=False)
+                .from_(table_ref("identities"), copy=False)
+                .where(
+                    exp.EQ(this=_col("kind"), expression=exp.Literal.string(cond.kind)), copy=False
+                )
+            )
+            return exp.In(this=_col("profile_id", "p"), query=holders.subquery(copy=False))
+        if isinstance(cond, SegmentRef):
+            return self._segment(cond.name, stack)
+        if isinstance(cond, All):
+            return exp.and_(*(self.condition(c, stack) for c in cond.conditions), copy=False) \
+                if cond.conditions else exp.true()  # fmt: skip
+        if isinstance(cond, AnyOf):
+            return exp.or_(*(self.condition(c, stack) for c in cond.conditions), copy=False) \
+                if cond.conditions else exp.false()  # fmt: skip
+        if isinstance(cond, Not):
+            return exp.not_(self.condition(cond.condition, stack), copy=False)
+        raise InputError(f"unknown condition {cond!r}")
+
+    def _segment(self, name: str, stack: tuple[str, ...]) -> exp.Expr:
+        """A referenced segment's expression (built once per query, then shared)."""
+        if name in stack:
+            raise InputError(f"segment {name!r} refers to itself")
+        assert self.project is not None
+        if name not in self.project.segments:
+            raise InputError(f"unknown segment {name!r}")
+        built = self._segments.get(name)
+        if built is None:
+            inner = self.condition(self.project.segments[name].condition, (*stack, name))
+            built = self._segments[name] = exp.paren(inner, copy=False)
+        return built
+
+    def _where(self, event: str, where: tuple[Comparison, ...]) -> str | None:
+        """The scan column of `where` on `event` rows (None when there is no filter)."""
+        if not where:
+            return None
+        doc = _col("properties")
+        pred = _and(*(self.c._compare(doc, w.field.split("."), w.op, w.value) for w in where))
+        return self.scan.project(event, ("where", repr(where)), pred, "BOOLEAN")
+
+    def _event(self, cond: EventCondition) -> exp.Expr:
+        """`count OP n` of matching events, from the shared scan."""
+        if cond.count_op not in COUNT_OPS:
+            raise InputError(f"unknown count operator {cond.count_op!r}")
+        op, count = cond.count_op, cond.count
+        where = self._where(cond.event, cond.where)
+        if not isinstance(cond.window, Since):
+            n = self.scan.aggregate("count", cond.event, window_span(cond.window, self.at), where)
+            zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
+            return COUNT_OPS[op](this=zero, expression=_lit(count))
+        upto = Span(None, self.at)
+        anchor = self.scan.aggregate("max_ts", cond.window.event, upto)
+        anchored = exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
+        at_zero, at_one = _count_holds(op, 0, count), _count_holds(op, 1, count)
+        if not _same_for_any(op, count):
+            counted = self._since_count(cond)
+            return _and(anchored, COUNT_OPS[op](this=counted, expression=_lit(count)))
+        if at_zero and at_one:
+            return anchored
+        if not at_zero and not at_one:
+            return exp.false()
+        latest = self.scan.aggregate("max_ts", cond.event, upto, where)
+        after = exp.Coalesce(
+            this=exp.GT(this=latest, expression=anchor.copy()), expressions=[exp.false()]
+        )
+        return after if at_one else _and(anchored, exp.not_(after, copy=False))
+
+    def _since_count(self, cond: EventCondition) -> exp.Expr:
+        """The number of matching events after the anchor (0 when none), read on its own."""
+        events = self.c._events(cond.event, cond.where, cond.window, self.at)
+        pid = _col("canonical_profile_id", "e")
+        counts = events.select(
+            exp.alias_(pid, "profile_id", copy=False),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            append=False,
+            copy=False,
+        ).group_by(pid.copy(), copy=False)
+        alias = self._join(counts, "s")
+        return exp.Coalesce(this=_col("n", alias), expressions=[exp.Literal.number(0)])
+
+    # -- traits -----------------------------------------------------------------------------
+    def _trait_condition(self, cond: TraitCondition) -> exp.Expr:
+        """A trait (computed first, else identify) compared with a literal; never NULL."""
+        comp = cond.comparison
+        traits = self.project.traits if self.project is not None else {}
+        head, _, rest = comp.field.partition(".")
+        if comp.field in traits or head in traits:
+            key, parts = (comp.field, []) if comp.field in traits else (head, rest.split("."))
+            value, kind = self.trait_value(traits[key])
+        else:
+            name, *parts = comp.field.split(".")
+            value, kind = self._identify_trait(name), _JSON
+        if kind == _JSON:
+            pred = self.c._compare(value, parts, comp.op, comp.value)
+        else:
+            pred = self.c._compare_number(value, parts, comp.op, comp.value)
+        return exp.Coalesce(this=pred, expressions=[exp.false()])
+
+    def _identify_trait(self, name: str) -> exp.Expr:
+        """The JSON value of an identify trait (NULL when the profile has none)."""
+        if name not in self._identify:
+            rows = (
+                exp.select(_col("profile_id"), _col("value"), copy=False)
+                .from_(table_ref("profile_traits"), copy=False)
+                .where(exp.EQ(this=_col("name"), expression=exp.Literal.string(name)), copy=False)
+            )
+            self._identify[name] = _col("value", self._join(rows, "t"))
+        return self._identify[name].copy()
+
+    def trait_value(self, trait: ComputedTrait) -> tuple[exp.Expr, str]:
+        """(SQL value, kind) of a computed trait: a number (NULL: none; counts: 0) or JSON."""
+        found = self._traits.get(trait.name)
+        if found is None:
+            found = self._traits[trait.name] = self._build_trait(trait)
+        return found[0].copy(), found[1]
+
+    def _build_trait(self, trait: ComputedTrait) -> tuple[exp.Expr, str]:
+        agg, prop, event = trait.aggregation, trait.prop, trait.event
+        if prop is None and agg != "count":
+            raise InputError(f"trait {trait.name!r}: {agg} needs a property")
+        value: exp.Expr
+        if agg in ("first", "last", "most_frequent") or isinstance(trait.window, Since):
+            value = _col("v", self._join(self.c._trait_rows(trait, self.at), "x"))
+        else:
+            span = window_span(trait.window, self.at)
+            where = self._where(event, trait.where)
+            if prop is None:
+                value = self.scan.aggregate("count", event, span, where)
+            elif agg in ("count", "distinct_count"):
+                column = self._json_column(event, prop)
+                distinct = agg == "distinct_count"
+                value = self.scan.aggregate("count", event, span, where, column, distinct)
+            else:
+                column = self._number_column(event, prop)
+                value = self.scan.aggregate(agg, event, span, where, column)
+        if agg in ("count", "distinct_count"):
+            return exp.Coalesce(this=value, expressions=[exp.Literal.number(0)]), _NUMBER
+        if agg in ("sum", "avg", "min", "max"):
+            return value, _NUMBER
+        return value, _JSON
+
+    def _json_column(self, event: str, prop: str) -> str:
+        """Scan column: the property's JSON value on `event` rows (NULL when missing or null)."""
+        doc, path = _col("properties"), self.c.json_path(prop.split("."))
+        present = self.c._present(doc, path)
+        found = self.c.json_value(doc.copy(), path.copy())
+        value = exp.Case(ifs=[exp.If(this=present, true=found)])
+        return self.scan.project(event, ("json", prop), value, "JSON")
+
+    def _number_column(self, event: str, prop: str) -> str:
+        """Scan column: the property as a DOUBLE on `event` rows when it is a JSON number."""
+        doc, path = _col("properties"), self.c.json_path(prop.split("."))
+        numeric = exp.In(
+            this=self.c.json_type(doc, path),
+            expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES],
+        )
+        number = exp.TryCast(this=self.c.json_text(doc.copy(), path.copy()), to=sql_type("DOUBLE"))
+        value = exp.Case(ifs=[exp.If(this=numeric, true=number)])
+        return self.scan.project(event, ("number", prop), value, "DOUBLE")
 
 
 class DuckDBCompiler(Compiler):
