@@ -333,6 +333,20 @@ def test_demo_builds_a_shop_into_a_new_project(runner: CliRunner, tmp_path: Path
     assert overlaps[("cio_recent_purch_7d_suppress", "cio_recent_purch_7d_suppress")] > 0
     assert overlaps[("cio_cart_abandon_6h", "cio_recent_purch_7d_suppress")] == 0
     assert overlaps[("cio_browse_abandon_24h", "cio_recent_purch_7d_suppress")] == 0
+    # ...and synced them: the warehouse holds every member, Meta got a dry run only.
+    assert "audiences → destinations" in result.stdout and "dry run" in result.stdout
+    status = json_out(invoke(runner, "status", "--project", str(target), "--json"))
+    lines = {(r["destination"], r["audience"]): r for r in status["routes"]}
+    suppress = lines[("warehouse", "cio_recent_purch_7d_suppress")]
+    assert suppress["desired"] == suppress["acknowledged"] > 0
+    assert lines[("meta_ads", "cio_recent_purch_7d_suppress")]["acknowledged"] == 0
+    requests = list((target / ".cohortsync" / "dry-run" / "meta_ads").glob("*.json"))
+    assert requests
+    sent = "".join(p.read_text() for p in requests)
+    with Engine.open(target) as engine:
+        emails = [m.email for m in engine.members("cio_recent_purch_7d_suppress") if m.email]
+    assert emails and not any(email in sent for email in emails)  # hashed as they would leave
+    assert any((target / "exports").rglob("snapshot.parquet"))
 
 
 def test_profile_table_shows_values_with_brackets_verbatim(
