@@ -304,11 +304,63 @@ class DuckDBOutbox(OutboxStore):
             ).fetchall()
             if resting[0][0]:
                 return None  # the destination is backing off: nothing new before it recovers
+            if kind == CHANGES:
+                return self._claim_changes(con, destination, max_records, now, audience)
             batches = self._form(con, destination, kind, max_records, audience, 1)
             if not batches:
                 return None
             audience_, op, ids = batches[0]
             return self._claim(con, destination, kind, audience_, op, ids, now)
+
+    def _claim_changes(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        destination: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None,
+    ) -> ClaimedBatch | None:
+        """One scan: the oldest claimable change picks audience and operation; take its kin."""
+        rows = con.execute(
+            f"""WITH claimable AS (
+                SELECT o.change_id, o.audience, o.op, o.profile_id, o.holdout, o.changed_at,
+                       o.identifiers
+                FROM outbox o
+                WHERE o.destination = ? AND o.batch_id IS NULL
+                  AND (?::VARCHAR IS NULL OR o.audience = ?)
+                  AND NOT EXISTS (SELECT 1 FROM outbox f
+                                  WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})),
+            head AS (SELECT audience, op FROM claimable ORDER BY change_id LIMIT 1)
+            SELECT c.* FROM claimable c SEMI JOIN head USING (audience, op)
+            ORDER BY c.change_id LIMIT ?""",
+            [destination, audience, audience, max_records],
+        ).fetchall()
+        if not rows:
+            return None
+        audience_, op = str(rows[0][1]), str(rows[0][2])
+        records = tuple(
+            OutboxRecord(
+                int(change_id),
+                str(profile_id),
+                str(op_),
+                bool(holdout),
+                at,
+                orjson.loads(identifiers) if identifiers else {},
+            )
+            for change_id, _, op_, profile_id, holdout, at, identifiers in rows
+        )
+        ids = [r.record_id for r in records]
+        batch_id = _batch_id(CHANGES, destination, ids)
+        with _Registered(con, _ids=pa.table({"record_id": pa.array(ids, pa.int64())})):
+            con.execute(
+                "UPDATE outbox SET batch_id = ? WHERE change_id IN (SELECT record_id FROM _ids)",
+                [batch_id],
+            )
+        con.execute(
+            "INSERT INTO sync_batches VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)",
+            [batch_id, destination, audience_, CHANGES, op, len(records), now, now],
+        )
+        return ClaimedBatch(batch_id, destination, audience_, CHANGES, op, 0, None, records)
 
     def peek(
         self, destination: str, kind: str, max_records: int, audience: str | None = None
