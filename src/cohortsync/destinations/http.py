@@ -78,20 +78,35 @@ def retry_after(response: httpx.Response, now: datetime | None = None) -> float 
     return max(0.0, (when - now).total_seconds())
 
 
-def send(client: httpx.Client, request: PreparedRequest, what: str) -> httpx.Response:
-    """Send and return a 2xx response, or raise the error class its outcome calls for."""
+def exchange(
+    client: httpx.Client, request: PreparedRequest, what: str, timeout: float | None = None
+) -> httpx.Response:
+    """Send once, redirects not followed; a timeout or connection failure is transient."""
     try:
-        response = client.request(
+        return client.request(
             request.method,
             request.url,
             params=dict(request.params) or None,
             headers=dict(request.headers),
             content=request.content or None,
+            timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            follow_redirects=False,
         )
     except httpx.TimeoutException as exc:
-        raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
+        within = f" within {timeout:g} s" if timeout is not None else ""
+        raise TransientError(
+            f"{what}: no answer{within} ({type(exc).__name__}); a slow receiver should answer "
+            "before it processes"
+        ) from None
     except httpx.TransportError as exc:
         raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from None
+
+
+def send(
+    client: httpx.Client, request: PreparedRequest, what: str, timeout: float | None = None
+) -> httpx.Response:
+    """Send and return a 2xx response, or raise the error class its outcome calls for."""
+    response = exchange(client, request, what, timeout)
     check(response, what)
     return response
 

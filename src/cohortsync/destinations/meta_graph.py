@@ -27,7 +27,7 @@ from cohortsync.destinations.base import (
     PermanentError,
     TransientError,
 )
-from cohortsync.destinations.http import PreparedRequest, check, retry_after, scrub
+from cohortsync.destinations.http import PreparedRequest, check, exchange, retry_after, scrub
 
 GRAPH_URL = "https://graph.facebook.com"
 GRAPH_VERSION = "v25.0"
@@ -97,18 +97,7 @@ def graph_send(
 ) -> Any:
     """Send a Graph request and return its parsed JSON body, or raise the error its outcome
     calls for (see `graph_error`)."""
-    try:
-        response = client.request(
-            request.method,
-            request.url,
-            params=dict(request.params) or None,
-            headers=dict(request.headers),
-            content=request.content or None,
-        )
-    except httpx.TimeoutException as exc:
-        raise TransientError(f"{what}: timed out ({type(exc).__name__})") from None
-    except httpx.TransportError as exc:
-        raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from None
+    response = exchange(client, request, what)
     if not 200 <= response.status_code < 300:
         raise graph_error(response, what, now)
     try:

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from cohortsync import __version__
@@ -38,10 +37,9 @@ from cohortsync.destinations.base import (
     DestinationConfig,
     DestinationContext,
     PermanentError,
-    TransientError,
     usable,
 )
-from cohortsync.destinations.http import PreparedRequest, check, json_body
+from cohortsync.destinations.http import PreparedRequest, check, exchange, json_body
 from cohortsync.destinations.signing import SecretError, secret_key, sign
 
 RESERVED_HEADERS = frozenset(
@@ -190,22 +188,7 @@ class WebhookDestination(Destination):
         return kept, rejected
 
     def _post(self, request: PreparedRequest, what: str) -> None:
-        try:
-            response = self.context.http.request(
-                request.method,
-                request.url,
-                headers=dict(request.headers),
-                content=request.content,
-                timeout=self.settings.timeout,
-                follow_redirects=False,
-            )
-        except httpx.TimeoutException:
-            raise TransientError(
-                f"{what}: no answer within {self.settings.timeout:g} s (raise timeout if the "
-                "receiver is slow, or make it answer before processing)"
-            ) from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: connection failed ({type(exc).__name__})") from None
+        response = exchange(self.context.http, request, what, self.settings.timeout)
         if response.status_code == 410:
             raise PermanentError(
                 f"{what}: HTTP 410 Gone: the endpoint asked to be disabled; remove this "
