@@ -5,7 +5,6 @@ events rejected per record while the rest of the batch is still sent."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,13 +34,6 @@ def meta(meta_fake: MetaFake) -> MetaFake:
     """The Graph fake with its clock at the test's `NOW` (the 7-day rule reads it)."""
     meta_fake.now = NOW
     return meta_fake
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    """A real HTTP client with a short timeout."""
-    with httpx.Client(timeout=2.0) as client:
-        yield client
 
 
 def destination(

@@ -5,7 +5,6 @@ on the wire, and Graph errors mapped to transient, auth and permanent failures."
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,6 @@ from tests.fakes.meta import MetaFake
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 AUDIENCE = "cio_cart_abandon_6h"
 EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[a-z]{2,}", re.IGNORECASE)
-
-
-@pytest.fixture
-def http() -> Iterator[httpx.Client]:
-    """A real HTTP client with a short timeout."""
-    with httpx.Client(timeout=2.0) as client:
-        yield client
 
 
 def destination(
