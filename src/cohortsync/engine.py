@@ -57,6 +57,7 @@ class Engine:
         self.project = loaded.project
         self.store: Store = store or DuckDBStore(loaded.store_path())
         self.store.migrate()
+        self._listeners: list[Callable[[Sequence[Message]], None]] = []
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:
@@ -80,8 +81,18 @@ class Engine:
     def commit(
         self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()
     ) -> IngestResult:
-        """Durably store validated messages and quarantine rejected ones, in one transaction."""
-        return store_messages(self.store, self.project.identity, messages, rejections)
+        """Durably store validated messages and quarantine rejected ones, in one transaction.
+
+        Once they are stored, every listener (the real-time loop) is handed the messages.
+        """
+        result = store_messages(self.store, self.project.identity, messages, rejections)
+        for listener in self._listeners:
+            listener(messages)
+        return result
+
+    def on_stored(self, listener: Callable[[Sequence[Message]], None]) -> None:
+        """Call `listener` with the messages of every commit, after they are durable."""
+        self._listeners.append(listener)
 
     def ingest_messages(
         self, raws: Iterable[Any], *, source: str = "api", origin: str = "api"

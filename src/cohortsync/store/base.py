@@ -5,11 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from cohortsync.store.outbox import OutboxStore, Route
+
+if TYPE_CHECKING:
+    from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
 
 
@@ -102,6 +105,11 @@ class Store(ABC):
         `time.perf_counter()` value). The changes each of `routes` needs are queued in the
         outbox in the same transaction, so no membership change is ever lost on its way out.
         """
+
+    @property
+    @abstractmethod
+    def realtime(self) -> RealtimeStore:
+        """Per-profile evaluation state: histories, scoped membership diffs, timers, cursor."""
 
     @property
     @abstractmethod

@@ -53,7 +53,7 @@ def next_ids(con: duckdb.DuckDBPyConnection, name: str, count: int) -> int:
     return start
 
 
-class _Registered:
+class Registered:
     """Register Arrow tables under names for the length of a `with` block."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, **tables: pa.Table) -> None:
@@ -80,9 +80,14 @@ def _routes_table(routes: Sequence[Route]) -> pa.Table:
 
 
 def plan_changes(
-    con: duckdb.DuckDBPyConnection, routes: Sequence[Route], now: datetime
+    con: duckdb.DuckDBPyConnection,
+    routes: Sequence[Route],
+    now: datetime,
+    profiles: Sequence[str] | None = None,
 ) -> PlanCounts:
     """Queue what brings each route to its desired state; call inside a transaction.
+
+    With `profiles`, only those profiles are planned (the real-time path, one profile at a time).
 
     Base state = the in-flight change for a key if any, else what the destination acknowledged.
     Waiting rows that no longer match what is needed are dropped (an enter then exit before
@@ -91,21 +96,29 @@ def plan_changes(
     """
     if not routes:
         return PlanCounts()
-    with _Registered(con, _routes=_routes_table(routes)):
+    only = pa.table({"profile_id": pa.array(list(profiles or ()), pa.string())})
+
+    def scoped(alias: str) -> str:
+        if profiles is None:
+            return ""
+        return f" AND {alias}.profile_id IN (SELECT profile_id FROM _profiles)"
+
+    with Registered(con, _routes=_routes_table(routes), _profiles=only):
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _desired AS
             SELECT r.destination, m.name AS audience, m.profile_id, m.holdout,
                    m.entered_at AS changed_at
             FROM memberships m JOIN _routes r ON r.audience = m.name
             WHERE m.kind = 'audience' AND m.exited_at IS NULL
-              AND (r.include_holdout OR NOT m.holdout);
+              AND (r.include_holdout OR NOT m.holdout){scoped("m")};
             CREATE OR REPLACE TEMP TABLE _base AS
             WITH flight AS (
                 SELECT o.* FROM outbox o SEMI JOIN _routes r USING (destination, audience)
-                WHERE o.batch_id IS NOT NULL),
+                WHERE o.batch_id IS NOT NULL{scoped("o")}),
             acked AS (
                 SELECT s.* FROM destination_state s
-                SEMI JOIN _routes r USING (destination, audience))
+                SEMI JOIN _routes r USING (destination, audience)
+                WHERE true{scoped("s")})
             SELECT coalesce(f.destination, s.destination) AS destination,
                    coalesce(f.audience, s.audience) AS audience,
                    coalesce(f.profile_id, s.profile_id) AS profile_id,
@@ -139,7 +152,7 @@ def plan_changes(
               AND EXISTS (SELECT 1 FROM _routes r
                           WHERE r.destination = s.destination AND r.audience = s.audience)
               AND NOT EXISTS (SELECT 1 FROM _desired d WHERE {_match("d", "s")})
-              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {_match("o", "s")})"""
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {_match("o", "s")}){scoped("s")}"""
         )
         con.execute(
             f"""DELETE FROM outbox o
@@ -148,7 +161,7 @@ def plan_changes(
                           WHERE r.destination = o.destination AND r.audience = o.audience)
               AND NOT EXISTS (SELECT 1 FROM _needed n
                               WHERE {_match("n", "o")} AND n.op = o.op
-                                AND n.holdout = o.holdout)"""
+                                AND n.holdout = o.holdout){scoped("o")}"""
         )
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE _new AS
@@ -239,7 +252,7 @@ class DuckDBOutbox(OutboxStore):
                 "currency": pa.array([r.currency for r in routes], pa.string()),
             }
         )
-        with self._transaction() as con, _Registered(con, _rules=table):
+        with self._transaction() as con, Registered(con, _rules=table):
             con.execute(
                 """CREATE OR REPLACE TEMP TABLE _conv AS
                 SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
@@ -351,7 +364,7 @@ class DuckDBOutbox(OutboxStore):
         )
         ids = [r.record_id for r in records]
         batch_id = _batch_id(CHANGES, destination, ids)
-        with _Registered(con, _ids=pa.table({"record_id": pa.array(ids, pa.int64())})):
+        with Registered(con, _ids=pa.table({"record_id": pa.array(ids, pa.int64())})):
             con.execute(
                 "UPDATE outbox SET batch_id = ? WHERE change_id IN (SELECT record_id FROM _ids)",
                 [batch_id],
@@ -440,7 +453,7 @@ class DuckDBOutbox(OutboxStore):
         claim = pa.table({"record_id": pa.array(list(ids), pa.int64())})
         table = "outbox" if kind == CHANGES else "conversion_outbox"
         id_col = "change_id" if kind == CHANGES else "conversion_id"
-        with _Registered(con, _ids=claim):
+        with Registered(con, _ids=claim):
             if kind == CHANGES:
                 rows = con.execute(
                     "SELECT change_id, profile_id, op, holdout, changed_at, identifiers, NULL "
@@ -502,7 +515,7 @@ class DuckDBOutbox(OutboxStore):
                 ),
             }
         )
-        with _Registered(con, _fixed=fixed):
+        with Registered(con, _fixed=fixed):
             con.execute(
                 f"UPDATE {table} SET batch_id = ?, identifiers = f.identifiers FROM _fixed f "
                 f"WHERE {table}.{id_col} = f.record_id",
@@ -586,7 +599,7 @@ class DuckDBOutbox(OutboxStore):
                 "op": [r.op for r in done],
             }
         )
-        with _Registered(con, _log=log):
+        with Registered(con, _log=log):
             con.execute(
                 "INSERT INTO delivery_log SELECT record_id, ?, ?, ?, ?, profile_id, op, outcome, "
                 "reason, ?, ?::TIMESTAMPTZ FROM _log",
@@ -629,7 +642,7 @@ class DuckDBOutbox(OutboxStore):
         )
         ids = pa.table({"profile_id": pa.array([r.profile_id for r in done], pa.string())})
         retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
-        with _Registered(con, _state=state, _done=ids, _retry=retry):
+        with Registered(con, _state=state, _done=ids, _retry=retry):
             con.execute(
                 "DELETE FROM destination_state s WHERE s.destination = ? AND s.audience = ? "
                 "AND s.profile_id IN (SELECT profile_id FROM _done)",
@@ -671,7 +684,7 @@ class DuckDBOutbox(OutboxStore):
         self._dead(con, batch, rejected, resolution.rejected, now)
         retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
         if resolution.retry:
-            with _Registered(con, _retry=retry):
+            with Registered(con, _retry=retry):
                 con.execute(
                     "UPDATE conversion_outbox SET batch_id = NULL, identifiers = NULL "
                     "WHERE batch_id = ? AND conversion_id IN (SELECT record_id FROM _retry)",
@@ -698,7 +711,7 @@ class DuckDBOutbox(OutboxStore):
                 "reason": [reasons.get(r.record_id, default_reason) for r in records],
             }
         )
-        with _Registered(con, _dead=dead):
+        with Registered(con, _dead=dead):
             con.execute(
                 "INSERT INTO dead_letters SELECT record_id, ?, ?, ?, profile_id, op, reason, ?, "
                 "?::TIMESTAMPTZ, ?::TIMESTAMPTZ, ?, NULL FROM _dead",
@@ -766,7 +779,7 @@ class DuckDBOutbox(OutboxStore):
         found: list[RouteStatus] = []
         with (
             self._lock,
-            _Registered(self._con, _routes=_routes_table(routes), _accepts=accepted) as con,
+            Registered(self._con, _routes=_routes_table(routes), _accepts=accepted) as con,
         ):
             rows = con.execute(_STATUS_SQL).fetchall() if routes else []
             found += [_route_status(row) for row in rows]

@@ -25,7 +25,9 @@ from cohortsync.store.base import (
 from cohortsync.store.duckdb_memberships import diff_memberships
 from cohortsync.store.duckdb_outbox import DuckDBOutbox, plan_changes
 from cohortsync.store.identity_cache import IdentityCache
+from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.outbox import OutboxStore, Route
+from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
 
@@ -374,6 +376,10 @@ class DuckDBStore(Store):
     @property
     def outbox(self) -> OutboxStore:
         return DuckDBOutbox(self._con, self._lock, self._transaction)
+
+    @property
+    def realtime(self) -> RealtimeStore:
+        return DuckDBRealtime(self._con, self._lock, self._transaction)
 
     def record_memberships(
         self, computed: pa.Table, at_us: int, started: float, routes: Sequence[Route] = ()

@@ -238,6 +238,21 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        4,
+        "real time: per-profile timers, the evaluation cursor",
+        """
+        -- When a (profile, segment) next changes on its own (a cart add ageing out of 6h).
+        CREATE TABLE timers (
+            profile_id VARCHAR NOT NULL,
+            segment VARCHAR NOT NULL,
+            due_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (profile_id, segment)
+        );
+        -- Small named values of the real-time path (the receive-time cursor of evaluation).
+        CREATE TABLE realtime_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

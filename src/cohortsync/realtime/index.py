@@ -1,0 +1,112 @@
+"""Which stored messages can change a real-time audience, so an unrelated page view costs nothing.
+
+The index walks the segments every `refresh: realtime` audience depends on (its segment, the
+segments it excludes, and every segment they reference) and collects the event names and trait
+names they read, computed traits included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cohortsync.segments.ast import (
+    All,
+    AnyOf,
+    Condition,
+    EventCondition,
+    HasIdentifier,
+    Not,
+    SegmentProject,
+    SegmentRef,
+    Since,
+    TraitCondition,
+)
+from cohortsync.store.records import Message
+
+REALTIME = "realtime"
+
+
+@dataclass(frozen=True)
+class RealtimeIndex:
+    """The real-time audiences, the segments they need, and what those read."""
+
+    audiences: tuple[str, ...]
+    segments: tuple[str, ...]
+    events: frozenset[str]
+    traits: frozenset[str]
+
+    @property
+    def scope(self) -> list[tuple[str, str]]:
+        """Every (kind, name) the real-time path keeps: its audiences and their segments."""
+        return [("segment", s) for s in self.segments] + [("audience", a) for a in self.audiences]
+
+    def relevant(self, message: Message) -> bool:
+        """Whether storing `message` may change a real-time audience of its profile.
+
+        Identify and alias calls always may (they can merge profiles); a track only when a
+        segment reads its event.
+        """
+        if not self.audiences:
+            return False
+        if message.type in ("identify", "alias"):
+            return True
+        return message.type == "track" and message.event_key in self.events
+
+
+def build_index(project: SegmentProject) -> RealtimeIndex:
+    """Index the project's `refresh: realtime` audiences."""
+    audiences = tuple(sorted(a.name for a in project.audiences.values() if a.refresh == REALTIME))
+    segments: set[str] = set()
+    for name in audiences:
+        audience = project.audiences[name]
+        for segment in (audience.segment, *audience.exclude):
+            _segments(project, segment, segments)
+    events: set[str] = set()
+    traits: set[str] = set()
+    for segment in segments:
+        _reads(project, project.segments[segment].condition, events, traits)
+    return RealtimeIndex(audiences, tuple(sorted(segments)), frozenset(events), frozenset(traits))
+
+
+def _segments(project: SegmentProject, name: str, found: set[str]) -> None:
+    if name in found:
+        return
+    found.add(name)
+    for ref in _refs(project.segments[name].condition):
+        _segments(project, ref, found)
+
+
+def _refs(condition: Condition) -> Iterable[str]:
+    if isinstance(condition, SegmentRef):
+        yield condition.name
+    elif isinstance(condition, All | AnyOf):
+        for c in condition.conditions:
+            yield from _refs(c)
+    elif isinstance(condition, Not):
+        yield from _refs(condition.condition)
+
+
+def _reads(
+    project: SegmentProject, condition: Condition, events: set[str], traits: set[str]
+) -> None:
+    if isinstance(condition, EventCondition):
+        events.add(condition.event)
+        if isinstance(condition.window, Since):
+            events.add(condition.window.event)
+    elif isinstance(condition, TraitCondition):
+        name = condition.comparison.field
+        computed = project.traits.get(name)
+        if computed is not None:
+            events.add(computed.event)
+            if isinstance(computed.window, Since):
+                events.add(computed.window.event)
+        else:
+            traits.add(name)
+    elif isinstance(condition, HasIdentifier | SegmentRef):
+        return
+    elif isinstance(condition, All | AnyOf):
+        for c in condition.conditions:
+            _reads(project, c, events, traits)
+    elif isinstance(condition, Not):
+        _reads(project, condition.condition, events, traits)

@@ -1,0 +1,93 @@
+"""Evaluate a few profiles at one instant and record what changed, as one transaction.
+
+For each profile: its history (events the real-time segments read, identify traits,
+identifiers) is read once, every real-time segment is evaluated in Python, audiences follow
+(segment minus exclusions, holdout by the same hash as batch), and each segment's
+`next_change` becomes a timer. Entries, exits, the outbox rows they need and the timers are
+written together, so a crash never leaves one without the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from cohortsync.audiences.holdout import in_holdout
+from cohortsync.realtime.index import RealtimeIndex
+from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
+from cohortsync.store.base import MembershipChanges, Store
+from cohortsync.store.outbox import Route
+from cohortsync.store.realtime import HistoryRows, ProfileOutcome
+
+
+@dataclass(frozen=True)
+class Processed:
+    """What one round of evaluation did."""
+
+    profiles: int
+    changes: MembershipChanges
+
+    @property
+    def entered(self) -> int:
+        """Entries recorded, over every name."""
+        return sum(self.changes.entered.values())
+
+    @property
+    def exited(self) -> int:
+        """Exits recorded, over every name."""
+        return sum(self.changes.exited.values())
+
+
+class ProfileProcessor:
+    """Re-evaluates profiles for every real-time audience and records the outcome."""
+
+    def __init__(
+        self,
+        store: Store,
+        project: SegmentProject,
+        index: RealtimeIndex,
+        routes: Sequence[Route],
+    ) -> None:
+        self.store = store
+        self.project = project
+        self.index = index
+        self.routes = [r for r in routes if r.audience in index.audiences]
+
+    def process(self, profile_ids: Iterable[str], at_us: int) -> Processed:
+        """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes."""
+        realtime = self.store.realtime
+        canonical = sorted(set(realtime.canonical(profile_ids).values()))
+        if not canonical or not self.index.audiences:
+            return Processed(0, MembershipChanges(0, {}, {}))
+        rows = realtime.histories(canonical, self.index.events)
+        outcomes = [self.outcome(r, at_us) for r in rows]
+        changes = realtime.record_profiles(outcomes, self.index.scope, at_us, self.routes)
+        return Processed(len(outcomes), changes)
+
+    def outcome(self, rows: HistoryRows, at_us: int) -> ProfileOutcome:
+        """One profile's memberships as of `at_us` and its segments' next changes."""
+        history = ProfileHistory(
+            rows.profile_id,
+            tuple(EventRecord(m, key, ts, props) for m, key, ts, props in rows.events),
+            rows.traits,
+            {kind: tuple(values) for kind, values in rows.identifiers.items()},
+        )
+        project = self.project
+        inside: dict[str, bool] = {}
+        timers: dict[str, int] = {}
+        for name in self.index.segments:
+            condition = project.segments[name].condition
+            inside[name] = evaluate(condition, history, at_us, project)
+            flip = next_change(condition, history, at_us, project)
+            if flip is not None:
+                timers[name] = flip
+        members: dict[tuple[str, str], bool] = {
+            ("segment", name): False for name, yes in inside.items() if yes
+        }
+        for name in self.index.audiences:
+            audience = project.audiences[name]
+            if inside[audience.segment] and not any(inside[x] for x in audience.exclude):
+                held = in_holdout(name, rows.profile_id, audience.holdout_percent)
+                members[("audience", name)] = held
+        return ProfileOutcome(rows.profile_id, members, timers)

@@ -1,0 +1,186 @@
+"""The real-time loop inside `cohortsync serve`: evaluate as events arrive, fire timers on time.
+
+Stored messages that may change a real-time audience are handed over by the engine (after
+their commit); the loop resolves them to profiles in one lookup, fires every timer that is due
+(each profile evaluated at its own due instant, so an exit is recorded when it happened), then
+evaluates the queued profiles at now. After each round that changed something, delivery is
+woken at once. The receive-time cursor moves only past work that is recorded, so after a crash
+the profiles received since the cursor are evaluated again: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from cohortsync.realtime.index import RealtimeIndex
+from cohortsync.realtime.processor import ProfileProcessor
+from cohortsync.store.base import Store
+from cohortsync.store.records import Message
+
+log = logging.getLogger("cohortsync.realtime")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CURSOR_SLACK_US = 5_000_000
+"""Receive times of concurrent requests may commit out of order by this much at most."""
+IDLE_WAIT = 1.0
+
+
+def micros(moment: datetime) -> int:
+    """Microseconds since the epoch."""
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+@dataclass
+class RoundReport:
+    """One round of the loop: profiles evaluated for timers and for new events, changes."""
+
+    timer_profiles: int = 0
+    event_profiles: int = 0
+    entered: int = 0
+    exited: int = 0
+
+    @property
+    def changed(self) -> bool:
+        """Whether anything entered or left."""
+        return bool(self.entered or self.exited)
+
+
+@dataclass
+class _Queue:
+    """Messages waiting for evaluation, and the oldest receive time among them."""
+
+    messages: list[Message] = field(default_factory=list)
+    oldest_us: int | None = None
+
+
+class RealtimeLoop:
+    """Evaluates profiles as their events are stored and as their timers come due."""
+
+    def __init__(
+        self,
+        store: Store,
+        processor: ProfileProcessor,
+        clock: Callable[[], datetime],
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.processor = processor
+        self.index: RealtimeIndex = processor.index
+        self.clock = clock
+        self.on_change = on_change
+        self._queue = _Queue()
+        self._wake = threading.Condition()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.rounds = 0
+
+    # -- input --------------------------------------------------------------------------------
+    def submit(self, messages: Sequence[Message]) -> None:
+        """Queue the stored messages that may change a real-time audience (cheap, any thread)."""
+        relevant = [m for m in messages if self.index.relevant(m)]
+        if not relevant:
+            return
+        with self._wake:
+            self._queue.messages.extend(relevant)
+            oldest = min(m.received_at_us for m in relevant)
+            if self._queue.oldest_us is None or oldest < self._queue.oldest_us:
+                self._queue.oldest_us = oldest
+            self._wake.notify()
+
+    def catch_up(self) -> int:
+        """Evaluate profiles received since the cursor (after a restart); return how many."""
+        cursor = self.store.realtime.cursor()
+        if cursor is None or not self.index.audiences:
+            return 0
+        since = cursor - CURSOR_SLACK_US
+        profiles = self.store.realtime.profiles_received_since(since, self.index.events)
+        if profiles:
+            self.processor.process(profiles, micros(self.clock()))
+        return len(profiles)
+
+    # -- one round ----------------------------------------------------------------------------
+    def step(self, now_us: int | None = None) -> RoundReport:
+        """Fire due timers (each at its instant), then evaluate queued profiles at now."""
+        now_us = micros(self.clock()) if now_us is None else now_us
+        report = RoundReport()
+        self._fire_timers(now_us, report)
+        with self._wake:
+            queued, self._queue = self._queue, _Queue()
+        if queued.messages:
+            profiles = self._profiles(queued.messages)
+            done = self.processor.process(profiles, now_us)
+            report.event_profiles += done.profiles
+            report.entered += done.entered
+            report.exited += done.exited
+            # Everything received before the oldest message still queued is now recorded.
+            self.store.realtime.set_cursor(max(m.received_at_us for m in queued.messages))
+        self.rounds += 1
+        if report.changed and self.on_change is not None:
+            self.on_change()
+        return report
+
+    def _fire_timers(self, now_us: int, report: RoundReport) -> None:
+        while True:
+            due = self.store.realtime.due_timers(now_us)
+            if not due:
+                return
+            by_instant: dict[int, list[str]] = {}
+            for profile_id, at in due:
+                by_instant.setdefault(at, []).append(profile_id)
+            for at, profiles in sorted(by_instant.items()):
+                done = self.processor.process(profiles, at)
+                report.timer_profiles += done.profiles
+                report.entered += done.entered
+                report.exited += done.exited
+
+    def _profiles(self, messages: Sequence[Message]) -> list[str]:
+        keys: set[tuple[str, str]] = set()
+        for m in messages:
+            if m.user_id:
+                keys.add(("user_id", m.user_id))
+            if m.anonymous_id:
+                keys.add(("anonymous_id", m.anonymous_id))
+            if m.previous_id:
+                keys.add(("user_id", m.previous_id))
+                keys.add(("anonymous_id", m.previous_id))
+        return sorted(set(self.store.realtime.owners(keys).values()))
+
+    # -- the thread ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Catch up after a restart, then run rounds in a background thread."""
+        self.catch_up()
+        self._thread = threading.Thread(target=self._run, name="cohortsync-realtime", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the round in progress and stop."""
+        with self._wake:
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                if self._stop:
+                    return
+                if not self._queue.messages:
+                    self._wake.wait(timeout=self._idle_wait())
+                if self._stop:
+                    return
+            try:
+                self.step()
+            except Exception:  # keep evaluating; the cursor makes the next round redo this one
+                log.exception("real-time round failed; retrying")
+                time.sleep(0.5)
+
+    def _idle_wait(self) -> float:
+        due = self.store.realtime.next_timer()
+        if due is None:
+            return IDLE_WAIT
+        return max(0.0, min(IDLE_WAIT, (due - micros(self.clock())) / 1_000_000))

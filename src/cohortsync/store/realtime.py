@@ -1,0 +1,82 @@
+"""The real-time side of the store: profile histories, per-profile membership, timers, cursor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cohortsync.store.base import MembershipChanges
+from cohortsync.store.outbox import Route
+
+
+@dataclass(frozen=True)
+class HistoryRows:
+    """What evaluating one profile needs, as stored (merged-away profiles folded in)."""
+
+    profile_id: str
+    events: list[tuple[str, str, int, dict[str, Any]]] = field(default_factory=list)
+    """(message_id, event_key, timestamp_us, properties)"""
+    traits: dict[str, Any] = field(default_factory=dict)
+    identifiers: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileOutcome:
+    """One profile evaluated at one instant: memberships it holds, and when it next changes."""
+
+    profile_id: str
+    members: dict[tuple[str, str], bool]
+    """(kind, name) → holdout, for every name in the evaluated scope the profile belongs to"""
+    timers: dict[str, int]
+    """segment → the instant (µs) it next flips with no new event"""
+
+
+class RealtimeStore(ABC):
+    """Durable state of per-profile evaluation; each write is one transaction."""
+
+    @abstractmethod
+    def canonical(self, profile_ids: Iterable[str]) -> dict[str, str]:
+        """Each id's surviving profile (itself unless merged away)."""
+
+    @abstractmethod
+    def owners(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
+        """The canonical profile holding each (kind, value) identifier, where one does."""
+
+    @abstractmethod
+    def histories(self, profile_ids: Sequence[str], events: Iterable[str]) -> list[HistoryRows]:
+        """Events named in `events`, identify traits and identifiers of canonical profiles."""
+
+    @abstractmethod
+    def record_profiles(
+        self,
+        outcomes: Sequence[ProfileOutcome],
+        scope: Sequence[tuple[str, str]],
+        at_us: int,
+        routes: Sequence[Route],
+    ) -> MembershipChanges:
+        """Record entries and exits of these profiles within `scope`, queue what their routes
+        need, and replace their timers, in one transaction. Ids merged into an evaluated
+        profile leave every name of the scope."""
+
+    @abstractmethod
+    def due_timers(self, now_us: int, limit: int = 10_000) -> list[tuple[str, int]]:
+        """(profile, due µs) of timers due at or before `now_us`, earliest first, one per
+        profile (its earliest)."""
+
+    @abstractmethod
+    def next_timer(self) -> int | None:
+        """When the earliest timer is due (µs), or None."""
+
+    @abstractmethod
+    def cursor(self) -> int | None:
+        """Receive time (µs) up to which every stored event has been evaluated."""
+
+    @abstractmethod
+    def set_cursor(self, received_at_us: int) -> None:
+        """Move the evaluation cursor forward."""
+
+    @abstractmethod
+    def profiles_received_since(self, received_at_us: int, events: Iterable[str]) -> list[str]:
+        """Canonical profiles with an identify, alias or listed track received at or after."""
