@@ -165,13 +165,15 @@ def compute(
     at_us: int,
     compiler: Compiler | None = None,
     routes: Sequence[Route] = (),
+    scope: Sequence[tuple[str, str]] | None = None,
 ) -> ComputeReport:
     """Compute everything as of `at_us` and record entries and exits in one transaction.
 
     History only moves forward: an instant before the latest run's is refused (read the past
     with `members --at` instead). Computing twice at the same instant changes nothing. The
     changes each of `routes` (audience → destination) needs go to the outbox in that same
-    transaction.
+    transaction. With `scope`, only those (kind, name) are recorded (a scheduled refresh of
+    some audiences leaves every other name, and the real-time ones, as they are).
     """
     started = time.perf_counter()
     last = store.last_compute_as_of()
@@ -181,7 +183,9 @@ def compute(
             "or after it (to see an earlier instant, use `cohortsync members NAME --at TIME`)"
         )
     computed = compute_members(store, project, at_us, compiler)
-    changes = store.record_memberships(_table(computed), at_us, started, routes)
+    if scope is not None:
+        computed = _within(computed, set(scope))
+    changes = store.record_memberships(_table(computed), at_us, started, routes, scope)
     rows: list[NameReport] = []
     for name, members in computed.segments.items():
         key = (SEGMENT, name)
@@ -207,3 +211,12 @@ def compute(
         rows.append(NameReport(kind, name, 0, 0, changes.exited[(kind, name)]))
     duration = (time.perf_counter() - started) * 1000
     return ComputeReport(changes.run_id, to_datetime(at_us), duration, rows)
+
+
+def _within(computed: Computed, scope: set[tuple[str, str]]) -> Computed:
+    """Only the names of `scope`."""
+    return Computed(
+        computed.at_us,
+        {n: m for n, m in computed.segments.items() if (SEGMENT, n) in scope},
+        {n: m for n, m in computed.audiences.items() if (AUDIENCE, n) in scope},
+    )

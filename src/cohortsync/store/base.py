@@ -96,7 +96,12 @@ class Store(ABC):
 
     @abstractmethod
     def record_memberships(
-        self, computed: pa.Table, at_us: int, started: float, routes: Sequence[Route] = ()
+        self,
+        computed: pa.Table,
+        at_us: int,
+        started: float,
+        routes: Sequence[Route] = (),
+        scope: Sequence[tuple[str, str]] | None = None,
     ) -> MembershipChanges:
         """Record one compute in one transaction: diff, entries, exits, a compute_runs row.
 
@@ -104,6 +109,7 @@ class Store(ABC):
         at `at_us`; new ones enter as new rows; the run's duration counts from `started` (a
         `time.perf_counter()` value). The changes each of `routes` needs are queued in the
         outbox in the same transaction, so no membership change is ever lost on its way out.
+        With `scope`, only members of those (kind, name) may exit.
         """
 
     @property

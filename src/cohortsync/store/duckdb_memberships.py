@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import duckdb
+import pyarrow as pa
 
 from cohortsync.store.base import MembershipChanges
+from cohortsync.store.duckdb_outbox import Registered, Transaction, plan_changes
+from cohortsync.store.outbox import Route
+
+_TS = pa.timestamp("us", tz="UTC")
+
+
+def record_compute(
+    con: duckdb.DuckDBPyConnection,
+    transaction: Transaction,
+    computed: pa.Table,
+    at_us: int,
+    started: float,
+    routes: Sequence[Route],
+    scope: Sequence[tuple[str, str]] | None,
+) -> MembershipChanges:
+    """One compute in one transaction: the diff, the outbox rows it needs, a compute_runs row."""
+    at = pa.scalar(at_us, _TS).as_py()
+    names = computed.select(["kind", "name"]).group_by(["kind", "name"]).aggregate([])
+    kinds = names.column("kind").to_pylist()
+    scoped = pa.table(
+        {
+            "kind": pa.array([k for k, _ in scope or ()], pa.string()),
+            "name": pa.array([n for _, n in scope or ()], pa.string()),
+        }
+    )
+    within = "(kind, name) IN (SELECT (kind, name) FROM _scope)" if scope is not None else ""
+    with Registered(con, _computed=computed, _scope=scoped), transaction() as tx:
+        changes = diff_memberships(tx, at, within=within)
+        plan_changes(tx, routes, datetime.now(UTC))
+        tx.execute(
+            "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                changes.run_id,
+                datetime.now(UTC),
+                at,
+                (time.perf_counter() - started) * 1000,
+                sum(1 for k in kinds if k == "segment"),
+                sum(1 for k in kinds if k == "audience"),
+                sum(changes.entered.values()),
+                sum(changes.exited.values()),
+            ],
+        )
+    return changes
 
 
 def next_run_id(con: duckdb.DuckDBPyConnection) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -22,10 +21,10 @@ from cohortsync.store.base import (
     ResolvedBatch,
     Store,
 )
-from cohortsync.store.duckdb_memberships import diff_memberships
-from cohortsync.store.duckdb_outbox import DuckDBOutbox, plan_changes
-from cohortsync.store.identity_cache import IdentityCache
+from cohortsync.store.duckdb_memberships import record_compute
+from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
+from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
@@ -382,32 +381,17 @@ class DuckDBStore(Store):
         return DuckDBRealtime(self._con, self._lock, self._transaction)
 
     def record_memberships(
-        self, computed: pa.Table, at_us: int, started: float, routes: Sequence[Route] = ()
+        self,
+        computed: pa.Table,
+        at_us: int,
+        started: float,
+        routes: Sequence[Route] = (),
+        scope: Sequence[tuple[str, str]] | None = None,
     ) -> MembershipChanges:
-        at = pa.scalar(at_us, _TS).as_py()
-        names = computed.select(["kind", "name"]).group_by(["kind", "name"]).aggregate([])
         with self._lock:
-            self._con.register("_computed", computed)
-            try:
-                with self._transaction() as con:
-                    changes = diff_memberships(con, at)
-                    plan_changes(con, routes, datetime.now(UTC))
-                    con.execute(
-                        "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [
-                            changes.run_id,
-                            datetime.now(UTC),
-                            at,
-                            (time.perf_counter() - started) * 1000,
-                            sum(1 for k in names.column("kind").to_pylist() if k == "segment"),
-                            sum(1 for k in names.column("kind").to_pylist() if k == "audience"),
-                            sum(changes.entered.values()),
-                            sum(changes.exited.values()),
-                        ],
-                    )
-            finally:
-                self._con.unregister("_computed")
-        return changes
+            return record_compute(
+                self._con, self._transaction, computed, at_us, started, routes, scope
+            )
 
     def last_compute_as_of(self) -> int | None:
         rows = self.query("SELECT epoch_us(max(as_of)) FROM compute_runs")
