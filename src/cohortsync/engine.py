@@ -26,6 +26,11 @@ from cohortsync.events.readers import BadRow, read_rows
 from cohortsync.events.timestamps import now_micros, to_micros
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
+from cohortsync.realtime.cadence import CadenceScheduler
+from cohortsync.realtime.index import build_index
+from cohortsync.realtime.processor import ProfileProcessor
+from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.service import Delivery, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.parser import parse_segments
 from cohortsync.store.base import ProfileView, Store
@@ -204,6 +209,21 @@ class Engine:
             http=http,
             progress=progress,
         )
+
+    def serve_workers(self, clock: Clock | None = None) -> ServeWorkers:
+        """Real-time evaluation, scheduled refreshes and delivery for `cohortsync serve`.
+
+        Stored messages reach the real-time loop as soon as they commit.
+        """
+        clock = clock or _utc_now
+        setup = self.sync_setup
+        index = build_index(self.segments)
+        processor = ProfileProcessor(self.store, self.segments, index, setup.routes)
+        loop = RealtimeLoop(self.store, processor, clock)
+        self.on_stored(loop.submit)
+        cadence = CadenceScheduler(self.store, self.segments, index, setup.routes)
+        delivery = Delivery(self.store, setup, self.loaded.root, self.retry_policy(), clock)
+        return ServeWorkers(loop, cadence, delivery, clock)
 
     def sync_status(self) -> list[RouteStatus]:
         """Per audience × destination (and conversion stream): desired, delivered, waiting."""

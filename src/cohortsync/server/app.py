@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 
 from fastapi import FastAPI
 from fastapi.responses import Response
@@ -17,20 +18,35 @@ from cohortsync.server.ingest import json_response
 from cohortsync.server.ingest import router as ingest_router
 
 
-def create_app(engine: Engine) -> FastAPI:
-    """Build the app around an open engine (the app never opens or closes the store itself)."""
+def create_app(
+    engine: Engine,
+    *,
+    background: bool = True,
+    clock: Callable[[], datetime] | None = None,
+) -> FastAPI:
+    """Build the app around an open engine (the app never opens or closes the store itself).
+
+    With `background` (the default), real-time evaluation, scheduled refreshes and delivery
+    run beside ingest; `clock` replaces the wall clock (tests move time).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         committer = GroupCommitter(engine.commit)
         app.state.committer = committer
         engine.warm_up()  # the first request should not pay for loading the identity graph
+        workers = engine.serve_workers(clock) if background else None
+        app.state.workers = workers
         gc.freeze()  # the long-lived identity graph is never scanned by the collector again
         await committer.start()
+        if workers is not None:
+            workers.start()
         try:
             yield
         finally:
             await committer.stop()
+            if workers is not None:
+                workers.stop()
 
     app = FastAPI(title="cohortsync", version=__version__, lifespan=lifespan)
     app.state.engine = engine

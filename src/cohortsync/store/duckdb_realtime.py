@@ -193,6 +193,24 @@ class DuckDBRealtime(RealtimeStore):
                 [received_at_us],
             )
 
+    def audience_runs(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._con.execute(
+                "SELECT audience, epoch_us(last_run_at) FROM audience_runs"
+            ).fetchall()
+        return {str(a): int(t) for a, t in rows}
+
+    def record_audience_runs(self, audiences: Sequence[str], at_us: int, run_id: int) -> None:
+        table = pa.table(
+            {
+                "audience": pa.array(list(audiences), pa.string()),
+                "last_run_at": pa.array([_at(at_us)] * len(audiences), _TS),
+                "run_id": pa.array([run_id] * len(audiences), pa.int64()),
+            }
+        )
+        with self._transaction() as con, Registered(con, _runs=table):
+            con.execute("INSERT OR REPLACE INTO audience_runs SELECT * FROM _runs")
+
     def profiles_received_since(self, received_at_us: int, events: Iterable[str]) -> list[str]:
         with self._lock:
             rows = self._con.execute(

@@ -78,5 +78,13 @@ class RealtimeStore(ABC):
         """Move the evaluation cursor forward."""
 
     @abstractmethod
+    def audience_runs(self) -> dict[str, int]:
+        """When each audience was last computed on schedule (µs)."""
+
+    @abstractmethod
+    def record_audience_runs(self, audiences: Sequence[str], at_us: int, run_id: int) -> None:
+        """Note that `audiences` were computed at `at_us` by compute run `run_id`."""
+
+    @abstractmethod
     def profiles_received_since(self, received_at_us: int, events: Iterable[str]) -> list[str]:
         """Canonical profiles with an identify, alias or listed track received at or after."""

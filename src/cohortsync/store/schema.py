@@ -253,6 +253,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE TABLE realtime_state (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL);
         """,
     ),
+    (
+        5,
+        "scheduled refreshes: when each audience was last computed",
+        """
+        CREATE TABLE audience_runs (
+            audience VARCHAR PRIMARY KEY,
+            last_run_at TIMESTAMPTZ NOT NULL,
+            run_id BIGINT NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,134 @@
+"""Everything `cohortsync serve` runs beside ingest: real-time evaluation, scheduled refreshes,
+and delivery, each in its own thread over the one store.
+
+Delivery is woken the moment evaluation records a change (no polling interval between the
+outbox and the destination); it also wakes every few seconds for retries that come due, and
+plans conversions. Destinations marked `dry_run` are left to `cohortsync sync`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+
+from cohortsync.realtime.cadence import CadenceScheduler
+from cohortsync.realtime.runner import RealtimeLoop, micros
+from cohortsync.store.base import Store
+from cohortsync.sync.configure import SyncSetup
+from cohortsync.sync.retry import RetryPolicy
+from cohortsync.sync.run import HTTP_TIMEOUT
+from cohortsync.sync.worker import Deliverer
+
+log = logging.getLogger("cohortsync.serve")
+RETRY_POLL = 2.0
+CONVERSIONS_EVERY = 10.0
+CADENCE_POLL = 15.0
+
+
+class _Worker:
+    """A named daemon thread running `step` until stopped; `wake` runs it early."""
+
+    def __init__(self, name: str, step: Callable[[], None], every: float) -> None:
+        self.step = step
+        self.every = every
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.step()
+            except Exception:  # a failing round is retried; nothing is lost (outbox, cursor)
+                log.exception("%s round failed", self._thread.name)
+            self._wake.wait(self.every)
+            self._wake.clear()
+
+
+class Delivery:
+    """Drains the outbox of every live destination; plans conversions now and then."""
+
+    def __init__(
+        self,
+        store: Store,
+        setup: SyncSetup,
+        root: Path,
+        policy: RetryPolicy,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.setup = setup
+        self.clock = clock
+        self.http = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False)
+        opened = setup.open(root, self.http, clock)
+        self.live = {n: d for n, d in opened.items() if not d.config.dry_run}
+        self.deliverer = Deliverer(store.outbox, self.live, policy, clock, setup.identifiers)
+        self._planned_at = 0.0
+        self.rounds = 0
+
+    def step(self) -> None:
+        """Plan conversions if it is time, then deliver everything due."""
+        now = self.clock()
+        if now.timestamp() - self._planned_at >= CONVERSIONS_EVERY:
+            routes = [r for r in self.setup.conversion_routes if r.destination in self.live]
+            self.store.outbox.plan_conversions(routes, now)
+            self._planned_at = now.timestamp()
+        self.deliverer.run()
+        self.rounds += 1
+
+    def close(self) -> None:
+        for destination in self.live.values():
+            destination.close()
+        self.http.close()
+
+
+class ServeWorkers:
+    """Real-time evaluation, scheduled refreshes and delivery, started and stopped together."""
+
+    def __init__(
+        self,
+        loop: RealtimeLoop,
+        cadence: CadenceScheduler,
+        delivery: Delivery,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.loop = loop
+        self.cadence = cadence
+        self.delivery = delivery
+        self.clock = clock
+        self._delivery = _Worker("cohortsync-delivery", delivery.step, RETRY_POLL)
+        self._cadence = _Worker("cohortsync-cadence", self._refresh, CADENCE_POLL)
+        loop.on_change = self._delivery.wake
+
+    def _refresh(self) -> None:
+        if self.cadence.run_due(micros(self.clock())) is not None:
+            self._delivery.wake()
+
+    def start(self) -> None:
+        """Catch up real-time evaluation, then start every thread."""
+        self._delivery.start()
+        self.loop.start()
+        self._cadence.start()
+
+    def stop(self) -> None:
+        """Stop every thread after its current round."""
+        self._cadence.stop()
+        self.loop.stop()
+        self._delivery.stop()
+        self.delivery.close()
