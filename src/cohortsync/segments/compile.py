@@ -13,6 +13,7 @@ property is treated as missing, like an absent key.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,6 +73,23 @@ def _and(*conds: exp.Expr) -> exp.Expr:
 def _or(*conds: exp.Expr) -> exp.Expr:
     """Disjunction of conditions (FALSE when empty)."""
     return exp.or_(*conds, copy=False) if conds else exp.false()
+
+
+def _false_if_null(pred: exp.Expr) -> exp.Expr:
+    """`COALESCE(pred, FALSE)`: a predicate that is never NULL, so NOT stays exact."""
+    return exp.Coalesce(this=pred, expressions=[exp.false()])
+
+
+def _one_of(value: exp.Expr, literals: list[Any]) -> exp.Expr:
+    """`value = lit` for one literal, `value IN (...)` for several."""
+    if len(literals) == 1:
+        return exp.EQ(this=value, expression=_lit(literals[0]))
+    return exp.In(this=value, expressions=[_lit(v) for v in literals])
+
+
+def _plain(text: str) -> bool:
+    """Whether a string serialises as JSON without escapes (`"` + text + `"`)."""
+    return not any(c in '"\\' or c < " " for c in text)
 
 
 def _count_holds(op: str, n: int, count: int) -> bool:
@@ -138,6 +156,39 @@ class Compiler:
     def to_json(self, value: exp.Expr) -> exp.Expr:
         """A SQL value converted to JSON."""
         return exp.Anonymous(this="to_json", expressions=[value])
+
+    def most_frequent_picker(self) -> Callable[[exp.Expr, exp.Expr], exp.Expr] | None:
+        """An aggregate picking the most frequent of grouped (JSON value, count) rows, ties
+        broken as `ast.py` says; None when the dialect has none (a window ranks them instead)."""
+        return None
+
+    def _tie_keys(self, value: exp.Expr) -> list[exp.Expr]:
+        """most_frequent's tie order of a JSON value: type rank, number, text, JSON text."""
+        kind = self.json_type(value, exp.Literal.string("$"))
+        numeric = exp.In(this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES])
+        rank = exp.Case(
+            ifs=[
+                exp.If(this=numeric, true=exp.Literal.number(0)),
+                exp.If(
+                    this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("VARCHAR")),
+                    true=exp.Literal.number(1),
+                ),
+                exp.If(
+                    this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("BOOLEAN")),
+                    true=exp.Literal.number(2),
+                ),
+            ],
+            default=exp.Literal.number(3),
+        )
+        text = self.json_text(value.copy(), exp.Literal.string("$"))
+        number = exp.Case(
+            ifs=[exp.If(this=numeric.copy(), true=exp.TryCast(this=text, to=sql_type("DOUBLE")))],
+            default=exp.Literal.number(0),
+        )
+        string = exp.Case(
+            ifs=[exp.If(this=numeric.copy(), true=exp.Literal.string(""))], default=text.copy()
+        )
+        return [rank, number, string, exp.cast(value.copy(), sql_type("VARCHAR"), copy=False)]
 
     def render(self, expr: exp.Expr, pretty: bool = False) -> str:
         """The query as SQL text in this compiler's dialect (`pretty`: indented, for reading).
@@ -221,54 +272,53 @@ class Compiler:
         return query.where(_and(*preds), copy=False)
 
     # -- comparisons ----------------------------------------------------------------------
+    # A comparison parses the JSON document once where it can: the property's serialised JSON
+    # text is compared with the literal's (a string without quotes, backslashes or control
+    # characters serialises as `"` + text + `"`, booleans as true / false), and numbers are
+    # read by casting that text, which fails (NULL) for anything but a JSON number.
+
+    def _serialised(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
+        """The value at path as JSON text (NULL when absent, `null` for JSON null)."""
+        return exp.cast(self.json_value(doc, path), sql_type("VARCHAR"), copy=False)
+
+    def _number(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
+        """The value at path as a DOUBLE when it is a JSON number, else NULL."""
+        return exp.TryCast(this=self._serialised(doc, path), to=sql_type("DOUBLE"))
+
     def _present(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
-        """The value at path exists and is not JSON null."""
+        """The value at path exists and is not JSON null; never NULL."""
         kind = self.json_type(doc, path)
-        return _and(
-            exp.Not(this=exp.Is(this=kind, expression=exp.null())),
-            exp.NEQ(this=kind.copy(), expression=exp.Literal.string("NULL")),
-        )
+        return _false_if_null(exp.NEQ(this=kind, expression=exp.Literal.string("NULL")))
 
-    def _typed(self, doc: exp.Expr, path: exp.Expr, value: Any) -> tuple[exp.Expr, exp.Expr] | None:
-        """(type check, comparable SQL value) for a literal's type, or None if incomparable."""
+    def _is_string(self, doc: exp.Expr, path: exp.Expr) -> exp.Expr:
+        """The value at path is a JSON string (NULL when absent)."""
         kind = self.json_type(doc, path)
-        text = self.json_text(doc, path)
-        if isinstance(value, bool):
-            check = exp.EQ(this=kind, expression=exp.Literal.string("BOOLEAN"))
-            return check, exp.EQ(this=text, expression=exp.Literal.string(str(value).lower()))
-        if isinstance(value, int | float):
-            is_number = exp.In(
-                this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES]
-            )
-            # TRY_CAST: the engine may evaluate the cast before (or without) the type check.
-            return is_number, exp.TryCast(this=text, to=sql_type("DOUBLE"))
-        if isinstance(value, str):
-            return exp.EQ(this=kind, expression=exp.Literal.string("VARCHAR")), text
-        return None
+        return exp.EQ(this=kind, expression=exp.Literal.string("VARCHAR"))
 
-    def _compare_in(self, doc: exp.Expr, path: exp.Expr, values: list[Any]) -> exp.Expr:
-        """`prop IN values`: one `IN` list per literal type, each behind its type check."""
-        groups: dict[str, list[Any]] = {}
+    def _equal_any(self, doc: exp.Expr, path: exp.Expr, values: list[Any]) -> exp.Expr:
+        """The value at path equals one of `values` (same JSON type and value); never NULL."""
+        texts: list[str] = []  # serialised forms compared in one IN
+        strings: list[str] = []  # strings that serialise with escapes: compared unquoted
+        numbers: list[int | float] = []
         for v in values:
-            kind = "bool" if isinstance(v, bool) else "num" if isinstance(v, int | float) else (
-                "str" if isinstance(v, str) else None)  # fmt: skip
-            if kind is not None and v not in groups.setdefault(kind, []):
-                groups[kind].append(v)
+            if isinstance(v, bool):
+                texts.append("true" if v else "false")
+            elif isinstance(v, int | float):
+                numbers.append(v)
+            elif isinstance(v, str) and _plain(v):
+                texts.append(f'"{v}"')
+            elif isinstance(v, str):
+                strings.append(v)
         preds: list[exp.Expr] = []
-        for kind, lits in groups.items():
-            typed = self._typed(doc, path, lits[0])
-            assert typed is not None
-            check, lhs = typed
-            if kind == "bool":
-                lhs = self.json_text(doc, path)
-            texts = [str(v).lower() if kind == "bool" else v for v in lits]
-            test = (
-                exp.EQ(this=lhs, expression=_lit(texts[0]))
-                if len(texts) == 1
-                else exp.In(this=lhs, expressions=[_lit(v) for v in texts])
-            )
-            preds.append(exp.paren(_and(check, test), copy=False))
-        return _or(*preds)
+        if texts:
+            preds.append(_one_of(self._serialised(doc, path), list(dict.fromkeys(texts))))
+        if numbers:
+            preds.append(_one_of(self._number(doc, path), list(dict.fromkeys(numbers))))
+        if strings:
+            text = self.json_text(doc, path)
+            found = _one_of(text, list(dict.fromkeys(strings)))
+            preds.append(_and(self._is_string(doc, path), found))
+        return _false_if_null(_or(*preds)) if preds else exp.false()
 
     def _compare_number(self, value: exp.Expr, parts: list[str], op: str, lit: Any) -> exp.Expr:
         """`trait OP lit` for a SQL number (NULL: missing), with `_compare`'s rules; never NULL."""
@@ -299,35 +349,31 @@ class Compiler:
     def _compare(self, doc: exp.Expr, parts: list[str], op: str, value: Any) -> exp.Expr:
         """SQL predicate for `prop OP value` on a JSON document; never NULL."""
         path = self.json_path(parts)
-        present = self._present(doc, path)
         if op == "exists":
-            return present if value else exp.Not(this=exp.paren(present, copy=False))
-        if op == "in":
-            values = value if isinstance(value, list | tuple) else [value]
-            return self._compare_in(doc, path, list(values))
-        if op in ("ne", "not_in"):
+            present = self._present(doc, path)
+            return present if value else exp.not_(present, copy=False)
+        if op in ("eq", "in", "ne", "not_in"):
+            many = op in ("in", "not_in")
+            values = list(value) if many and isinstance(value, list | tuple) else [value]
+            positive = self._equal_any(doc, path, values)
+            if op in ("eq", "in"):
+                return positive
             # The exact complements of eq / in over present values (see ast.py).
-            positive = self._compare(doc, parts, "eq" if op == "ne" else "in", value)
-            return _and(present, exp.Not(this=exp.paren(positive, copy=False)))
-        typed = self._typed(doc, path, value)
-        if typed is None:
-            return exp.false()
-        check, lhs = typed
+            return _and(self._present(doc, path), exp.not_(positive, copy=False))
+        if op not in ("contains", *COUNT_OPS):
+            raise InputError(f"unknown operator {op!r}")
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            return exp.false()  # booleans only compare with eq; null and lists never
         if op == "contains":
             if not isinstance(value, str):
                 return exp.false()
-            found = exp.GT(
-                this=exp.StrPosition(this=lhs, substr=exp.Literal.string(value)),
-                expression=exp.Literal.number(0),
-            )
-            return exp.paren(_and(check, found), copy=False)
-        if isinstance(value, bool):
-            if op != "eq":
-                return exp.false()
-            return exp.paren(_and(check, lhs), copy=False)
-        if op not in COUNT_OPS:
-            raise InputError(f"unknown operator {op!r}")
-        return exp.paren(_and(check, COUNT_OPS[op](this=lhs, expression=_lit(value))), copy=False)
+            position = exp.StrPosition(this=self.json_text(doc, path), substr=_lit(value))
+            found = exp.GT(this=position, expression=exp.Literal.number(0))
+            return _false_if_null(_and(self._is_string(doc, path), found))
+        if isinstance(value, str):
+            compared = COUNT_OPS[op](this=self.json_text(doc, path), expression=_lit(value))
+            return _false_if_null(_and(self._is_string(doc, path), compared))
+        return _false_if_null(COUNT_OPS[op](this=self._number(doc, path), expression=_lit(value)))
 
     # -- public entry points ----------------------------------------------------------------
     def compile_condition(
@@ -440,62 +486,28 @@ class Compiler:
             )
         elif agg == "most_frequent":
             assert path is not None
-            # Group by the JSON value (5 and "5" differ); ties: numbers by value, then
-            # strings, then booleans, then anything else, each by text, then JSON text.
-            value_j = self.json_value(doc, path)
-            kind = self.json_type(doc, path)
-            numeric = exp.In(this=kind, expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES])
-            type_rank = exp.Case(
-                ifs=[
-                    exp.If(this=numeric, true=exp.Literal.number(0)),
-                    exp.If(
-                        this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("VARCHAR")),
-                        true=exp.Literal.number(1),
-                    ),
-                    exp.If(
-                        this=exp.EQ(this=kind.copy(), expression=exp.Literal.string("BOOLEAN")),
-                        true=exp.Literal.number(2),
-                    ),
-                ],
-                default=exp.Literal.number(3),
-            )
-            as_number = exp.Case(
-                ifs=[
-                    exp.If(
-                        this=numeric.copy(),
-                        true=exp.TryCast(this=self.json_text(doc, path), to=sql_type("DOUBLE")),
-                    )
-                ],
-                default=exp.Literal.number(0),
-            )
-            text = exp.Case(
-                ifs=[exp.If(this=numeric.copy(), true=exp.Literal.string(""))],
-                default=self.json_text(doc, path),
-            )
-            raw = exp.cast(value_j.copy(), sql_type("VARCHAR"), copy=False)
+            # Count each JSON value (5 and "5" differ), then rank them per profile.
+            raw = exp.cast(self.json_value(doc, path), sql_type("VARCHAR"), copy=False)
             grouped = events.select(
                 exp.alias_(pid, "profile_id", copy=False),
-                exp.alias_(exp.Min(this=value_j), "v", copy=False),
-                exp.alias_(exp.Min(this=type_rank), "vr", copy=False),
-                exp.alias_(exp.Min(this=as_number), "vn", copy=False),
-                exp.alias_(exp.Min(this=text), "vt", copy=False),
                 exp.alias_(raw, "vj", copy=False),
                 exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
                 append=False,
                 copy=False,
             ).group_by(pid.copy(), raw.copy(), copy=False)
-            order = exp.Order(
-                expressions=[
-                    exp.Ordered(this=_col("n"), desc=True),
-                    exp.Ordered(this=_col("vr"), desc=False),
-                    exp.Ordered(this=_col("vn"), desc=False),
-                    exp.Ordered(this=_col("vt"), desc=False),
-                    exp.Ordered(this=_col("vj"), desc=False),
-                ]
+            value = exp.cast(_col("vj"), sql_type("JSON"), copy=False)
+            keys = [exp.Ordered(this=_col("n"), desc=True)]
+            keys += [exp.Ordered(this=k, desc=False) for k in self._tie_keys(value)]
+            rank = exp.Window(
+                this=exp.RowNumber(),
+                partition_by=[_col("profile_id")],
+                order=exp.Order(expressions=keys),
             )
-            rank = exp.Window(this=exp.RowNumber(), partition_by=[_col("profile_id")], order=order)
             by_count = exp.select(
-                _col("profile_id"), _col("v"), exp.alias_(rank, "rk", copy=False), copy=False
+                _col("profile_id"),
+                exp.alias_(value.copy(), "v", copy=False),
+                exp.alias_(rank, "rk", copy=False),
+                copy=False,
             ).from_(grouped.subquery("g", copy=False), copy=False)
             agg_q = (
                 exp.select(_col("profile_id"), _col("v"), copy=False)
@@ -518,7 +530,7 @@ class _Query:
         self.c = compiler
         self.project = project
         self.at = at_us
-        self.scan = EventScan(compiler._at)
+        self.scan = EventScan(compiler._at, compiler.most_frequent_picker())
         self._joins: list[tuple[exp.Expr, str]] = []
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._identify: dict[str, exp.Expr] = {}
@@ -536,9 +548,9 @@ class _Query:
             exp.alias_(table_ref("profiles"), "p", table=True, copy=False), copy=False
         )
         pid = _col("profile_id", "p")
-        if self.scan:
-            on = exp.EQ(this=_col("pid", "f"), expression=pid.copy())
-            query = query.join(self.scan.build(), on=on, join_type="left", copy=False)
+        for scan in self.scan.build() if self.scan else ():
+            on = exp.EQ(this=_col("pid", scan.alias), expression=pid.copy())
+            query = query.join(scan, on=on, join_type="left", copy=False)
         for sub, alias in self._joins:
             on = exp.EQ(this=_col("profile_id", alias), expression=pid.copy())
             query = query.join(sub, on=on, join_type="left", copy=False)
@@ -591,8 +603,8 @@ class _Query:
         if not where:
             return None
         doc = _col("properties")
-        pred = _and(*(self.c._compare(doc, w.field.split("."), w.op, w.value) for w in where))
-        return self.scan.project(event, ("where", repr(where)), pred, "BOOLEAN")
+        preds = (self.c._compare(doc, w.field.split("."), w.op, w.value) for w in where)
+        return self.scan.derive(event, ("where", repr(where)), _and(*preds), "BOOLEAN")
 
     def _event(self, cond: EventCondition) -> exp.Expr:
         """`count OP n` of matching events, from the shared scan."""
@@ -631,7 +643,7 @@ class _Query:
             append=False,
             copy=False,
         ).group_by(pid.copy(), copy=False)
-        alias = self._join(counts, "s")
+        alias = self._join(counts, "n")
         return exp.Coalesce(this=_col("n", alias), expressions=[exp.Literal.number(0)])
 
     # -- traits -----------------------------------------------------------------------------
@@ -675,17 +687,24 @@ class _Query:
         if prop is None and agg != "count":
             raise InputError(f"trait {trait.name!r}: {agg} needs a property")
         value: exp.Expr
-        if agg in ("first", "last", "most_frequent") or isinstance(trait.window, Since):
+        span = window_span(trait.window, self.at)
+        own_rows = agg in ("first", "last", "distinct_count") or isinstance(trait.window, Since)
+        if agg == "most_frequent" and not self.scan.can_pick_most_frequent:
+            own_rows = True
+        if own_rows:
             value = _col("v", self._join(self.c._trait_rows(trait, self.at), "x"))
+        elif agg == "most_frequent":
+            assert prop is not None
+            where = self._where(event, trait.where)
+            value = self.scan.most_frequent(event, span, where, self._json_column(event, prop))
         else:
-            span = window_span(trait.window, self.at)
             where = self._where(event, trait.where)
             if prop is None:
                 value = self.scan.aggregate("count", event, span, where)
-            elif agg in ("count", "distinct_count"):
-                column = self._json_column(event, prop)
-                distinct = agg == "distinct_count"
-                value = self.scan.aggregate("count", event, span, where, column, distinct)
+            elif agg == "count":
+                value = self.scan.aggregate(
+                    "count", event, span, where, self._json_column(event, prop)
+                )
             else:
                 column = self._number_column(event, prop)
                 value = self.scan.aggregate(agg, event, span, where, column)
@@ -696,26 +715,30 @@ class _Query:
         return value, _JSON
 
     def _json_column(self, event: str, prop: str) -> str:
-        """Scan column: the property's JSON value on `event` rows (NULL when missing or null)."""
-        doc, path = _col("properties"), self.c.json_path(prop.split("."))
-        present = self.c._present(doc, path)
-        found = self.c.json_value(doc.copy(), path.copy())
-        value = exp.Case(ifs=[exp.If(this=present, true=found)])
-        return self.scan.project(event, ("json", prop), value, "JSON")
+        """Scan column: the property's JSON text on `event` rows (NULL when missing or null)."""
+        text = self.c._serialised(_col("properties"), self.c.json_path(prop.split(".")))
+        value = exp.Nullif(this=text, expression=exp.Literal.string("null"))
+        return self.scan.derive(event, ("json", prop), value, "VARCHAR")
 
     def _number_column(self, event: str, prop: str) -> str:
         """Scan column: the property as a DOUBLE on `event` rows when it is a JSON number."""
-        doc, path = _col("properties"), self.c.json_path(prop.split("."))
-        numeric = exp.In(
-            this=self.c.json_type(doc, path),
-            expressions=[exp.Literal.string(t) for t in NUMERIC_TYPES],
-        )
-        number = exp.TryCast(this=self.c.json_text(doc.copy(), path.copy()), to=sql_type("DOUBLE"))
-        value = exp.Case(ifs=[exp.If(this=numeric, true=number)])
-        return self.scan.project(event, ("number", prop), value, "DOUBLE")
+        number = self.c._number(_col("properties"), self.c.json_path(prop.split(".")))
+        return self.scan.derive(event, ("number", prop), number, "DOUBLE")
 
 
 class DuckDBCompiler(Compiler):
-    """The DuckDB back end: JSON pointers with json_type / json_extract_string."""
+    """The DuckDB back end: JSON pointers with json_type / json_extract_string, and `arg_min`
+    to pick most frequent values inside the shared scan."""
 
     dialect = "duckdb"
+
+    def most_frequent_picker(self) -> Callable[[exp.Expr, exp.Expr], exp.Expr] | None:
+        """`arg_min(value, (-count, tie keys...))` over the non-NULL values."""
+
+        def pick(value: exp.Expr, count: exp.Expr) -> exp.Expr:
+            key = exp.Tuple(expressions=[exp.Neg(this=count), *self._tie_keys(value)])
+            present = exp.not_(exp.Is(this=value.copy(), expression=exp.null()), copy=False)
+            best = exp.ArgMin(this=value.copy(), expression=key)
+            return exp.Filter(this=best, expression=exp.Where(this=present))
+
+        return pick

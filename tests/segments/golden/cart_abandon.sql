@@ -14,8 +14,8 @@ LEFT JOIN (
   FROM (
     SELECT
       "canonical_profile_id" AS pid,
-      "event_key" AS ev,
-      "timestamp" AS ts
+      "timestamp" AS ts,
+      "event_key" AS ev
     FROM profile_events
     WHERE
       "event_key" IN ('added_to_cart', 'order_completed')
@@ -23,10 +23,10 @@ LEFT JOIN (
   ) AS e
   GROUP BY
     "pid"
-) AS f
-  ON "f"."pid" = "p"."profile_id"
+) AS f0
+  ON "f0"."pid" = "p"."profile_id"
 WHERE
   "p"."merged_into" IS NULL
   AND (
-    COALESCE("f"."a0", 0) >= 1 AND NOT COALESCE("f"."a2" > "f"."a1", FALSE)
+    COALESCE("a0", 0) >= 1 AND NOT COALESCE("a2" > "a1", FALSE)
   )
