@@ -41,7 +41,7 @@ from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import now_micros
 from cohortsync.events.validate import content_message_id, validate_message
-from cohortsync.store.duckdb_store import _events_table
+from cohortsync.store.message_table import messages_table
 from cohortsync.store.records import Message
 from cohortsync.store.schema import MIGRATIONS
 
@@ -106,7 +106,7 @@ def arrow_rows(raws: Sequence[dict[str, Any]]) -> pa.Table:
         )
     ]
     profile_ids = [f"prof-{m.anonymous_id or m.user_id}" for m in messages]
-    return _events_table(messages, profile_ids)
+    return messages_table(messages, profile_ids)
 
 
 def arrow_limit(table: pa.Table, workdir: Path) -> float:

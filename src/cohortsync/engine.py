@@ -26,7 +26,7 @@ from cohortsync.events.readers import BadRow, read_rows
 from cohortsync.events.timestamps import now_micros, to_micros
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
-from cohortsync.realtime.cadence import CadenceScheduler
+from cohortsync.realtime.cadence import CadenceScheduler, Schedule
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.realtime.runner import RealtimeLoop
@@ -115,7 +115,19 @@ class Engine:
 
     def ingest_file(self, path: Path, progress: Callable[[int], None] | None = None) -> FileReport:
         """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
+        from cohortsync.events.file_ingest import ingest_jsonl
+        from cohortsync.events.readers import detect_format
+
         received = now_micros()
+        if path.is_file() and detect_format(path) == "jsonl":
+            result = ingest_jsonl(
+                self.store,
+                self.project.identity,
+                path,
+                received_at_us=received,
+                progress=progress,
+            )
+            return FileReport(path, result)
         source = f"file:{path.name}"
         with PipelinedWriter(self.commit, FILE_BATCH) as writer:
             for line, row in read_rows(path, progress):
@@ -224,6 +236,11 @@ class Engine:
         cadence = CadenceScheduler(self.store, self.segments, index, setup.routes)
         delivery = Delivery(self.store, setup, self.loaded.root, self.retry_policy(), clock)
         return ServeWorkers(loop, cadence, delivery, clock)
+
+    def schedules(self) -> list[Schedule]:
+        """Each audience's refresh: `realtime`, or its cadence with last and next run."""
+        index = build_index(self.segments)
+        return CadenceScheduler(self.store, self.segments, index, ()).schedules()
 
     def sync_status(self) -> list[RouteStatus]:
         """Per audience × destination (and conversion stream): desired, delivered, waiting."""

@@ -107,26 +107,28 @@ def _read_jsonl(path: Path, progress: Progress | None) -> Iterator[Row]:
             if progress is not None and pending >= _PROGRESS_BYTES:
                 progress(pending)
                 pending = 0
-            if not line.strip():
-                continue
-            if len(line) > MAX_MESSAGE_BYTES:
-                yield (
-                    number,
-                    BadRow(
-                        "message_too_large",
-                        f"a message may be at most {MAX_MESSAGE_BYTES} bytes: "
-                        "move large data out of it",
-                        line[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"),
-                    ),
-                )
-                continue
-            try:
-                yield number, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                text = line.decode("utf-8", "replace").rstrip("\n")
-                yield number, BadRow("invalid_json", f"not valid JSON ({exc.msg})", text)
+            row = parse_jsonl_line(line)
+            if row is not None:
+                yield number, row
     if progress is not None and pending:
         progress(pending)
+
+
+def parse_jsonl_line(line: bytes) -> Any:
+    """One line of a JSON Lines file (newline included): its value, a `BadRow`, or None if blank."""
+    if not line.strip():
+        return None
+    if len(line) > MAX_MESSAGE_BYTES:
+        return BadRow(
+            "message_too_large",
+            f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
+            line[:MAX_MESSAGE_BYTES].decode("utf-8", "replace"),
+        )
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        return BadRow("invalid_json", f"not valid JSON ({exc.msg})", text)
 
 
 def _read_csv(path: Path, progress: Progress | None) -> Iterator[Row]:

@@ -25,9 +25,10 @@ from cohortsync.store.duckdb_memberships import record_compute
 from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.identity_cache import IdentityCache
+from cohortsync.store.message_table import MessageTable, messages_table, remap_profiles
 from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.realtime import RealtimeStore
-from cohortsync.store.records import Key, Message, ProfileState, Rejection
+from cohortsync.store.records import Key, ProfileState, Rejection
 from cohortsync.store.schema import MIGRATIONS
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -95,7 +96,10 @@ class DuckDBStore(Store):
 
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
         final = _final_targets(batch)
-        events = _events_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
+        if isinstance(batch.messages, MessageTable):  # built in bulk: append it as it is
+            events = remap_profiles(batch.messages.table, final)
+        else:
+            events = messages_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
         with self._lock:
             self._con.register("_events", events)  # a view of the connection, not transactional
             try:
@@ -467,39 +471,3 @@ def _quarantine_id(rejection: Rejection) -> str:
     """The same bad row from the same place is quarantined once, however often it is re-sent."""
     key = "\x1f".join((rejection.source or "", rejection.origin, rejection.payload))
     return hashlib.sha256(key.encode()).hexdigest()[:32]
-
-
-def _json(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else orjson.dumps(value).decode()
-
-
-def _events_table(messages: Sequence[Message], profile_ids: Sequence[str]) -> pa.Table:
-    """One Arrow table of events, built column by column (far cheaper than row by row)."""
-    # A Message is a tuple: transposing with zip runs in C, one pass for every field.
-    columns = list(zip(*messages, strict=True)) or [()] * len(Message._fields)
-    fields = dict(zip(Message._fields, columns, strict=True))
-    arrays: dict[str, pa.Array] = {}
-    for name in _EVENT_COLUMNS:
-        if name == "profile_id":
-            arrays[name] = pa.array(profile_ids, pa.string())
-        elif name in _JSON_COLUMNS:
-            arrays[name] = pa.array([_json(v) for v in fields[name]], pa.string())
-        elif name in _TIME_COLUMNS:
-            arrays[name] = pa.array(fields[_TIME_COLUMNS[name]], _TS)
-        else:
-            arrays[name] = pa.array(fields[name], pa.string())
-    return pa.table(arrays)
-
-
-_EVENT_COLUMNS = (
-    "message_id", "type", "source", "event", "event_key", "name", "user_id", "anonymous_id",
-    "previous_id", "group_id", "profile_id", "timestamp", "original_timestamp", "sent_at",
-    "received_at", "properties", "traits", "context", "integrations",
-)  # fmt: skip
-_TIME_COLUMNS = {
-    "timestamp": "timestamp_us",
-    "original_timestamp": "original_timestamp_us",
-    "sent_at": "sent_at_us",
-    "received_at": "received_at_us",
-}
-_JSON_COLUMNS = {"properties", "traits", "context", "integrations"}
