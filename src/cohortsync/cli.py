@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -33,6 +33,7 @@ from cohortsync.render import (
     overlap_table,
     preview_group,
     profile_group,
+    schedule_table,
     stats_tables,
     status_table,
     sync_table,
@@ -303,15 +304,18 @@ def _sync_json(report: Any) -> dict[str, Any]:
 
 @app.command()
 def status(project: ProjectOption = None, as_json: JsonOption = False) -> None:
-    """Per audience × destination: desired, acknowledged, pending, failed, dead letters, matches."""
+    """Per audience × destination: desired, acknowledged, pending, failed, dead letters, matches;
+    and each audience's refresh with its last and next run."""
     with Engine.open(project) as engine:
         rows = engine.sync_status()
         runs = engine.sync_runs(5)
+        schedules = engine.schedules()
     value = {
         "routes": [{**dataclasses.asdict(r), "match_rate": r.match_rate} for r in rows],
         "runs": [dataclasses.asdict(r) for r in runs],
+        "schedules": [dataclasses.asdict(s) for s in schedules],
     }
-    _show(value, as_json, lambda: status_table(rows))
+    _show(value, as_json, lambda: Group(status_table(rows), schedule_table(schedules)))
 
 
 class Platform(StrEnum):

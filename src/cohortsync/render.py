@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rich.console import Group
@@ -12,6 +13,7 @@ from rich.table import Table
 from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
+from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
 from cohortsync.sync.run import SyncReport
@@ -257,3 +259,24 @@ def demo_table(report: ComputeReport, synced: SyncReport) -> Table:
             else f"conversions → {name}: {tally.retrying:,} written as a dry run\n"
         )
     return table
+
+
+def schedule_table(schedules: Sequence[Schedule]) -> Table:
+    """Each audience's refresh: real time, or its cadence with the last and next run."""
+    table = Table(title="refresh", title_justify="left")
+    for column in ("audience", "refresh", "last run", "next run"):
+        table.add_column(column)
+    for s in schedules:
+        last = "—" if s.last_run_us is None else f"{_moment(s.last_run_us):%Y-%m-%d %H:%M}"
+        if s.next_run_us is None:
+            upcoming = "as events arrive"
+        elif s.next_run_us == 0:
+            upcoming = "at the next start of serve"
+        else:
+            upcoming = f"{_moment(s.next_run_us):%Y-%m-%d %H:%M}"
+        table.add_row(escape(s.audience), escape(s.refresh), last, upcoming)
+    return table
+
+
+def _moment(us: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)

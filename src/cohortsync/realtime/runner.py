@@ -91,15 +91,24 @@ class RealtimeLoop:
                 self._queue.oldest_us = oldest
             self._wake.notify()
 
-    def catch_up(self) -> int:
-        """Evaluate profiles received since the cursor (after a restart); return how many."""
-        cursor = self.store.realtime.cursor()
-        if cursor is None or not self.index.audiences:
+    def catch_up(self, chunk: int = 5_000) -> int:
+        """Evaluate what a restart may have missed; return how many profiles.
+
+        After a crash: every profile received since the cursor (less a slack for commits that
+        land out of receive order). On the very first start: every profile with an event the
+        real-time segments read, so their timers exist (a batch compute sets no timers).
+        """
+        if not self.index.audiences:
             return 0
-        since = cursor - CURSOR_SLACK_US
-        profiles = self.store.realtime.profiles_received_since(since, self.index.events)
-        if profiles:
-            self.processor.process(profiles, micros(self.clock()))
+        realtime = self.store.realtime
+        cursor = realtime.cursor()
+        now = micros(self.clock())
+        since = 0 if cursor is None else cursor - CURSOR_SLACK_US
+        profiles = realtime.profiles_received_since(since, self.index.events)
+        for start in range(0, len(profiles), chunk):
+            self.processor.process(profiles[start : start + chunk], now)
+        if cursor is None:
+            realtime.set_cursor(now)
         return len(profiles)
 
     # -- one round ----------------------------------------------------------------------------
