@@ -120,8 +120,12 @@ class RealtimeLoop:
         with self._wake:
             queued, self._queue = self._queue, _Queue()
         if queued.messages:
-            profiles = self._profiles(queued.messages)
-            done = self.processor.process(profiles, now_us)
+            try:
+                profiles = self._profiles(queued.messages)
+                done = self.processor.process(profiles, now_us)
+            except BaseException:
+                self._requeue(queued)  # evaluated again next round: nothing is dropped
+                raise
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
@@ -137,14 +141,26 @@ class RealtimeLoop:
             due = self.store.realtime.due_timers(now_us)
             if not due:
                 return
-            by_instant: dict[int, list[str]] = {}
-            for profile_id, at in due:
-                by_instant.setdefault(at, []).append(profile_id)
-            for at, profiles in sorted(by_instant.items()):
+            # Timers due within the same second are evaluated together at the latest of them:
+            # one transaction per second of timers, exits recorded within a second of due.
+            by_second: dict[int, list[tuple[str, int]]] = {}
+            for profile_id, due_us in due:
+                by_second.setdefault(due_us // 1_000_000, []).append((profile_id, due_us))
+            for group in (by_second[k] for k in sorted(by_second)):
+                at = max(due_us for _, due_us in group)
+                profiles = [p for p, _ in group]
                 done = self.processor.process(profiles, at)
                 report.timer_profiles += done.profiles
                 report.entered += done.entered
                 report.exited += done.exited
+
+    def _requeue(self, queued: _Queue) -> None:
+        with self._wake:
+            self._queue.messages[:0] = queued.messages
+            if queued.oldest_us is not None and (
+                self._queue.oldest_us is None or queued.oldest_us < self._queue.oldest_us
+            ):
+                self._queue.oldest_us = queued.oldest_us
 
     def _profiles(self, messages: Sequence[Message]) -> list[str]:
         keys: set[tuple[str, str]] = set()
