@@ -253,6 +253,23 @@ def test_where_operators(
     assert cond_members(orders, cond) == expected
 
 
+def test_where_strings_that_json_escapes(engine: Engine) -> None:
+    names = {"u1": 'say "hi"', "u2": "back\\slash", "u3": "line\nbreak", "u4": "café ☕/", "u5": ""}
+    engine.ingest_messages([track(user, "Viewed", H, name=name) for user, name in names.items()])
+
+    def where(op: str, value: Any) -> set[str]:
+        return cond_members(
+            engine, EventCondition("viewed", where=(Comparison("name", op, value),))
+        )
+
+    for user, name in names.items():
+        assert where("eq", name) == {user}
+        assert where("ne", name) == set(names) - {user}
+    assert where("in", list(names.values())) == set(names)
+    assert where("in", ['say "hi"', "café ☕/", 5]) == {"u1", "u4"}
+    assert where("not_in", ["line\nbreak", ""]) == {"u1", "u2", "u4"}
+
+
 def test_where_with_count_zero_and_several_filters(orders: Engine) -> None:
     where = (Comparison("total", "gte", 50), Comparison("currency", "exists", True))
     assert cond_members(orders, EventCondition("order_completed", where=where)) == {"u1"}

@@ -607,31 +607,59 @@ class _Query:
         return self.scan.derive(event, ("where", repr(where)), _and(*preds), "BOOLEAN")
 
     def _event(self, cond: EventCondition) -> exp.Expr:
-        """`count OP n` of matching events, from the shared scan."""
+        """`count OP n` of matching events, from the shared scan.
+
+        When only "any matching event?" matters (`count` defaults to at least one), the
+        answer comes from the latest (or, for `before`, earliest) matching timestamp, one
+        column per event and filter whatever the window, instead of one count per window.
+        """
         if cond.count_op not in COUNT_OPS:
             raise InputError(f"unknown count operator {cond.count_op!r}")
-        op, count = cond.count_op, cond.count
+        op, count, window = cond.count_op, cond.count, cond.window
         where = self._where(cond.event, cond.where)
-        if not isinstance(cond.window, Since):
-            n = self.scan.aggregate("count", cond.event, window_span(cond.window, self.at), where)
-            zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
-            return COUNT_OPS[op](this=zero, expression=_lit(count))
-        upto = Span(None, self.at)
-        anchor = self.scan.aggregate("max_ts", cond.window.event, upto)
-        anchored = exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
+        span = window_span(window, self.at)
         at_zero, at_one = _count_holds(op, 0, count), _count_holds(op, 1, count)
         if not _same_for_any(op, count):
-            counted = self._since_count(cond)
-            return _and(anchored, COUNT_OPS[op](this=counted, expression=_lit(count)))
-        if at_zero and at_one:
-            return anchored
-        if not at_zero and not at_one:
-            return exp.false()
-        latest = self.scan.aggregate("max_ts", cond.event, upto, where)
-        after = exp.Coalesce(
-            this=exp.GT(this=latest, expression=anchor.copy()), expressions=[exp.false()]
-        )
-        return after if at_one else _and(anchored, exp.not_(after, copy=False))
+            if isinstance(window, Since):
+                counted = self._since_count(cond)
+                return _and(
+                    self._anchored(window), COUNT_OPS[op](this=counted, expression=_lit(count))
+                )
+            n = self.scan.aggregate("count", cond.event, span, where)
+            zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
+            return COUNT_OPS[op](this=zero, expression=_lit(count))
+        if at_zero == at_one:  # the count does not matter
+            if isinstance(window, Since):
+                return self._anchored(window) if at_zero else exp.false()
+            return exp.true() if at_zero else exp.false()
+        found: exp.Expr
+        if isinstance(window, Since):
+            latest = self.scan.aggregate("latest", cond.event, span, where)
+            anchor = self.scan.aggregate("latest", window.event, span)
+            found = _false_if_null(exp.GT(this=latest, expression=anchor))
+            # Without the anchor event the condition is false, whatever the count.
+            return found if at_one else _and(self._anchored(window), exp.not_(found, copy=False))
+        if isinstance(window, Between):
+            n = self.scan.aggregate("count", cond.event, span, where)
+            found = exp.GTE(
+                this=exp.Coalesce(this=n, expressions=[exp.Literal.number(0)]),
+                expression=exp.Literal.number(1),
+            )
+        elif isinstance(window, Before):
+            earliest = self.scan.aggregate("earliest", cond.event, span, where)
+            found = _false_if_null(exp.LTE(this=earliest, expression=self.c._at(span.hi)))
+        else:
+            latest = self.scan.aggregate("latest", cond.event, span, where)
+            if span.lo is None:
+                found = exp.not_(exp.Is(this=latest, expression=exp.null()), copy=False)
+            else:
+                found = _false_if_null(exp.GTE(this=latest, expression=self.c._at(span.lo)))
+        return found if at_one else exp.not_(found, copy=False)
+
+    def _anchored(self, window: Since) -> exp.Expr:
+        """The profile has the `since` anchor event (at or before the instant)."""
+        anchor = self.scan.aggregate("latest", window.event, Span(None, self.at))
+        return exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
 
     def _since_count(self, cond: EventCondition) -> exp.Expr:
         """The number of matching events after the anchor (0 when none), read on its own."""

@@ -53,7 +53,7 @@ class _Aggregate:
     """One per-profile aggregate: `func(value)` over rows of `event` in `span` passing `where`."""
 
     alias: str
-    func: str  # count | max_ts | sum | avg | min | max | most_frequent
+    func: str  # count | latest | earliest | sum | avg | min | max | most_frequent
     event: str
     span: Span
     where: str | None  # a boolean column
@@ -126,11 +126,15 @@ class EventScan:
     ) -> exp.Column:
         """The per-profile column of `func` over `event` rows in `span` (NULL: no such rows).
 
-        `func` is `count` (rows, or non-NULL `value`s), `max_ts` (latest timestamp), or `sum`,
-        `avg`, `min`, `max` of `value`.
+        `func` is `count` (rows, or non-NULL `value`s), or `sum`, `avg`, `min`, `max` of
+        `value`; or `latest` / `earliest`, the timestamp of the latest / earliest row of the
+        event passing `where` among all its scanned rows, which cover `span` and end at or
+        before its end: one column answers "any such event since X" for every X in the query.
         """
         self._use(event, span)
-        key = (func, event, span, where, value)
+        key: tuple[object, ...] = (func, event, where, value)
+        if func not in ("latest", "earliest"):
+            key = (*key, span)
         found = self._aggregates.get(key)
         if found is None:
             found = _Aggregate(f"a{len(self._aggregates)}", func, event, span, where, value)
@@ -233,10 +237,12 @@ class EventScan:
         if self._shared[agg.event]:
             preds.append(exp.EQ(this=col(EV), expression=exp.Literal.string(agg.event)))
         scanned = self._scanned[agg.event]
-        if agg.span.lo is not None and (scanned.lo is None or scanned.lo < agg.span.lo):
-            preds.append(exp.GTE(this=col(TS), expression=self._instant(agg.span.lo)))
-        if scanned.hi > agg.span.hi:
-            preds.append(exp.LTE(this=col(TS), expression=self._instant(agg.span.hi)))
+        span = agg.span
+        if agg.func not in ("latest", "earliest"):  # those read every scanned row
+            if span.lo is not None and (scanned.lo is None or scanned.lo < span.lo):
+                preds.append(exp.GTE(this=col(TS), expression=self._instant(span.lo)))
+            if scanned.hi > span.hi:
+                preds.append(exp.LTE(this=col(TS), expression=self._instant(span.hi)))
         if agg.where is not None:
             preds.append(col(agg.where))
         return exp.and_(*preds, copy=False) if preds else None
@@ -251,8 +257,10 @@ class EventScan:
         """The aggregate function over the scanned rows."""
         if func == "count":
             return exp.Count(this=exp.Star() if value is None else col(value))
-        if func == "max_ts":
+        if func == "latest":
             return exp.Max(this=col(TS))
+        if func == "earliest":
+            return exp.Min(this=col(TS))
         assert value is not None
         cls = {"sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}[func]
         return cls(this=col(value))
@@ -292,9 +300,9 @@ class EventScan:
             combined: exp.Expr
             if agg.func in ("count", "sum"):
                 combined = exp.Sum(this=col(names[0]))
-            elif agg.func in ("max_ts", "max"):
+            elif agg.func in ("latest", "max"):
                 combined = exp.Max(this=col(names[0]))
-            elif agg.func == "min":
+            elif agg.func in ("earliest", "min"):
                 combined = exp.Min(this=col(names[0]))
             else:  # avg: the sum of sums over the sum of counts
                 total = exp.Sum(this=col(names[1]))

@@ -4,13 +4,10 @@ FROM profiles AS p
 LEFT JOIN (
   SELECT
     "pid",
-    COUNT(*) FILTER(WHERE
-      "ev" = 'added_to_cart'
-      AND "ts" >= CAST('2026-01-09 18:00:00.000001+00' AS TIMESTAMPTZ)) AS a0,
     MAX("ts") FILTER(WHERE
-      "ev" = 'added_to_cart') AS a1,
+      "ev" = 'added_to_cart') AS a0,
     MAX("ts") FILTER(WHERE
-      "ev" = 'order_completed') AS a2
+      "ev" = 'order_completed') AS a1
   FROM (
     SELECT
       "canonical_profile_id" AS pid,
@@ -28,5 +25,6 @@ LEFT JOIN (
 WHERE
   "p"."merged_into" IS NULL
   AND (
-    COALESCE("a0", 0) >= 1 AND NOT COALESCE("a2" > "a1", FALSE)
+    COALESCE("a0" >= CAST('2026-01-09 18:00:00.000001+00' AS TIMESTAMPTZ), FALSE)
+    AND NOT COALESCE("a1" > "a0", FALSE)
   )

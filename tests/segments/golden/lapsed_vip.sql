@@ -8,8 +8,7 @@ LEFT JOIN (
     COUNT(*) FILTER(WHERE
       "ts" >= CAST('2025-12-06 00:00:00.000000+00' AS TIMESTAMPTZ)
       AND "ts" <= CAST('2025-12-20 00:00:00.000000+00' AS TIMESTAMPTZ)) AS a1,
-    COUNT(*) FILTER(WHERE
-      "ts" >= CAST('2025-12-20 00:00:00.000001+00' AS TIMESTAMPTZ)) AS a2
+    MAX("ts") AS a2
   FROM (
     SELECT
       "canonical_profile_id" AS pid,
@@ -31,5 +30,5 @@ WHERE
       NOT "a0" IS NULL AND "a0" >= 500
     ), FALSE)
     AND COALESCE("a1", 0) >= 1
-    AND COALESCE("a2", 0) = 0
+    AND NOT COALESCE("a2" >= CAST('2025-12-20 00:00:00.000001+00' AS TIMESTAMPTZ), FALSE)
   )
