@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ConfigDict
@@ -128,8 +128,11 @@ class DestinationContext:
     clock: Callable[[], datetime]
 
 
-class Destination(ABC):
-    """One system that receives audience changes or conversions."""
+ConfigT = TypeVar("ConfigT", bound=DestinationConfig)
+
+
+class Destination(ABC, Generic[ConfigT]):
+    """One system that receives audience changes or conversions; `settings` is its config."""
 
     kind: ClassVar[str]
     """The `type:` that selects this module in `cohortsync.yml`."""
@@ -146,7 +149,12 @@ class Destination(ABC):
     """Whether it receives conversions."""
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
+        if not isinstance(config, self.config_model):
+            raise TypeError(
+                f"{self.kind} needs a {self.config_model.__name__}, got {type(config).__name__}"
+            )
         self.config = config
+        self.settings: ConfigT = cast(ConfigT, config)
         self.context = context
 
     def apply(self, batch: Batch) -> BatchResult:
@@ -162,8 +170,12 @@ class Destination(ABC):
         """The exact requests (or writes) `apply`/`send_conversions` would make, as JSON-able
         dicts, with identifiers hashed as they would leave and secrets redacted; sends nothing."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections or files."""
+
+
+AnyDestination = Destination[Any]
+"""A destination of any config type (what the sync layer holds)."""
 
 
 def usable(change: Change | Conversion, accepts: Sequence[str]) -> bool:

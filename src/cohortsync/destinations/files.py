@@ -109,7 +109,7 @@ class _Plan:
     removed: int
 
 
-class FilesDestination(Destination):
+class FilesDestination(Destination[FilesConfig]):
     """Writes hashed snapshot and delta files per audience for manual upload to an ad platform."""
 
     kind: ClassVar[str] = "files"
@@ -119,13 +119,10 @@ class FilesDestination(Destination):
     max_batch: ClassVar[int] = 100_000
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, FilesConfig):
-            raise TypeError(f"files needs a FilesConfig, got {type(config).__name__}")
         super().__init__(config, context)
-        self.settings: FilesConfig = config
-        self.layout = LAYOUTS[config.platform]
+        self.layout = LAYOUTS[self.settings.platform]
         self.columns = tuple(column for column, _, _ in self.layout)
-        root = Path(config.path).expanduser()
+        root = Path(self.settings.path).expanduser()
         self.root = root if root.is_absolute() else context.project_dir / root
 
     def apply(self, batch: Batch) -> BatchResult:

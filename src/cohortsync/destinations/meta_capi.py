@@ -25,7 +25,6 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
-    DestinationContext,
     PermanentError,
 )
 from cohortsync.destinations.hashing import hash_identifier
@@ -69,7 +68,7 @@ class MetaCapiConfig(GraphConfig):
         return number
 
 
-class MetaCapiDestination(Destination):
+class MetaCapiDestination(Destination[MetaCapiConfig]):
     """Sends conversions to Meta's Conversions API; receives no audience changes."""
 
     kind: ClassVar[str] = "meta_capi"
@@ -79,12 +78,6 @@ class MetaCapiDestination(Destination):
     max_batch: ClassVar[int] = MAX_EVENTS
     audiences: ClassVar[bool] = False
     conversions: ClassVar[bool] = True
-
-    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, MetaCapiConfig):
-            raise TypeError(f"meta_capi needs a MetaCapiConfig, got {type(config).__name__}")
-        super().__init__(config, context)
-        self.settings: MetaCapiConfig = config
 
     def send_conversions(self, batch: ConversionBatch) -> BatchResult:
         """Send the valid conversions, ≤ 1,000 per request; reject the others with a reason."""

@@ -87,7 +87,7 @@ class Upload:
     rows: tuple[tuple[str, str, str], ...]
 
 
-class MetaCustomAudienceDestination(Destination):
+class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
     """Keeps customer-file Custom Audiences in one ad account equal to cohortsync's audiences."""
 
     kind: ClassVar[str] = "meta_custom_audience"
@@ -97,13 +97,7 @@ class MetaCustomAudienceDestination(Destination):
     max_batch: ClassVar[int] = MAX_ROWS
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, MetaCustomAudienceConfig):
-            raise TypeError(
-                "meta_custom_audience needs a MetaCustomAudienceConfig, "
-                f"got {type(config).__name__}"
-            )
         super().__init__(config, context)
-        self.settings: MetaCustomAudienceConfig = config
         self._ids: dict[str, str] = {}
 
     def apply(self, batch: Batch) -> BatchResult:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from cohortsync.destinations.base import Destination
+from cohortsync.destinations.base import AnyDestination, Destination
 
 MODULES = {
     "warehouse": "cohortsync.destinations.warehouse",
@@ -25,7 +25,7 @@ def known_types() -> list[str]:
     return sorted(MODULES)
 
 
-def destination_class(type_name: str) -> type[Destination]:
+def destination_class(type_name: str) -> type[AnyDestination]:
     """The class for a destination `type:`; KeyError when no module implements it."""
     if ":" in type_name:
         module_name, _, class_name = type_name.partition(":")

@@ -39,7 +39,6 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
-    DestinationContext,
 )
 from cohortsync.destinations.http import PreparedRequest, json_body, scrub, send
 
@@ -95,7 +94,7 @@ class _Message:
     encoded: bytes
 
 
-class SegmentDestination(Destination):
+class SegmentDestination(Destination[SegmentConfig]):
     """Sends audience entries/exits and conversions to a Segment-spec `/v1/batch` endpoint."""
 
     kind: ClassVar[str] = "segment"
@@ -105,12 +104,6 @@ class SegmentDestination(Destination):
     max_batch: ClassVar[int] = 1_000
     """Two messages per change: 1,000 changes stay under Segment's 2,500 messages."""
     conversions: ClassVar[bool] = True
-
-    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, SegmentConfig):
-            raise TypeError(f"segment needs a SegmentConfig, got {type(config).__name__}")
-        super().__init__(config, context)
-        self.settings: SegmentConfig = config
 
     def apply(self, batch: Batch) -> BatchResult:
         """Send a track and an identify per change; a change with no user or anonymous id, or

@@ -317,7 +317,7 @@ def _sample(data: Mapping[str, list[Any]], skip: tuple[str, ...] = ()) -> list[d
     return [_jsonable({k: v[i] for k, v in data.items() if k not in skip}) for i in range(count)]
 
 
-class WarehouseDestination(Destination):
+class WarehouseDestination(Destination[WarehouseConfig]):
     """Writes audience membership, its change log and conversions to DuckDB or Postgres."""
 
     kind: ClassVar[str] = "warehouse"
@@ -329,12 +329,9 @@ class WarehouseDestination(Destination):
     conversions: ClassVar[bool] = True
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, WarehouseConfig):
-            raise TypeError(f"the warehouse destination needs a WarehouseConfig, not {config!r}")
         super().__init__(config, context)
-        self.settings = config
-        self.names = Names(config.db_schema, config.table_prefix)
-        self._session = open_session(config, context)
+        self.names = Names(self.settings.db_schema, self.settings.table_prefix)
+        self._session = open_session(self.settings, context)
         self._ready = False
         self._lock = threading.Lock()
 

@@ -35,7 +35,6 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
-    DestinationContext,
     PermanentError,
     usable,
 )
@@ -90,7 +89,7 @@ class WebhookConfig(DestinationConfig):
         return value
 
 
-class WebhookDestination(Destination):
+class WebhookDestination(Destination[WebhookConfig]):
     """POSTs each batch of changes or conversions, signed, to one URL."""
 
     kind: ClassVar[str] = "webhook"
@@ -99,12 +98,6 @@ class WebhookDestination(Destination):
     ad_platform: ClassVar[bool] = False
     max_batch: ClassVar[int] = 500
     conversions: ClassVar[bool] = True
-
-    def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
-        if not isinstance(config, WebhookConfig):
-            raise TypeError(f"webhook needs a WebhookConfig, got {type(config).__name__}")
-        super().__init__(config, context)
-        self.settings: WebhookConfig = config
 
     def apply(self, batch: Batch) -> BatchResult:
         """POST the usable changes; those without any identifier are rejected, not sent."""

@@ -10,7 +10,8 @@ import duckdb
 import pyarrow as pa
 
 from cohortsync.store.base import MembershipChanges
-from cohortsync.store.duckdb_outbox import Registered, Transaction, plan_changes
+from cohortsync.store.duckdb_outbox import plan_changes
+from cohortsync.store.duckdb_shared import Registered, Transaction
 from cohortsync.store.outbox import Route
 
 _TS = pa.timestamp("us", tz="UTC")

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -13,6 +11,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from cohortsync.store.duckdb_shared import ConnectionView, Registered, first_row
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
@@ -27,7 +26,6 @@ from cohortsync.store.outbox import (
     SyncRunRecord,
 )
 
-Transaction = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 KEY = "destination, audience, profile_id"
 _KEY_MATCH = (
     "{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
@@ -39,34 +37,13 @@ def _match(a: str, b: str) -> str:
     return _KEY_MATCH.format(a=a, b=b)
 
 
-def _first(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
-    """The first row of a fully fetched result (DuckDB keeps unfinished results open)."""
-    return rows[0] if rows else None
-
-
 def next_ids(con: duckdb.DuckDBPyConnection, name: str, count: int) -> int:
     """Reserve `count` ids of counter `name`; return the first (ids only ever grow)."""
-    row = _first(con.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchall())
+    row = first_row(con.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchall())
     start = (int(row[0]) if row else 0) + 1
     if count:
         con.execute("INSERT OR REPLACE INTO counters VALUES (?, ?)", [name, start + count - 1])
     return start
-
-
-class Registered:
-    """Register Arrow tables under names for the length of a `with` block."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, **tables: pa.Table) -> None:
-        self.con, self.tables = con, tables
-
-    def __enter__(self) -> duckdb.DuckDBPyConnection:
-        for name, table in self.tables.items():
-            self.con.register(name, table)
-        return self.con
-
-    def __exit__(self, *_: object) -> None:
-        for name in self.tables:
-            self.con.unregister(name)
 
 
 def _routes_table(routes: Sequence[Route]) -> pa.Table:
@@ -168,7 +145,7 @@ def plan_changes(
             SELECT n.* FROM _needed n
             ANTI JOIN (SELECT {KEY} FROM outbox WHERE batch_id IS NULL) w USING ({KEY})"""
         )
-        counts = _first(
+        counts = first_row(
             con.execute(
                 "SELECT count(*) FILTER (op = 'add'), count(*) FILTER (op = 'remove') FROM _new"
             ).fetchall()
@@ -224,15 +201,8 @@ _IDENTIFIERS = """
 """
 
 
-class DuckDBOutbox(OutboxStore):
+class DuckDBOutbox(ConnectionView, OutboxStore):
     """`OutboxStore` over the store's DuckDB connection, sharing its lock and transactions."""
-
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, lock: threading.RLock, transaction: Transaction
-    ) -> None:
-        self._con = con
-        self._lock = lock
-        self._transaction = transaction
 
     def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
         with self._transaction() as con:
@@ -266,7 +236,7 @@ class DuckDBOutbox(OutboxStore):
                 ANTI JOIN conversion_ledger l
                     ON l.destination = r.destination AND l.message_id = e.message_id"""
             )
-            row = _first(con.execute("SELECT count(*) FROM _conv").fetchall())
+            row = first_row(con.execute("SELECT count(*) FROM _conv").fetchall())
             count = int(row[0]) if row else 0
             start = next_ids(con, "conversion_id", count)
             con.execute(
@@ -300,7 +270,7 @@ class DuckDBOutbox(OutboxStore):
         audience: str | None = None,
     ) -> ClaimedBatch | None:
         with self._transaction() as con:
-            due = _first(
+            due = first_row(
                 con.execute(
                     "SELECT batch_id FROM sync_batches WHERE destination = ? AND kind = ? "
                     "AND next_attempt_at <= ? AND (?::VARCHAR IS NULL OR audience = ?) "
@@ -415,7 +385,7 @@ class DuckDBOutbox(OutboxStore):
                               WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})"""
         params = [destination, audience, audience]
         if limit == 1:  # a claim: the oldest change decides the audience and operation
-            head = _first(
+            head = first_row(
                 con.execute(
                     f"SELECT o.audience, o.op {claimable} ORDER BY o.change_id LIMIT 1", params
                 ).fetchall()
@@ -528,7 +498,7 @@ class DuckDBOutbox(OutboxStore):
         return ClaimedBatch(batch_id, destination, audience, kind, op, 0, None, records)
 
     def _load(self, con: duckdb.DuckDBPyConnection, batch_id: str) -> ClaimedBatch:
-        row = _first(
+        row = first_row(
             con.execute(
                 "SELECT destination, audience, kind, op, attempts, first_attempt_at "
                 "FROM sync_batches WHERE batch_id = ?",
@@ -749,7 +719,7 @@ class DuckDBOutbox(OutboxStore):
                 "AND (?::VARCHAR IS NULL OR audience = ?)"
             )
             params = [destination, destination, audience, audience]
-            row = _first(
+            row = first_row(
                 con.execute(f"SELECT count(*) FROM dead_letters WHERE {where}", params).fetchall()
             )
             # Conversions come back through the ledger: forget them there to queue them again.
@@ -784,7 +754,7 @@ class DuckDBOutbox(OutboxStore):
             rows = con.execute(_STATUS_SQL).fetchall() if routes else []
             found += [_route_status(row) for row in rows]
             for destination in conversion_destinations:
-                row = _first(con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchall())
+                row = first_row(con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchall())
                 assert row is not None
                 found.append(_route_status((destination, None, *row)))
         return found

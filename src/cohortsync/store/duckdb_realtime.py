@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
-import duckdb
 import orjson
 import pyarrow as pa
 
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.duckdb_memberships import diff_memberships
-from cohortsync.store.duckdb_outbox import Registered, Transaction, plan_changes
+from cohortsync.store.duckdb_outbox import plan_changes
+from cohortsync.store.duckdb_shared import ConnectionView, Registered
 from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
 
@@ -29,15 +28,8 @@ def _ids(values: Iterable[str]) -> pa.Table:
     return pa.table({"profile_id": pa.array(list(values), pa.string())})
 
 
-class DuckDBRealtime(RealtimeStore):
+class DuckDBRealtime(ConnectionView, RealtimeStore):
     """`RealtimeStore` over the store's connection, sharing its lock and transactions."""
-
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, lock: threading.RLock, transaction: Transaction
-    ) -> None:
-        self._con = con
-        self._lock = lock
-        self._transaction = transaction
 
     def canonical(self, profile_ids: Iterable[str]) -> dict[str, str]:
         ids = list(dict.fromkeys(profile_ids))

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from cohortsync.config.loader import LoadedProject, display_path
 from cohortsync.destinations.base import (
-    Destination,
+    AnyDestination,
     DestinationConfig,
     DestinationContext,
 )
@@ -32,7 +32,7 @@ class SyncSetup:
     """The project's destinations (validated settings) and what flows to each."""
 
     configs: Mapping[str, DestinationConfig]
-    classes: Mapping[str, type[Destination]]
+    classes: Mapping[str, type[AnyDestination]]
     routes: tuple[Route, ...]
     conversion_routes: tuple[ConversionRoute, ...]
     identifiers: Mapping[str, tuple[str, ...]]
@@ -48,7 +48,7 @@ class SyncSetup:
         http: httpx.Client,
         clock: Callable[[], datetime],
         only: str | None = None,
-    ) -> dict[str, Destination]:
+    ) -> dict[str, AnyDestination]:
         """Instantiate destinations (all, or the one named `only`)."""
         return {
             name: cls(self.configs[name], DestinationContext(name, root, http, clock))
@@ -61,7 +61,7 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
     """Validate `destinations:` and `conversions:` against the audiences; build the routes."""
     display = display_path(loaded.file)
     configs: dict[str, DestinationConfig] = {}
-    classes: dict[str, type[Destination]] = {}
+    classes: dict[str, type[AnyDestination]] = {}
     for name, raw in loaded.project.destinations.items():
         cls, config = _destination(loaded, display, name, raw)
         classes[name], configs[name] = cls, config
@@ -97,7 +97,7 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
 
 def _destination(
     loaded: LoadedProject, display: str, name: str, raw: Any
-) -> tuple[type[Destination], DestinationConfig]:
+) -> tuple[type[AnyDestination], DestinationConfig]:
     line = loaded.line_of("destinations", name)
     if not isinstance(raw, Mapping) or "type" not in raw:
         raise ConfigError(
@@ -139,10 +139,10 @@ def _destination(
 def _named(
     loaded: LoadedProject,
     display: str,
-    classes: Mapping[str, type[Destination]],
+    classes: Mapping[str, type[AnyDestination]],
     name: str,
     where: tuple[str | int, ...],
-) -> type[Destination]:
+) -> type[AnyDestination]:
     if name in classes:
         return classes[name]
     known = ", ".join(sorted(classes)) or "none yet"

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import orjson
 
-from cohortsync.destinations.base import Destination
+from cohortsync.destinations.base import AnyDestination
 from cohortsync.store.outbox import CHANGES, CONVERSIONS, OutboxStore
 from cohortsync.sync.worker import Delivery, to_batch, to_conversions
 
 
 def write_dry_run(
     outbox: OutboxStore,
-    destinations: Mapping[str, Destination],
+    destinations: Mapping[str, AnyDestination],
     folder: Path,
     identifiers: Mapping[str, tuple[str, ...]],
     audience: str | None = None,

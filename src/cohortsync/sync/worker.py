@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cohortsync.destinations.base import (
+    AnyDestination,
     AuthError,
     Batch,
     BatchResult,
     Change,
     Conversion,
     ConversionBatch,
-    Destination,
     PermanentError,
     TransientError,
 )
@@ -121,7 +121,7 @@ class Deliverer:
     def __init__(
         self,
         outbox: OutboxStore,
-        destinations: Mapping[str, Destination],
+        destinations: Mapping[str, AnyDestination],
         policy: RetryPolicy,
         clock: Clock,
         identifiers: Mapping[str, tuple[str, ...]] | None = None,
@@ -153,7 +153,7 @@ class Deliverer:
     def _drain(
         self,
         name: str,
-        destination: Destination,
+        destination: AnyDestination,
         kind: str,
         audience: str | None,
         delivery: Delivery,
@@ -171,7 +171,7 @@ class Deliverer:
             if not delivered:
                 return  # the destination is failing: send it nothing more this run
 
-    def deliver(self, destination: Destination, batch: ClaimedBatch, delivery: Delivery) -> bool:
+    def deliver(self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery) -> bool:
         """Send one batch and record the outcome; False when the destination is failing."""
         tally = delivery.tally(batch.destination, batch.audience)
         tally.batches += 1
