@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -102,8 +102,17 @@ def compute_members(
 def _segment_members(
     store: Store, project: SegmentProject, at_us: int, compiler: Compiler
 ) -> dict[str, list[str]]:
-    """Sorted members of every segment, through one temporary table of per-profile flags."""
+    """Sorted members of every segment, from one query of per-profile flags.
+
+    A store that reads a query's flags in one go (`flagged_members`, the DuckDB store) gets
+    the query itself; any other store fills a temporary table and reads each segment's column.
+    """
     plan = compiler.compile_members(project, list(project.segments), at_us)
+    reader: Callable[[str, Mapping[str, str]], dict[str, list[str]]] | None = getattr(
+        store, "flagged_members", None
+    )
+    if reader is not None:
+        return reader(compiler.render(plan.query), plan.columns)
     table = exp.to_table(f"cohortsync_members_{uuid.uuid4().hex}")
     create = exp.Create(
         this=table,
@@ -120,11 +129,13 @@ def _segment_members(
                 exp.select(exp.column("profile_id", quoted=True))
                 .from_(table.copy())
                 .where(exp.column(column, quoted=True))
+                .order_by(exp.column("profile_id", quoted=True))
             )
             sql = compiler.render(flagged)
             if i == 0:  # the table is filled by the same call that reads its first segment
                 sql = f"{compiler.render(create)};\n{sql}"
-            # One row per live profile: ids are unique, so sorting is all that is left.
+            # One row per live profile: ids are unique, and sorted already (sorted() then
+            # only checks, in linear time, that the engine's order is Python's).
             segments[name] = sorted(store.profile_ids(sql))
     finally:
         store.profile_ids(

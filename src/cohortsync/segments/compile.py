@@ -1,11 +1,12 @@
 """Compile segments, audiences and computed traits into SQL (sqlglot expressions) over the store.
 
-A query reads the event log once: every event condition and computed trait it needs becomes a
-`FILTER` aggregate of one shared scan (`scan.EventScan`), and each condition is a boolean
-expression over those per-profile columns, evaluated on every live profile
-(`profiles.merged_into IS NULL`). Every leaf expression is TRUE or FALSE, never NULL, so
-`not`/`all`/`any` are plain NOT/AND/OR and keep the boolean algebra exact. A segment used by
-several others is read once: references share the scan's columns.
+A query reads the event log in a few selective scans (`scan.EventScan`): every event condition
+and computed trait it needs becomes a `FILTER` aggregate of the scan covering its time window,
+and each condition is a boolean expression over those per-profile columns, evaluated on every
+live profile (`profiles.merged_into IS NULL`). Every leaf expression is TRUE or FALSE, never
+NULL, so `not`/`all`/`any` are plain NOT/AND/OR and keep the boolean algebra exact. Segments
+referenced several times, and traits used by several conditions, are computed once per query;
+`compile_members` computes every segment of a project in one query.
 
 Every user value is bound as a sqlglot literal; no SQL is assembled from strings. A JSON null
 property is treated as missing, like an absent key.
@@ -132,9 +133,6 @@ class Compiler:
 
     dialect = "duckdb"
 
-    def __init__(self) -> None:
-        self._alias = 0
-
     # -- dialect hooks -------------------------------------------------------------------
     def json_path(self, parts: list[str]) -> exp.Expr:
         """The path literal for a nested key (JSON pointer, `~` and `/` escaped)."""
@@ -199,10 +197,6 @@ class Compiler:
         return expr.sql(dialect=self.dialect, pretty=pretty, copy=False)
 
     # -- helpers ---------------------------------------------------------------------------
-    def _name(self, prefix: str) -> str:
-        self._alias += 1
-        return f"{prefix}{self._alias}"
-
     def _at(self, micros: int) -> exp.Expr:
         """A TIMESTAMPTZ literal for an instant in microseconds."""
         stamp = EPOCH + timedelta(microseconds=micros)
@@ -211,20 +205,12 @@ class Compiler:
 
     def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expr]:
         """Timestamp predicates for a window (Since adds its anchor join elsewhere)."""
-        ts = _col(TS, table)
-        at = exp.LTE(this=ts, expression=self._at(at_us))
-        if isinstance(window, Ever | Since):
-            return [at]
-        if isinstance(window, Within):
-            return [exp.GT(this=ts, expression=self._at(at_us - window.duration.micros)), at]
-        if isinstance(window, Between):
-            return [
-                exp.GTE(this=ts, expression=self._at(at_us - window.older.micros)),
-                exp.LTE(this=ts.copy(), expression=self._at(at_us - window.newer.micros)),
-            ]
-        if isinstance(window, Before):
-            return [exp.LT(this=ts, expression=self._at(at_us - window.duration.micros))]
-        raise InputError(f"unknown window {window!r}")
+        span = window_span(window, at_us)
+        preds: list[exp.Expr] = []
+        if span.lo is not None:
+            preds.append(exp.GTE(this=_col(TS, table), expression=self._at(span.lo)))
+        preds.append(exp.LTE(this=_col(TS, table), expression=self._at(span.hi)))
+        return preds
 
     def _anchor(self, event: str, at_us: int) -> exp.Select:
         """Per profile, the latest `event` at or before `at` (for Since windows)."""
@@ -687,10 +673,8 @@ class _Query:
             name, *parts = comp.field.split(".")
             value, kind = self._identify_trait(name), _JSON
         if kind == _JSON:
-            pred = self.c._compare(value, parts, comp.op, comp.value)
-        else:
-            pred = self.c._compare_number(value, parts, comp.op, comp.value)
-        return exp.Coalesce(this=pred, expressions=[exp.false()])
+            return self.c._compare(value, parts, comp.op, comp.value)
+        return self.c._compare_number(value, parts, comp.op, comp.value)
 
     def _identify_trait(self, name: str) -> exp.Expr:
         """The JSON value of an identify trait (NULL when the profile has none)."""
