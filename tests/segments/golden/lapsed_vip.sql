@@ -26,9 +26,9 @@ LEFT JOIN (
 WHERE
   "p"."merged_into" IS NULL
   AND (
-    COALESCE((
+    (
       NOT "a0" IS NULL AND "a0" >= 500
-    ), FALSE)
+    )
     AND COALESCE("a1", 0) >= 1
     AND NOT COALESCE("a2" >= CAST('2025-12-20 00:00:00.000001+00' AS TIMESTAMPTZ), FALSE)
   )
