@@ -35,6 +35,8 @@ class Remote:
     retry_after: float | None = None
     reject: dict[str, str] = field(default_factory=dict)
     """profile_id → reason: records refused one by one."""
+    flaky: set[str] = field(default_factory=set)
+    """profile_ids whose record fails transiently once (then succeeds)."""
 
     def answer(self) -> str:
         return self.script.pop(0) if self.script else "ok"
@@ -79,11 +81,17 @@ class ScriptedAds(Destination):
             for c in batch.changes
             if c.profile_id in self.remote.reject
         }
+        retry = {
+            c.change_id: "scripted: try this record again"
+            for c in batch.changes
+            if c.profile_id in self.remote.flaky
+        }
+        self.remote.flaky -= {c.profile_id for c in batch.changes}
         if batch.batch_id in self.remote.applied:
-            return BatchResult(rejected=rejected)
+            return BatchResult(rejected=rejected, retry=retry)
         self.remote.applied.append(batch.batch_id)
         for change in batch.changes:
-            if change.change_id in rejected:
+            if change.change_id in rejected or change.change_id in retry:
                 continue
             self.remote.calls.append((change.op, batch.audience, change.profile_id))
             key = f"{batch.audience}/{change.profile_id}"
@@ -94,7 +102,9 @@ class ScriptedAds(Destination):
                 }
             else:
                 self.remote.members.pop(key, None)
-        return BatchResult(rejected=rejected, stats={"num_received": len(batch.changes)})
+        return BatchResult(
+            rejected=rejected, retry=retry, stats={"num_received": len(batch.changes)}
+        )
 
     def send_conversions(self, batch: ConversionBatch) -> BatchResult:
         self._outcome(batch.batch_id, tuple(c.conversion_id for c in batch.conversions))

@@ -297,3 +297,24 @@ def test_unknown_destination_type_names_the_known_ones(project_dir: Path) -> Non
     assert "unknown type 'facebook'" in str(caught.value)
     assert "meta_custom_audience" in str(caught.value)
     assert caught.value.line == text.splitlines().index("  x: {type: facebook}") + 1
+
+
+def test_a_record_failing_alone_is_retried_alone(
+    shop: Engine, remotes: dict[str, Remote], clock: Clock, policy: RetryPolicy
+) -> None:
+    carts(shop, range(10), T0)
+    shop.compute(T0)
+    wh = remotes["wh"]
+    flaky = sorted(desired(shop, include_holdout=True))[:2]
+    wh.flaky = set(flaky)
+    report = shop.sync(destination="wh", clock=clock, policy=policy)
+    assert report.delivery.total("retrying") == 2
+    assert set(held(wh)) == set(desired(shop, include_holdout=True)) - set(flaky)
+    shop.sync(destination="wh", clock=clock, policy=policy)  # not due yet: backoff
+    assert len(wh.attempts) == 1
+    clock.advance(timedelta(seconds=11))
+    shop.sync(destination="wh", clock=clock, policy=policy)
+    assert held(wh) == desired(shop, include_holdout=True)
+    sent = [p for _, _, p in wh.calls]
+    assert sorted(sent) == sorted(desired(shop, include_holdout=True))  # accepted never resent
+    assert len(wh.attempts[-1][1]) == 2  # the retry carried only the two failed records

@@ -170,6 +170,18 @@ def plan_changes(
     return PlanCounts(adds=adds, removes=removes)
 
 
+_NEW_BATCH = (
+    "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, created_at, "
+    "attempts, first_attempt_at, next_attempt_at, last_error) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)"
+)
+
+
+def _tables(kind: str) -> tuple[str, str]:
+    """The outbox table of a record kind and its id column."""
+    return ("outbox", "change_id") if kind == CHANGES else ("conversion_outbox", "conversion_id")
+
+
 def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
     """A stable, unique id for a set of records: sent as the idempotency key on every try."""
     digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
@@ -282,7 +294,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 return self._load(con, str(due[0]))
             resting = con.execute(
                 "SELECT count(*) FROM sync_batches WHERE destination = ? AND attempts > 0 "
-                "AND next_attempt_at > ?",
+                "AND next_attempt_at > ? AND holds_destination",
                 [destination, now],
             ).fetchall()
             if resting[0][0]:
@@ -340,7 +352,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 [batch_id],
             )
         con.execute(
-            "INSERT INTO sync_batches VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)",
+            _NEW_BATCH,
             [batch_id, destination, audience_, CHANGES, op, len(records), now, now],
         )
         return ClaimedBatch(batch_id, destination, audience_, CHANGES, op, 0, None, records)
@@ -421,8 +433,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     ) -> tuple[OutboxRecord, ...]:
         """Records of `ids` with their identifiers (fixed when planned; looked up if missing)."""
         claim = pa.table({"record_id": pa.array(list(ids), pa.int64())})
-        table = "outbox" if kind == CHANGES else "conversion_outbox"
-        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        table, id_col = _tables(kind)
         with Registered(con, _ids=claim):
             if kind == CHANGES:
                 rows = con.execute(
@@ -475,8 +486,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     ) -> ClaimedBatch:
         records = self._records_with_identifiers(con, kind, ids, op, destination)
         batch_id = _batch_id(kind, destination, ids)
-        table = "outbox" if kind == CHANGES else "conversion_outbox"
-        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        table, id_col = _tables(kind)
         fixed = pa.table(
             {
                 "record_id": pa.array([r.record_id for r in records], pa.int64()),
@@ -492,7 +502,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 [batch_id],
             )
         con.execute(
-            "INSERT INTO sync_batches VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)",
+            _NEW_BATCH,
             [batch_id, destination, audience, kind, op, len(records), now, now],
         )
         return ClaimedBatch(batch_id, destination, audience, kind, op, 0, None, records)
@@ -507,8 +517,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         )
         assert row is not None
         destination, audience, kind, op, attempts, first = row
-        table = "outbox" if kind == CHANGES else "conversion_outbox"
-        id_col = "change_id" if kind == CHANGES else "conversion_id"
+        table, id_col = _tables(kind)
         ids = [
             int(r[0])
             for r in con.execute(
@@ -545,6 +554,49 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 ],
             )
             con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
+            if resolution.retry:
+                self._split_retries(con, batch, resolution, now)
+
+    def _split_retries(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        """Records a destination asked to retry become a batch of their own, tried again at
+        `retry_at`; the destination's other work goes on meanwhile."""
+        table, id_col = _tables(batch.kind)
+        rows = con.execute(
+            f"SELECT {id_col} FROM {table} WHERE batch_id = ? ORDER BY {id_col}",
+            [batch.batch_id],
+        ).fetchall()
+        ids = [int(r[0]) for r in rows]
+        if not ids:
+            return
+        retry_id = _batch_id(batch.kind, batch.destination, ids)
+        con.execute(
+            f"UPDATE {table} SET batch_id = ? WHERE batch_id = ?", [retry_id, batch.batch_id]
+        )
+        reason = next(iter(resolution.retry.values()))
+        con.execute(
+            "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
+            "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
+            "holds_destination) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false)",
+            [
+                retry_id,
+                batch.destination,
+                batch.audience,
+                batch.kind,
+                batch.op,
+                len(ids),
+                now,
+                batch.attempts + 1,
+                batch.first_attempt_at or now,
+                resolution.retry_at or now,
+                f"{len(ids)} records to retry: {reason}",
+            ],
+        )
 
     def _log(
         self,
@@ -625,20 +677,19 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             )
             if resolution.retry:
                 self._release_retries(con, batch)
-        con.execute("DELETE FROM outbox WHERE batch_id = ?", [batch.batch_id])
+            con.execute(
+                "DELETE FROM outbox WHERE batch_id = ? "
+                "AND change_id NOT IN (SELECT record_id FROM _retry)",
+                [batch.batch_id],
+            )
 
     def _release_retries(self, con: duckdb.DuckDBPyConnection, batch: ClaimedBatch) -> None:
-        """Records to retry alone leave the batch; a newer waiting change supersedes them."""
+        """A record to retry gives way to a newer waiting change of the same profile."""
         con.execute(
             f"""DELETE FROM outbox o WHERE o.batch_id = ?
             AND o.change_id IN (SELECT record_id FROM _retry)
             AND EXISTS (SELECT 1 FROM outbox w
                         WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
-            [batch.batch_id],
-        )
-        con.execute(
-            "UPDATE outbox SET batch_id = NULL WHERE batch_id = ? "
-            "AND change_id IN (SELECT record_id FROM _retry)",
             [batch.batch_id],
         )
 
@@ -653,14 +704,12 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         rejected = [r for r in done if r.record_id in resolution.rejected]
         self._dead(con, batch, rejected, resolution.rejected, now)
         retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
-        if resolution.retry:
-            with Registered(con, _retry=retry):
-                con.execute(
-                    "UPDATE conversion_outbox SET batch_id = NULL, identifiers = NULL "
-                    "WHERE batch_id = ? AND conversion_id IN (SELECT record_id FROM _retry)",
-                    [batch.batch_id],
-                )
-        con.execute("DELETE FROM conversion_outbox WHERE batch_id = ?", [batch.batch_id])
+        with Registered(con, _retry=retry):
+            con.execute(
+                "DELETE FROM conversion_outbox WHERE batch_id = ? "
+                "AND conversion_id NOT IN (SELECT record_id FROM _retry)",
+                [batch.batch_id],
+            )
 
     def _dead(
         self,
@@ -708,7 +757,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
         with self._transaction() as con:
             self._dead(con, batch, batch.records, {}, now, reason)
-            table = "outbox" if batch.kind == CHANGES else "conversion_outbox"
+            table, _ = _tables(batch.kind)
             con.execute(f"DELETE FROM {table} WHERE batch_id = ?", [batch.batch_id])
             con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
 

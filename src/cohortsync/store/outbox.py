@@ -91,6 +91,8 @@ class Resolution:
     rejected: Mapping[int, str] = field(default_factory=dict)
     retry: Mapping[int, str] = field(default_factory=dict)
     stats: Mapping[str, int] = field(default_factory=dict)
+    retry_at: datetime | None = None
+    """When the records of `retry`, split into a batch of their own, are tried again."""
 
 
 @dataclass(frozen=True)

@@ -264,6 +264,13 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        "a batch of records retried one by one does not hold back its destination",
+        """
+        ALTER TABLE sync_batches ADD COLUMN holds_destination BOOLEAN DEFAULT TRUE;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -223,7 +223,9 @@ class Deliverer:
         ids = {r.record_id for r in batch.records}
         rejected = {k: v for k, v in result.rejected.items() if k in ids}
         retry = {k: v for k, v in result.retry.items() if k in ids and k not in rejected}
-        self.outbox.resolve(batch, Resolution(rejected, retry, dict(result.stats)), self.clock())
+        now = self.clock()
+        retry_at = now + timedelta(seconds=self.policy.delay(batch.attempts + 1)) if retry else None
+        self.outbox.resolve(batch, Resolution(rejected, retry, dict(result.stats), retry_at), now)
         tally.acknowledged += len(ids) - len(rejected) - len(retry)
         tally.rejected += len(rejected)
         tally.retrying += len(retry)
