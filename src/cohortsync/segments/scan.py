@@ -161,7 +161,7 @@ class EventScan:
     def _branches(self) -> dict[Span, list[str]]:
         """The scans: events grouped by the span they are read over.
 
-        Events read over the same span share a scan. Recent windows are merged further while
+        Events read over all their history share one scan. Recent windows are merged while
         their union spans at most `MERGE_RECENT`: reading a few more recent rows costs less
         than another scan and join. Longer spans stay apart (merging 90 days of orders with 14
         days of page views would read 76 days of page views for nothing).
@@ -169,7 +169,10 @@ class EventScan:
         exact: dict[Span, list[str]] = {}
         for event in sorted(self._spans):
             exact.setdefault(self._spans[event], []).append(event)
-        merged: dict[Span, list[str]] = {s: e for s, e in exact.items() if s.lo is None}
+        merged: dict[Span, list[str]] = {}
+        whole = [s for s in exact if s.lo is None]
+        if whole:
+            merged[Span(None, max(s.hi for s in whole))] = [e for s in whole for e in exact[s]]
         current: Span | None = None
         events: list[str] = []
         for span in sorted((s for s in exact if s.lo is not None), key=lambda s: -(s.lo or 0)):
