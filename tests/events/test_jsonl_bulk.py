@@ -81,23 +81,28 @@ def snapshot(engine: Engine) -> dict[str, Any]:
     }
 
 
-def both_ways(tmp_path: Path, lines: list[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Ingest the same file in bulk and line by line; return both stores' contents."""
+def both_ways(tmp_path: Path, *files: list[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Ingest the same files, in order, in bulk and line by line; return both stores' contents."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine_module, "now_micros", lambda: RECEIVED_US)
-        return _both_ways(tmp_path, lines)
+        return _both_ways(tmp_path, files)
 
 
-def _both_ways(tmp_path: Path, lines: list[bytes]) -> tuple[dict[str, Any], dict[str, Any]]:
-    path = tmp_path / "events.jsonl"
-    path.write_bytes(b"".join(lines))
+def _both_ways(
+    tmp_path: Path, files: tuple[list[bytes], ...]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    paths = []
+    for index, lines in enumerate(files):
+        paths.append(tmp_path / f"events-{index}.jsonl")
+        paths[-1].write_bytes(b"".join(lines))
     results = []
     for name, ingest in (("bulk", Engine.ingest_file), ("reference", reference_ingest)):
         project = tmp_path / name
         project.mkdir()
         (project / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
         with Engine.open(project) as engine:
-            ingest(engine, path)
+            for path in paths:
+                ingest(engine, path)
             results.append(snapshot(engine))
     return results[0], results[1]
 
@@ -203,10 +208,30 @@ ODD_LINES: list[bytes] = [
 
 
 def test_odd_lines_are_stored_as_the_per_line_path_stores_them(tmp_path: Path) -> None:
-    bulk, reference = both_ways(tmp_path, ODD_LINES)
+    bulk, reference = both_ways(tmp_path, ODD_LINES, ODD_LINES)
 
     assert len(reference["events"]) > 30
     assert len(reference["quarantine"]) > 30
+    assert bulk == reference
+
+
+def test_a_second_file_repeating_stored_and_its_own_messages_adds_only_new_ones(
+    tmp_path: Path,
+) -> None:
+    first = [line(track(messageId=f"m{i}", anonymousId=f"a{i % 3}")) for i in range(6)]
+    second = [
+        line(track(messageId="m4", timestamp="2026-05-01T08:00:00Z", context={"traits": {"a": 1}})),
+        line(track(messageId="n1", anonymousId="a7", timestamp="2026-05-01T09:00:00Z")),
+        line(track(messageId="n2", anonymousId="a1", timestamp="2026-05-01T09:00:00Z")),
+        line(track(messageId="n1", anonymousId="a8", timestamp="2026-05-01T07:00:00Z")),
+        line(track(messageId="m1", timestamp="2026-05-01T08:00:00Z")),
+        line({"type": "identify", "messageId": "n3", "anonymousId": "a7", "traits": {"b": 2}}),
+        line(track(messageId="n2", anonymousId="a2")),
+    ]
+
+    bulk, reference = both_ways(tmp_path, first, second)
+
+    assert len(reference["events"]) == 9
     assert bulk == reference
 
 
@@ -265,6 +290,7 @@ def test_random_messages_are_stored_as_the_per_line_path_stores_them(
     tmp_path_factory: pytest.TempPathFactory, messages: list[dict[str, Any]]
 ) -> None:
     tmp_path = tmp_path_factory.mktemp("random")
-    bulk, reference = both_ways(tmp_path, [json.dumps(m).encode() + b"\n" for m in messages])
+    lines = [json.dumps(m).encode() + b"\n" for m in messages]
+    bulk, reference = both_ways(tmp_path, lines[: len(lines) // 2], lines)
 
     assert bulk == reference

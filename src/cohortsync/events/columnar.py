@@ -26,13 +26,18 @@ from cohortsync.identity.graph import (
 )
 from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, Store
 from cohortsync.store.message_table import (
-    EVENT_COLUMNS,
     EVENT_SCHEMA,
     TIME_COLUMNS,
     MessageTable,
     messages_table,
 )
-from cohortsync.store.records import IdentityChanges, Key, Message, Rejection
+from cohortsync.store.records import (
+    IdentifierRejection,
+    IdentityChanges,
+    Key,
+    Message,
+    Rejection,
+)
 
 STAGED_SCHEMA = pa.schema(
     [pa.field("n", pa.int64())] + [f for f in EVENT_SCHEMA if f.name != "profile_id"]
@@ -66,24 +71,69 @@ def python_rows(messages: Sequence[tuple[int, Message]]) -> pa.Table:
     return table.add_column(0, "n", pa.array([n for n, _ in messages], pa.int64()))
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch in resolution order with each resolution step's message and identifiers.
+
+    Everything here depends on the batch alone, so it is built while the previous batch is
+    being stored; storing then only runs the identity graph and the transaction.
+    """
+
+    table: pa.Table  # the first occurrence of each message id, in input order
+    order: np.ndarray  # rows of `table` in resolution order
+    steps: list[Message]  # the message each resolution step reads
+    keyed: list[list[Key]]  # the identifiers of each step's message
+    row_step: pa.Array  # for each row, the step whose profile it takes
+    identifier_rejections: list[IdentifierRejection]
+    source: ColumnarBatch
+
+    @classmethod
+    def of(cls, batch: ColumnarBatch, identity: IdentityConfig) -> PreparedBatch:
+        """Dedupe, order and plan the resolution of a validated batch."""
+        table, order = _first_occurrences(batch.events)
+        return cls._plan(table, order, batch, identity)
+
+    @classmethod
+    def _plan(
+        cls, table: pa.Table, order: np.ndarray, batch: ColumnarBatch, identity: IdentityConfig
+    ) -> PreparedBatch:
+        steps, row_step = _steps(table, order, batch.one_by_one)
+        messages = _step_messages(table, steps, batch.one_by_one)
+        changes = IdentityChanges()
+        kinds = trait_identifier_kinds(identity)
+        keyed = [extract_identifiers(m, identity, changes, kinds) for m in messages]
+        return cls(table, order, messages, keyed, pa.array(row_step), changes.rejections, batch)
+
+    def without(self, message_ids: set[str], identity: IdentityConfig) -> PreparedBatch:
+        """The batch planned again without messages the store already holds."""
+        known = pa.array(sorted(message_ids), pa.string())
+        keep = pc.invert(pc.is_in(self.table.column("message_id"), known))
+        mask = np.asarray(keep.to_numpy(zero_copy_only=False), bool)
+        renumbered = np.cumsum(mask) - 1
+        order = renumbered[self.order[mask[self.order]]]
+        return self._plan(self.table.filter(keep), order, self.source, identity)
+
+
 def store_columnar(store: Store, identity: IdentityConfig, batch: ColumnarBatch) -> IngestResult:
     """Resolve and durably store one batch in one transaction; known message ids are skipped."""
-    valid = batch.events.num_rows
-    table = _first_occurrences_in_time_order(batch.events)
+    return store_prepared(store, identity, PreparedBatch.of(batch, identity))
+
+
+def store_prepared(store: Store, identity: IdentityConfig, batch: PreparedBatch) -> IngestResult:
+    """Store a prepared batch in one transaction, planning it again if some ids were known."""
+    valid = batch.source.events.num_rows
+    rejections = batch.source.rejections
     while True:
         try:
-            stored = store.commit_batch(
-                _resolve(identity, store, table, batch.one_by_one), batch.rejections
-            )
+            stored = store.commit_batch(_resolve(identity, store, batch), rejections)
             break
         except AlreadyStoredError as exc:
-            known = pa.array(sorted(exc.message_ids), pa.string())
-            table = table.filter(pc.invert(pc.is_in(table.column("message_id"), known)))
+            batch = batch.without(exc.message_ids, identity)
     return IngestResult(
-        received=valid + len(batch.rejections),
+        received=valid + len(rejections),
         stored=stored,
         duplicates=valid - stored,
-        quarantined=len(batch.rejections),
+        quarantined=len(rejections),
     )
 
 
@@ -107,10 +157,12 @@ def _resolved_alone(message: Message) -> bool:
     )
 
 
-def _first_occurrences_in_time_order(table: pa.Table) -> pa.Table:
-    """Keep the first row of each message id; order by event time, ties by input position.
+def _first_occurrences(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """Keep the first row of each message id, in input order; and the resolution order.
 
-    A repeated id sorts at its last occurrence, as the per-message path orders them.
+    Resolution goes by event time, ties by input position, a repeated id sorting at its last
+    occurrence, as the per-message path orders them. Rows are not moved: a batch is about one
+    DuckDB row group, so sorting it would not cluster the events table any better.
     """
     ids = table.column("message_id")
     position = table.column("n")
@@ -126,36 +178,31 @@ def _first_occurrences_in_time_order(table: pa.Table) -> pa.Table:
         table = table.drop_columns(["n_min", "n_max"])
     keys = pa.table({"t": table.column("timestamp"), "p": position})
     order = pc.sort_indices(keys, sort_keys=[("t", "ascending"), ("p", "ascending")])
-    return table.take(order)
+    return table, np.asarray(order.to_numpy(), np.int64)
 
 
-def _resolve(
-    identity: IdentityConfig, store: Store, table: pa.Table, one_by_one: dict[int, Message]
-) -> ResolvedBatch:
-    """Resolve the batch's profiles; identifier pairs seen before in the batch are not redone."""
-    steps, row_step = _steps(table, one_by_one)
-    messages = _step_messages(table, steps, one_by_one)
-    changes = IdentityChanges()
-    kinds = trait_identifier_kinds(identity)
-    keyed = [extract_identifiers(m, identity, changes, kinds) for m in messages]
+def _resolve(identity: IdentityConfig, store: Store, batch: PreparedBatch) -> ResolvedBatch:
+    """Run the identity graph over the batch's steps; every row takes its step's profile."""
     wanted: set[Key] = set()
-    for message, keys in zip(messages, keyed, strict=True):
+    for message, keys in zip(batch.steps, batch.keyed, strict=True):
         wanted.update(preload_keys(message, keys))
     owners, profiles = store.load_identity_state(wanted, limited_kinds(identity))
+    changes = IdentityChanges(rejections=list(batch.identifier_rejections))
     graph = IdentityGraph(identity, owners, profiles, changes)
-    resolved = [graph.resolve(m, keys) for m, keys in zip(messages, keyed, strict=True)]
-    profile_ids = pa.array(resolved, pa.string()).take(pa.array(row_step))
-    events = table.drop_columns(["n"]).append_column("profile_id", profile_ids)
-    events = events.select(list(EVENT_COLUMNS))
-    return ResolvedBatch(
-        MessageTable(events), profile_ids.to_pylist(), graph.changes, graph.profiles
-    )
+    resolved = [graph.resolve(m, keys) for m, keys in zip(batch.steps, batch.keyed, strict=True)]
+    profile_ids = pa.array(resolved, pa.string()).take(batch.row_step)
+    events = batch.table.drop_columns(["n"]).append_column("profile_id", profile_ids)
+    table = MessageTable(events)
+    return ResolvedBatch(table, table.profile_ids, graph.changes, graph.profiles)
 
 
-def _steps(table: pa.Table, one_by_one: dict[int, Message]) -> tuple[np.ndarray, np.ndarray]:
-    """The rows to resolve, in order, and the step whose answer each row takes.
+def _steps(
+    table: pa.Table, order: np.ndarray, one_by_one: dict[int, Message]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows to resolve, in resolution order, and the step whose answer each row takes.
 
-    A step is the first row of each (userId, anonymousId) pair, or a row resolved alone.
+    A step is the first row (in `order`) of each (userId, anonymousId) pair, or a row
+    resolved alone.
     """
     users = _codes(table.column("user_id"))
     anons = _codes(table.column("anonymous_id"))
@@ -164,11 +211,13 @@ def _steps(table: pa.Table, one_by_one: dict[int, Message]) -> tuple[np.ndarray,
         alone = pc.is_in(table.column("n"), pa.array(list(one_by_one), pa.int64()))
         mask = alone.to_numpy(zero_copy_only=False)
         pair = np.where(mask, -1 - np.arange(len(pair)), pair)  # a group of its own
-    _, first, group = np.unique(pair, return_index=True, return_inverse=True)
+    _, first, group = np.unique(pair[order], return_index=True, return_inverse=True)
     by_first = np.argsort(first)
     rank = np.empty_like(by_first)
     rank[by_first] = np.arange(len(by_first))
-    return first[by_first], rank[group.reshape(-1)]
+    row_step = np.empty(len(order), np.int64)
+    row_step[order] = rank[group.reshape(-1)]
+    return order[first[by_first]], row_step
 
 
 def _codes(column: pa.ChunkedArray) -> np.ndarray:

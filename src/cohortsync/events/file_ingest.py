@@ -1,7 +1,9 @@
-"""Ingest a JSON Lines file in bulk: validate chunk N+1 while chunk N is being stored.
+"""Ingest a JSON Lines file in bulk: validate and plan chunk N+1 while chunk N is being stored.
 
 Validation runs in a private DuckDB and storing in the store's: both release the GIL, so on two
-cores they overlap; at most one validated chunk waits, so memory stays bounded.
+cores they overlap. Everything that depends on a chunk alone (dedupe, order, identifier
+normalisation) is done before it reaches the writer, which only resolves and commits. At most
+one prepared chunk waits, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from cohortsync.config.models import IdentityConfig
-from cohortsync.events.columnar import store_columnar
+from cohortsync.events.columnar import PreparedBatch, store_prepared
 from cohortsync.events.jsonl_bulk import BulkValidator, read_chunks
 from cohortsync.events.pipeline import EMPTY_RESULT, IngestResult
 from cohortsync.store.base import Store
@@ -39,9 +41,10 @@ def ingest_jsonl(
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-writer") as writer:
             for chunk in read_chunks(path, lines_per_batch or LINES_PER_BATCH, progress):
                 batch = validator.validate(chunk, path, source, received_at_us)
+                prepared = PreparedBatch.of(batch, identity)
                 if pending is not None:
                     total += pending.result()
-                pending = writer.submit(store_columnar, store, identity, batch)
+                pending = writer.submit(store_prepared, store, identity, prepared)
             if pending is not None:
                 total += pending.result()
     finally:

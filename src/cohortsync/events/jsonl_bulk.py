@@ -32,6 +32,7 @@ from cohortsync.store.records import Message, Rejection
 
 BULK_MAX_LINE_BYTES = 7_000  # orjson re-serialises at most 4.5× larger (1e15 → 1000000000000000.0)
 _SCAN_BYTES = 1 << 23
+_SCAN_ROWS = 16_384
 _FIELDS = (
     "type", "messageId", "userId", "anonymousId", "event", "name", "groupId", "timestamp",
     "originalTimestamp", "sentAt", "receivedAt", "properties", "traits", "context", "integrations",
@@ -183,7 +184,9 @@ class BulkValidator:
     ) -> ColumnarBatch:
         """Validate every line of `chunk`; bad lines become rejections at `path:LINE`."""
         numbers = pa.array(np.arange(chunk.first_line, chunk.first_line + len(chunk)))
-        self._con.register("lines", pa.table({"n": numbers, "line": _text(chunk)}))
+        lines = pa.table({"n": numbers, "line": _text(chunk)})
+        # Several record batches let DuckDB scan them on all its threads.
+        self._con.register("lines", pa.Table.from_batches(lines.to_batches(_SCAN_ROWS)))
         try:
             params = {"received": received_at_us, "source": source}
             table = self._con.sql(_ROWS, params=params).to_arrow_table()

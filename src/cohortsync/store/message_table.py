@@ -94,9 +94,33 @@ class MessageTable(Sequence[Message]):
             for row in batch.to_pylist():
                 yield _message(row)
 
-    def profile_ids(self) -> list[str]:
-        """The profile of each message, in order."""
-        return [str(p) for p in self.table.column("profile_id").to_pylist()]
+    @property
+    def profile_ids(self) -> Sequence[str]:
+        """The profile of each message, in order (read from the table when asked)."""
+        return _Strings(self.table.column("profile_id"))
+
+
+class _Strings(Sequence[str]):
+    """A string column of an Arrow table seen as a sequence, without copying it to Python."""
+
+    def __init__(self, column: pa.ChunkedArray) -> None:
+        self._column = column
+
+    def __len__(self) -> int:
+        return len(self._column)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
+        if isinstance(index, slice):
+            return [str(v) for v in self._column.to_pylist()[index]]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        return str(self._column[index % len(self)].as_py())
 
 
 def _message(row: dict[str, Any]) -> Message:
