@@ -471,6 +471,8 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     )
     console.print(evaluator_cost(con, project))
     con.close()
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    console.print(f"  peak RSS of the process so far: {peak_mb:,.0f} MB")
 
 
 def histories(con: duckdb.DuckDBPyConnection, sample: int) -> list[ProfileHistory]:

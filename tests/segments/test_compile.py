@@ -356,6 +356,30 @@ def test_trait_conditions(orders: Engine) -> None:
     assert trait("order_count", "gt", 1) == {"u1"}
 
 
+def test_dotted_names_reach_into_computed_traits(engine: Engine) -> None:
+    engine.ingest_messages(
+        [
+            track("u1", "Viewed", 2 * H, meta={"channel": "ads"}),
+            track("u1", "Viewed", H, meta={"channel": "email", "depth": 3}),
+            track("u2", "Viewed", H, meta={"channel": "ads"}),
+            track("u3", "Viewed", H, meta="flat"),
+            identify("u4", last_meta={"channel": "email"}),  # an identify trait of that name
+        ]
+    )
+    last_meta = ComputedTrait("last_meta", "viewed", "last", "meta")
+    views = ComputedTrait("views", "viewed", "count", None)
+
+    def trait(field: str, op: str, value: Any) -> set[str]:
+        cond = TraitCondition(Comparison(field, op, value))
+        return cond_members(engine, cond, (last_meta, views))
+
+    # The computed trait wins over the identify trait, as in the evaluator.
+    assert trait("last_meta.channel", "eq", "email") == {"u1"}
+    assert trait("last_meta.depth", "gte", 3) == {"u1"}
+    assert trait("last_meta.channel", "exists", False) == {"u3", "u4"}
+    assert trait("views.x", "exists", False) == {"u1", "u2", "u3", "u4"}  # a number has no keys
+
+
 def test_has_identifier_refs_and_nesting(engine: Engine) -> None:
     engine.ingest_messages(
         [
