@@ -102,7 +102,7 @@ class PreparedBatch:
         changes = IdentityChanges()
         kinds = trait_identifier_kinds(identity)
         keyed = [extract_identifiers(m, identity, changes, kinds) for m in messages]
-        return cls(table, order, messages, keyed, pa.array(row_step), changes.rejections, batch)
+        return cls(table, order, messages, keyed, int64s(row_step), changes.rejections, batch)
 
     def without(self, message_ids: set[str], identity: IdentityConfig) -> PreparedBatch:
         """The batch planned again without messages the store already holds."""
@@ -220,6 +220,15 @@ def _steps(
     return order[first[by_first]], row_step
 
 
+def int64s(values: np.ndarray) -> pa.Array:
+    """A numpy integer array as an Arrow int64 array, without a copy.
+
+    (`pa.array` on a numpy array first looks for pandas, importing it: ~0.2 s once.)
+    """
+    data = np.ascontiguousarray(values, np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(data), [None, pa.py_buffer(data)])
+
+
 def _codes(column: pa.ChunkedArray) -> np.ndarray:
     """Small integers naming each distinct value of a string column; -1 for null."""
     indices = column.combine_chunks().dictionary_encode().indices
@@ -230,9 +239,9 @@ def _step_messages(
     table: pa.Table, steps: np.ndarray, one_by_one: dict[int, Message]
 ) -> list[Message]:
     """The message each step resolves: the original for one-by-one rows, else its ids."""
-    picked = table.take(pa.array(steps)).select(
+    picked = table.select(
         ["n", "message_id", "type", "source", "timestamp", "user_id", "anonymous_id"]
-    )
+    ).take(int64s(steps))
     columns = {name: picked.column(name) for name in picked.column_names}
     times = columns["timestamp"].cast(pa.int64()).to_pylist()
     messages = []

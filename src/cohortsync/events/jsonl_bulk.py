@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cohortsync.events.columnar import ColumnarBatch, python_rows
+from cohortsync.events.columnar import ColumnarBatch, int64s, python_rows
 from cohortsync.events.readers import BadRow, parse_jsonl_line
 from cohortsync.events.timestamps import MAX_US, MIN_US
 from cohortsync.events.validate import content_message_id, event_key, validate_message
@@ -183,7 +183,7 @@ class BulkValidator:
         self, chunk: LineChunk, path: Path, source: str, received_at_us: int
     ) -> ColumnarBatch:
         """Validate every line of `chunk`; bad lines become rejections at `path:LINE`."""
-        numbers = pa.array(np.arange(chunk.first_line, chunk.first_line + len(chunk)))
+        numbers = int64s(np.arange(chunk.first_line, chunk.first_line + len(chunk)))
         lines = pa.table({"n": numbers, "line": _text(chunk)})
         # Several record batches let DuckDB scan them on all its threads.
         self._con.register("lines", pa.Table.from_batches(lines.to_batches(_SCAN_ROWS)))
