@@ -74,7 +74,7 @@ AIM_P99_S = 1.0
 AIM_RATE = 1000.0
 CLIENT_CONNECTIONS = 128
 
-console = Console(width=150)
+console = Console(width=180)
 
 
 def project_yaml(url: str, secret: str) -> str:
