@@ -115,37 +115,40 @@ class Engine:
 
     def ingest_file(self, path: Path, progress: Callable[[int], None] | None = None) -> FileReport:
         """Ingest one JSONL, CSV or Parquet file; bad rows are quarantined with `file:line`."""
-        from cohortsync.events.file_ingest import ingest_jsonl
+        from cohortsync.events.file_ingest import ingest_jsonl, ingest_rows
         from cohortsync.events.readers import detect_format
 
         received = now_micros()
-        if path.is_file() and detect_format(path) == "jsonl":
+        identity = self.project.identity
+        if path.is_file() and detect_format(path) == "jsonl":  # validated in bulk
             result = ingest_jsonl(
-                self.store,
-                self.project.identity,
-                path,
-                received_at_us=received,
-                progress=progress,
+                self.store, identity, path, received_at_us=received, progress=progress
             )
-            return FileReport(path, result)
+        else:
+            rows = self._checked_rows(path, received, progress)
+            result = ingest_rows(self.store, identity, rows)
+        return FileReport(path, result)
+
+    @staticmethod
+    def _checked_rows(
+        path: Path, received: int, progress: Callable[[int], None] | None
+    ) -> Iterable[tuple[int, Message | Rejection]]:
+        """Each CSV or Parquet row validated, with its line: a message or a rejection."""
         source = f"file:{path.name}"
-        with PipelinedWriter(self.commit, FILE_BATCH) as writer:
-            for line, row in read_rows(path, progress):
-                origin = f"{path}:{line}"
-                if isinstance(row, BadRow):
-                    writer.add(Rejection(row.reason, row.detail, origin, row.text, source=source))
-                    continue
-                writer.add(
-                    validate_message(
-                        row,
-                        source=source,
-                        received_at_us=received,
-                        origin=origin,
-                        new_id=content_message_id,
-                        keep_received_at=True,
-                    )
-                )
-        return FileReport(path, writer.total)
+        for line, row in read_rows(path, progress):
+            origin = f"{path}:{line}"
+            if isinstance(row, BadRow):
+                yield line, Rejection(row.reason, row.detail, origin, row.text, source=source)
+                continue
+            checked = validate_message(
+                row,
+                source=source,
+                received_at_us=received,
+                origin=origin,
+                new_id=content_message_id,
+                keep_received_at=True,
+            )
+            yield line, checked
 
     def find_profile(self, identifier: str) -> ProfileView:
         """Look a profile up by `kind:value` (email:a@b.com, phone:+1…, user_id:u1) or by its id."""

@@ -54,11 +54,14 @@ class ColumnarBatch:
 
     @classmethod
     def of(
-        cls, bulk: pa.Table, messages: Sequence[tuple[int, Message]], rejections: list[Rejection]
+        cls,
+        messages: Sequence[tuple[int, Message]],
+        rejections: list[Rejection],
+        bulk: pa.Table | None = None,
     ) -> ColumnarBatch:
-        """Combine bulk-validated rows with messages validated one by one (n, message)."""
-        tables = [_staged(bulk)]
-        if messages:
+        """Messages validated one by one, as (position, message), plus rows validated in bulk."""
+        tables = [] if bulk is None else [_staged(bulk)]
+        if messages or not tables:
             tables.append(python_rows(messages))
         one_by_one = {n: m for n, m in messages if _resolved_alone(m)}
         return cls(pa.concat_tables(tables), one_by_one, rejections)

@@ -203,7 +203,7 @@ class BulkValidator:
                 messages.append((number, checked))
             elif checked is not None:
                 rejections.append(checked)
-        return ColumnarBatch.of(events, messages, rejections)
+        return ColumnarBatch.of(messages, rejections, bulk=events)
 
 
 def _text(chunk: LineChunk) -> pa.Array:
