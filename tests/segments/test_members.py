@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from cohortsync.audiences.compute import compute_members
+from cohortsync.audiences.compute import _segment_members, compute_members
 from cohortsync.engine import Engine
 from cohortsync.segments.ast import (
     US_PER,
@@ -123,6 +123,10 @@ def test_one_query_for_all_segments_agrees_with_each_alone(engine: Engine) -> No
     }
     assert compute_members(store, PROJECT, AT_US).segments == alone
     assert compute_members(store, PROJECT, AT_US, Compiler()).segments == alone
+    # Through a temporary table, as stores without a one-query reader do.
+    compiler = DuckDBCompiler()
+    assert _segment_members(store, PROJECT, AT_US, compiler, through_table=True) == alone
+    assert not store.query("SELECT * FROM duckdb_tables() WHERE temporary", ())  # dropped
     # The one-query reader a DuckDB store uses gives the same members.
     con = duckdb.connect(str(store.path))
     plan = DuckDBCompiler().compile_members(PROJECT, list(PROJECT.segments), AT_US)

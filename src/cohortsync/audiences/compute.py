@@ -100,16 +100,22 @@ def compute_members(
 
 
 def _segment_members(
-    store: Store, project: SegmentProject, at_us: int, compiler: Compiler
+    store: Store,
+    project: SegmentProject,
+    at_us: int,
+    compiler: Compiler,
+    *,
+    through_table: bool = False,
 ) -> dict[str, list[str]]:
     """Sorted members of every segment, from one query of per-profile flags.
 
     A store that reads a query's flags in one go (`flagged_members`, the DuckDB store) gets
-    the query itself; any other store fills a temporary table and reads each segment's column.
+    the query itself; any other store (or `through_table`) fills a temporary table and reads
+    each segment's column.
     """
     plan = compiler.compile_members(project, list(project.segments), at_us)
-    reader: Callable[[str, Mapping[str, str]], dict[str, list[str]]] | None = getattr(
-        store, "flagged_members", None
+    reader: Callable[[str, Mapping[str, str]], dict[str, list[str]]] | None = (
+        None if through_table else getattr(store, "flagged_members", None)
     )
     if reader is not None:
         return reader(compiler.render(plan.query), plan.columns)
