@@ -186,7 +186,7 @@ def test_each_key_keeps_its_order_under_concurrent_publishers(make_bus: MakeBus)
 
 # -- groups -----------------------------------------------------------------------------------
 def test_two_consumers_of_a_group_split_partitions_without_overlap(make_bus: MakeBus) -> None:
-    bus = make_bus(partitions=4, visibility=1.0)
+    bus = make_bus(partitions=4, visibility=2.0)
     first, second = bus.consumer("g", "first"), bus.consumer("g", "second")
 
     def settled(_: Any) -> bool:
@@ -214,7 +214,7 @@ def test_two_consumers_of_a_group_split_partitions_without_overlap(make_bus: Mak
 
 
 def test_unacked_messages_of_an_abandoned_consumer_go_to_another(make_bus: MakeBus) -> None:
-    bus = make_bus(partitions=4, visibility=1.0)
+    bus = make_bus(partitions=4, visibility=2.0)
     published = [message(i, user=f"user-{i % 20}") for i in range(400)]
     bus.publish(published)
     gone = bus.consumer("g", "gone")
@@ -258,13 +258,13 @@ def test_closing_hands_unacked_messages_over_without_waiting(make_bus: MakeBus) 
 
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
 def test_a_killed_consumer_loses_nothing(make_server_bus: MakeBus) -> None:
-    bus = make_server_bus(partitions=4, visibility=1.0)
+    bus = make_server_bus(partitions=4, visibility=2.0)
     published = [message(i, user=f"user-{i % 30}") for i in range(300)]
     bus.publish(published)
     prefix = bus.prefix
     url = URLS["redis"] if isinstance(bus, RedisBus) else URLS["nats"]
     command = [sys.executable, "-m", "tests.realtime.bus_fixtures", url, prefix]
-    command += ["4", "1.0", "g", "victim", "100"]  # partitions, visibility, group, name, want
+    command += ["4", "2.0", "g", "victim", "100"]  # partitions, visibility, group, name, want
     victim = subprocess.Popen(
         command,
         cwd=ROOT,
