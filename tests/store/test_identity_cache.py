@@ -62,3 +62,11 @@ def test_cached_owners_equal_the_identities_table_after_any_batches(
             p for (p,) in store.query("SELECT profile_id FROM profiles WHERE merged_into IS NULL")
         }
         assert set(table.values()) <= live
+        # What lets a merge skip statements: who absorbed others, who has stored traits.
+        cache = store._identities
+        assert cache is not None
+        absorbers = {p for (p,) in store.query("SELECT DISTINCT canonical_id FROM profile_aliases")}
+        with_traits = {p for (p,) in store.query("SELECT DISTINCT profile_id FROM profile_traits")}
+        for profile_id in live:
+            assert cache.absorbed_any([profile_id]) == (profile_id in absorbers)
+            assert cache.traits_of_any([profile_id]) == (profile_id in with_traits)

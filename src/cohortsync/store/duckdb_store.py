@@ -91,7 +91,12 @@ class DuckDBStore(Store):
         with self._lock:
             if self._identities is None or self._identities.limited_kinds != frozenset(kinds):
                 rows = self._con.execute("SELECT kind, value, profile_id FROM identities")
-                self._identities = IdentityCache(rows.fetchall(), kinds)
+                identities = rows.fetchall()
+                absorbers = self._con.execute("SELECT DISTINCT canonical_id FROM profile_aliases")
+                absorbed = [r[0] for r in absorbers.fetchall()]
+                traits = self._con.execute("SELECT DISTINCT profile_id FROM profile_traits")
+                with_traits = [r[0] for r in traits.fetchall()]
+                self._identities = IdentityCache(identities, kinds, absorbed, with_traits)
             return self._identities.lookup(keys)
 
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
@@ -103,7 +108,7 @@ class DuckDBStore(Store):
         with self._lock:
             self._con.register("_events", events)  # a view of the connection, not transactional
             try:
-                inserted = self._commit(batch, rejections, events, final)
+                inserted, traits_written = self._commit(batch, rejections, events, final)
             except _SomeAlreadyStoredError:
                 # Rare (a resent message): the batch was rolled back; name what was there.
                 old = self._con.execute(
@@ -113,7 +118,7 @@ class DuckDBStore(Store):
             finally:
                 self._con.unregister("_events")
         if self._identities is not None:
-            self._identities.apply(batch.changes, final)
+            self._identities.apply(batch.changes, final, traits_written)
         return inserted
 
     def _commit(
@@ -122,7 +127,8 @@ class DuckDBStore(Store):
         rejections: Sequence[Rejection],
         events: pa.Table,
         final: dict[str, str],
-    ) -> int:
+    ) -> tuple[int, set[str]]:
+        """Write the batch in one transaction; how many events, and whose traits were written."""
         now = datetime.now(UTC)
         with self._transaction() as con:
             inserted = 0
@@ -136,7 +142,7 @@ class DuckDBStore(Store):
                 inserted = events.num_rows
             self._write_profiles(con, batch, final, now)
             self._write_identities(con, batch, final)
-            self._write_traits(con, batch, final)
+            traits_written = self._write_traits(con, batch, final)
             if rejections:
                 self._write_quarantine(con, rejections, now)
             if batch.changes.rejections:
@@ -152,7 +158,7 @@ class DuckDBStore(Store):
                     table,
                     "INSERT INTO identifier_rejections SELECT * FROM _batch ON CONFLICT DO NOTHING",
                 )
-        return inserted
+        return inserted, traits_written
 
     def _write_profiles(
         self,
@@ -183,30 +189,41 @@ class DuckDBStore(Store):
                 "direct_target": [m.target for m in merges],
             }
         )
-        _run_with(
-            con,
-            table,
+        sources = {m.source for m in merges}
+        cache = self._identities
+        # Profiles merged into a source before follow it to the survivor; a profile nothing was
+        # merged into needs only its own row changed (each of these statements scans a table).
+        chained = cache is None or cache.absorbed_any(sources)
+        statements = [
             "INSERT INTO merges "
             "SELECT merged_at, source, direct_target, message_id, kind FROM _batch",
             "UPDATE profiles SET merged_into = m.target FROM _batch m "
-            "WHERE profiles.profile_id = m.source OR profiles.merged_into = m.source",
+            "WHERE profiles.profile_id = m.source"
+            + (" OR profiles.merged_into = m.source" if chained else ""),
             "UPDATE identities SET profile_id = m.target FROM _batch m "
             "WHERE identities.profile_id = m.source",
-            "UPDATE profile_aliases SET canonical_id = m.target FROM _batch m "
-            "WHERE profile_aliases.canonical_id = m.source",
-            "INSERT INTO profile_aliases SELECT source, target FROM _batch "
-            "ON CONFLICT (profile_id) DO UPDATE SET canonical_id = excluded.canonical_id",
-            # The survivor takes the merged profiles' stored traits (latest wins).
-            "INSERT INTO profile_traits "
-            "SELECT m.target, t.name, t.value, t.updated_at FROM profile_traits t "
-            "JOIN _batch m ON t.profile_id = m.source "
-            "QUALIFY row_number() OVER (PARTITION BY m.target, t.name "
-            "ORDER BY t.updated_at DESC) = 1 "
-            "ON CONFLICT (profile_id, name) DO UPDATE SET "
-            "value = excluded.value, updated_at = excluded.updated_at "
-            "WHERE excluded.updated_at > profile_traits.updated_at",
-            "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _batch)",
-        )
+        ]
+        if chained:
+            statements.append(
+                "UPDATE profile_aliases SET canonical_id = m.target FROM _batch m "
+                "WHERE profile_aliases.canonical_id = m.source"
+            )
+        # A source is a live profile, so it has no alias row yet: a plain insert.
+        statements.append("INSERT INTO profile_aliases SELECT source, target FROM _batch")
+        if cache is None or cache.traits_of_any(sources):
+            statements += [
+                # The survivor takes the merged profiles' stored traits (latest wins).
+                "INSERT INTO profile_traits "
+                "SELECT m.target, t.name, t.value, t.updated_at FROM profile_traits t "
+                "JOIN _batch m ON t.profile_id = m.source "
+                "QUALIFY row_number() OVER (PARTITION BY m.target, t.name "
+                "ORDER BY t.updated_at DESC) = 1 "
+                "ON CONFLICT (profile_id, name) DO UPDATE SET "
+                "value = excluded.value, updated_at = excluded.updated_at "
+                "WHERE excluded.updated_at > profile_traits.updated_at",
+                "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _batch)",
+            ]
+        _run_with(con, table, *statements)
 
     def _write_identities(
         self, con: duckdb.DuckDBPyConnection, batch: ResolvedBatch, final: dict[str, str]
@@ -227,7 +244,7 @@ class DuckDBStore(Store):
 
     def _write_traits(
         self, con: duckdb.DuckDBPyConnection, batch: ResolvedBatch, final: dict[str, str]
-    ) -> None:
+    ) -> set[str]:
         dirty = sorted({final.get(p, p) for p in batch.changes.dirty_traits})
         names: list[str] = []
         owners: list[str] = []
@@ -243,7 +260,7 @@ class DuckDBStore(Store):
                 values.append(orjson.dumps(value, default=str).decode())
                 stamps.append(updated)
         if not owners:
-            return
+            return set()
         table = pa.table(
             {
                 "profile_id": owners,
@@ -260,6 +277,7 @@ class DuckDBStore(Store):
             "value = excluded.value, updated_at = excluded.updated_at "
             "WHERE excluded.updated_at >= profile_traits.updated_at",
         )
+        return set(owners)
 
     def _write_quarantine(
         self, con: duckdb.DuckDBPyConnection, rejections: Sequence[Rejection], now: datetime
