@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -24,7 +25,7 @@ from cohortsync.config.scaffold import scaffold_project
 from cohortsync.engine import Engine
 from cohortsync.errors import CohortsyncError, InputError
 from cohortsync.events.readers import file_size
-from cohortsync.events.timestamps import TimestampError, parse_timestamp
+from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
 from cohortsync.render import (
     compute_table,
     demo_table,
@@ -236,22 +237,98 @@ def preview(
     _show(dataclasses.asdict(shown), as_json, lambda: preview_group(shown))
 
 
+class Role(StrEnum):
+    """What one `cohortsync serve` process does."""
+
+    all = "all"
+    ingest = "ingest"
+    worker = "worker"
+
+
 @app.command()
 def serve(
     project: ProjectOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    role: Annotated[
+        Role,
+        typer.Option(
+            help="all: ingest, real-time evaluation and delivery in this process. ingest: the "
+            "API only, publishing to --bus. worker: consume --bus, store, evaluate, deliver."
+        ),
+    ] = Role.all,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COHORTSYNC_BUS",
+            help="Event bus between ingest and worker: redis://127.0.0.1:6379/0 or "
+            "nats://127.0.0.1:4222.",
+            show_default=False,
+        ),
+    ] = None,
+    bus_stream: Annotated[
+        str,
+        typer.Option(
+            envvar="COHORTSYNC_BUS_STREAM",
+            help="Name prefix of the bus's streams (one per partition) and consumer group.",
+        ),
+    ] = "cohortsync-events",
 ) -> None:
-    """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …)."""
+    """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …) and, beside it,
+    real-time evaluation, scheduled refreshes and delivery."""
     import uvicorn
 
     from cohortsync.server.app import create_app
 
+    if role is not Role.all and not bus:
+        raise InputError(
+            f"--role {role.value} needs --bus URL: redis://127.0.0.1:6379/0 or "
+            "nats://127.0.0.1:4222 (or set COHORTSYNC_BUS)"
+        )
+    if role is Role.ingest:
+        from cohortsync.config.loader import load_project
+        from cohortsync.realtime.bus import open_bus
+        from cohortsync.realtime.roles import BusGateway
+
+        channel = open_bus(str(bus), prefix=bus_stream)
+        gateway = BusGateway(load_project(project).project, channel, now_micros)
+        console.print(f"cohortsync ingest on http://{host}:{port}, publishing to the bus")
+        uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+        return
+    if role is Role.worker:
+        _work(project, str(bus), bus_stream)
+        return
     with Engine.open(project) as engine:
         console.print(
             f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})"
         )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _work(project: Path | None, bus_url: str, stream: str) -> None:
+    """The worker role: consume the bus until SIGINT or SIGTERM."""
+    import signal
+    import threading
+
+    from cohortsync.realtime.bus import open_bus
+    from cohortsync.realtime.roles import BusWorker
+
+    done = threading.Event()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, lambda *_: done.set())
+    with Engine.open(project) as engine:
+        workers = engine.serve_workers()
+        engine.warm_up()
+        # One worker owns a store, so its name is the store's: a restarted worker takes its
+        # partitions back at once instead of waiting out the dead one's leases.
+        name = "worker-" + hashlib.sha256(str(engine.loaded.store_path()).encode()).hexdigest()[:12]
+        consumer = BusWorker(engine.commit, open_bus(bus_url, prefix=stream), name=name)
+        workers.start()
+        consumer.start()
+        console.print(f"cohortsync worker consuming the bus (store {engine.loaded.store_path()})")
+        done.wait()
+        consumer.stop()
+        workers.stop()
 
 
 @app.command()

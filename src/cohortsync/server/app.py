@@ -4,30 +4,47 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
+from typing import Protocol
 
 from fastapi import FastAPI
 from fastapi.responses import Response
 
 from cohortsync import __version__
+from cohortsync.config.models import Project
 from cohortsync.engine import Engine
+from cohortsync.events.pipeline import IngestResult
 from cohortsync.server.group_commit import GroupCommitter
 from cohortsync.server.ingest import json_response
 from cohortsync.server.ingest import router as ingest_router
+from cohortsync.store.records import Message, Rejection
+
+
+class IngestTarget(Protocol):
+    """What the ingest API needs: the project (write keys) and a durable commit."""
+
+    project: Project
+
+    def commit(
+        self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()
+    ) -> IngestResult: ...
+
+    def warm_up(self) -> None: ...
 
 
 def create_app(
-    engine: Engine,
+    engine: IngestTarget,
     *,
     background: bool = True,
     clock: Callable[[], datetime] | None = None,
 ) -> FastAPI:
     """Build the app around an open engine (the app never opens or closes the store itself).
 
-    With `background` (the default), real-time evaluation, scheduled refreshes and delivery
-    run beside ingest; `clock` replaces the wall clock (tests move time).
+    With `background` (the default) and an engine, real-time evaluation, scheduled refreshes
+    and delivery run beside ingest; `clock` replaces the wall clock (tests move time). In the
+    ingest role the target is a bus gateway: no store, no background work.
     """
 
     @asynccontextmanager
@@ -35,7 +52,7 @@ def create_app(
         committer = GroupCommitter(engine.commit)
         app.state.committer = committer
         engine.warm_up()  # the first request should not pay for loading the identity graph
-        workers = engine.serve_workers(clock) if background else None
+        workers = engine.serve_workers(clock) if background and isinstance(engine, Engine) else None
         app.state.workers = workers
         gc.freeze()  # the long-lived identity graph is never scanned by the collector again
         await committer.start()
