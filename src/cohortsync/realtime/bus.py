@@ -49,7 +49,8 @@ class Consumer(Protocol):
     """One member of a consumer group: fetches from the partitions it holds, acks what it did.
 
     A consumer is used from one thread. `fetch` also renews its leases, so call it at least once
-    per visibility timeout, and ack a batch before fetching the next.
+    per visibility timeout; a partition is handed to another member only once every delivery
+    from it is acked, so ack promptly.
     """
 
     group: str
