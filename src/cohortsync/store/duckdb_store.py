@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +21,7 @@ from cohortsync.store.base import (
     ResolvedBatch,
     Store,
 )
+from cohortsync.store.duckdb_compute import flagged_members
 from cohortsync.store.duckdb_memberships import record_compute
 from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
@@ -393,6 +394,11 @@ class DuckDBStore(Store):
         with self._lock:
             table = self._con.sql(sql).to_arrow_table()
         return [] if table is None else [str(v) for v in table.column(0).to_pylist()]
+
+    def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
+        """Every segment's sorted members from one query of per-profile flags."""
+        with self._lock:
+            return flagged_members(self._con, sql, columns)
 
     @property
     def outbox(self) -> OutboxStore:
