@@ -107,17 +107,14 @@ class DuckDBStore(Store):
         else:
             events = messages_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
         with self._lock:
-            self._con.register("_events", events)  # a view of the connection, not transactional
             try:
                 inserted, traits_written = self._commit(batch, rejections, events, final)
             except _SomeAlreadyStoredError:
                 # Rare (a resent message): the batch was rolled back; name what was there.
-                old = self._con.execute(
-                    "SELECT message_id FROM events SEMI JOIN _events USING (message_id)"
-                ).fetchall()
+                ids = pa.table({"message_id": events.column("message_id")})
+                sql = "SELECT message_id FROM events SEMI JOIN _batch USING (message_id)"
+                old = _query_with(self._con, ids, sql)
                 raise AlreadyStoredError({r[0] for r in old}) from None
-            finally:
-                self._con.unregister("_events")
         if self._identities is not None:
             self._identities.apply(batch.changes, final, traits_written)
         return inserted
@@ -137,7 +134,7 @@ class DuckDBStore(Store):
                 try:
                     # A plain insert checks the key ~3× faster than ON CONFLICT DO NOTHING;
                     # a resent message is the rare case, handled by rolling back.
-                    con.execute("INSERT INTO events SELECT * FROM _events")
+                    con.from_arrow(events).insert_into("events")
                 except duckdb.ConstraintException:
                     raise _SomeAlreadyStoredError from None
                 inserted = events.num_rows
@@ -171,12 +168,14 @@ class DuckDBStore(Store):
         created = sorted(batch.changes.new_profiles)
         if created:
             table = pa.table(
-                {"profile_id": created, "created_at": pa.array([now] * len(created), _TS)}
+                {
+                    "profile_id": created,
+                    "created_at": pa.array([now] * len(created), _TS),
+                    "merged_into": pa.nulls(len(created), pa.string()),
+                }
             )
             # New by construction (named after an identifier nobody owned): a plain insert.
-            _run_with(
-                con, table, "INSERT INTO profiles SELECT profile_id, created_at, NULL FROM _batch"
-            )
+            con.from_arrow(table).insert_into("profiles")
         merges = batch.changes.merges
         if not merges:
             return
@@ -241,7 +240,7 @@ class DuckDBStore(Store):
             }
         )
         # Only identifiers nobody owned reach here: a plain insert (ON CONFLICT costs ~3 ms).
-        _run_with(con, table, "INSERT INTO identities SELECT * FROM _batch")
+        con.from_arrow(table).insert_into("identities")
 
     def _write_traits(
         self, con: duckdb.DuckDBPyConnection, batch: ResolvedBatch, final: dict[str, str]
@@ -467,6 +466,15 @@ class DuckDBStore(Store):
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+
+def _query_with(con: duckdb.DuckDBPyConnection, table: pa.Table, sql: str) -> list[Any]:
+    """The rows of a query that reads the Arrow `table` as `_batch`."""
+    con.register("_batch", table)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.unregister("_batch")
 
 
 def _run_with(con: duckdb.DuckDBPyConnection, table: pa.Table, *statements: str) -> None:
