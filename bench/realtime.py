@@ -393,6 +393,7 @@ class LoadPlan:
     buyers: list[int]  # distinct profiles, in the order they buy
     seed: int
     run: str
+    skew: float = 0.0  # the senders' clock minus the server's (s)
 
 
 @dataclass
@@ -460,9 +461,11 @@ class RawClient:
         return status
 
 
-def message(kind: str, uid: str, message_id: str, rng: random.Random) -> tuple[str, dict[str, Any]]:
-    """(path, body) of one call of the stream, stamped now."""
-    now = stamp(datetime.now(UTC))
+def message(
+    kind: str, uid: str, message_id: str, rng: random.Random, skew: float = 0.0
+) -> tuple[str, dict[str, Any]]:
+    """(path, body) of one call of the stream, stamped now by a clock `skew` seconds off."""
+    now = stamp(datetime.now(UTC) + timedelta(seconds=skew))
     base: dict[str, Any] = {"messageId": message_id, "userId": uid, "timestamp": now}
     sku = f"SKU-{rng.randrange(200)}"
     if kind == "page":
@@ -512,7 +515,7 @@ async def _load(plan: LoadPlan) -> LoadResult:
             if buyer is not None:
                 attempted.append(buyer)
             sent = "cart" if kind == "purchase" and buyer is None else kind
-            path, body = message(sent, uid, f"{plan.run}-{i}", rng)
+            path, body = message(sent, uid, f"{plan.run}-{i}", rng, plan.skew)
             due = start + i / plan.rate
             delay = due - time.monotonic()
             if delay > 0:
@@ -573,14 +576,13 @@ class RateResult:
 
     @property
     def sustainable(self) -> bool:
-        """Kept up: ≥ 95 % of the offered rate answered, nothing failed or missing, no growth."""
+        """Kept up: ≥ 95 % of the offered rate answered, none failed, latency not growing.
+
+        Missing suppressions are a correctness failure shown on their own, not a throughput
+        limit: they also happen at low rates (see bench/README.md).
+        """
         failed = sum(n for code, n in self.statuses.items() if code != 200)
-        return (
-            self.achieved >= 0.95 * self.offered
-            and failed == 0
-            and not self.missing
-            and not self.growing
-        )
+        return self.achieved >= 0.95 * self.offered and failed == 0 and not self.growing
 
 
 def growing(points: list[tuple[float, float]]) -> bool:
@@ -645,6 +647,7 @@ class Setup:
     seconds: float
     drain: float
     sample: bool = False
+    skew: float = 0.0
 
 
 def profile_report(samples: Path, cpu: dict[int, float], window: float, top: int = 6) -> list[str]:
@@ -687,7 +690,7 @@ def measure(rate: float, setup: Setup) -> RateResult:
         warm_up(url, receiver, seconds=60)
         receiver.reset()
         plan = LoadPlan(
-            url, rate, seconds, profiles, buyers, seed=int(rate) + 1, run=f"r{rate:.0f}"
+            url, rate, seconds, profiles, buyers, int(rate) + 1, f"r{rate:.0f}", setup.skew
         )
         with concurrent.futures.ProcessPoolExecutor(
             1, mp_context=multiprocessing.get_context("spawn")
@@ -807,7 +810,7 @@ def table(results: list[RateResult]) -> Table:
             f"{r.pct(r.latencies_ms, 50):,.0f} / {r.pct(r.latencies_ms, 95):,.0f} / {shown}",
             f"{max(r.latencies_ms, default=0):,.0f}",
             f"{r.pct(r.from_send_ms, 99):,.0f}",
-            f"{len(r.missing)}",
+            f"[red]{len(r.missing)}[/]" if r.missing else "0",
             f"{r.pct(r.ingest_ms, 50):,.0f} / {r.pct(r.ingest_ms, 99):,.0f}",
             f"{r.server_cores:.2f}",
             f"{r.others_cores:.2f}",
@@ -860,6 +863,12 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=20_000, help="known profiles")
     parser.add_argument("--history", type=int, default=10, help="past events per profile")
     parser.add_argument("--quick", action="store_true", help="5 s per rate, 5,000 profiles")
+    parser.add_argument(
+        "--skew",
+        type=float,
+        default=0.0,
+        help="stamp events with a clock this many seconds ahead (negative: behind)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--sample", action="store_true", help="sample the server's threads (where time goes)"
@@ -892,6 +901,7 @@ def main() -> None:
             args.seconds,
             args.drain,
             args.sample,
+            args.skew,
         )
 
         def run(rate: float) -> RateResult:
@@ -910,12 +920,14 @@ def main() -> None:
 
     results.sort(key=lambda r: r.offered)
     console.print(table(results))
-    for r in results:
-        if r.missing:
-            console.print(
-                f"[red]{r.offered:,.0f}/s: {len(r.missing)} suppressions missing[/], "
-                f"e.g. {r.missing[:5]}"
-            )
+    lost = [r for r in results if r.missing]
+    for r in lost:
+        console.print(
+            f"[red]conservation: {r.offered:,.0f}/s: {len(r.missing)} of {r.purchases:,} "
+            f"purchases never suppressed[/] (after a {args.drain:.0f} s drain), e.g. {r.missing[:5]}"
+        )
+    if not lost:
+        console.print("conservation: every purchase that got a 200 was suppressed at the receiver")
     sustained = [r.offered for r in results if r.sustainable]
     console.print(
         f"highest sustained rate: {max(sustained):,.0f} events/s"
