@@ -924,7 +924,8 @@ def main() -> None:
     for r in lost:
         console.print(
             f"[red]conservation: {r.offered:,.0f}/s: {len(r.missing)} of {r.purchases:,} "
-            f"purchases never suppressed[/] (after a {args.drain:.0f} s drain), e.g. {r.missing[:5]}"
+            f"purchases never suppressed[/] (after a {args.drain:.0f} s drain), "
+            f"e.g. {r.missing[:5]}"
         )
     if not lost:
         console.print("conservation: every purchase that got a 200 was suppressed at the receiver")
