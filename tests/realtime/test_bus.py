@@ -317,6 +317,25 @@ def _seqs_by_key(deliveries: list[Delivery]) -> dict[str, list[int]]:
     return out
 
 
+@pytest.fixture
+def make_nats_bus() -> Iterator[MakeBus]:
+    """Like `make_bus`, for NATS only."""
+    yield from _bus_factory("nats")
+
+
+def test_nats_stores_a_republished_batch_once(make_nats_bus: MakeBus) -> None:
+    """A publish retried after a lost ack (same message ids) is not delivered twice."""
+    bus = make_nats_bus(partitions=2)
+    batch = [message(i, user=f"user-{i % 3}") for i in range(30)]
+    bus.publish(batch)
+    bus.publish(batch)
+    assert bus.backlog("g") == len(batch)
+    with bus.consumer("g", "solo") as consumer:
+        got = collect([consumer], everything(len(batch)))["solo"]
+        assert consumer.fetch(timeout=0.5) == []
+    assert sorted(ids(got)) == sorted(m.message_id for m in batch)
+
+
 # -- configuration and errors -----------------------------------------------------------------
 def test_reopening_with_another_partition_count_is_refused(make_server_bus: MakeBus) -> None:
     make_server_bus(partitions=4)

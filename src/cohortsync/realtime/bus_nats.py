@@ -86,6 +86,17 @@ class _LoopThread:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
 
     def stop(self) -> None:
+        """Cancel what still runs on the loop, wait for it to unwind, then stop the loop."""
+
+        async def finish() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(finish(), self.loop).result(timeout=10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         if not self._thread.is_alive():
@@ -115,12 +126,14 @@ class NatsBus:
         self._runner = _LoopThread()
         self._kv_bucket: KeyValue | None = None
         self._closing = False
+        self._client: Client | None = None
         try:
             self.nc: Client = self._call("connect", self._connect())
+            self._client = self.nc
             self.js: JetStreamContext = self.nc.jetstream(timeout=10)
             self._call("open the stream", self._ensure_stream())
         except BaseException:
-            self._runner.stop()
+            self.close()
             raise
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -254,11 +267,15 @@ class NatsBus:
         return f"{group}-p{partition}"
 
     async def ensure_durable(self, group: str, partition: int) -> None:
-        """Create the group's durable consumer on a partition if it does not exist."""
+        """Create the group's durable consumer on a partition, or set its ack wait to this
+        bus's visibility timeout (half of it) if it was created with another."""
         name = self.durable(group, partition)
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await self.js.consumer_info(self.prefix, name)
-            return
+            info = await self.js.consumer_info(self.prefix, name)
+            if info.config.ack_wait is not None and (
+                abs(info.config.ack_wait - self.visibility / 2) < 0.01
+            ):
+                return
         await self.js.add_consumer(
             self.prefix,
             ConsumerConfig(
@@ -302,8 +319,9 @@ class NatsBus:
     def close(self) -> None:
         """Close the connection and stop the bus's event loop."""
         self._closing = True
-        with contextlib.suppress(Exception):
-            self._runner.run(self.nc.close())
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._runner.run(self._client.close())
         self._runner.stop()
 
     def run(self, action: str, coroutine: Coroutine[Any, Any, R]) -> R:

@@ -66,14 +66,22 @@ class RedisBus:
             )
         except ValueError as exc:
             raise BusError(f"bus URL {self.url!r} is not a valid Redis URL ({exc})") from None
+        try:
+            self._check_partitions()
+        except BusError:
+            self.redis.close()
+            raise
+
+    def _check_partitions(self) -> None:
+        """Record the partition count of a new prefix; refuse another count for an old one."""
         with self.errors("open the bus"):
-            meta = f"{prefix}:meta"
-            self.redis.hsetnx(meta, "partitions", partitions)
-            stored = int(self.redis.hget(meta, "partitions") or partitions)
-        if stored != partitions:
+            meta = f"{self.prefix}:meta"
+            self.redis.hsetnx(meta, "partitions", self.partitions)
+            stored = int(self.redis.hget(meta, "partitions") or self.partitions)
+        if stored != self.partitions:
             raise BusError(
-                f"bus {prefix!r} on {self.url} has {stored} partitions, not {partitions}: "
-                f"open it with partitions={stored} or use another prefix"
+                f"bus {self.prefix!r} on {self.url} has {stored} partitions, not "
+                f"{self.partitions}: open it with partitions={stored} or use another prefix"
             )
 
     def stream(self, partition: int) -> str:
