@@ -321,43 +321,71 @@ def thread_cpu(pid: int) -> dict[int, float]:
     return used
 
 
-@contextlib.contextmanager
-def server(project: Path, sample: Path | None = None) -> Iterator[tuple[str, int]]:
-    """`cohortsync serve` in its own process; yields (url, pid); stopped with SIGINT on exit.
+def _start(cmd: list[str], errors: Path) -> subprocess.Popen[bytes]:
+    with errors.open("wb") as err:
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
-    Its stderr goes to a file (a pipe nobody reads would block the server once full). With
-    `sample`, the stack sampler above runs inside it and writes there.
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def server(
+    project: Path, sample: Path | None = None, bus: str | None = None
+) -> Iterator[tuple[str, list[int]]]:
+    """`cohortsync serve` in its own process; yields (url, pids); stopped with SIGINT on exit.
+
+    With `bus`, two processes: `--role ingest` (the URL) publishing to the bus on a fresh
+    stream prefix, and `--role worker` (the store; its pid first), the prefix dropped after.
+    Their stderr goes to files (a pipe nobody reads would block a server once full). With
+    `sample`, the stack sampler above runs inside the process that holds the store.
     """
     port = free_port()
-    if sample is None:
-        cmd = [sys.executable, "-m", "cohortsync", "serve"]
-    else:
-        cmd = [sys.executable, "-c", SAMPLER, str(sample), "serve"]
-    cmd += ["--project", str(project), "--host", "127.0.0.1", "--port", str(port)]
-    errors = project / "serve.stderr"
-    with errors.open("wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-    url = f"http://127.0.0.1:{port}"
+    head = [sys.executable, "-m", "cohortsync", "serve"]
+    sampled = head if sample is None else [sys.executable, "-c", SAMPLER, str(sample), "serve"]
+    where = ["--project", str(project)]
+    listen = ["--host", "127.0.0.1", "--port", str(port)]
+    procs: list[subprocess.Popen[bytes]] = []
+    prefix = f"bench-rt-{os.getpid()}-{port}"
     try:
+        if bus is None:
+            procs.append(_start(sampled + where + listen, project / "serve.stderr"))
+        else:
+            roles = ["--bus", bus, "--bus-stream", prefix, "--role"]
+            procs.append(_start([*sampled, *where, *roles, "worker"], project / "worker.stderr"))
+            procs.append(
+                _start([*head, *where, *listen, *roles, "ingest"], project / "ingest.stderr")
+            )
+        url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {errors.read_text()[-2000:]}")
+            for proc in procs:
+                if proc.poll() is not None:
+                    logs = "".join(f.read_text()[-2000:] for f in project.glob("*.stderr"))
+                    raise RuntimeError(f"server exited: {logs}")
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(f"{url}/health", timeout=0.5).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not answer /health within 60 s")
             time.sleep(0.05)
-        yield url, proc.pid
+        yield url, [proc.pid for proc in procs]
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        for proc in reversed(procs):  # ingest first, then the worker drains what it has
+            _stop(proc)
+        if bus is not None:
+            from cohortsync.realtime.bus import open_bus
+
+            channel = open_bus(bus, prefix=prefix)
+            channel.drop()
+            channel.close()
 
 
 def cpu_seconds_of(stat: Path) -> float:
@@ -648,6 +676,7 @@ class Setup:
     drain: float
     sample: bool = False
     skew: float = 0.0
+    bus: str | None = None
 
 
 def profile_report(samples: Path, cpu: dict[int, float], window: float, top: int = 6) -> list[str]:
@@ -686,7 +715,8 @@ def measure(rate: float, setup: Setup) -> RateResult:
     receiver.reset()
     samples = project / "samples.json" if setup.sample else None
     switch = Path(f"{samples}.on")
-    with server(project, samples) as (url, pid):
+    with server(project, samples, setup.bus) as (url, pids):
+        pid = pids[0]
         warm_up(url, receiver, seconds=60)
         receiver.reset()
         plan = LoadPlan(
@@ -698,12 +728,13 @@ def measure(rate: float, setup: Setup) -> RateResult:
             pool.submit(os.getpid).result()  # the load process is started before the counters
             loadavg = Path("/proc/loadavg").read_text().split()[:3]
             busy0, started = machine_busy()[0], time.monotonic()
-            server0, self0, threads0 = cpu_seconds(pid), time.process_time(), thread_cpu(pid)
+            server0 = sum(cpu_seconds(p) for p in pids)
+            self0, threads0 = time.process_time(), thread_cpu(pid)
             if samples is not None:
                 switch.touch()
             load = pool.submit(run_load, plan).result()
             switch.unlink(missing_ok=True)
-            server_cpu = cpu_seconds(pid) - server0
+            server_cpu = sum(cpu_seconds(p) for p in pids) - server0
             threads = {k: v - threads0.get(k, 0.0) for k, v in thread_cpu(pid).items()}
             busy1, window = machine_busy()[0], time.monotonic() - started
             own = time.process_time() - self0
@@ -781,9 +812,9 @@ def describe(result: RateResult) -> None:
     )
 
 
-def table(results: list[RateResult]) -> Table:
+def table(results: list[RateResult], mode: str) -> Table:
     """The summary table."""
-    out = Table(title="cohortsync real time (embedded): purchase → suppression at the webhook")
+    out = Table(title=f"cohortsync real time ({mode}): purchase → suppression at the webhook")
     for column in (
         "offered ev/s",
         "achieved ev/s",
@@ -864,6 +895,11 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=10, help="past events per profile")
     parser.add_argument("--quick", action="store_true", help="5 s per rate, 5,000 profiles")
     parser.add_argument(
+        "--bus",
+        help="redis://127.0.0.1:6379/0 or nats://127.0.0.1:4222: serve --role ingest and "
+        "--role worker over this bus instead of the embedded mode",
+    )
+    parser.add_argument(
         "--skew",
         type=float,
         default=0.0,
@@ -902,6 +938,7 @@ def main() -> None:
             args.drain,
             args.sample,
             args.skew,
+            args.bus,
         )
 
         def run(rate: float) -> RateResult:
@@ -919,7 +956,8 @@ def main() -> None:
             search(results, run, args.ceiling)
 
     results.sort(key=lambda r: r.offered)
-    console.print(table(results))
+    mode = "embedded" if args.bus is None else f"{args.bus.split(':')[0]} bus, ingest + worker"
+    console.print(table(results, mode))
     lost = [r for r in results if r.missing]
     for r in lost:
         console.print(
