@@ -40,10 +40,16 @@ def ingest_jsonl(
     """Validate and store every line of a JSON Lines file; bad lines go to quarantine."""
     source = f"file:{path.name}"
     validator = BulkValidator()
+
+    def batches() -> Iterator[ColumnarBatch]:
+        for chunk in read_chunks(path, rows_per_batch or ROWS_PER_BATCH):
+            batch = validator.validate(chunk, path, source, received_at_us)
+            if progress is not None:
+                progress(len(chunk.data))
+            yield batch
+
     try:
-        chunks = read_chunks(path, rows_per_batch or ROWS_PER_BATCH, progress)
-        batches = (validator.validate(c, path, source, received_at_us) for c in chunks)
-        return _store_pipelined(store, identity, batches)
+        return _store_pipelined(store, identity, batches())
     finally:
         validator.close()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,9 +126,7 @@ class LineChunk:
         return self.data[self.bounds[index] : self.bounds[index + 1]]
 
 
-def read_chunks(
-    path: Path, lines: int, progress: Callable[[int], None] | None = None
-) -> Iterator[LineChunk]:
+def read_chunks(path: Path, lines: int) -> Iterator[LineChunk]:
     """Split a file into chunks of `lines` whole lines (the last one may lack its newline)."""
     with path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
@@ -139,10 +137,7 @@ def read_chunks(
             while start < size:
                 ends = _line_ends(view, start, size, lines)
                 bounds = np.concatenate(([0], ends - start))
-                chunk = LineChunk(first, view[start : int(ends[-1])], bounds)
-                if progress is not None:
-                    progress(len(chunk.data))
-                yield chunk
+                yield LineChunk(first, view[start : int(ends[-1])], bounds)
                 first += len(ends)
                 start = int(ends[-1])
 
