@@ -256,6 +256,19 @@ def test_closing_hands_unacked_messages_over_without_waiting(make_bus: MakeBus) 
         leaving.fetch()
 
 
+def test_nacked_deliveries_come_back_first_and_in_order(make_bus: MakeBus) -> None:
+    """A worker whose batch failed gives it back; the retry sees the key's messages in order."""
+    bus = make_bus(partitions=2)
+    published = [message(i, user="one-person") for i in range(60)]
+    bus.publish(published)
+    with bus.consumer("g", "worker") as consumer:
+        failed = collect([consumer], lambda got: len(got["worker"]) >= 20, ack=False, batch=20)
+        consumer.nack([d.id for d in failed["worker"]])
+        retried = collect([consumer], everything(len(published)))["worker"]
+    assert [d.message for d in retried] == published
+    wait_backlog_empty(bus, "g")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
 def test_a_killed_consumer_loses_nothing(make_server_bus: MakeBus) -> None:
     bus = make_server_bus(partitions=4, visibility=2.0)

@@ -69,6 +69,11 @@ class Consumer(Protocol):
         """Mark deliveries processed: they are never delivered to this group again."""
         ...
 
+    def nack(self, delivery_ids: Sequence[str]) -> None:
+        """Give deliveries back unprocessed: the next fetches return them again, before anything
+        newer of their partitions (so a failed batch is retried in order)."""
+        ...
+
     def close(self) -> None:
         """Leave the group: unacked deliveries and held partitions go to the others at once."""
         ...

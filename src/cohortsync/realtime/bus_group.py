@@ -143,6 +143,11 @@ class LeasedConsumer(ABC):
         """Acknowledge native ids, grouped by partition."""
 
     @abstractmethod
+    def _nack(self, by_partition: dict[int, list[str]]) -> None:
+        """Make these deliveries (and anything newer already fetched from their partitions)
+        come again, in partition order, before anything else of those partitions."""
+
+    @abstractmethod
     def _abandon(self, by_partition: dict[int, list[str]]) -> None:
         """On close, before the leases go: make these unacked deliveries available again."""
 
@@ -175,13 +180,23 @@ class LeasedConsumer(ABC):
 
     def ack(self, delivery_ids: Sequence[str]) -> None:
         """Mark deliveries processed: they are never delivered to this group again."""
+        self._settle(delivery_ids, self._ack)
+
+    def nack(self, delivery_ids: Sequence[str]) -> None:
+        """Give deliveries back unprocessed: the next fetches return them again, before anything
+        newer of their partitions (so a failed batch is retried in order)."""
+        self._settle(delivery_ids, self._nack)
+
+    def _settle(
+        self, delivery_ids: Sequence[str], verdict: Callable[[dict[int, list[str]]], None]
+    ) -> None:
         by_partition: dict[int, list[str]] = {}
         for delivery_id in delivery_ids:
             partition, native = split_id(delivery_id)
             by_partition.setdefault(partition, []).append(native)
         if not by_partition:
             return
-        self._ack(by_partition)
+        verdict(by_partition)
         for delivery_id in delivery_ids:
             partition = int(delivery_id.partition(":")[0])
             self._in_flight.get(partition, set()).discard(delivery_id)

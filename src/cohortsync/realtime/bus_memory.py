@@ -167,6 +167,14 @@ class InProcessConsumer(LeasedConsumer):
                     cursor.pending[offset] = self.name
                 self._claimed[partition] = deque(sorted(cursor.pending))
 
+    def _nack(self, by_partition: dict[int, list[str]]) -> None:
+        with self._bus._changed:
+            for partition, natives in by_partition.items():
+                cursor = self._cursor(partition)
+                back = {int(n) for n in natives if n.isdigit() and int(n) in cursor.pending}
+                waiting = self._claimed.get(partition, deque())
+                self._claimed[partition] = deque(sorted(back | set(waiting)))
+
     def _ack(self, by_partition: dict[int, list[str]]) -> None:
         with self._bus._changed:
             for partition, natives in by_partition.items():

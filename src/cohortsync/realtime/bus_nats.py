@@ -70,6 +70,7 @@ PULL_BATCH = 500
 MAX_ACK_PENDING = 100_000
 _ACK = b"+ACK"
 _NAK = b"-NAK"
+_IN_PROGRESS = b"+WPI"
 
 
 class _LoopThread:
@@ -342,6 +343,7 @@ class NatsConsumer(LeasedConsumer):
         self._pulls: dict[int, float] = {}
         self._due: dict[int, int] = {}
         self._durables: set[int] = set()
+        self._unacked: dict[str, Msg] = {}
         self._ready = asyncio.Event()
         self._sub: Subscription = bus.run("subscribe", self._subscribe())
 
@@ -399,6 +401,7 @@ class NatsConsumer(LeasedConsumer):
                 msg = buffer.popleft()
                 try:
                     got.append(Delivery(f"{partition}:{msg.reply}", partition, decode(msg.data)))
+                    self._unacked[msg.reply] = msg
                 except (TypeError, ValueError):
                     # Not a message: report and ack, never block the partition behind it.
                     self.undecodable += 1
@@ -465,13 +468,37 @@ class NatsConsumer(LeasedConsumer):
         self._bus.run("create the group's consumers", prepare())
 
     def _ack(self, by_partition: dict[int, list[str]]) -> None:
-        self._bus.run("acknowledge messages", self._send(by_partition, _ACK))
+        async def acknowledge() -> None:
+            for replies in by_partition.values():
+                for reply in replies:
+                    self._unacked.pop(reply, None)
+            await self._send(by_partition, _ACK)
+
+        self._bus.run("acknowledge messages", acknowledge())
 
     async def _send(self, by_partition: dict[int, list[str]], verdict: bytes) -> None:
         for replies in by_partition.values():
             for reply in replies:
                 await self._nc.publish(reply, verdict)
         await self._nc.flush()
+
+    def _nack(self, by_partition: dict[int, list[str]]) -> None:
+        async def give_back() -> None:
+            # Kept here rather than naked: messages of the partition already on the wire would
+            # overtake a server redelivery. The ack timer restarts so JetStream waits for them.
+            unknown: dict[int, list[str]] = {}
+            for partition, replies in by_partition.items():
+                back = [self._unacked.pop(r) for r in replies if r in self._unacked]
+                kept = {m.reply for m in back}
+                unknown[partition] = [r for r in replies if r not in kept]
+                buffer = [*back, *self._buffers.get(partition, ())]
+                buffer.sort(key=lambda m: m.metadata.sequence.stream)
+                self._buffers[partition] = deque(buffer)
+                for msg in back:
+                    await self._nc.publish(msg.reply, _IN_PROGRESS)
+            await self._send(unknown, _NAK)
+
+        self._bus.run("give messages back", give_back())
 
     def _abandon(self, by_partition: dict[int, list[str]]) -> None:
         async def give_back() -> None:
@@ -484,6 +511,7 @@ class NatsConsumer(LeasedConsumer):
                     await asyncio.wait_for(self._ready.wait(), deadline - time.monotonic())
             unread = {p: [m.reply for m in buffer] for p, buffer in self._buffers.items()}
             self._buffers.clear()
+            self._unacked.clear()
             await self._send(by_partition, _NAK)
             await self._send(unread, _NAK)
 

@@ -41,6 +41,12 @@ _FIELD = b"m"
 _CLAIM_PAGE = 1000
 
 
+def _entry_order(entry_id: bytes) -> tuple[int, int]:
+    """A stream entry id (`<ms>-<seq>`) as a sortable pair."""
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)
+
+
 class RedisBus:
     """A partitioned log on Redis Streams with consumer groups and leased partitions."""
 
@@ -263,6 +269,20 @@ class RedisConsumer(LeasedConsumer):
                     start = reply[0]
                     if start in (b"0-0", "0-0"):
                         break
+
+    def _nack(self, by_partition: dict[int, list[str]]) -> None:
+        with self._bus.errors("give messages back"):
+            for partition, natives in by_partition.items():
+                # XCLAIM to ourselves returns the entries (still pending, so never lost).
+                wanted: list[Any] = list(natives)
+                entries = self._redis.xclaim(
+                    self._bus.stream(partition), self.group, self.name, 0, wanted
+                )
+                waiting = self._claimed.get(partition, deque())
+                merged = {entry[0]: entry for entry in [*entries, *waiting]}
+                self._claimed[partition] = deque(
+                    merged[key] for key in sorted(merged, key=_entry_order)
+                )
 
     def _ack(self, by_partition: dict[int, list[str]]) -> None:
         with self._bus.errors("acknowledge messages"):
