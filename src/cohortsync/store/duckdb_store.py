@@ -144,18 +144,18 @@ class DuckDBStore(Store):
             if rejections:
                 self._write_quarantine(con, rejections, now)
             if batch.changes.rejections:
+                # One row per message and kind (the first reason); the messages are new, as
+                # their events were just inserted, so a plain insert cannot clash.
+                first = {(r.message_id, r.kind): r for r in reversed(batch.changes.rejections)}
+                rows = list(first.values())[::-1]
                 table = pa.table(
                     {
-                        "message_id": [r.message_id for r in batch.changes.rejections],
-                        "kind": [r.kind for r in batch.changes.rejections],
-                        "reason": [r.reason for r in batch.changes.rejections],
+                        "message_id": [r.message_id for r in rows],
+                        "kind": [r.kind for r in rows],
+                        "reason": [r.reason for r in rows],
                     }
                 )
-                _run_with(
-                    con,
-                    table,
-                    "INSERT INTO identifier_rejections SELECT * FROM _batch ON CONFLICT DO NOTHING",
-                )
+                con.from_arrow(table).insert_into("identifier_rejections")
         return inserted, traits_written
 
     def _write_profiles(
