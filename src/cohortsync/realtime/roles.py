@@ -125,12 +125,20 @@ class BusWorker:
             while not self._stop.is_set():
                 try:
                     deliveries = consumer.fetch(self.batch, timeout=0.5)
-                    if not deliveries:
-                        continue
+                except Exception:  # the bus is unreachable for now: try again shortly
+                    log.exception("fetching from the bus failed; retrying")
+                    self._stop.wait(1.0)
+                    continue
+                if not deliveries:
+                    continue
+                ids = [d.id for d in deliveries]
+                try:
                     messages, rejections = split([d.message for d in deliveries])
                     result = self.commit(messages, rejections)
-                    consumer.ack([d.id for d in deliveries])
-                    self.stored += result.stored
-                except Exception:  # unacked deliveries come back; nothing is lost
-                    log.exception("consuming the bus failed; retrying")
+                except Exception:  # given back: the same batch comes first on the next fetch
+                    log.exception("storing a batch from the bus failed; retrying it")
+                    consumer.nack(ids)
                     self._stop.wait(1.0)
+                    continue
+                consumer.ack(ids)
+                self.stored += result.stored
