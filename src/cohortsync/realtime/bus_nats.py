@@ -396,8 +396,10 @@ class NatsConsumer(LeasedConsumer):
         """Buffered deliveries, and the reply subjects of messages that could not be decoded."""
         got: list[Delivery] = []
         broken: list[str] = []
-        for partition, buffer in self._buffers.items():
-            while buffer and len(got) < max_messages:
+        waiting = [(p, buffer) for p, buffer in self._buffers.items() if buffer]
+        share = -(-max_messages // max(1, len(waiting)))  # every partition gets its turn
+        for partition, buffer in waiting:
+            for _ in range(min(share, len(buffer), max_messages - len(got))):
                 msg = buffer.popleft()
                 try:
                     got.append(Delivery(f"{partition}:{msg.reply}", partition, decode(msg.data)))
