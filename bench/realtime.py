@@ -881,6 +881,21 @@ def search(results: list[RateResult], run: Any, ceiling: float) -> None:
             worst = result.offered
 
 
+def revision() -> str:
+    """The checkout's commit, and whether src/ differs from it (what is being measured)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return f"{head}{' + uncommitted src changes' if dirty else ''}"
+
+
 def main() -> None:
     """Build the store once, then measure each rate on a fresh copy of it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -916,7 +931,7 @@ def main() -> None:
     console.print(
         f"cohortsync real-time bench — Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"duckdb {duckdb.__version__}, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])}"
+        f"loadavg {' '.join(Path('/proc/loadavg').read_text().split()[:3])}, code {revision()}"
     )
     receiver = Receiver(generate_secret())
     results: list[RateResult] = []
