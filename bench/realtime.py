@@ -884,13 +884,13 @@ def search(results: list[RateResult], run: Any, ceiling: float) -> None:
 def revision() -> str:
     """The checkout's commit, and whether src/ differs from it (what is being measured)."""
     root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], check=False, cwd=root, capture_output=True)
+        return done.stdout.decode().strip()
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "src"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
+        head, dirty = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "src")
     except OSError:
         return "unknown"
     return f"{head}{' + uncommitted src changes' if dirty else ''}"
