@@ -1,11 +1,14 @@
 """Real-time benchmark: events/s through HTTP with real-time audiences, purchase → suppression.
 
 Run:  .venv/bin/python bench/realtime.py [--rates 100 1000] [--search] [--seconds 20] [--quick]
+      [--bus redis://127.0.0.1:6379/0 | nats://127.0.0.1:4222] [--sample] [--skew S]
 
 `cohortsync serve` runs in its own process (embedded mode: ingest, real-time evaluation and
-delivery in one process over one DuckDB file). Its project has three `refresh: realtime`
-audiences routed to a `webhook` destination: cart abandon (6 h) and browse abandon (24 h), both
-excluding recent purchasers, and the purchase-suppression audience (ordered in the last 7 days).
+delivery in one process over one DuckDB file; with `--bus`, `serve --role ingest` and one
+`serve --role worker` over Redis Streams or NATS JetStream). Its project has three
+`refresh: realtime` audiences routed to a `webhook` destination: cart abandon (6 h) and browse
+abandon (24 h), both excluding recent purchasers, and the purchase-suppression audience (ordered
+in the last 7 days).
 The webhook receiver runs in this process (uvicorn in a thread); it verifies every Standard
 Webhooks signature with `cohortsync.destinations.signing.verify`, deduplicates on `webhook-id`
 and notes when each change arrived.
@@ -198,6 +201,7 @@ class Receiver:
 
 
 async def _answer(send: Any, status: int) -> None:
+    """An empty answer with this status."""
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b""})
 
@@ -322,11 +326,13 @@ def thread_cpu(pid: int) -> dict[int, float]:
 
 
 def _start(cmd: list[str], errors: Path) -> subprocess.Popen[bytes]:
+    """Start a server process, its stderr to `errors`."""
     with errors.open("wb") as err:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server process gracefully (SIGINT), killing it after 60 s."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -886,6 +892,7 @@ def revision() -> str:
     root = Path(__file__).resolve().parent.parent
 
     def git(*args: str) -> str:
+        """The output of one git command in the checkout."""
         done = subprocess.run(["git", *args], check=False, cwd=root, capture_output=True)
         return done.stdout.decode().strip()
 
