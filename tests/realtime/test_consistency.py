@@ -101,3 +101,25 @@ def test_an_unrelated_event_evaluates_nothing(
     assert loop.step().event_profiles == 0
     engine.ingest_messages([message("track", "u1", clock.now, event="Added To Cart")])
     assert loop.step().event_profiles == 1
+
+
+def test_an_event_dated_after_the_evaluation_counts_from_its_timestamp(
+    live: tuple[Engine, RealtimeLoop], clock: Clock
+) -> None:
+    """A purchase stamped ahead of the server's clock (a client clock ahead, or an event stored
+    while a round read the clock) is evaluated again at its own timestamp, not forgotten."""
+    engine, loop = live
+    engine.ingest_messages([message("track", "u1", clock.now, event="Added To Cart")])
+    loop.step()
+    assert len(engine.store.membership("audience", "rt_cart_abandon_6h")) == 1
+    ahead = clock.now + timedelta(seconds=2)
+    engine.ingest_messages(
+        [message("track", "u1", ahead, event="Order Completed", properties={"revenue": 5})]
+    )
+    loop.step()  # at the server's now the purchase does not exist yet
+    assert engine.store.membership("audience", "rt_purchase_suppress") == []
+    clock.now = ahead + timedelta(milliseconds=1)
+    assert loop.step().timer_profiles == 1
+    assert len(engine.store.membership("audience", "rt_purchase_suppress")) == 1
+    assert engine.store.membership("audience", "rt_cart_abandon_6h") == []
+    check(engine, loop, clock.now)

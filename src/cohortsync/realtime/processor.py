@@ -20,6 +20,9 @@ from cohortsync.store.base import MembershipChanges, Store
 from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome
 
+LATER_EVENT = "*later-event*"
+"""The timer of a profile whose stored history holds events dated after the evaluation."""
+
 
 @dataclass(frozen=True)
 class Processed:
@@ -82,6 +85,11 @@ class ProfileProcessor:
             flip = next_change(condition, history, at_us, project)
             if flip is not None:
                 timers[name] = flip
+        # An event already stored but dated after `at` (a client clock ahead, or stored while
+        # this round read the clock) counts from its own timestamp: evaluate again then.
+        later = [ts for _, _, ts, _ in rows.events if ts > at_us]
+        if later:
+            timers[LATER_EVENT] = min(later)
         members: dict[tuple[str, str], bool] = {
             ("segment", name): False for name, yes in inside.items() if yes
         }

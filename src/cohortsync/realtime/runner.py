@@ -114,18 +114,20 @@ class RealtimeLoop:
     # -- one round ----------------------------------------------------------------------------
     def step(self, now_us: int | None = None) -> RoundReport:
         """Fire due timers (each at its instant), then evaluate queued profiles at now."""
-        now_us = micros(self.clock()) if now_us is None else now_us
-        report = RoundReport()
-        self._fire_timers(now_us, report)
         with self._wake:
             queued, self._queue = self._queue, _Queue()
-        if queued.messages:
-            try:
+        # The clock is read after the queue is taken, so every queued event was stored before.
+        now_us = micros(self.clock()) if now_us is None else now_us
+        report = RoundReport()
+        try:
+            self._fire_timers(now_us, report)
+            if queued.messages:
                 profiles = self._profiles(queued.messages)
                 done = self.processor.process(profiles, now_us)
-            except BaseException:
-                self._requeue(queued)  # evaluated again next round: nothing is dropped
-                raise
+        except BaseException:
+            self._requeue(queued)  # evaluated again next round: nothing is dropped
+            raise
+        if queued.messages:
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
