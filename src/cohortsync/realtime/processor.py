@@ -57,15 +57,22 @@ class ProfileProcessor:
         self.index = index
         self.routes = [r for r in routes if r.audience in index.audiences]
 
-    def process(self, profile_ids: Iterable[str], at_us: int) -> Processed:
-        """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes."""
+    def process(
+        self, profile_ids: Iterable[str], at_us: int, cursor_us: int | None = None
+    ) -> Processed:
+        """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes
+        (and move the evaluation cursor to `cursor_us` in the same transaction)."""
         realtime = self.store.realtime
         canonical = sorted(set(realtime.canonical(profile_ids).values()))
         if not canonical or not self.index.audiences:
+            if cursor_us is not None:
+                realtime.set_cursor(cursor_us)
             return Processed(0, MembershipChanges(0, {}, {}))
         rows = realtime.histories(canonical, self.index.events)
         outcomes = [self.outcome(r, at_us) for r in rows]
-        changes = realtime.record_profiles(outcomes, self.index.scope, at_us, self.routes)
+        changes = realtime.record_profiles(
+            outcomes, self.index.scope, at_us, self.routes, cursor_us
+        )
         return Processed(len(outcomes), changes)
 
     def outcome(self, rows: HistoryRows, at_us: int) -> ProfileOutcome:

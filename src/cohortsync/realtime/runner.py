@@ -123,7 +123,9 @@ class RealtimeLoop:
             self._fire_timers(now_us, report)
             if queued.messages:
                 profiles = self._profiles(queued.messages)
-                done = self.processor.process(profiles, now_us)
+                # Everything received up to the newest queued message is recorded with it.
+                newest = max(m.received_at_us for m in queued.messages)
+                done = self.processor.process(profiles, now_us, cursor_us=newest)
         except BaseException:
             self._requeue(queued)  # evaluated again next round: nothing is dropped
             raise
@@ -131,8 +133,6 @@ class RealtimeLoop:
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
-            # Everything received before the oldest message still queued is now recorded.
-            self.store.realtime.set_cursor(max(m.received_at_us for m in queued.messages))
         self.rounds += 1
         if report.changed and self.on_change is not None:
             self.on_change()

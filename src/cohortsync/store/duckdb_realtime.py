@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
+import duckdb
 import orjson
 import pyarrow as pa
 
@@ -26,6 +27,15 @@ def _at(us: int) -> datetime:
 
 def _ids(values: Iterable[str]) -> pa.Table:
     return pa.table({"profile_id": pa.array(list(values), pa.string())})
+
+
+def _move_cursor(con: duckdb.DuckDBPyConnection, received_at_us: int) -> None:
+    """Move the evaluation cursor forward (never back)."""
+    con.execute(
+        "INSERT OR REPLACE INTO realtime_state VALUES ('cursor', greatest(?, "
+        "coalesce((SELECT value FROM realtime_state WHERE name = 'cursor'), 0)))",
+        [received_at_us],
+    )
 
 
 class DuckDBRealtime(ConnectionView, RealtimeStore):
@@ -100,6 +110,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
         scope: Sequence[tuple[str, str]],
         at_us: int,
         routes: Sequence[Route],
+        cursor_us: int | None = None,
     ) -> MembershipChanges:
         at = _at(at_us)
         desired = [
@@ -154,6 +165,8 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
             con.execute("DELETE FROM timers WHERE profile_id IN (SELECT * FROM _everyone)")
             con.execute("INSERT INTO timers SELECT * FROM _timers")
             con.execute("DROP TABLE _everyone")
+            if cursor_us is not None:
+                _move_cursor(con, cursor_us)
         return changes
 
     def due_timers(self, now_us: int, limit: int = 10_000) -> list[tuple[str, int]]:
@@ -179,11 +192,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
 
     def set_cursor(self, received_at_us: int) -> None:
         with self._transaction() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO realtime_state VALUES ('cursor', greatest(?, "
-                "coalesce((SELECT value FROM realtime_state WHERE name = 'cursor'), 0)))",
-                [received_at_us],
-            )
+            _move_cursor(con, received_at_us)
 
     def audience_runs(self) -> dict[str, int]:
         with self._lock:

@@ -55,10 +55,11 @@ class RealtimeStore(ABC):
         scope: Sequence[tuple[str, str]],
         at_us: int,
         routes: Sequence[Route],
+        cursor_us: int | None = None,
     ) -> MembershipChanges:
         """Record entries and exits of these profiles within `scope`, queue what their routes
-        need, and replace their timers, in one transaction. Ids merged into an evaluated
-        profile leave every name of the scope."""
+        need, replace their timers, and move the cursor to `cursor_us`, in one transaction.
+        Ids merged into an evaluated profile leave every name of the scope."""
 
     @abstractmethod
     def due_timers(self, now_us: int, limit: int = 10_000) -> list[tuple[str, int]]:
