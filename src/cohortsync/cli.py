@@ -142,12 +142,14 @@ def demo(
         overlaps = engine.overlaps()
         sync_task = bar.add_task("syncing to destinations", total=None)
         synced = engine.sync(progress=lambda n: bar.advance(sync_task, n))
+        status = engine.sync_status()
+        dry = {n for n, c in engine.sync_setup.configs.items() if c.dry_run}
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
     if overlaps:
         console.print(overlap_table(overlaps))
-    console.print(demo_table(report, synced))
+    console.print(demo_table(report, status, dry))
     if synced.dry_run_folder is not None:
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
 

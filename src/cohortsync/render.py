@@ -225,9 +225,10 @@ def status_table(rows: Sequence[RouteStatus]) -> Table:
     return table
 
 
-def demo_table(report: ComputeReport, synced: SyncReport) -> Table:
-    """Each audience: its size and holdout, and what each destination received."""
-    destinations = sorted({d for d, a in synced.delivery.tallies if a is not None})
+def demo_table(report: ComputeReport, status: Sequence[RouteStatus], dry: set[str]) -> Table:
+    """Each audience: its size and holdout, and what each destination holds of it now."""
+    lines = {(s.destination, s.audience): s for s in status}
+    destinations = sorted({s.destination for s in status if s.audience is not None})
     table = Table(title="audiences → destinations", title_justify="left")
     table.add_column("audience")
     table.add_column("members", justify="right")
@@ -239,25 +240,26 @@ def demo_table(report: ComputeReport, synced: SyncReport) -> Table:
             continue
         cells = []
         for name in destinations:
-            tally = synced.delivery.tallies.get((name, row.name))
-            if tally is None:
+            line = lines.get((name, row.name))
+            if line is None:
                 cells.append("—")
-            elif synced.dry_run_folder is not None and not tally.acknowledged and tally.retrying:
-                cells.append(f"[cyan]{tally.retrying:,} dry run[/]")
+            elif name in dry:
+                cells.append(f"[cyan]{line.pending:,} dry run[/]")
             else:
-                failed = tally.rejected + tally.dead_lettered
-                cells.append(
-                    f"{tally.acknowledged:,}"
-                    + (f" [yellow]({failed:,} failed)[/]" if failed else "")
-                )
+                failed = line.failed + line.dead_lettered
+                note = f" [yellow]({failed:,} refused)[/]" if failed else ""
+                cells.append(f"{line.acknowledged:,}{note}")
         table.add_row(escape(row.name), f"{row.size:,}", f"{row.holdout:,}", *cells)
-    conversions = [(d, t) for (d, a), t in synced.delivery.tallies.items() if a is None]
-    for name, tally in conversions:
-        table.caption = (table.caption or "") + (
-            f"conversions → {name}: {tally.acknowledged:,} sent\n"
-            if tally.acknowledged
-            else f"conversions → {name}: {tally.retrying:,} written as a dry run\n"
-        )
+    captions = []
+    for (name, audience), line in sorted(lines.items(), key=lambda item: item[0][0]):
+        if audience is None:
+            done = (
+                f"{line.pending:,} written as a dry run"
+                if name in dry
+                else (f"{line.acknowledged:,} sent")
+            )
+            captions.append(f"conversions → {name}: {done}")
+    table.caption = "\n".join(captions) or None
     return table
 
 
