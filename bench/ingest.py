@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import itertools
 import os
@@ -44,6 +43,7 @@ from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.store.message_table import messages_table
 from cohortsync.store.records import Message
 from cohortsync.store.schema import MIGRATIONS
+from rawclient import RawClient
 
 WRITE_KEY = "wk_bench_0123456789"
 PROJECT_YAML = f"""\
@@ -56,7 +56,6 @@ sources:
   web:
     write_key: {WRITE_KEY}
 """
-AUTH = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
 NOW = datetime(2026, 1, 1, tzinfo=UTC)  # fixed, so runs are reproducible
 BATCH_SIZE = 100  # analytics-python's default upload_size
 AIM_FILE = 100_000.0
@@ -250,67 +249,12 @@ def server(project: Path) -> Iterator[str]:
                 proc.wait(timeout=10)
 
 
-class RawClient:
-    """A minimal keep-alive HTTP/1.1 client over asyncio streams, with pre-encoded requests.
-
-    httpx costs ~1 ms of CPU a request, which on two shared cores makes the load generator,
-    not the server, the bottleneck; this one costs a few tens of microseconds.
-    """
-
-    def __init__(self, url: str, connections: int) -> None:
-        host, _, port = url.removeprefix("http://").partition(":")
-        self.host, self.port, self.size = host, int(port), connections
-        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue()
-        )
-
-    async def __aenter__(self) -> RawClient:
-        for _ in range(self.size):
-            await self.free.put(await asyncio.open_connection(self.host, self.port))
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        while not self.free.empty():
-            _, writer = self.free.get_nowait()
-            writer.close()
-
-    def request(self, path: str, body: bytes) -> bytes:
-        """The bytes of one POST, encoded once, ahead of the measure."""
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: {AUTH}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        return head.encode() + body
-
-    async def send(self, request: bytes) -> tuple[int, bytes]:
-        """Send one request on a free connection; return its status and body."""
-        reader, writer = await self.free.get()
-        try:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            body = await reader.readexactly(length) if length else b""
-        except BaseException:
-            writer.close()  # a broken or abandoned connection is replaced
-            await self.free.put(await asyncio.open_connection(self.host, self.port))
-            raise
-        await self.free.put((reader, writer))
-        return status, body
-
-
-# --------------------------------------------------------------------------- 2. HTTP batch
-
-
 async def send_batches(url: str, bodies: list[bytes], sizes: list[int], concurrency: int) -> dict:
     """Send every body once from `concurrency` workers; count what got a 200."""
     accepted = 0
     statuses: dict[int, int] = {}
     queue = iter(range(len(bodies)))
-    async with RawClient(url, concurrency) as client:
+    async with RawClient(url, concurrency, WRITE_KEY) as client:
         requests = [client.request("/v1/batch", body) for body in bodies]
 
         async def worker() -> None:
@@ -385,7 +329,7 @@ async def open_loop(url: str, bodies: list[bytes], warmup: list[bytes], rps: flo
     latencies: list[float] = []  # from the scheduled send time (no coordinated omission)
     service: list[float] = []  # from the actual send time
     statuses: dict[int, int] = {}
-    async with RawClient(url, 256) as client:
+    async with RawClient(url, 256, WRITE_KEY) as client:
         for body in warmup:  # the first commit pays one-off imports; not part of the measure
             await client.send(client.request("/v1/track", body))
         requests = [client.request("/v1/track", body) for body in bodies]

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import concurrent.futures
 import contextlib
 import json
@@ -63,9 +62,9 @@ from tests.fakes.serve import running
 
 from cohortsync.destinations.signing import WebhookVerificationError, generate_secret, verify
 from cohortsync.engine import Engine
+from rawclient import RawClient
 
 WRITE_KEY = "wk_bench_realtime_0123"
-AUTH = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
 CART = "cio_cart_abandon_6h"
 BROWSE = "cio_browse_abandon_24h"
 SUPPRESS = "cio_recent_purch_7d_suppress"
@@ -443,58 +442,6 @@ class LoadResult:
     cpu_s: float
 
 
-class RawClient:
-    """A minimal keep-alive HTTP/1.1 client over asyncio streams.
-
-    httpx costs ~1 ms of CPU a request; on two shared cores that made the load generator the
-    bottleneck of the ingest benchmark. This costs a few tens of microseconds.
-    """
-
-    def __init__(self, url: str, connections: int) -> None:
-        host, _, port = url.removeprefix("http://").partition(":")
-        self.host, self.port, self.size = host, int(port), connections
-        self.free: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = (
-            asyncio.Queue()
-        )
-
-    async def __aenter__(self) -> RawClient:
-        for _ in range(self.size):
-            await self.free.put(await asyncio.open_connection(self.host, self.port))
-        return self
-
-    async def __aexit__(self, *_: object) -> None:
-        while not self.free.empty():
-            self.free.get_nowait()[1].close()
-
-    def request(self, path: str, body: bytes) -> bytes:
-        """The bytes of one authenticated POST."""
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {self.host}\r\nAuthorization: {AUTH}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-        )
-        return head.encode() + body
-
-    async def send(self, request: bytes) -> int:
-        """Send one request on a free connection; its status (the body is read and dropped)."""
-        reader, writer = await self.free.get()
-        try:
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-        except BaseException:
-            writer.close()  # a broken or abandoned connection is replaced
-            await self.free.put(await asyncio.open_connection(self.host, self.port))
-            raise
-        await self.free.put((reader, writer))
-        return status
-
-
 def message(
     kind: str, uid: str, message_id: str, rng: random.Random, skew: float = 0.0
 ) -> tuple[str, dict[str, Any]]:
@@ -525,11 +472,11 @@ async def _load(plan: LoadPlan) -> LoadResult:
     purchases: list[tuple[str, float, float, float]] = []
     attempted: list[str] = []
 
-    async with RawClient(plan.url, CLIENT_CONNECTIONS) as client:
+    async with RawClient(plan.url, CLIENT_CONNECTIONS, WRITE_KEY) as client:
 
         async def one(request: bytes, due: float, buyer: str | None) -> None:
             try:
-                code = await asyncio.wait_for(client.send(request), REQUEST_DEADLINE)
+                code, _ = await asyncio.wait_for(client.send(request), REQUEST_DEADLINE)
             except (OSError, asyncio.IncompleteReadError, TimeoutError):
                 code = -1
             done, wall = time.monotonic(), time.time()
