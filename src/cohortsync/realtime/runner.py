@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cohortsync.realtime.index import RealtimeIndex
@@ -49,14 +49,6 @@ class RoundReport:
         return bool(self.entered or self.exited)
 
 
-@dataclass
-class _Queue:
-    """Messages waiting for evaluation, and the oldest receive time among them."""
-
-    messages: list[Message] = field(default_factory=list)
-    oldest_us: int | None = None
-
-
 class RealtimeLoop:
     """Evaluates profiles as their events are stored and as their timers come due."""
 
@@ -72,7 +64,7 @@ class RealtimeLoop:
         self.index: RealtimeIndex = processor.index
         self.clock = clock
         self.on_change = on_change
-        self._queue = _Queue()
+        self._queue: list[Message] = []
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -85,10 +77,7 @@ class RealtimeLoop:
         if not relevant:
             return
         with self._wake:
-            self._queue.messages.extend(relevant)
-            oldest = min(m.received_at_us for m in relevant)
-            if self._queue.oldest_us is None or oldest < self._queue.oldest_us:
-                self._queue.oldest_us = oldest
+            self._queue.extend(relevant)
             self._wake.notify()
 
     def catch_up(self, chunk: int = 5_000) -> int:
@@ -115,21 +104,21 @@ class RealtimeLoop:
     def step(self, now_us: int | None = None) -> RoundReport:
         """Fire due timers (each at its instant), then evaluate queued profiles at now."""
         with self._wake:
-            queued, self._queue = self._queue, _Queue()
+            queued, self._queue = self._queue, []
         # The clock is read after the queue is taken, so every queued event was stored before.
         now_us = micros(self.clock()) if now_us is None else now_us
         report = RoundReport()
         try:
             self._fire_timers(now_us, report)
-            if queued.messages:
-                profiles = self._profiles(queued.messages)
+            if queued:
+                profiles = self._profiles(queued)
                 # Everything received up to the newest queued message is recorded with it.
-                newest = max(m.received_at_us for m in queued.messages)
+                newest = max(m.received_at_us for m in queued)
                 done = self.processor.process(profiles, now_us, cursor_us=newest)
         except BaseException:
             self._requeue(queued)  # evaluated again next round: nothing is dropped
             raise
-        if queued.messages:
+        if queued:
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
@@ -156,13 +145,9 @@ class RealtimeLoop:
                 report.entered += done.entered
                 report.exited += done.exited
 
-    def _requeue(self, queued: _Queue) -> None:
+    def _requeue(self, queued: list[Message]) -> None:
         with self._wake:
-            self._queue.messages[:0] = queued.messages
-            if queued.oldest_us is not None and (
-                self._queue.oldest_us is None or queued.oldest_us < self._queue.oldest_us
-            ):
-                self._queue.oldest_us = queued.oldest_us
+            self._queue[:0] = queued
 
     def _profiles(self, messages: Sequence[Message]) -> list[str]:
         keys: set[tuple[str, str]] = set()
@@ -196,7 +181,7 @@ class RealtimeLoop:
             with self._wake:
                 if self._stop:
                     return
-                if not self._queue.messages:
+                if not self._queue:
                     self._wake.wait(timeout=self._idle_wait())
                 if self._stop:
                     return
