@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import os
 import platform
-import signal
 import socket
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from cohortsync.store.message_table import messages_table
 from cohortsync.store.records import Message
 from cohortsync.store.schema import MIGRATIONS
 from rawclient import RawClient
+from serving import stop_gracefully
 
 WRITE_KEY = "wk_bench_0123456789"
 PROJECT_YAML = f"""\
@@ -240,13 +240,7 @@ def server(project: Path) -> Iterator[str]:
             time.sleep(0.05)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_gracefully(proc)
 
 
 async def send_batches(url: str, bodies: list[bytes], sizes: list[int], concurrency: int) -> dict:

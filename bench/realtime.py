@@ -37,7 +37,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -63,6 +62,7 @@ from tests.fakes.serve import running
 from cohortsync.destinations.signing import WebhookVerificationError, generate_secret, verify
 from cohortsync.engine import Engine
 from rawclient import RawClient
+from serving import stop_gracefully
 
 WRITE_KEY = "wk_bench_realtime_0123"
 CART = "cio_cart_abandon_6h"
@@ -330,17 +330,6 @@ def _start(cmd: list[str], errors: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a server process gracefully (SIGINT), killing it after 60 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def server(
     project: Path, sample: Path | None = None, bus: str | None = None
@@ -384,7 +373,7 @@ def server(
         yield url, [proc.pid for proc in procs]
     finally:
         for proc in reversed(procs):  # ingest first, then the worker drains what it has
-            _stop(proc)
+            stop_gracefully(proc)
         if bus is not None:
             from cohortsync.realtime.bus import open_bus
 
