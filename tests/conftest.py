@@ -15,6 +15,7 @@ import uvicorn
 
 from cohortsync.engine import Engine
 from cohortsync.server.app import create_app
+from tests.postgres import postgres_schema
 
 pytest_plugins = ["tests.fakes.fixtures"]
 
@@ -39,6 +40,24 @@ sources:
 def project_dir(tmp_path: Path) -> Path:
     """A folder with a valid cohortsync.yml whose `web` source uses WRITE_KEY."""
     (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store_location(request: pytest.FixtureRequest) -> Iterator[str]:
+    """What `store:` says, once per engine: the DuckDB file, then a fresh Postgres schema."""
+    if request.param == "duckdb":
+        yield ".cohortsync/store.duckdb"
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def project_on_both(tmp_path: Path, store_location: str) -> Path:
+    """`project_dir`, run once on DuckDB and once on Postgres (tests that must hold on both)."""
+    text = PROJECT_YAML.replace("store: .cohortsync/store.duckdb", f"store: {store_location}")
+    (tmp_path / "cohortsync.yml").write_text(text, encoding="utf-8")
     return tmp_path
 
 

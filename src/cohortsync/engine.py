@@ -34,7 +34,7 @@ from cohortsync.realtime.service import Delivery, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.parser import parse_segments
 from cohortsync.store.base import ProfileView, Store
-from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
 from cohortsync.sync.configure import SyncSetup, sync_setup
@@ -60,7 +60,7 @@ class Engine:
     def __init__(self, loaded: LoadedProject, store: Store | None = None) -> None:
         self.loaded = loaded
         self.project = loaded.project
-        self.store: Store = store or DuckDBStore(loaded.store_path())
+        self.store: Store = store or open_store(loaded.store_location())
         self.store.migrate()
         self._listeners: list[Callable[[Sequence[Message]], None]] = []
 

@@ -35,6 +35,13 @@ class LoadedProject:
         path = Path(self.project.store)
         return path if path.is_absolute() else self.root / path
 
+    def store_location(self) -> str:
+        """What `store:` names: a Postgres URL as written, else the DuckDB file's path."""
+        setting = self.project.store
+        if setting.startswith(("postgresql://", "postgres://")):
+            return setting
+        return str(self.store_path())
+
     def line_of(self, *path: str | int) -> int | None:
         """The 1-based line of a key path in the project file, if known."""
         return line_of(self.document, path)

@@ -1,0 +1,272 @@
+"""The Postgres store's schema: the DuckDB store's tables, plus what several writers need.
+
+Several processes write one Postgres store at once (`serve --role worker` on several machines),
+so ids come from sequences instead of a counter row, and work that must survive a crash of
+whichever process took it is kept in tables: `realtime_pending` (profiles with stored events
+not yet evaluated) and leases on timers.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "event log, quarantine, profiles, identity graph, traits, memberships, sync, real time",
+        """
+        CREATE TABLE events (
+            message_id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            source TEXT NOT NULL,
+            event TEXT,
+            event_key TEXT,
+            name TEXT,
+            user_id TEXT,
+            anonymous_id TEXT,
+            previous_id TEXT,
+            group_id TEXT,
+            profile_id TEXT NOT NULL,
+            "timestamp" TIMESTAMPTZ NOT NULL,
+            original_timestamp TIMESTAMPTZ NOT NULL,
+            sent_at TIMESTAMPTZ,
+            received_at TIMESTAMPTZ NOT NULL,
+            properties JSONB,
+            traits JSONB,
+            context JSONB,
+            integrations JSONB
+        );
+        CREATE INDEX events_profile ON events (profile_id, event_key, "timestamp");
+        CREATE INDEX events_key_time ON events (event_key, "timestamp");
+        CREATE INDEX events_received ON events (received_at);
+        CREATE TABLE quarantine (
+            quarantine_id TEXT PRIMARY KEY,
+            quarantined_at TIMESTAMPTZ NOT NULL,
+            source TEXT,
+            origin TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            message_id TEXT,
+            payload TEXT
+        );
+        CREATE TABLE profiles (
+            profile_id TEXT PRIMARY KEY,
+            created_at TIMESTAMPTZ NOT NULL,
+            merged_into TEXT
+        );
+        CREATE TABLE identities (
+            kind TEXT NOT NULL,
+            value TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            first_seen TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (kind, value)
+        );
+        CREATE INDEX identities_profile ON identities (profile_id);
+        CREATE TABLE profile_aliases (
+            profile_id TEXT PRIMARY KEY,
+            canonical_id TEXT NOT NULL
+        );
+        CREATE INDEX profile_aliases_canonical ON profile_aliases (canonical_id);
+        CREATE TABLE merges (
+            merged_at TIMESTAMPTZ NOT NULL,
+            from_profile TEXT NOT NULL,
+            into_profile TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            identifier_kind TEXT NOT NULL
+        );
+        CREATE TABLE profile_traits (
+            profile_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value JSONB,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (profile_id, name)
+        );
+        CREATE TABLE identifier_rejections (
+            message_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (message_id, kind)
+        );
+        -- Every event with the profile it belongs to now (merges applied).
+        CREATE VIEW profile_events AS
+            SELECT e.*, coalesce(a.canonical_id, e.profile_id) AS canonical_profile_id
+            FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id;
+
+        -- One row per stay of one profile in one segment or audience; the current members
+        -- are the rows whose exited_at IS NULL. A re-entry is a new row.
+        CREATE TABLE memberships (
+            kind TEXT NOT NULL,                 -- 'segment' | 'audience'
+            name TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            entered_at TIMESTAMPTZ NOT NULL,
+            exited_at TIMESTAMPTZ,
+            holdout BOOLEAN NOT NULL DEFAULT FALSE,
+            run_id BIGINT NOT NULL              -- the compute run that recorded the entry
+        );
+        CREATE UNIQUE INDEX memberships_current ON memberships (kind, name, profile_id)
+            WHERE exited_at IS NULL;
+        CREATE INDEX memberships_profile ON memberships (profile_id);
+        CREATE SEQUENCE compute_run_ids;
+        CREATE TABLE compute_runs (
+            run_id BIGINT PRIMARY KEY,
+            run_at TIMESTAMPTZ NOT NULL,
+            as_of TIMESTAMPTZ NOT NULL,
+            duration_ms DOUBLE PRECISION NOT NULL,
+            segments INTEGER NOT NULL,
+            audiences INTEGER NOT NULL,
+            entered BIGINT NOT NULL,
+            exited BIGINT NOT NULL
+        );
+
+        CREATE SEQUENCE change_ids;
+        CREATE SEQUENCE conversion_ids;
+        CREATE SEQUENCE sync_run_ids;
+        -- Changes due at destinations. Per (destination, audience, profile) at most one row is
+        -- waiting (batch_id NULL) and at most one is in flight (batch_id set).
+        CREATE TABLE outbox (
+            change_id BIGINT PRIMARY KEY,
+            destination TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            op TEXT NOT NULL,                   -- 'add' | 'remove'
+            holdout BOOLEAN NOT NULL,
+            changed_at TIMESTAMPTZ NOT NULL,
+            planned_at TIMESTAMPTZ NOT NULL,
+            batch_id TEXT,
+            identifiers JSONB
+        );
+        CREATE INDEX outbox_key ON outbox (destination, audience, profile_id);
+        CREATE INDEX outbox_batch ON outbox (batch_id);
+        CREATE TABLE conversion_outbox (
+            conversion_id BIGINT PRIMARY KEY,
+            destination TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            event TEXT NOT NULL,
+            "timestamp" TIMESTAMPTZ NOT NULL,
+            profile_id TEXT NOT NULL,
+            value DOUBLE PRECISION,
+            currency TEXT,
+            properties JSONB,
+            context JSONB,
+            planned_at TIMESTAMPTZ NOT NULL,
+            batch_id TEXT,
+            identifiers JSONB
+        );
+        CREATE INDEX conversion_outbox_batch ON conversion_outbox (destination, batch_id);
+        CREATE TABLE conversion_ledger (
+            destination TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            conversion_id BIGINT NOT NULL,
+            PRIMARY KEY (destination, message_id)
+        );
+        CREATE TABLE sync_batches (
+            batch_id TEXT PRIMARY KEY,
+            destination TEXT NOT NULL,
+            audience TEXT,
+            kind TEXT NOT NULL,
+            op TEXT,
+            records INTEGER NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            first_attempt_at TIMESTAMPTZ,
+            next_attempt_at TIMESTAMPTZ NOT NULL,
+            last_error TEXT,
+            holds_destination BOOLEAN DEFAULT TRUE
+        );
+        CREATE INDEX sync_batches_destination ON sync_batches (destination, next_attempt_at);
+        CREATE TABLE destination_state (
+            destination TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            profile_id TEXT NOT NULL,
+            status TEXT NOT NULL,               -- 'member' | 'rejected'
+            holdout BOOLEAN NOT NULL,
+            identifiers JSONB,
+            reason TEXT,
+            change_id BIGINT NOT NULL,
+            batch_id TEXT NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (destination, audience, profile_id)
+        );
+        CREATE TABLE delivery_log (
+            record_id BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            batch_id TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            audience TEXT,
+            profile_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            outcome TEXT NOT NULL,
+            reason TEXT,
+            attempts INTEGER NOT NULL,
+            resolved_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE batch_results (
+            batch_id TEXT PRIMARY KEY,
+            destination TEXT NOT NULL,
+            audience TEXT,
+            kind TEXT NOT NULL,
+            op TEXT,
+            records INTEGER NOT NULL,
+            acknowledged INTEGER NOT NULL,
+            rejected INTEGER NOT NULL,
+            attempts INTEGER NOT NULL,
+            resolved_at TIMESTAMPTZ NOT NULL,
+            stats JSONB
+        );
+        CREATE TABLE dead_letters (
+            record_id BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            destination TEXT NOT NULL,
+            audience TEXT,
+            profile_id TEXT NOT NULL,
+            op TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            first_attempt_at TIMESTAMPTZ,
+            dead_at TIMESTAMPTZ NOT NULL,
+            batch_id TEXT,
+            retried_at TIMESTAMPTZ
+        );
+        CREATE TABLE sync_runs (
+            run_id BIGINT PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            duration_ms DOUBLE PRECISION NOT NULL,
+            dry_run BOOLEAN NOT NULL,
+            destination TEXT,
+            audience TEXT,
+            planned BIGINT NOT NULL,
+            batches BIGINT NOT NULL,
+            acknowledged BIGINT NOT NULL,
+            rejected BIGINT NOT NULL,
+            retrying BIGINT NOT NULL,
+            dead_lettered BIGINT NOT NULL
+        );
+
+        -- When a (profile, segment) next changes on its own. A worker that takes a due timer
+        -- leases it until `leased_until`; if it dies, the timer is taken again after that.
+        CREATE TABLE timers (
+            profile_id TEXT NOT NULL,
+            segment TEXT NOT NULL,
+            due_at TIMESTAMPTZ NOT NULL,
+            leased_until TIMESTAMPTZ,
+            PRIMARY KEY (profile_id, segment)
+        );
+        CREATE INDEX timers_due ON timers (due_at);
+        -- Profiles with stored events not yet evaluated in real time, written in the
+        -- transaction that stores the events. `version` grows with every such write, so an
+        -- evaluation removes the row only if nothing was stored for the profile since it read.
+        CREATE TABLE realtime_pending (
+            profile_id TEXT PRIMARY KEY,
+            version BIGINT NOT NULL DEFAULT 1,
+            marked_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE realtime_state (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+        CREATE TABLE audience_runs (
+            audience TEXT PRIMARY KEY,
+            last_run_at TIMESTAMPTZ NOT NULL,
+            run_id BIGINT NOT NULL
+        );
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1][0]

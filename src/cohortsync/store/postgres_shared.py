@@ -1,0 +1,139 @@
+"""What the Postgres store's parts share: one connection per thread, transactions, bulk copies.
+
+Several threads of one process (ingest, real-time loop, delivery) and several processes write
+the store at once; each thread holds its own connection, so Postgres, not a Python lock,
+decides who waits. Every statement runs inside `transaction()` (psycopg's non-autocommit
+mode), so a block either commits whole or not at all.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+
+CONNECT_TIMEOUT = 10
+URL_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(setting: str) -> bool:
+    """Whether a `store:` setting names a Postgres database rather than a DuckDB file."""
+    return setting.startswith(URL_SCHEMES)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, fit for logs and error messages."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
+    pairs = [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)]
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(pairs, safe="*"), ""))
+
+
+class StoreUnavailableError(Exception):
+    """The Postgres store cannot be reached; the message names it without its password."""
+
+
+class PgConnections:
+    """One connection per thread to the store's database, opened on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.shown = redact(url)
+        self._local = threading.local()
+        self._all: list[psycopg.Connection[Any]] = []
+        self._guard = threading.Lock()
+
+    def connection(self) -> psycopg.Connection[Any]:
+        """This thread's connection (a broken one is replaced)."""
+        conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
+        if conn is not None and not (conn.closed or conn.broken):
+            return conn
+        options: dict[str, Any] = {"application_name": "cohortsync"}
+        if "connect_timeout" not in self.url:
+            options["connect_timeout"] = CONNECT_TIMEOUT
+        try:
+            conn = psycopg.connect(self.url, **options)
+        except psycopg.Error as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailableError(
+                f"cannot open the store at {self.shown}: {first.replace(self.url, self.shown)}"
+            ) from None
+        self._local.conn = conn
+        with self._guard:
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg.Cursor[Any]]:
+        """A cursor inside one transaction: committed when the block ends, else rolled back.
+
+        Nested use on the same thread joins the outer transaction (a savepoint).
+        """
+        conn = self.connection()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read-only statement in its own transaction; all rows."""
+        with self.transaction() as cur:
+            cur.execute(sql, params)  # type: ignore[arg-type]  # our SQL text, never user text
+            return cur.fetchall() if cur.description else []
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._guard:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+
+class PgView:
+    """A part of the Postgres store, sharing the store's connections."""
+
+    def __init__(self, db: PgConnections) -> None:
+        self._db = db
+
+
+def copy_rows(
+    cur: psycopg.Cursor[Any], table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Append rows with COPY (binary-safe, one round trip): the bulk path for every write."""
+    cols = ", ".join(columns)
+    with cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:  # type: ignore[arg-type]
+        for row in rows:
+            copy.write_row(row)
+
+
+def temp_table(
+    cur: psycopg.Cursor[Any],
+    name: str,
+    columns: Sequence[tuple[str, str]],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    """A temporary table dropped at commit, filled by COPY (for set-based statements)."""
+    spec = ", ".join(f"{c} {t}" for c, t in columns)
+    cur.execute(f"CREATE TEMP TABLE {name} ({spec}) ON COMMIT DROP")  # type: ignore[arg-type]
+    copy_rows(cur, name, [c for c, _ in columns], rows)
+
+
+def advisory_lock(cur: psycopg.Cursor[Any], *keys: str) -> None:
+    """Hold transaction-scoped advisory locks on `keys` (sorted, so two holders never deadlock).
+
+    Used where two processes must not interleave on the same thing: one profile's evaluation,
+    one destination's claims, one compute run.
+    """
+    if not keys:
+        return
+    cur.execute(
+        "SELECT pg_advisory_xact_lock(h) FROM "
+        "(SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(%s::text[]) k) l ORDER BY h",
+        (list(keys),),
+    )
