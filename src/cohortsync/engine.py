@@ -6,6 +6,7 @@ The CLI, the HTTP server and the dashboard call this and hold no logic of their 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cached_property
@@ -20,7 +21,7 @@ from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.config.loader import LoadedProject, load_project
 from cohortsync.config.models import IDENTIFIER_KINDS
-from cohortsync.errors import InputError, NotFoundError
+from cohortsync.errors import ConfigError, InputError, NotFoundError
 from cohortsync.events.pipeline import IngestResult, PipelinedWriter, store_messages
 from cohortsync.events.readers import BadRow, read_rows
 from cohortsync.events.timestamps import now_micros, to_micros
@@ -63,6 +64,10 @@ class Engine:
         self.store: Store = store or open_store(loaded.store_location())
         self.store.migrate()
         self._listeners: list[Callable[[Sequence[Message]], None]] = []
+        # A store shared by several workers marks what real time must evaluate; segments that
+        # do not parse leave every message marking its profile, which is still correct.
+        with suppress(ConfigError):
+            self.store.realtime.watch(build_index(self.segments).relevant)
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:

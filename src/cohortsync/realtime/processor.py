@@ -105,4 +105,4 @@ class ProfileProcessor:
             if inside[audience.segment] and not any(inside[x] for x in audience.exclude):
                 held = in_holdout(name, rows.profile_id, audience.holdout_percent)
                 members[("audience", name)] = held
-        return ProfileOutcome(rows.profile_id, members, timers)
+        return ProfileOutcome(rows.profile_id, members, timers, rows.version)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.outbox import Route
+from cohortsync.store.records import Message
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class HistoryRows:
     """(message_id, event_key, timestamp_us, properties)"""
     traits: dict[str, Any] = field(default_factory=dict)
     identifiers: dict[str, list[str]] = field(default_factory=dict)
+    version: int = 0
+    """The profile's pending mark as read with this history (0: none; see `pending`)"""
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class ProfileOutcome:
     """(kind, name) → holdout, for every name in the evaluated scope the profile belongs to"""
     timers: dict[str, int]
     """segment → the instant (µs) it next flips with no new event"""
+    version: int = 0
+    """`HistoryRows.version` of the history this outcome was evaluated from"""
 
 
 class RealtimeStore(ABC):
@@ -85,6 +90,24 @@ class RealtimeStore(ABC):
     @abstractmethod
     def record_audience_runs(self, audiences: Sequence[str], at_us: int, run_id: int) -> None:
         """Note that `audiences` were computed at `at_us` by compute run `run_id`."""
+
+    def watch(self, relevant: Callable[[Message], bool]) -> None:
+        """Which stored messages mark their profile as pending evaluation.
+
+        Only a store that tracks pending profiles (several writers, no single cursor) uses it.
+        """
+        return None
+
+    def pending(self, marked_before_us: int, limit: int = 5_000) -> list[str]:
+        """Profiles with stored events that no evaluation has recorded, marked before the
+        instant: left by a worker that died between storing and evaluating.
+
+        A store with one writer follows a receive-time cursor instead and returns none. In a
+        store that tracks them, `record_profiles` clears a profile's mark only if it is still
+        the `version` its outcome was evaluated from, and records nothing for a profile whose
+        mark moved on (its newer events are evaluated again).
+        """
+        return []
 
     @abstractmethod
     def profiles_received_since(self, received_at_us: int, events: Iterable[str]) -> list[str]:
