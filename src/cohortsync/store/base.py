@@ -59,6 +59,9 @@ class AlreadyStoredError(Exception):
 class Store(ABC):
     """Durable storage of events, quarantine, profiles and the identity graph."""
 
+    dialect: str = "duckdb"
+    """The SQL dialect that `profile_ids` runs (the segment compiler targets it)."""
+
     @abstractmethod
     def migrate(self) -> int:
         """Apply pending migrations; return the schema version now in force."""

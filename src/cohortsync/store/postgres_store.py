@@ -22,6 +22,8 @@ from cohortsync.store.realtime import RealtimeStore
 class PostgresStore(Store):
     """A `Store` in one Postgres database (or schema: set `options=-csearch_path=…`)."""
 
+    dialect = "postgres"
+
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = PgConnections(url)
