@@ -27,6 +27,12 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CURSOR_SLACK_US = 5_000_000
 """Receive times of concurrent requests may commit out of order by this much at most."""
 IDLE_WAIT = 1.0
+SWEEP_EVERY = 5.0
+"""How often (s) the loop looks for profiles another worker stored but never evaluated."""
+SWEEP_AGE_US = 5_000_000
+"""A pending profile is taken over once it waited this long (its own worker had time)."""
+SWEEP_CHUNK = 2_000
+SWEEP_CHUNKS = 4
 
 
 def micros(moment: datetime) -> int:
@@ -68,6 +74,7 @@ class RealtimeLoop:
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._swept_at = time.monotonic()
         self.rounds = 0
 
     # -- input --------------------------------------------------------------------------------
@@ -110,6 +117,7 @@ class RealtimeLoop:
         report = RoundReport()
         try:
             self._fire_timers(now_us, report)
+            self._sweep(now_us, report)
             if queued:
                 profiles = self._profiles(queued)
                 # Everything received up to the newest queued message is recorded with it.
@@ -144,6 +152,22 @@ class RealtimeLoop:
                 report.timer_profiles += done.profiles
                 report.entered += done.entered
                 report.exited += done.exited
+
+    def _sweep(self, now_us: int, report: RoundReport) -> None:
+        """Evaluate profiles left pending by a worker that died between storing and evaluating
+        (only a store shared by several workers keeps them; others return none)."""
+        if time.monotonic() - self._swept_at < SWEEP_EVERY:
+            return
+        self._swept_at = time.monotonic()
+        for _ in range(SWEEP_CHUNKS):  # bounded: a round never turns into a backfill
+            missed = self.store.realtime.pending(now_us - SWEEP_AGE_US, SWEEP_CHUNK)
+            if missed:
+                done = self.processor.process(missed, now_us)
+                report.event_profiles += done.profiles
+                report.entered += done.entered
+                report.exited += done.exited
+            if len(missed) < SWEEP_CHUNK:
+                return
 
     def _requeue(self, queued: list[Message]) -> None:
         with self._wake:
