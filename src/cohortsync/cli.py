@@ -39,6 +39,7 @@ from cohortsync.render import (
     status_table,
     sync_table,
 )
+from cohortsync.store.locations import is_postgres_url, redact
 
 app = typer.Typer(
     help="cohortsync: segments kept true as events arrive, synced where they act.",
@@ -275,6 +276,16 @@ def serve(
             help="Name prefix of the bus's streams (one per partition) and consumer group.",
         ),
     ] = "cohortsync-events",
+    name: Annotated[
+        str | None,
+        typer.Option(
+            envvar="COHORTSYNC_WORKER_NAME",
+            help="The worker's name in the bus's consumer group (--role worker). Default: one "
+            "name per DuckDB store; with a Postgres store, several workers run at once, each "
+            "named after its host and process.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …) and, beside it,
     real-time evaluation, scheduled refreshes and delivery."""
@@ -298,16 +309,17 @@ def serve(
         uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
         return
     if role is Role.worker:
-        _work(project, str(bus), bus_stream)
+        _work(project, str(bus), bus_stream, name)
         return
     with Engine.open(project) as engine:
         console.print(
-            f"cohortsync listening on http://{host}:{port} (store {engine.loaded.store_path()})"
+            f"cohortsync listening on http://{host}:{port} "
+            f"(store {redact(engine.loaded.store_location())})"
         )
         uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
 
 
-def _work(project: Path | None, bus_url: str, stream: str) -> None:
+def _work(project: Path | None, bus_url: str, stream: str, name: str | None) -> None:
     """The worker role: consume the bus until SIGINT or SIGTERM."""
     import signal
     import threading
@@ -319,18 +331,31 @@ def _work(project: Path | None, bus_url: str, stream: str) -> None:
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: done.set())
     with Engine.open(project) as engine:
+        shown = redact(engine.loaded.store_location())
         workers = engine.serve_workers()
         engine.warm_up()
-        # One worker owns a store, so its name is the store's: a restarted worker takes its
-        # partitions back at once instead of waiting out the dead one's leases.
-        name = "worker-" + hashlib.sha256(str(engine.loaded.store_path()).encode()).hexdigest()[:12]
-        consumer = BusWorker(engine.commit, open_bus(bus_url, prefix=stream), name=name)
+        consumer = BusWorker(
+            engine.commit, open_bus(bus_url, prefix=stream), name=name or _worker_name(engine)
+        )
         workers.start()
         consumer.start()
-        console.print(f"cohortsync worker consuming the bus (store {engine.loaded.store_path()})")
+        console.print(f"cohortsync worker {consumer.name} consuming the bus (store {shown})")
         done.wait()
         consumer.stop()
         workers.stop()
+
+
+def _worker_name(engine: Engine) -> str:
+    """A DuckDB store has one writer, so its worker is named after the store: a restarted
+    worker takes its partitions back at once instead of waiting out the dead one's leases.
+    A Postgres store has several workers, each named after its host and process."""
+    import os
+    import socket
+
+    location = engine.loaded.store_location()
+    if is_postgres_url(location):
+        return f"worker-{socket.gethostname()}-{os.getpid()}"
+    return "worker-" + hashlib.sha256(location.encode()).hexdigest()[:12]
 
 
 @app.command()

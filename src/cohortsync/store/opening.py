@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cohortsync.store.base import Store
-from cohortsync.store.postgres_shared import is_postgres_url
+from cohortsync.store.locations import is_postgres_url
 
 
 def open_store(location: str) -> Store:
