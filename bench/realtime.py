@@ -2,13 +2,15 @@
 
 Run:  .venv/bin/python bench/realtime.py [--rates 100 1000] [--search] [--seconds 20] [--quick]
       [--bus redis://127.0.0.1:6379/0 | nats://127.0.0.1:4222] [--sample] [--skew S]
+      [--postgres postgresql://postgres@127.0.0.1:5432 [--workers 2]]
 
 `cohortsync serve` runs in its own process (embedded mode: ingest, real-time evaluation and
-delivery in one process over one DuckDB file; with `--bus`, `serve --role ingest` and one
-`serve --role worker` over Redis Streams or NATS JetStream). Its project has three
-`refresh: realtime` audiences routed to a `webhook` destination: cart abandon (6 h) and browse
-abandon (24 h), both excluding recent purchasers, and the purchase-suppression audience (ordered
-in the last 7 days).
+delivery in one process over one DuckDB file; with `--bus`, `serve --role ingest` and
+`--workers` processes of `serve --role worker` over Redis Streams or NATS JetStream; with
+`--postgres`, the store is a Postgres database, which several workers can share). Its project
+has three `refresh: realtime` audiences routed to a `webhook` destination: cart abandon (6 h)
+and browse abandon (24 h), both excluding recent purchasers, and the purchase-suppression
+audience (ordered in the last 7 days).
 The webhook receiver runs in this process (uvicorn in a thread); it verifies every Standard
 Webhooks signature with `cohortsync.destinations.signing.verify`, deduplicates on `webhook-id`
 and notes when each change arrived.
@@ -52,6 +54,7 @@ from typing import Any
 import duckdb
 import httpx
 import orjson
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -79,10 +82,10 @@ CLIENT_CONNECTIONS = 128
 console = Console(width=180)
 
 
-def project_yaml(url: str, secret: str) -> str:
+def project_yaml(url: str, secret: str, store: str = ".cohortsync/store.duckdb") -> str:
     """The bench project: three real-time audiences to one webhook."""
     return f"""\
-store: .cohortsync/store.duckdb
+store: {store}
 identity: {{primary: email, secondary: [phone], default_region: US}}
 sources:
   web: {{write_key: {WRITE_KEY}}}
@@ -240,11 +243,11 @@ def history(profiles: int, per_profile: int, seed: int) -> Iterator[dict[str, An
             yield raw
 
 
-def build_template(root: Path, profiles: int, per_profile: int) -> float:
+def build_template(root: Path, profiles: int, per_profile: int, store: str) -> float:
     """A project folder whose store holds the known profiles and their history; seconds taken."""
     root.mkdir(parents=True)
     (root / "cohortsync.yml").write_text(
-        project_yaml("http://127.0.0.1:9/unused", generate_secret()), encoding="utf-8"
+        project_yaml("http://127.0.0.1:9/unused", generate_secret(), store), encoding="utf-8"
     )
     started = time.perf_counter()
     with Engine.open(root) as engine:
@@ -252,8 +255,14 @@ def build_template(root: Path, profiles: int, per_profile: int) -> float:
     return time.perf_counter() - started
 
 
-def store_counts(project: Path) -> tuple[int, int]:
+def store_counts(project: Path, store: str | None) -> tuple[int, int]:
     """(events, profiles) in a project's store (opened read-only, after the server stopped)."""
+    if store is not None:
+        with psycopg.connect(store) as pg:
+            counted = pg.execute(
+                "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM profiles)"
+            ).fetchone()
+        return (int(counted[0]), int(counted[1])) if counted else (0, 0)
     con = duckdb.connect(str(project / ".cohortsync" / "store.duckdb"), read_only=True)
     try:
         events = con.execute("SELECT count(*) FROM events").fetchone()
@@ -261,6 +270,25 @@ def store_counts(project: Path) -> tuple[int, int]:
     finally:
         con.close()
     return int(events[0]) if events else 0, int(profiles[0]) if profiles else 0
+
+
+def template_database() -> str:
+    """The name of this run's template database (Postgres store)."""
+    return f"cohortsync_bench_rt_{os.getpid()}"
+
+
+def copy_database(server_url: str, template: str, name: str) -> str:
+    """A new database copied from `template` (a file-level copy: seconds, not a re-ingest)."""
+    drop_database(server_url, name)
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as pg:
+        pg.execute(f"CREATE DATABASE {name} TEMPLATE {template}")  # type: ignore[arg-type]
+    return f"{server_url}/{name}"
+
+
+def drop_database(server_url: str, name: str) -> None:
+    """Drop a bench database if it exists (connections to it are closed first)."""
+    with psycopg.connect(f"{server_url}/postgres", autocommit=True) as pg:
+        pg.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- the server process
@@ -332,12 +360,13 @@ def _start(cmd: list[str], errors: Path) -> subprocess.Popen[bytes]:
 
 @contextlib.contextmanager
 def server(
-    project: Path, sample: Path | None = None, bus: str | None = None
+    project: Path, sample: Path | None = None, bus: str | None = None, workers: int = 1
 ) -> Iterator[tuple[str, list[int]]]:
     """`cohortsync serve` in its own process; yields (url, pids); stopped with SIGINT on exit.
 
-    With `bus`, two processes: `--role ingest` (the URL) publishing to the bus on a fresh
-    stream prefix, and `--role worker` (the store; its pid first), the prefix dropped after.
+    With `bus`, `--role ingest` (the URL) publishing to the bus on a fresh stream prefix, and
+    `workers` processes of `--role worker` (the first one's pid first), the prefix dropped
+    after. Several workers need a Postgres store.
     Their stderr goes to files (a pipe nobody reads would block a server once full). With
     `sample`, the stack sampler above runs inside the process that holds the store.
     """
@@ -353,7 +382,9 @@ def server(
             procs.append(_start(sampled + where + listen, project / "serve.stderr"))
         else:
             roles = ["--bus", bus, "--bus-stream", prefix, "--role"]
-            procs.append(_start([*sampled, *where, *roles, "worker"], project / "worker.stderr"))
+            for number in range(workers):
+                cmd = [*(sampled if number == 0 else head), *where, *roles, "worker"]
+                procs.append(_start(cmd, project / f"worker{number}.stderr"))
             procs.append(
                 _start([*head, *where, *listen, *roles, "ingest"], project / "ingest.stderr")
             )
@@ -619,6 +650,10 @@ class Setup:
     sample: bool = False
     skew: float = 0.0
     bus: str | None = None
+    workers: int = 1
+    postgres: str | None = None
+    """Server URL (no database) when the store is Postgres: each rate gets a copy of the
+    template database."""
 
 
 def profile_report(samples: Path, cpu: dict[int, float], window: float, top: int = 6) -> list[str]:
@@ -648,8 +683,13 @@ def measure(rate: float, setup: Setup) -> RateResult:
     receiver, seconds, drain, profiles = setup.receiver, setup.seconds, setup.drain, setup.profiles
     project = setup.workdir / f"rate-{rate:.0f}"
     shutil.copytree(setup.template, project)
+    store = None
+    name = f"{template_database()}_r{rate:.0f}"
+    if setup.postgres is not None:
+        store = copy_database(setup.postgres, template_database(), name)
     (project / "cohortsync.yml").write_text(
-        project_yaml(setup.receiver_url, receiver.secret), encoding="utf-8"
+        project_yaml(setup.receiver_url, receiver.secret, store or ".cohortsync/store.duckdb"),
+        encoding="utf-8",
     )
     count = int(rate * seconds)
     rng = random.Random(int(rate))
@@ -657,7 +697,7 @@ def measure(rate: float, setup: Setup) -> RateResult:
     receiver.reset()
     samples = project / "samples.json" if setup.sample else None
     switch = Path(f"{samples}.on")
-    with server(project, samples, setup.bus) as (url, pids):
+    with server(project, samples, setup.bus, setup.workers) as (url, pids):
         pid = pids[0]
         warm_up(url, receiver, seconds=60)
         receiver.reset()
@@ -683,7 +723,9 @@ def measure(rate: float, setup: Setup) -> RateResult:
         expected = {uid for uid, *_ in load.purchases}
         wait_for(lambda: all(receiver.first_arrival(SUPPRESS, "add", u) for u in expected), drain)
         time.sleep(0.5)  # late duplicates, unexpected adds
-    events, _ = store_counts(project)
+    events, _ = store_counts(project, store)
+    if setup.postgres is not None:
+        drop_database(setup.postgres, name)
     notes = [] if samples is None else profile_report(samples, threads, window)
     latencies, recorded, from_send, points, missing = [], [], [], [], []
     for uid, due, t200, _ in load.purchases:
@@ -863,11 +905,27 @@ def main() -> None:
         default=0.0,
         help="stamp events with a clock this many seconds ahead (negative: behind)",
     )
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="keep the store in Postgres at this server (e.g. postgresql://postgres@127.0.0.1:5432"
+        ", no database: the bench creates and drops its own) instead of a DuckDB file",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="--role worker processes (with --bus; >1 needs --postgres)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
         "--sample", action="store_true", help="sample the server's threads (where time goes)"
     )
     args = parser.parse_args()
+    if args.workers > 1 and (args.bus is None or args.postgres is None):
+        parser.error(
+            "--workers above 1 needs --bus and --postgres (a store several processes write)"
+        )
     if args.quick:
         args.seconds, args.profiles = 5.0, 5_000
 
@@ -884,7 +942,13 @@ def main() -> None:
         console.print(
             f"[bold]store[/] — {args.profiles:,} known profiles, {args.history} past events each…"
         )
-        took = build_template(template, args.profiles, args.history)
+        store = ".cohortsync/store.duckdb"
+        if args.postgres is not None:
+            drop_database(args.postgres, template_database())
+            with psycopg.connect(f"{args.postgres}/postgres", autocommit=True) as pg:
+                pg.execute(f"CREATE DATABASE {template_database()}")  # type: ignore[arg-type]
+            store = f"{args.postgres}/{template_database()}"
+        took = build_template(template, args.profiles, args.history, store)
         console.print(f"   built in {took:.1f} s")
         setup = Setup(
             template,
@@ -897,6 +961,8 @@ def main() -> None:
             args.sample,
             args.skew,
             args.bus,
+            args.workers,
+            args.postgres,
         )
 
         def run(rate: float) -> RateResult:
@@ -912,9 +978,16 @@ def main() -> None:
             results.append(run(rate))
         if args.search:
             search(results, run, args.ceiling)
+    if args.postgres is not None:
+        drop_database(args.postgres, template_database())
 
     results.sort(key=lambda r: r.offered)
-    mode = "embedded" if args.bus is None else f"{args.bus.split(':')[0]} bus, ingest + worker"
+    engine = "Postgres" if args.postgres else "DuckDB"
+    mode = (
+        f"embedded, {engine} store"
+        if args.bus is None
+        else f"{args.bus.split(':')[0]} bus, ingest + {args.workers} worker(s), {engine} store"
+    )
     console.print(table(results, mode))
     lost = [r for r in results if r.missing]
     for r in lost:
