@@ -24,7 +24,13 @@ from cohortsync.identity.graph import (
     preload_keys,
     trait_identifier_kinds,
 )
-from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, Store
+from cohortsync.store.base import (
+    STALE_RETRIES,
+    AlreadyStoredError,
+    ResolvedBatch,
+    StaleIdentityError,
+    Store,
+)
 from cohortsync.store.message_table import EVENT_SCHEMA, MessageTable, messages_table
 from cohortsync.store.records import (
     IdentifierRejection,
@@ -116,12 +122,17 @@ def store_prepared(store: Store, identity: IdentityConfig, batch: PreparedBatch)
     """Store a prepared batch in one transaction, planning it again if some ids were known."""
     valid = batch.source.events.num_rows
     rejections = batch.source.rejections
+    stale = 0
     while True:
         try:
             stored = store.commit_batch(_resolve(identity, store, batch), rejections)
             break
         except AlreadyStoredError as exc:
             batch = batch.without(exc.message_ids, identity)
+        except StaleIdentityError:  # another writer changed identities it was resolved against
+            stale += 1
+            if stale > STALE_RETRIES:
+                raise
     return IngestResult(
         received=valid + len(rejections),
         stored=stored,

@@ -14,7 +14,13 @@ from cohortsync.identity.graph import (
     preload_keys,
     trait_identifier_kinds,
 )
-from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, Store
+from cohortsync.store.base import (
+    STALE_RETRIES,
+    AlreadyStoredError,
+    ResolvedBatch,
+    StaleIdentityError,
+    Store,
+)
 from cohortsync.store.records import IdentityChanges, Message, Rejection
 
 
@@ -49,16 +55,22 @@ def store_messages(
     """Resolve and durably store `messages` and quarantine `rejections`, in one transaction.
 
     Messages already stored are left out (found by the insert itself, which is cheap through
-    the primary key; the batch is then resolved again without them).
+    the primary key; the batch is then resolved again without them). A batch resolved against
+    identities another writer changed meanwhile is resolved again, too.
     """
     unique = list({m.message_id: m for m in reversed(messages)}.values())[::-1]
     unique.sort(key=lambda m: m.timestamp_us)
+    stale = 0
     while True:
         try:
             stored = store.commit_batch(_resolve(identity, store, unique), rejections)
             break
         except AlreadyStoredError as exc:
             unique = [m for m in unique if m.message_id not in exc.message_ids]
+        except StaleIdentityError:
+            stale += 1
+            if stale > STALE_RETRIES:
+                raise
     return IngestResult(
         received=len(messages) + len(rejections),
         stored=stored,

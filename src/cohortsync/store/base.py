@@ -56,6 +56,15 @@ class AlreadyStoredError(Exception):
         self.message_ids = message_ids
 
 
+class StaleIdentityError(Exception):
+    """Another writer changed identifiers or profiles the batch was resolved against; nothing
+    of the batch was written: resolve it again (only a store with several writers raises it)."""
+
+
+STALE_RETRIES = 10
+"""How many times a batch is resolved again after `StaleIdentityError` before giving up."""
+
+
 class Store(ABC):
     """Durable storage of events, quarantine, profiles and the identity graph."""
 
