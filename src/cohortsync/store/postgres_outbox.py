@@ -10,13 +10,28 @@ handed it meanwhile, and a worker that dies releases it at once.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
+import orjson
 import psycopg
 
-from cohortsync.store.outbox import OutboxStore, PlanCounts, Route
+from cohortsync.store.outbox import (
+    CHANGES,
+    CONVERSIONS,
+    ClaimedBatch,
+    ConversionRoute,
+    OutboxRecord,
+    OutboxStore,
+    PlanCounts,
+    Resolution,
+    Route,
+    RouteStatus,
+    SyncRunRecord,
+)
 from cohortsync.store.postgres_shared import PgView, advisory_lock
 
 PLAN_ALL = "plan:*"
@@ -199,12 +214,830 @@ def plan_changes(
     params: dict[str, Any] = {**_route_params(routes), "now": now}
     if profiles is not None:
         params["profiles"] = list(profiles)
-    cur.execute(_plan_sql(_LOCK_WAITING, profiles), params)  # type: ignore[arg-type]
-    cur.execute(_plan_sql(_PLAN, profiles), params)  # type: ignore[arg-type]
+    cur.execute(_plan_sql(_LOCK_WAITING, profiles), params)
+    cur.execute(_plan_sql(_PLAN, profiles), params)
     row = cur.fetchone()
     adds, removes = (int(row[0]), int(row[1])) if row else (0, 0)
     return PlanCounts(adds=adds, removes=removes)
 
 
+def _tables(kind: str) -> tuple[str, str]:
+    """The outbox table of a record kind and its id column."""
+    return ("outbox", "change_id") if kind == CHANGES else ("conversion_outbox", "conversion_id")
+
+
+def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
+    """A stable, unique id for a set of records: sent as the idempotency key on every try."""
+    digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
+    return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
+
+
+def _held_key(batch_id: str) -> str:
+    """The session advisory key a worker holds while it delivers a batch."""
+    return "batch:" + batch_id
+
+
+_HOLD = """
+WITH k AS (SELECT hashtextextended(%(key)s, 0) AS h)
+SELECT CASE
+    WHEN EXISTS (SELECT 1 FROM pg_locks l, k
+                 WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
+                   AND l.objsubid = 1 AND l.classid::bigint = (k.h >> 32) & 4294967295
+                   AND l.objid::bigint = k.h & 4294967295) THEN true
+    ELSE pg_try_advisory_lock(k.h) END
+FROM k
+"""
+
+_NEW_BATCH = (
+    "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, created_at, "
+    "attempts, first_attempt_at, next_attempt_at, last_error) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, 0, NULL, %s, NULL)"
+)
+
+# Identifiers of records planned without any (none known then), read at claim time.
+_IDENTIFIERS = """
+    SELECT f.record_id, jsonb_object_agg(f.kind, f.value)
+    FROM (
+        SELECT DISTINCT ON (t.{id_col}, x.kind) t.{id_col} AS record_id, x.kind, x.value
+        FROM {table} t
+        LEFT JOIN profile_aliases a ON a.profile_id = t.profile_id
+        JOIN identities x ON x.profile_id = coalesce(a.canonical_id, t.profile_id)
+        WHERE t.{id_col} = ANY(%s::bigint[]) AND t.identifiers IS NULL
+        ORDER BY t.{id_col}, x.kind, x.first_seen, x.value
+    ) f
+    GROUP BY f.record_id
+"""
+
+_CHANGE_ROWS = (
+    "SELECT change_id, profile_id, op, holdout, changed_at, identifiers, NULL::jsonb "
+    "FROM outbox WHERE change_id = ANY(%s::bigint[]) ORDER BY change_id"
+)
+_CONVERSION_ROWS = (
+    'SELECT conversion_id, profile_id, name, false, "timestamp", identifiers, '
+    "jsonb_build_object('message_id', message_id, 'name', name, 'event', event, "
+    "'value', value, 'currency', currency, 'properties', properties, 'context', context) "
+    "FROM conversion_outbox WHERE conversion_id = ANY(%s::bigint[]) ORDER BY conversion_id"
+)
+
+# Changes a new batch may take: waiting, of the destination, of no key with a change in flight
+# (a remove never overtakes its add). Rows a plan is rewriting are locked, and skipped.
+_CLAIMABLE = f"""FROM outbox o
+    WHERE o.destination = %(destination)s AND o.batch_id IS NULL
+      AND (%(audience)s::text IS NULL OR o.audience = %(audience)s)
+      AND NOT EXISTS (SELECT 1 FROM outbox f
+                      WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})"""
+
+_NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$"
+"""A value property that reads as a number (anything else is no value, as TRY_CAST gives)."""
+
+_PLAN_CONVERSIONS = """
+WITH rules AS (
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+        AS r(destination, event, name, value_property, currency)),
+matched AS (
+    SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
+           e.canonical_profile_id AS profile_id,
+           e.properties #>> string_to_array(r.value_property, '.') AS value_text,
+           coalesce(e.properties ->> 'currency', r.currency) AS currency,
+           e.properties, e.context
+    FROM profile_events e JOIN rules r ON e.type = 'track' AND e.event = r.event
+    WHERE NOT EXISTS (SELECT 1 FROM conversion_ledger l
+                      WHERE l.destination = r.destination AND l.message_id = e.message_id)),
+queued AS (
+    INSERT INTO conversion_outbox (conversion_id, destination, message_id, name, event,
+        "timestamp", profile_id, value, currency, properties, context, planned_at, batch_id,
+        identifiers)
+    SELECT nextval('conversion_ids'), destination, message_id, name, event, "timestamp",
+           profile_id,
+           CASE WHEN value_text ~ %s THEN value_text::double precision END,
+           upper(currency), properties, context, %s::timestamptz, NULL, NULL
+    FROM matched
+    ORDER BY "timestamp", destination, message_id
+    RETURNING destination, message_id, conversion_id),
+ledger AS (
+    INSERT INTO conversion_ledger (destination, message_id, conversion_id)
+    SELECT destination, message_id, conversion_id FROM queued
+    RETURNING 1)
+SELECT count(*) FROM ledger
+"""
+
+
+def _record(row: Sequence[Any], found: Mapping[int, Any]) -> OutboxRecord:
+    record_id, profile_id, op, holdout, at, fixed, conversion = row
+    identifiers = fixed if fixed is not None else found.get(int(record_id), {})
+    return OutboxRecord(
+        int(record_id),
+        str(profile_id),
+        str(op),
+        bool(holdout),
+        at,
+        dict(identifiers or {}),
+        dict(conversion or {}),
+    )
+
+
+def _json(value: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(value)).decode()
+
+
 class PostgresOutbox(PgView, OutboxStore):
     """The sync state in Postgres; any number of delivery workers claim from it at once."""
+
+    def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
+        with self._db.transaction() as cur:
+            return plan_changes(cur, routes, now)
+
+    def plan_conversions(self, routes: Sequence[ConversionRoute], now: datetime) -> PlanCounts:
+        if not routes:
+            return PlanCounts()
+        with self._db.transaction() as cur:
+            # Two processes planning at once: the second waits, then sees the first's ledger.
+            advisory_lock(cur, *("conversions:" + r.destination for r in routes))
+            cur.execute(
+                _PLAN_CONVERSIONS,
+                (
+                    [r.destination for r in routes],
+                    [r.event for r in routes],
+                    [r.name for r in routes],
+                    [r.value_property for r in routes],
+                    [r.currency for r in routes],
+                    _NUMBER,
+                    now,
+                ),
+            )
+            row = cur.fetchone()
+        return PlanCounts(conversions=int(row[0]) if row else 0)
+
+    def claim(
+        self,
+        destination: str,
+        kind: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None = None,
+    ) -> ClaimedBatch | None:
+        claimed: ClaimedBatch | None = None
+        try:
+            with self._db.transaction() as cur:
+                advisory_lock(cur, "claim:" + destination)
+                claimed = self._due(cur, destination, kind, now, audience)
+                if claimed is not None or self._resting(cur, destination, now):
+                    return claimed
+                if kind == CHANGES:
+                    claimed = self._claim_changes(cur, destination, max_records, now, audience)
+                else:
+                    claimed = self._claim_conversions(cur, destination, max_records, now)
+                return claimed
+        except BaseException:
+            if claimed is not None:
+                self._release(claimed.batch_id)
+            raise
+
+    def _hold(self, cur: psycopg.Cursor[Any], batch_id: str) -> bool:
+        """Take the session lock of a batch; False when another worker delivers it now.
+
+        A connection that holds it already keeps one hold (never stacks a second one that a
+        single release would leave behind).
+        """
+        cur.execute(_HOLD, {"key": _held_key(batch_id)})
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+    def _release(self, batch_id: str) -> None:
+        """Let other workers take the batch again (after its new state is committed)."""
+        self._db.query("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_held_key(batch_id),))
+
+    def _due(
+        self,
+        cur: psycopg.Cursor[Any],
+        destination: str,
+        kind: str,
+        now: datetime,
+        audience: str | None,
+    ) -> ClaimedBatch | None:
+        """The oldest batch whose retry time has come and that no live worker is delivering."""
+        due = "next_attempt_at <= %(now)s"
+        cur.execute(
+            f"SELECT batch_id FROM sync_batches WHERE destination = %(destination)s "
+            f"AND kind = %(kind)s AND {due} "
+            "AND (%(audience)s::text IS NULL OR audience = %(audience)s) "
+            "ORDER BY created_at, batch_id",
+            {"destination": destination, "kind": kind, "now": now, "audience": audience},
+        )
+        for (batch_id,) in cur.fetchall():
+            if not self._hold(cur, str(batch_id)):
+                continue
+            # Resolved or deferred by its worker between the list and the lock?
+            cur.execute(
+                f"SELECT 1 FROM sync_batches WHERE batch_id = %(batch)s AND {due}",
+                {"batch": batch_id, "now": now},
+            )
+            if cur.fetchone() is not None:
+                return self._load(cur, str(batch_id))
+            cur.execute(
+                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_held_key(batch_id),)
+            )
+        return None
+
+    def _resting(self, cur: psycopg.Cursor[Any], destination: str, now: datetime) -> bool:
+        """Whether a failed batch of the destination waits for its retry time."""
+        cur.execute(
+            "SELECT EXISTS (SELECT 1 FROM sync_batches WHERE destination = %s AND attempts > 0 "
+            "AND next_attempt_at > %s AND holds_destination)",
+            (destination, now),
+        )
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+    def _claim_changes(
+        self,
+        cur: psycopg.Cursor[Any],
+        destination: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None,
+    ) -> ClaimedBatch | None:
+        """The oldest claimable change picks audience and operation; take its kin, oldest first."""
+        params: dict[str, Any] = {"destination": destination, "audience": audience}
+        cur.execute(
+            f"SELECT o.audience, o.op {_CLAIMABLE} ORDER BY o.change_id LIMIT 1 "
+            "FOR UPDATE OF o SKIP LOCKED",
+            params,
+        )
+        head = cur.fetchone()
+        if head is None:
+            return None
+        audience_, op = str(head[0]), str(head[1])
+        cur.execute(
+            "SELECT o.change_id, o.profile_id, o.op, o.holdout, o.changed_at, o.identifiers, "
+            f"NULL::jsonb {_CLAIMABLE} AND o.audience = %(head_audience)s AND o.op = %(op)s "
+            "ORDER BY o.change_id LIMIT %(limit)s FOR UPDATE OF o SKIP LOCKED",
+            {**params, "head_audience": audience_, "op": op, "limit": max_records},
+        )
+        records = tuple(_record(row, {}) for row in cur.fetchall())
+        if not records:
+            return None
+        ids = [r.record_id for r in records]
+        batch_id = _batch_id(CHANGES, destination, ids)
+        cur.execute(
+            "UPDATE outbox SET batch_id = %s WHERE change_id = ANY(%s::bigint[])", (batch_id, ids)
+        )
+        return self._new_batch(cur, destination, CHANGES, audience_, op, batch_id, records, now)
+
+    def _claim_conversions(
+        self, cur: psycopg.Cursor[Any], destination: str, max_records: int, now: datetime
+    ) -> ClaimedBatch | None:
+        cur.execute(
+            "SELECT conversion_id FROM conversion_outbox WHERE destination = %s "
+            "AND batch_id IS NULL ORDER BY conversion_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (destination, max_records),
+        )
+        ids = [int(row[0]) for row in cur.fetchall()]
+        if not ids:
+            return None
+        records = self._records(cur, CONVERSIONS, ids)
+        batch_id = _batch_id(CONVERSIONS, destination, ids)
+        cur.execute(
+            "UPDATE conversion_outbox c SET batch_id = %s, identifiers = f.identifiers::jsonb "
+            "FROM unnest(%s::bigint[], %s::text[]) AS f(record_id, identifiers) "
+            "WHERE c.conversion_id = f.record_id",
+            (batch_id, ids, [_json(r.identifiers) for r in records]),
+        )
+        return self._new_batch(cur, destination, CONVERSIONS, None, None, batch_id, records, now)
+
+    def _new_batch(
+        self,
+        cur: psycopg.Cursor[Any],
+        destination: str,
+        kind: str,
+        audience: str | None,
+        op: str | None,
+        batch_id: str,
+        records: tuple[OutboxRecord, ...],
+        now: datetime,
+    ) -> ClaimedBatch:
+        """Record a new batch, held by this worker until it settles."""
+        cur.execute(_NEW_BATCH, (batch_id, destination, audience, kind, op, len(records), now, now))
+        self._hold(cur, batch_id)
+        return ClaimedBatch(batch_id, destination, audience, kind, op, 0, None, records)
+
+    def _records(
+        self, cur: psycopg.Cursor[Any], kind: str, ids: Sequence[int]
+    ) -> tuple[OutboxRecord, ...]:
+        """Records of `ids` with their identifiers (fixed when planned; looked up if missing)."""
+        cur.execute(_CHANGE_ROWS if kind == CHANGES else _CONVERSION_ROWS, (list(ids),))
+        rows = cur.fetchall()
+        found: dict[int, Any] = {}
+        if any(row[5] is None for row in rows):
+            table, id_col = _tables(kind)
+            cur.execute(
+                _IDENTIFIERS.format(table=table, id_col=id_col),
+                (list(ids),),
+            )
+            found = {int(r): j for r, j in cur.fetchall()}
+        return tuple(_record(row, found) for row in rows)
+
+    def _load(self, cur: psycopg.Cursor[Any], batch_id: str) -> ClaimedBatch:
+        cur.execute(
+            "SELECT destination, audience, kind, op, attempts, first_attempt_at "
+            "FROM sync_batches WHERE batch_id = %s",
+            (batch_id,),
+        )
+        row = cur.fetchone()
+        assert row is not None
+        destination, audience, kind, op, attempts, first = row
+        table, id_col = _tables(kind)
+        cur.execute(
+            f"SELECT {id_col} FROM {table} WHERE batch_id = %s ORDER BY {id_col}",
+            (batch_id,),
+        )
+        ids = [int(r[0]) for r in cur.fetchall()]
+        records = self._records(cur, kind, ids)
+        return ClaimedBatch(
+            batch_id, destination, audience, kind, op, int(attempts), first, records
+        )
+
+    def peek(
+        self, destination: str, kind: str, max_records: int, audience: str | None = None
+    ) -> list[ClaimedBatch]:
+        with self._db.transaction() as cur:
+            batches: list[ClaimedBatch] = []
+            for audience_, op, ids in self._form(cur, destination, kind, max_records, audience):
+                records = self._records(cur, kind, ids)
+                batch_id = "dry-" + _batch_id(kind, destination, ids)
+                batches.append(
+                    ClaimedBatch(batch_id, destination, audience_, kind, op, 0, None, records)
+                )
+            return batches
+
+    def _form(
+        self,
+        cur: psycopg.Cursor[Any],
+        destination: str,
+        kind: str,
+        max_records: int,
+        audience: str | None,
+    ) -> list[tuple[str | None, str | None, list[int]]]:
+        """Group claimable records into batches: (audience, op, ids), oldest first."""
+        if kind == CONVERSIONS:
+            cur.execute(
+                "SELECT conversion_id FROM conversion_outbox "
+                "WHERE destination = %s AND batch_id IS NULL ORDER BY conversion_id",
+                (destination,),
+            )
+            ids = [int(r[0]) for r in cur.fetchall()]
+            return [(None, None, ids[i : i + max_records]) for i in range(0, len(ids), max_records)]
+        cur.execute(
+            f"SELECT o.audience, o.op, o.change_id {_CLAIMABLE} ORDER BY o.change_id",
+            {"destination": destination, "audience": audience},
+        )
+        groups: dict[tuple[str, str], list[int]] = {}
+        for aud, op, change_id in cur.fetchall():
+            groups.setdefault((str(aud), str(op)), []).append(int(change_id))
+        formed: list[tuple[str | None, str | None, list[int]]] = []
+        for (aud, op), ids in sorted(groups.items(), key=lambda item: item[1][0]):
+            formed += [(aud, op, ids[i : i + max_records]) for i in range(0, len(ids), max_records)]
+        return formed
+
+    @contextmanager
+    def _settling(self, batch: ClaimedBatch) -> Iterator[psycopg.Cursor[Any] | None]:
+        """A transaction over a held batch, its hold released once committed (or failed).
+
+        Yields None when the batch is no longer there (another worker settled it after this
+        one's hold lapsed with its connection): nothing is recorded twice.
+        """
+        try:
+            with self._db.transaction() as cur:
+                cur.execute(
+                    "SELECT 1 FROM sync_batches WHERE batch_id = %s FOR UPDATE",
+                    (batch.batch_id,),
+                )
+                yield cur if cur.fetchone() is not None else None
+        finally:
+            self._release(batch.batch_id)
+
+    def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
+        with self._settling(batch) as cur:
+            if cur is None:
+                return
+            if batch.kind == CHANGES:
+                self._resolve_changes(cur, batch, resolution, now)
+            else:
+                self._resolve_conversions(cur, batch, resolution, now)
+            rejected = sum(1 for r in batch.records if r.record_id in resolution.rejected)
+            retried = sum(1 for r in batch.records if r.record_id in resolution.retry)
+            cur.execute(
+                "INSERT INTO batch_results VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (batch_id) DO UPDATE SET records = excluded.records, "
+                "acknowledged = excluded.acknowledged, rejected = excluded.rejected, "
+                "attempts = excluded.attempts, resolved_at = excluded.resolved_at, "
+                "stats = excluded.stats",
+                (
+                    batch.batch_id,
+                    batch.destination,
+                    batch.audience,
+                    batch.kind,
+                    batch.op,
+                    len(batch.records),
+                    len(batch.records) - rejected - retried,
+                    rejected,
+                    batch.attempts + 1,
+                    now,
+                    _json(resolution.stats),
+                ),
+            )
+            cur.execute("DELETE FROM sync_batches WHERE batch_id = %s", (batch.batch_id,))
+            if resolution.retry:
+                self._split_retries(cur, batch, resolution, now)
+
+    def _split_retries(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        """Records a destination asked to retry become a batch of their own, tried again at
+        `retry_at`; the destination's other work goes on meanwhile."""
+        table, id_col = _tables(batch.kind)
+        cur.execute(
+            f"SELECT {id_col} FROM {table} WHERE batch_id = %s ORDER BY {id_col}",
+            (batch.batch_id,),
+        )
+        ids = [int(r[0]) for r in cur.fetchall()]
+        if not ids:
+            return
+        retry_id = _batch_id(batch.kind, batch.destination, ids)
+        cur.execute(
+            f"UPDATE {table} SET batch_id = %s WHERE batch_id = %s",
+            (retry_id, batch.batch_id),
+        )
+        reason = next(iter(resolution.retry.values()))
+        cur.execute(
+            "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
+            "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
+            "holds_destination) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
+            (
+                retry_id,
+                batch.destination,
+                batch.audience,
+                batch.kind,
+                batch.op,
+                len(ids),
+                now,
+                batch.attempts + 1,
+                batch.first_attempt_at or now,
+                resolution.retry_at or now,
+                f"{len(ids)} records to retry: {reason}",
+            ),
+        )
+
+    def _log(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> list[OutboxRecord]:
+        """Write delivery_log rows for resolved records; return those resolved."""
+        done = [r for r in batch.records if r.record_id not in resolution.retry]
+        cur.execute(
+            "INSERT INTO delivery_log (record_id, kind, batch_id, destination, audience, "
+            "profile_id, op, outcome, reason, attempts, resolved_at) "
+            "SELECT record_id, %s, %s, %s, %s, profile_id, op, outcome, reason, %s, %s "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[]) "
+            "AS l(record_id, profile_id, op, outcome, reason)",
+            (
+                batch.kind,
+                batch.batch_id,
+                batch.destination,
+                batch.audience,
+                batch.attempts + 1,
+                now,
+                [r.record_id for r in done],
+                [r.profile_id for r in done],
+                [r.op for r in done],
+                [
+                    "rejected" if r.record_id in resolution.rejected else "acknowledged"
+                    for r in done
+                ],
+                [resolution.rejected.get(r.record_id) for r in done],
+            ),
+        )
+        return done
+
+    def _resolve_changes(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        retry = list(resolution.retry)
+        if retry:
+            self._release_retries(cur, batch, retry)
+        done = self._log(cur, batch, resolution, now)
+        keep = [r for r in done if r.op == "add"]
+        cur.execute(
+            "DELETE FROM destination_state WHERE destination = %s AND audience = %s "
+            "AND profile_id = ANY(%s::text[])",
+            (batch.destination, batch.audience, [r.profile_id for r in done]),
+        )
+        cur.execute(
+            "INSERT INTO destination_state (destination, audience, profile_id, status, "
+            "holdout, identifiers, reason, change_id, batch_id, updated_at) "
+            "SELECT %s, %s, profile_id, status, holdout, identifiers::jsonb, reason, change_id, "
+            "%s, %s FROM unnest(%s::text[], %s::text[], %s::bool[], %s::text[], %s::text[], "
+            "%s::bigint[]) AS s(profile_id, status, holdout, identifiers, reason, change_id)",
+            (
+                batch.destination,
+                batch.audience,
+                batch.batch_id,
+                now,
+                [r.profile_id for r in keep],
+                ["rejected" if r.record_id in resolution.rejected else "member" for r in keep],
+                [r.holdout for r in keep],
+                [_json(r.identifiers) for r in keep],
+                [resolution.rejected.get(r.record_id) for r in keep],
+                [r.record_id for r in keep],
+            ),
+        )
+        cur.execute(
+            "DELETE FROM outbox WHERE batch_id = %s AND NOT change_id = ANY(%s::bigint[])",
+            (batch.batch_id, retry),
+        )
+
+    def _release_retries(
+        self, cur: psycopg.Cursor[Any], batch: ClaimedBatch, retry: Sequence[int]
+    ) -> None:
+        """A record to retry gives way to a newer waiting change of the same profile.
+
+        The waiting rows are locked first (in id order, as a plan locks them), so a plan
+        deciding about them finishes before, or starts after, this decision.
+        """
+        cur.execute(
+            f"""SELECT w.change_id FROM outbox w JOIN outbox o ON {_match("w", "o")}
+            WHERE w.batch_id IS NULL AND o.batch_id = %s AND o.change_id = ANY(%s::bigint[])
+            ORDER BY w.change_id FOR UPDATE OF w""",
+            (batch.batch_id, list(retry)),
+        )
+        cur.execute(
+            f"""DELETE FROM outbox o WHERE o.batch_id = %s AND o.change_id = ANY(%s::bigint[])
+            AND EXISTS (SELECT 1 FROM outbox w
+                        WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
+            (batch.batch_id, list(retry)),
+        )
+
+    def _resolve_conversions(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: ClaimedBatch,
+        resolution: Resolution,
+        now: datetime,
+    ) -> None:
+        done = self._log(cur, batch, resolution, now)
+        rejected = [r for r in done if r.record_id in resolution.rejected]
+        self._dead(cur, batch, rejected, resolution.rejected, now)
+        cur.execute(
+            "DELETE FROM conversion_outbox WHERE batch_id = %s "
+            "AND NOT conversion_id = ANY(%s::bigint[])",
+            (batch.batch_id, list(resolution.retry)),
+        )
+
+    def _dead(
+        self,
+        cur: psycopg.Cursor[Any],
+        batch: ClaimedBatch,
+        records: Sequence[OutboxRecord],
+        reasons: Mapping[int, str],
+        now: datetime,
+        default_reason: str = "",
+    ) -> None:
+        if not records:
+            return
+        cur.execute(
+            "INSERT INTO dead_letters (record_id, kind, destination, audience, profile_id, op, "
+            "reason, attempts, first_attempt_at, dead_at, batch_id, retried_at) "
+            "SELECT record_id, %s, %s, %s, profile_id, op, reason, %s, %s, %s, %s, NULL "
+            "FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) "
+            "AS d(record_id, profile_id, op, reason)",
+            (
+                batch.kind,
+                batch.destination,
+                batch.audience,
+                batch.attempts + 1,
+                batch.first_attempt_at or now,
+                now,
+                batch.batch_id,
+                [r.record_id for r in records],
+                [r.profile_id for r in records],
+                [r.op for r in records],
+                [reasons.get(r.record_id, default_reason) for r in records],
+            ),
+        )
+
+    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
+        with self._settling(batch) as cur:
+            if cur is None:
+                return
+            cur.execute(
+                "UPDATE sync_batches SET attempts = attempts + 1, "
+                "first_attempt_at = coalesce(first_attempt_at, %s), "
+                "next_attempt_at = %s, last_error = %s WHERE batch_id = %s",
+                (now, next_attempt, error, batch.batch_id),
+            )
+
+    def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
+        with self._settling(batch) as cur:
+            if cur is None:
+                return
+            self._dead(cur, batch, batch.records, {}, now, reason)
+            table, _ = _tables(batch.kind)
+            cur.execute(
+                f"DELETE FROM {table} WHERE batch_id = %s",
+                (batch.batch_id,),
+            )
+            cur.execute("DELETE FROM sync_batches WHERE batch_id = %s", (batch.batch_id,))
+
+    def retry_dead(self, destination: str | None, audience: str | None, now: datetime) -> int:
+        where = (
+            "retried_at IS NULL "
+            "AND (%(destination)s::text IS NULL OR destination = %(destination)s) "
+            "AND (%(audience)s::text IS NULL OR audience = %(audience)s)"
+        )
+        params: dict[str, Any] = {"destination": destination, "audience": audience, "now": now}
+        with self._db.transaction() as cur:
+            # Conversions come back through the ledger: forget them there to queue them again.
+            cur.execute(
+                "DELETE FROM conversion_ledger l USING dead_letters d "
+                "WHERE d.kind = 'conversions' AND d.retried_at IS NULL "
+                "AND (%(destination)s::text IS NULL OR d.destination = %(destination)s) "
+                "AND (%(audience)s::text IS NULL OR d.audience = %(audience)s) "
+                "AND l.destination = d.destination AND l.conversion_id = d.record_id",
+                params,
+            )
+            cur.execute(
+                f"UPDATE dead_letters SET retried_at = %(now)s WHERE {where}",
+                params,
+            )
+            return cur.rowcount
+
+    def status(
+        self,
+        routes: Sequence[Route],
+        conversion_destinations: Sequence[str],
+        accepts: Mapping[str, Sequence[str]],
+    ) -> list[RouteStatus]:
+        found: list[RouteStatus] = []
+        with self._db.transaction() as cur:
+            if routes:
+                cur.execute(
+                    _STATUS_SQL,
+                    {
+                        **_route_params(routes),
+                        "accept_destinations": [d for d, kinds in accepts.items() for _ in kinds],
+                        "accept_kinds": [k for kinds in accepts.values() for k in kinds],
+                    },
+                )
+                found += [_route_status(row) for row in cur.fetchall()]
+            for destination in conversion_destinations:
+                cur.execute(_CONVERSION_STATUS_SQL, {"destination": destination})
+                row = cur.fetchone()
+                assert row is not None
+                found.append(_route_status((destination, None, *row)))
+        return found
+
+    def log_run(self, run: SyncRunRecord) -> int:
+        with self._db.transaction() as cur:
+            cur.execute(
+                "INSERT INTO sync_runs VALUES (nextval('sync_run_ids'), %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s) RETURNING run_id",
+                (
+                    run.started_at,
+                    run.duration_ms,
+                    run.dry_run,
+                    run.destination,
+                    run.audience,
+                    run.planned,
+                    run.batches,
+                    run.acknowledged,
+                    run.rejected,
+                    run.retrying,
+                    run.dead_lettered,
+                ),
+            )
+            row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def runs(self, limit: int = 10) -> list[SyncRunRecord]:
+        rows = self._db.query(
+            "SELECT started_at, duration_ms, dry_run, destination, audience, planned, "
+            "batches, acknowledged, rejected, retrying, dead_lettered FROM sync_runs "
+            "ORDER BY run_id DESC LIMIT %s",
+            (limit,),
+        )
+        return [SyncRunRecord(*row) for row in rows]
+
+    def acknowledged(self, destination: str, audience: str) -> dict[str, bool]:
+        rows = self._db.query(
+            "SELECT profile_id, holdout FROM destination_state WHERE destination = %s "
+            "AND audience = %s AND status = 'member'",
+            (destination, audience),
+        )
+        return {str(p): bool(h) for p, h in rows}
+
+
+def _route_status(row: Sequence[Any]) -> RouteStatus:
+    (
+        destination,
+        audience,
+        desired,
+        acked,
+        pending,
+        retrying,
+        failed,
+        dead,
+        matchable,
+        last_sync,
+        next_attempt,
+        last_error,
+    ) = row
+    return RouteStatus(
+        str(destination),
+        None if audience is None else str(audience),
+        int(desired or 0),
+        int(acked or 0),
+        int(pending or 0),
+        int(retrying or 0),
+        int(failed or 0),
+        int(dead or 0),
+        int(matchable or 0),
+        last_sync,
+        next_attempt,
+        last_error,
+    )
+
+
+_STATUS_SQL = f"""
+WITH {_ROUTES},
+accepts AS (
+    SELECT * FROM unnest(%(accept_destinations)s::text[], %(accept_kinds)s::text[])
+        AS k(destination, kind)),
+desired AS (
+    SELECT r.destination, r.audience, m.profile_id
+    FROM routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
+    WHERE m.exited_at IS NULL AND (r.include_holdout OR NOT m.holdout)),
+matchable AS (
+    SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
+    FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
+    JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
+    JOIN accepts k ON k.destination = d.destination AND k.kind = x.kind
+    GROUP BY d.destination, d.audience),
+batches AS (
+    SELECT destination, audience, sum(records) FILTER (WHERE attempts > 0) AS retrying,
+           min(next_attempt_at) AS next_attempt,
+           (array_agg(last_error ORDER BY next_attempt_at DESC)
+               FILTER (WHERE last_error IS NOT NULL))[1] AS last_error
+    FROM sync_batches WHERE kind = 'changes' GROUP BY destination, audience)
+SELECT r.destination, r.audience,
+    (SELECT count(*) FROM desired d WHERE d.destination = r.destination
+        AND d.audience = r.audience),
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'member'),
+    (SELECT count(*) FROM outbox o WHERE o.destination = r.destination
+        AND o.audience = r.audience),
+    b.retrying,
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'rejected'),
+    (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
+        AND x.audience = r.audience AND x.retried_at IS NULL),
+    coalesce(mt.n, 0),
+    (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
+        AND l.audience = r.audience),
+    b.next_attempt, b.last_error
+FROM routes r
+LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
+LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
+ORDER BY r.audience, r.destination
+"""
+
+_CONVERSION_STATUS_SQL = """
+SELECT
+    (SELECT count(*) FROM conversion_ledger WHERE destination = %(destination)s),
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions'
+        AND destination = %(destination)s AND outcome = 'acknowledged'),
+    (SELECT count(*) FROM conversion_outbox WHERE destination = %(destination)s),
+    (SELECT coalesce(sum(records), 0) FROM sync_batches WHERE kind = 'conversions'
+        AND destination = %(destination)s AND attempts > 0),
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions'
+        AND destination = %(destination)s AND outcome = 'rejected'),
+    (SELECT count(*) FROM dead_letters WHERE kind = 'conversions'
+        AND destination = %(destination)s AND retried_at IS NULL AND batch_id NOT IN (
+            SELECT batch_id FROM delivery_log WHERE kind = 'conversions'
+            AND destination = %(destination)s AND outcome = 'rejected')),
+    0,
+    (SELECT max(resolved_at) FROM delivery_log WHERE kind = 'conversions'
+        AND destination = %(destination)s),
+    NULL::timestamptz, NULL::text
+"""
