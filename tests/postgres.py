@@ -52,10 +52,11 @@ def postgres_schema(prefix: str = "cs") -> Iterator[str]:
         yield f"{base}?options={quote(f'-csearch_path={schema}')}"
     finally:
         with psycopg.connect(base, autocommit=True) as conn:
-            conn.execute(  # sessions still open in the schema must not block the drop
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE pid <> pg_backend_pid() AND query NOT ILIKE '%%pg_stat_activity%%' "
-                "AND application_name = 'cohortsync' AND backend_type = 'client backend' "
-                "AND datname = current_database() AND state = 'idle in transaction'"
+            conn.execute(  # sessions holding this schema's tables must not block the drop
+                "SELECT pg_terminate_backend(l.pid) FROM pg_locks l "
+                "JOIN pg_class c ON c.oid = l.relation "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND l.pid <> pg_backend_pid()",
+                (schema,),
             )
             conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[arg-type]
