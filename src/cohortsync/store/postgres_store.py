@@ -8,15 +8,34 @@ run) a transaction-scoped advisory lock orders them.
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from cohortsync.store.base import Store
-from cohortsync.store.outbox import OutboxStore
+import psycopg
+import pyarrow as pa
+from psycopg import errors
+
+from cohortsync.store import postgres_ingest as ingest
+from cohortsync.store.base import (
+    AlreadyStoredError,
+    MembershipChanges,
+    ProfileView,
+    ResolvedBatch,
+    StaleIdentityError,
+    Store,
+)
+from cohortsync.store.outbox import OutboxStore, Route
+from cohortsync.store.postgres_memberships import record_compute
 from cohortsync.store.postgres_outbox import PostgresOutbox
 from cohortsync.store.postgres_realtime import PostgresRealtime
 from cohortsync.store.postgres_schema import MIGRATIONS
 from cohortsync.store.postgres_shared import PgConnections, advisory_lock
 from cohortsync.store.realtime import RealtimeStore
+from cohortsync.store.records import Key, ProfileState, Rejection
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PostgresStore(Store):
@@ -29,6 +48,7 @@ class PostgresStore(Store):
         self._db = PgConnections(url)
         self._outbox = PostgresOutbox(self._db)
         self._realtime = PostgresRealtime(self._db)
+        self._reads = threading.local()  # what this thread's next batch was resolved against
 
     def migrate(self) -> int:
         with self._db.transaction() as cur:
@@ -51,6 +71,163 @@ class PostgresStore(Store):
             row = cur.fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query with bound parameters (never user values spliced into SQL)."""
+        return self._db.query(sql, params)
+
+    def load_identity_state(
+        self, keys: Iterable[Key], limited_kinds: Iterable[str]
+    ) -> tuple[dict[Key, str], dict[str, ProfileState]]:
+        # Read fresh for every batch: other processes change the graph, so no cache holds.
+        with self._db.transaction() as cur:
+            read = ingest.read_identities(cur, keys, list(limited_kinds))
+        self._reads.last = read
+        return dict(read.owners), read.states()
+
+    def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
+        read: ingest.IdentityRead | None = getattr(self._reads, "last", None)
+        self._reads.last = None
+        final = ingest.final_targets(batch)
+        events = ingest.events_table(batch, final)
+        csv = ingest.events_csv(events) if events.num_rows else None
+        try:
+            with self._db.transaction() as cur:
+                if read is not None:
+                    ingest.lock_and_check(cur, read)
+                now = datetime.now(UTC)
+                if csv is not None:
+                    ingest.copy_events(cur, csv)
+                ingest.write_profiles(cur, batch, final, now)
+                ingest.write_identities(cur, batch, final)
+                ingest.write_traits(cur, batch, final)
+                ingest.write_rejections(cur, batch, rejections, now)
+                if events.num_rows:
+                    ingest.mark_pending(cur, batch, events, self._realtime.relevant, now)
+        except errors.UniqueViolation as exc:
+            if ingest.unique_violation(exc) != "events":
+                raise StaleIdentityError from None  # another writer claimed an identifier first
+            ids = [str(v) for v in events.column("message_id").to_pylist()]
+            with self._db.transaction() as cur:
+                raise AlreadyStoredError(ingest.stored_already(cur, ids)) from None
+        except errors.DeadlockDetected:
+            raise StaleIdentityError from None  # two writers met on resent messages
+        return int(events.num_rows)
+
+    def find_profile(self, kind: str, value: str) -> str | None:
+        if kind == "profile_id":
+            rows = self._db.query(
+                "SELECT coalesce(a.canonical_id, p.profile_id) FROM profiles p "
+                "LEFT JOIN profile_aliases a USING (profile_id) WHERE p.profile_id = %s",
+                (value,),
+            )
+        else:
+            rows = self._db.query(
+                "SELECT profile_id FROM identities WHERE kind = %s AND value = %s", (kind, value)
+            )
+        return str(rows[0][0]) if rows else None
+
+    def profile(self, profile_id: str, recent: int = 10) -> ProfileView | None:
+        with self._db.transaction() as cur:  # one snapshot for every part of the view
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            return _profile_view(cur, profile_id, recent)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        def grouped(sql: str, label: str) -> dict[str, int]:
+            counts = {str(k): int(n) for k, n in self._db.query(sql)}
+            return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
+
+        profiles, merged = self._db.query(
+            "SELECT count(*) FILTER (WHERE merged_into IS NULL), "
+            "count(*) FILTER (WHERE merged_into IS NOT NULL) FROM profiles"
+        )[0]
+        rejected = grouped(
+            "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind",
+            "by_kind",
+        )
+        identifiers = grouped(
+            "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
+        )
+        identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
+        return {
+            "events": grouped(
+                "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
+            ),
+            "profiles": {"total": int(profiles), "merged_away": int(merged)},
+            "identifiers": identifiers,
+            "quarantined": grouped(
+                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason",
+                "by_reason",
+            ),
+        }
+
+    def profile_ids(self, sql: str) -> list[str]:
+        with self._db.transaction() as cur:
+            # Compiled SQL, perhaps several statements; the last one's rows are the answer.
+            cur.execute(sql.encode())
+            rows = cur.fetchall() if cur.description else []
+        return [str(r[0]) for r in rows]
+
+    def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
+        """Every segment's sorted members from one query of per-profile flags."""
+        with self._db.transaction() as cur:
+            cur.execute(sql.encode())
+            names = [d.name for d in cur.description or ()]
+            rows = cur.fetchall()
+        ids = names.index("profile_id")
+        found: dict[str, list[str]] = {}
+        for name, column in columns.items():
+            flag = names.index(column)
+            found[name] = sorted(str(r[ids]) for r in rows if r[flag])
+        return found
+
+    def record_memberships(
+        self,
+        computed: pa.Table,
+        at_us: int,
+        started: float,
+        routes: Sequence[Route] = (),
+        scope: Sequence[tuple[str, str]] | None = None,
+    ) -> MembershipChanges:
+        return record_compute(self._db, computed, at_us, started, routes, scope)
+
+    def last_compute_as_of(self) -> int | None:
+        rows = self._db.query("SELECT max(as_of) FROM compute_runs")
+        return _micros(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def membership(self, kind: str, name: str, at_us: int | None = None) -> list[tuple[str, bool]]:
+        if at_us is None:
+            rows = self._db.query(
+                "SELECT profile_id, holdout FROM memberships "
+                "WHERE kind = %s AND name = %s AND exited_at IS NULL ORDER BY profile_id",
+                (kind, name),
+            )
+        else:
+            moment = ingest.at(at_us)
+            rows = self._db.query(
+                "SELECT profile_id, holdout FROM memberships WHERE kind = %s AND name = %s "
+                "AND entered_at <= %s AND (exited_at IS NULL OR exited_at > %s) "
+                "ORDER BY profile_id",
+                (kind, name, moment, moment),
+            )
+        return sorted((str(p), bool(h)) for p, h in rows)
+
+    def identifiers(
+        self, profile_ids: Sequence[str], kinds: Sequence[str]
+    ) -> dict[str, dict[str, str]]:
+        rows = self._db.query(
+            "SELECT DISTINCT ON (i.profile_id, x.kind) i.profile_id, x.kind, x.value "
+            "FROM unnest(%s::text[]) AS i(profile_id) "
+            "LEFT JOIN profile_aliases a ON a.profile_id = i.profile_id "
+            "JOIN identities x ON x.profile_id = coalesce(a.canonical_id, i.profile_id) "
+            "WHERE x.kind = ANY(%s) "
+            "ORDER BY i.profile_id, x.kind, x.first_seen, x.value",
+            (list(profile_ids), list(kinds)),
+        )
+        found: dict[str, dict[str, str]] = {}
+        for profile_id, kind, value in rows:
+            found.setdefault(str(profile_id), {})[str(kind)] = str(value)
+        return found
+
     @property
     def outbox(self) -> OutboxStore:
         return self._outbox
@@ -61,3 +238,75 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._db.close()
+
+
+def _micros(moment: datetime) -> int:
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _utc(moment: Any) -> Any:
+    """A stored instant in UTC, whatever the session's time zone."""
+    return moment.astimezone(UTC) if isinstance(moment, datetime) else moment
+
+
+def _profile_view(cur: psycopg.Cursor[Any], profile_id: str, recent: int) -> ProfileView | None:
+    """One live profile as `cohortsync profile` shows it (None if unknown or merged away)."""
+
+    def rows(sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        cur.execute(sql, params)  # type: ignore[arg-type]  # our SQL, bound values
+        return cur.fetchall()
+
+    if not rows("SELECT 1 FROM profiles WHERE profile_id = %s AND merged_into IS NULL", profile_id):
+        return None
+    # Events of the profile and of every profile merged into it.
+    owned = (
+        "profile_id = %s OR profile_id IN (SELECT profile_id FROM profile_aliases "
+        "WHERE canonical_id = %s)"
+    )
+    first, last = rows(
+        f'SELECT min("timestamp"), max("timestamp") FROM events WHERE {owned}',
+        profile_id,
+        profile_id,
+    )[0]
+    identifiers = [
+        {"kind": k, "value": v, "first_seen": _utc(f)}
+        for k, v, f in rows(
+            "SELECT kind, value, first_seen FROM identities WHERE profile_id = %s "
+            "ORDER BY kind, first_seen, value",
+            profile_id,
+        )
+    ]
+    traits = dict(
+        rows(
+            "SELECT name, value FROM profile_traits WHERE profile_id = %s ORDER BY name", profile_id
+        )
+    )
+    merges = [
+        {
+            "merged_at": _utc(at),
+            "from_profile": src,
+            "into_profile": dst,
+            "via": kind,
+            "message_id": mid,
+        }
+        for at, src, dst, kind, mid in rows(
+            "SELECT merged_at, from_profile, into_profile, identifier_kind, message_id "
+            "FROM merges WHERE into_profile = %s OR into_profile IN "
+            "(SELECT profile_id FROM profile_aliases WHERE canonical_id = %s) "
+            "ORDER BY merged_at",
+            profile_id,
+            profile_id,
+        )
+    ]
+    events = [
+        {"timestamp": _utc(ts), "type": typ, "event": ev or name, "message_id": mid}
+        for ts, typ, ev, name, mid in rows(
+            f'SELECT "timestamp", type, event, name, message_id FROM events WHERE {owned} '
+            'ORDER BY "timestamp" DESC LIMIT %s',
+            profile_id,
+            profile_id,
+            recent,
+        )
+    ]
+    return ProfileView(profile_id, _utc(first), _utc(last), identifiers, traits, merges, events)

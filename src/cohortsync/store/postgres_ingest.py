@@ -1,0 +1,305 @@
+"""The ingest path of the Postgres store: read the identities a batch needs, commit it safely.
+
+Several processes store batches at once, so nothing of the identity graph is cached: a batch is
+resolved against the owners of its own identifiers, read just before. Its commit locks the rows
+of the profiles it was resolved against (in id order, so two writers never deadlock), then
+checks that those identifiers and profiles are as they were read. If another writer changed
+them in between, nothing is written and `StaleIdentityError` asks for the batch to be resolved
+again. Identifiers nobody owned are not locked: two writers claiming the same one collide on
+its primary key, and the second is resolved again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+from psycopg import errors
+
+from cohortsync.store.base import ResolvedBatch, StaleIdentityError
+from cohortsync.store.message_table import EVENT_COLUMNS, MessageTable, messages_table
+from cohortsync.store.message_table import remap_profiles as _remap
+from cohortsync.store.postgres_shared import copy_rows, temp_table
+from cohortsync.store.records import Key, Message, ProfileState, Rejection
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_CSV = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
+_EVENT_COPY = "COPY events ({}) FROM STDIN (FORMAT csv)".format(
+    ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+)
+
+
+def at(us: int) -> datetime:
+    """A UTC datetime from microseconds since the epoch."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+@dataclass
+class IdentityRead:
+    """What a batch was resolved against: its identifiers' owners and their limited ones."""
+
+    keys: list[Key]
+    limited_kinds: list[str]
+    owners: dict[Key, str] = field(default_factory=dict)
+    limited: dict[str, dict[str, set[str]]] = field(default_factory=dict)
+
+    def states(self) -> dict[str, ProfileState]:
+        """Fresh profile states for resolution (it changes them; this read must stay as read)."""
+        return {
+            p: ProfileState(p, limited={k: set(v) for k, v in self.limited.get(p, {}).items()})
+            for p in set(self.owners.values())
+        }
+
+
+def read_identities(
+    cur: psycopg.Cursor[Any], keys: Iterable[Key], limited_kinds: Sequence[str]
+) -> IdentityRead:
+    """The current owners of `keys` and the limited identifiers of those owners."""
+    wanted = list(dict.fromkeys(keys))
+    read = IdentityRead(wanted, list(limited_kinds))
+    if not wanted:
+        return read
+    cur.execute(
+        "SELECT k.kind, k.value, coalesce(a.canonical_id, i.profile_id) "
+        "FROM unnest(%s::text[], %s::text[]) AS k(kind, value) "
+        "JOIN identities i ON i.kind = k.kind AND i.value = k.value "
+        "LEFT JOIN profile_aliases a ON a.profile_id = i.profile_id",
+        ([k for k, _ in wanted], [v for _, v in wanted]),
+    )
+    read.owners = {(str(k), str(v)): str(p) for k, v, p in cur.fetchall()}
+    read.limited = _limited(cur, sorted(set(read.owners.values())), read.limited_kinds)
+    return read
+
+
+def _limited(
+    cur: psycopg.Cursor[Any], owners: list[str], kinds: list[str]
+) -> dict[str, dict[str, set[str]]]:
+    if not owners or not kinds:
+        return {}
+    cur.execute(
+        "SELECT profile_id, kind, value FROM identities "
+        "WHERE profile_id = ANY(%s) AND kind = ANY(%s)",
+        (owners, kinds),
+    )
+    found: dict[str, dict[str, set[str]]] = {}
+    for profile_id, kind, value in cur.fetchall():
+        found.setdefault(str(profile_id), {}).setdefault(str(kind), set()).add(str(value))
+    return found
+
+
+def lock_and_check(cur: psycopg.Cursor[Any], read: IdentityRead) -> None:
+    """Lock the profiles the batch was resolved against; raise if any changed since the read."""
+    owners = sorted(set(read.owners.values()))
+    if owners:
+        cur.execute(
+            "SELECT profile_id FROM profiles WHERE profile_id = ANY(%s) "
+            "ORDER BY profile_id FOR NO KEY UPDATE",
+            (owners,),
+        )
+        cur.fetchall()
+    now = read_identities(cur, read.keys, read.limited_kinds)
+    if now.owners != read.owners or now.limited != read.limited:
+        raise StaleIdentityError
+
+
+def events_csv(events: pa.Table) -> io.BytesIO:
+    """The events as CSV for COPY, written by Arrow (no Python object per row); made before
+    the transaction opens, so it stays short."""
+    buffer = io.BytesIO()
+    pa_csv.write_csv(events, buffer, _CSV)
+    return buffer
+
+
+def copy_events(cur: psycopg.Cursor[Any], csv: io.BytesIO) -> None:
+    """Append events with one COPY."""
+    with cur.copy(_EVENT_COPY) as copy:
+        copy.write(csv.getbuffer())
+
+
+def events_table(batch: ResolvedBatch, final: dict[str, str]) -> pa.Table:
+    """The batch's events in the layout of the `events` table, merged-away profiles followed."""
+    if isinstance(batch.messages, MessageTable):
+        return _remap(batch.messages.table, final)
+    return messages_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
+
+
+def unique_violation(exc: errors.UniqueViolation) -> str:
+    """The table whose key a conflicting insert hit."""
+    return str(exc.diag.table_name or "")
+
+
+def write_profiles(
+    cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str, str], now: datetime
+) -> None:
+    """New profiles, then merges: aliases, merged flags, identifiers and traits move over."""
+    created = sorted(batch.changes.new_profiles)
+    if created:
+        copy_rows(cur, "profiles", ("profile_id", "created_at"), ((p, now) for p in created))
+    merges = batch.changes.merges
+    if not merges:
+        return
+    temp_table(
+        cur,
+        "_merges",
+        (
+            ("source", "TEXT"),
+            ("target", "TEXT"),
+            ("merged_at", "TIMESTAMPTZ"),
+            ("message_id", "TEXT"),
+            ("kind", "TEXT"),
+            ("direct_target", "TEXT"),
+        ),
+        (
+            (m.source, final.get(m.target, m.target), at(m.at_us), m.message_id, m.kind, m.target)
+            for m in merges
+        ),
+    )
+    for sql in (
+        "INSERT INTO merges SELECT merged_at, source, direct_target, message_id, kind FROM _merges",
+        # Profiles merged into a source before follow it to the survivor (their merged_into is
+        # their canonical profile, as their alias row says).
+        "UPDATE profiles SET merged_into = m.target FROM _merges m JOIN profile_aliases a "
+        "ON a.canonical_id = m.source WHERE profiles.profile_id = a.profile_id",
+        "UPDATE profiles SET merged_into = m.target FROM _merges m "
+        "WHERE profiles.profile_id = m.source",
+        "UPDATE identities SET profile_id = m.target FROM _merges m "
+        "WHERE identities.profile_id = m.source",
+        "UPDATE profile_aliases SET canonical_id = m.target FROM _merges m "
+        "WHERE profile_aliases.canonical_id = m.source",
+        # A source is a live profile, so it has no alias row yet.
+        "INSERT INTO profile_aliases SELECT source, target FROM _merges",
+        # The survivor takes the merged profiles' stored traits (latest wins).
+        "INSERT INTO profile_traits "
+        "SELECT DISTINCT ON (m.target, t.name) m.target, t.name, t.value, t.updated_at "
+        "FROM profile_traits t JOIN _merges m ON t.profile_id = m.source "
+        "ORDER BY m.target, t.name, t.updated_at DESC "
+        "ON CONFLICT (profile_id, name) DO UPDATE SET "
+        "value = excluded.value, updated_at = excluded.updated_at "
+        "WHERE excluded.updated_at > profile_traits.updated_at",
+        "DELETE FROM profile_traits WHERE profile_id IN (SELECT source FROM _merges)",
+        "DROP TABLE _merges",
+    ):
+        cur.execute(sql)  # type: ignore[arg-type]  # our SQL, no values
+
+
+def write_identities(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str, str]) -> None:
+    """Identifiers nobody owned, in key order (two writers wait on each other in one order)."""
+    rows = sorted(
+        (kind, value, final.get(owner, owner), at(first))
+        for kind, value, owner, first in batch.changes.new_identities
+    )
+    if rows:
+        copy_rows(cur, "identities", ("kind", "value", "profile_id", "first_seen"), rows)
+
+
+def write_traits(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str, str]) -> None:
+    """This batch's trait updates, last write (by event time) winning over what is stored."""
+    rows: list[tuple[str, str, str, datetime]] = []
+    for profile_id in sorted({final.get(p, p) for p in batch.changes.dirty_traits}):
+        state = batch.profiles.get(profile_id)
+        if state is None:
+            continue
+        for name, (value, updated) in sorted(state.traits.items()):
+            rows.append((profile_id, name, orjson.dumps(value, default=str).decode(), at(updated)))
+    if not rows:
+        return
+    cur.execute(
+        "INSERT INTO profile_traits "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::jsonb[], %s::timestamptz[]) "
+        "ON CONFLICT (profile_id, name) DO UPDATE SET "
+        "value = excluded.value, updated_at = excluded.updated_at "
+        "WHERE excluded.updated_at >= profile_traits.updated_at",
+        [list(column) for column in zip(*rows, strict=True)],
+    )
+
+
+def write_rejections(
+    cur: psycopg.Cursor[Any],
+    batch: ResolvedBatch,
+    rejections: Sequence[Rejection],
+    now: datetime,
+) -> None:
+    """Quarantined messages (once per bad row), and unusable identifiers (first reason)."""
+    if rejections:
+        rows = sorted({_quarantine_id(r): r for r in rejections}.items())
+        cur.execute(
+            "INSERT INTO quarantine SELECT q, %s, s, o, r, d, m, p FROM unnest("
+            "%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[]"
+            ") AS u(q, s, o, r, d, m, p) ON CONFLICT DO NOTHING",
+            (
+                now,
+                [q for q, _ in rows],
+                [r.source for _, r in rows],
+                [r.origin for _, r in rows],
+                [r.reason for _, r in rows],
+                [r.detail for _, r in rows],
+                [r.message_id for _, r in rows],
+                [r.payload for _, r in rows],
+            ),
+        )
+    if batch.changes.rejections:
+        first = {(r.message_id, r.kind): r for r in reversed(batch.changes.rejections)}
+        kept = list(first.values())[::-1]
+        copy_rows(
+            cur,
+            "identifier_rejections",
+            ("message_id", "kind", "reason"),
+            ((r.message_id, r.kind, r.reason) for r in kept),
+        )
+
+
+def mark_pending(
+    cur: psycopg.Cursor[Any],
+    batch: ResolvedBatch,
+    events: pa.Table,
+    relevant: Callable[[Message], bool] | None,
+    now: datetime,
+) -> None:
+    """Mark the profile of every relevant stored message as pending real-time evaluation."""
+    if relevant is None:
+        profiles = {str(p) for p in pc.unique(events.column("profile_id")).to_pylist()}
+    else:
+        final = events.column("profile_id").to_pylist()
+        profiles = {str(p) for m, p in zip(batch.messages, final, strict=True) if relevant(m)}
+    if not profiles:
+        return
+    cur.execute(
+        "INSERT INTO realtime_pending (profile_id, version, marked_at) "
+        "SELECT p, 1, %s FROM unnest(%s::text[]) AS u(p) ORDER BY p "
+        "ON CONFLICT (profile_id) DO UPDATE SET "
+        "version = realtime_pending.version + 1, marked_at = excluded.marked_at",
+        (now, sorted(profiles)),
+    )
+
+
+def stored_already(cur: psycopg.Cursor[Any], message_ids: list[str]) -> set[str]:
+    """Which of `message_ids` the events table holds."""
+    cur.execute("SELECT message_id FROM events WHERE message_id = ANY(%s)", (message_ids,))
+    return {str(r[0]) for r in cur.fetchall()}
+
+
+def final_targets(batch: ResolvedBatch) -> dict[str, str]:
+    """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
+    parent = {m.source: m.target for m in batch.changes.merges}
+    final: dict[str, str] = {}
+    for source, direct in parent.items():
+        target = direct
+        while target in parent:
+            target = parent[target]
+        final[source] = target
+    return final
+
+
+def _quarantine_id(rejection: Rejection) -> str:
+    """The same bad row from the same place is quarantined once, however often it is re-sent."""
+    key = "\x1f".join((rejection.source or "", rejection.origin, rejection.payload))
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
