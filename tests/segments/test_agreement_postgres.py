@@ -1,0 +1,369 @@
+"""Segments compiled for Postgres agree with the Python evaluator, on a real Postgres schema.
+
+The histories, segments and instants are the ones `test_agreement.py` draws. Each example is
+ingested through a real (DuckDB) engine, which resolves identities and names events, and its
+rows are then copied into a Postgres schema built by the Postgres store's migrations, JSON as
+JSONB. The Postgres SQL must give the evaluator's members, trait values and `next_change`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from cohortsync.engine import Engine
+from cohortsync.errors import InputError
+from cohortsync.segments.ast import (
+    Comparison,
+    ComputedTrait,
+    Condition,
+    EventCondition,
+    SegmentProject,
+    TraitCondition,
+)
+from cohortsync.segments.compile import Compiler, DuckDBCompiler
+from cohortsync.segments.compile_postgres import PostgresCompiler, compiler_for
+from cohortsync.segments.evaluate import compute_trait, evaluate, next_change
+from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.postgres_schema import MIGRATIONS
+from tests.postgres import postgres_schema
+from tests.segments import test_compile, test_members
+from tests.segments.test_agreement import (
+    ANCHOR_US,
+    FAR,
+    H,
+    histories,
+    messages,
+    one_segment,
+    same_value,
+    scenarios,
+    shared_engine,
+)
+
+__all__ = ["shared_engine"]  # the DuckDB engine every example is ingested through
+
+GOLDEN = Path(__file__).parent / "golden" / "postgres"
+# The tables a segment query reads, copied from the DuckDB store with the same columns.
+TABLES = ("events", "profiles", "identities", "profile_aliases", "profile_traits")
+_COLUMNS = (
+    "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+    "ORDER BY ordinal_position"
+)
+_runs = iter(range(10**9))
+
+
+def duckdb_store(engine: Engine) -> DuckDBStore:
+    """The engine's store, a DuckDB one (the examples are ingested there first)."""
+    assert isinstance(engine.store, DuckDBStore)
+    return engine.store
+
+
+class PgSegments:
+    """A Postgres schema holding copies of profiles and events, queried by compiled SQL."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.compiler = PostgresCompiler()
+
+    def copy_from(self, engine: Engine, where: dict[str, str], param: str) -> None:
+        """Copy the rows of each table passing `where[table]` (one `?` bound to `param`)."""
+        q = duckdb_store(engine).query
+        for table in TABLES:
+            names = [r[0] for r in q(_COLUMNS, (table,))]
+            columns = ", ".join(f'CAST("{c}" AS VARCHAR)' for c in names)
+            rows = q(f"SELECT {columns} FROM {table} WHERE {where[table]}", (param,))
+            quoted = ", ".join(f'"{c}"' for c in names)
+            with (
+                self.conn.cursor() as cur,
+                cur.copy(
+                    f"COPY {table} ({quoted}) FROM STDIN"  # type: ignore[arg-type]
+                ) as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+
+    def ids(self, sql: str) -> list[str]:
+        """The first column of every row."""
+        return [row[0] for row in self.conn.execute(sql).fetchall()]  # type: ignore[call-overload]
+
+    def members(self, project: SegmentProject, name: str, at: int) -> set[str]:
+        ids = self.ids(self.compiler.render(self.compiler.compile_segment(name, project, at)))
+        assert len(ids) == len(set(ids)), "duplicate members"
+        return set(ids)
+
+    def trait(self, trait: ComputedTrait, at: int) -> dict[str, Any]:
+        sql = self.compiler.render(self.compiler.compile_trait(trait, at))
+        return dict(self.conn.execute(sql).fetchall())  # type: ignore[call-overload]
+
+    def all_members(self, project: SegmentProject, at: int) -> dict[str, set[str]]:
+        """Every segment's members from the one query `compute` runs."""
+        plan = self.compiler.compile_members(project, list(project.segments), at)
+        cur = self.conn.execute(self.compiler.render(plan.query))  # type: ignore[call-overload]
+        names = [d.name for d in cur.description or ()]
+        rows = cur.fetchall()
+        return {
+            name: {row[0] for row in rows if row[names.index(column)]}
+            for name, column in plan.columns.items()
+        }
+
+
+def _example_rows(prefix: str) -> tuple[dict[str, str], str]:
+    """Per table, the rows of one example: its events and everything of their profiles."""
+    profiles = "(SELECT profile_id FROM events WHERE message_id LIKE ?)"
+    where = {
+        "events": "message_id LIKE ?",
+        "profiles": f"profile_id IN {profiles}",
+        "identities": f"profile_id IN {profiles}",
+        "profile_aliases": f"canonical_id IN {profiles}",
+        "profile_traits": f"profile_id IN {profiles}",
+    }
+    return where, f"{prefix}%"
+
+
+@contextmanager
+def _segments_schema() -> Iterator[PgSegments]:
+    """A fresh Postgres schema with the store's tables (its migrations run)."""
+    with postgres_schema("seg") as url, psycopg.connect(url, autocommit=True) as conn:
+        for _version, _description, sql in MIGRATIONS:
+            conn.execute(sql.encode())
+        yield PgSegments(conn)
+
+
+@pytest.fixture(scope="module")
+def pg() -> Iterator[PgSegments]:
+    """One schema for every example of the module (each example has its own id prefix)."""
+    with _segments_schema() as segments:
+        yield segments
+
+
+@pytest.fixture
+def pg_empty() -> Iterator[PgSegments]:
+    """A schema of this test's own, for tests that read every profile."""
+    with _segments_schema() as segments:
+        yield segments
+
+
+def check_pg(
+    engine: Engine, pg: PgSegments, people: list[dict[str, Any]], project: SegmentProject, at: int
+) -> str:
+    """Ingest one example, copy it to Postgres, assert Postgres SQL == the evaluator."""
+    prefix = f"pg{next(_runs)}-"
+    engine.ingest_messages(messages(people, prefix))
+    hist = histories(engine, prefix)
+    assert len(hist) == len(people)
+    pg.copy_from(engine, *_example_rows(prefix))
+
+    for trait in project.traits.values():
+        sql = pg.trait(trait, at)
+        for pid, h in hist.items():
+            py = compute_trait(trait, h, at)
+            assert same_value(sql[pid], py), (trait, pid, sql[pid], py, h)
+
+    cache: dict[tuple[str, int], set[str]] = {}
+
+    def members(name: str, t: int) -> set[str]:
+        if (name, t) not in cache:
+            cache[name, t] = pg.members(project, name, t) & set(hist)
+        return cache[name, t]
+
+    together = pg.all_members(project, at)
+    for name, segment in project.segments.items():
+        py_members = {pid for pid, h in hist.items() if evaluate(segment.condition, h, at, project)}
+        assert members(name, at) == py_members, (name, segment.condition)
+        assert together[name] & set(hist) == py_members, (name, "one query", segment.condition)
+
+    for top in project.segments.values():
+        for pid, h in hist.items():
+            if any(e.timestamp_us > at for e in h.events):
+                continue
+            base = pid in members(top.name, at)
+            change = next_change(top.condition, h, at, project)
+            if change is None:
+                assert (pid in members(top.name, at + FAR)) == base, (pid, top.condition)
+                continue
+            assert (pid in members(top.name, change - 1)) == base, (pid, change, top.condition)
+            assert (pid in members(top.name, change)) != base, (pid, change, top.condition)
+    return prefix
+
+
+@settings(
+    max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(scenarios())
+def test_postgres_sql_and_evaluator_agree(
+    shared_engine: Engine,
+    pg: PgSegments,
+    scenario: tuple[list[dict[str, Any]], SegmentProject, int],
+) -> None:
+    people, project, at = scenario
+    check_pg(shared_engine, pg, people, project, at)
+
+
+# --- cases the property could miss ----------------------------------------------------------
+
+
+def _users(engine: Engine, prefix: str) -> dict[str, str]:
+    """profile_id -> user_id without the example prefix."""
+    rows = duckdb_store(engine).query(
+        "SELECT profile_id, value FROM identities WHERE kind = 'user_id' AND value LIKE ?",
+        (f"{prefix}%",),
+    )
+    return {pid: user.removeprefix(prefix) for pid, user in rows}
+
+
+def test_strings_compare_by_code_point_whatever_the_locale(
+    shared_engine: Engine, pg: PgSegments
+) -> None:
+    """By code point "Shoes" < "apple" < "shoes" < "ä"; a locale puts "apple" first."""
+    people = [
+        {"user": f"u{i}", "traits": {}, "email": False,
+         "events": [("product_viewed", H, {"category": c})]}
+        for i, c in enumerate(["Shoes", "shoes", "ä", "apple", "Rome"])
+    ]  # fmt: skip
+    cond = EventCondition("product_viewed", where=(Comparison("category", "gt", "Shoes"),))
+    project = one_segment(cond)
+    prefix = check_pg(shared_engine, pg, people, project, ANCHOR_US)
+    users = _users(shared_engine, prefix)
+    found = {users[p] for p in pg.members(project, "s2", ANCHOR_US) if p in users}
+    assert found == {"u1", "u2", "u3"}
+    # The test database sorts by code point already: the SQL must not leave it to the locale.
+    sql = pg.compiler.render(pg.compiler.compile_segment("s2", project, ANCHOR_US))
+    assert 'COLLATE "C"' in sql
+
+
+def test_distinct_count_and_most_frequent_keep_5_and_5_0_apart(
+    shared_engine: Engine, pg: PgSegments
+) -> None:
+    """JSONB equality says 5 = 5.0; the language counts them as two values."""
+    prices = [5, 5.0, 5.0, "5", 1e22, 1e22]
+    people = [
+        {"user": "u0", "traits": {}, "email": False,
+         "events": [("product_viewed", k * H, {"price": v}) for k, v in enumerate(prices, 1)]},
+    ]  # fmt: skip
+    distinct = ComputedTrait("ct0", "product_viewed", "distinct_count", "price")
+    frequent = ComputedTrait("ct1", "product_viewed", "most_frequent", "price")
+    project = one_segment(TraitCondition(Comparison("ct0", "eq", 4)), distinct, frequent)
+    prefix = check_pg(shared_engine, pg, people, project, ANCHOR_US)
+    (pid,) = _users(shared_engine, prefix)
+    assert pg.trait(distinct, ANCHOR_US)[pid] == 4
+    assert pg.trait(frequent, ANCHOR_US)[pid] == 5.0
+
+
+def test_first_and_last_break_timestamp_ties_by_message_id_code_point(
+    shared_engine: Engine, pg: PgSegments
+) -> None:
+    """Two events at one instant: `first` takes the smaller message_id by code point."""
+    people = [
+        {"user": "u0", "traits": {}, "email": False,
+         "events": [("product_viewed", H, {"category": "a"}),
+                    ("product_viewed", H, {"category": "b"})]},
+    ]  # fmt: skip
+    first = ComputedTrait("ct0", "product_viewed", "first", "category")
+    last = ComputedTrait("ct1", "product_viewed", "last", "category")
+    project = one_segment(TraitCondition(Comparison("ct0", "eq", "a")), first, last)
+    prefix = check_pg(shared_engine, pg, people, project, ANCHOR_US)
+    (pid,) = _users(shared_engine, prefix)
+    assert (pg.trait(first, ANCHOR_US)[pid], pg.trait(last, ANCHOR_US)[pid]) == ("a", "b")
+
+
+# --- golden cases ---------------------------------------------------------------------------
+
+GOLDEN_SEGMENTS: dict[str, Condition] = dict(test_compile.GOLDEN_SEGMENTS)  # type: ignore[arg-type]
+GOLDEN_PROJECT = test_compile.project(GOLDEN_SEGMENTS, (test_compile.LTV,))
+
+
+def _golden_history(engine: Engine) -> None:
+    """People in and out of each golden segment (cart abandon, lapsed VIP, email promo)."""
+    track, identify = test_compile.track, test_compile.identify
+    d = timedelta(days=1)
+    h = timedelta(hours=1)
+    engine.ingest_messages(
+        [
+            identify("g1", email="g1@example.com"),
+            track("g1", "Added To Cart", 2 * h),
+            identify("g2", email="g2@example.com"),
+            track("g2", "Added To Cart", 3 * h),
+            track("g2", "Order Completed", 1 * h),
+            identify("g3", email="g3@example.com"),
+            track("g3", "Order Completed", 30 * d, total=600),
+            identify("g4", email="g4@example.com"),
+            track("g4", "Order Completed", 30 * d, total=600),
+            track("g4", "Order Completed", 2 * d, total=10),
+            *(track("g5", "Product Viewed", k * h, category="shoes", price=30) for k in (1, 2, 3)),
+            identify("g5", email="g5@example.com"),
+            track("g6", "Product Viewed", 1 * h, category="hats", price=30),
+        ]
+    )
+
+
+@pytest.mark.parametrize("name", sorted(test_compile.GOLDEN_SEGMENTS))
+def test_golden_postgres_sql(name: str) -> None:
+    """The Postgres SQL of each golden segment, reviewed as a diff."""
+    compiler = PostgresCompiler()
+    sql = compiler.render(compiler.compile_segment(name, GOLDEN_PROJECT, test_compile.AT_US), True)
+    path = GOLDEN / f"{name}.sql"
+    if not path.exists() or os.environ.get("COHORTSYNC_UPDATE_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(sql + "\n", encoding="utf-8")
+    assert sql + "\n" == path.read_text(encoding="utf-8")
+
+
+def test_golden_segments_have_the_same_members_on_postgres(
+    engine: Engine, pg_empty: PgSegments
+) -> None:
+    pg = pg_empty
+    _golden_history(engine)
+    pg.copy_from(engine, {t: "TRUE OR ? IS NULL" for t in TABLES}, "")
+    duck = DuckDBCompiler()
+    at = test_compile.AT_US
+    expected = {"cart_abandon": {"g1"}, "lapsed_vip": {"g3"}, "email_promo": {"g5", "g6"}}
+    for name in test_compile.GOLDEN_SEGMENTS:
+        query = duck.compile_segment(name, GOLDEN_PROJECT, at)
+        on_duckdb = {r[0] for r in duckdb_store(engine).query(duck.render(query), ())}
+        on_postgres = pg.members(GOLDEN_PROJECT, name, at)
+        assert on_postgres == on_duckdb, name
+        assert test_compile.users(engine, list(on_postgres)) == expected[name], name
+
+
+def test_one_query_for_all_segments_agrees_on_postgres(
+    engine: Engine, pg_empty: PgSegments
+) -> None:
+    """The members test's project (sum and most_frequent traits, refs, has) on both engines."""
+    pg = pg_empty
+    test_members.ingest(engine)
+    pg.copy_from(engine, {t: "TRUE OR ? IS NULL" for t in TABLES}, "")
+    at = test_members.AT_US
+    duck = DuckDBCompiler()
+    on_postgres = pg.all_members(test_members.PROJECT, at)
+    for name in test_members.PROJECT.segments:
+        query = duck.compile_segment(name, test_members.PROJECT, at)
+        on_duckdb = {r[0] for r in duckdb_store(engine).query(duck.render(query), ())}
+        assert on_postgres[name] == on_duckdb, name
+        assert pg.members(test_members.PROJECT, name, at) == on_duckdb, name
+    assert on_postgres["vip"], "the project has members to compare"
+
+
+@pytest.mark.parametrize(
+    ("dialect", "compiler"), [("duckdb", DuckDBCompiler), ("postgres", PostgresCompiler)]
+)
+def test_each_store_dialect_gets_its_compiler(dialect: str, compiler: type[Compiler]) -> None:
+    assert type(compiler_for(dialect)) is compiler
+
+
+def test_an_unknown_dialect_is_a_clear_error() -> None:
+    with pytest.raises(InputError, match="no segment compiler for the SQL dialect 'oracle'"):
+        compiler_for("oracle")
