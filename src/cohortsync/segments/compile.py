@@ -42,7 +42,6 @@ from cohortsync.segments.ast import (
     Within,
 )
 from cohortsync.segments.scan import EventScan, Span, sql_type, table_ref
-from cohortsync.segments.summary import SummaryScan, summarisable
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
 COUNT_OPS = {
@@ -133,8 +132,6 @@ class Compiler:
     """Builds sqlglot queries for segments and traits; `dialect` picks SQL and JSON functions."""
 
     dialect = "duckdb"
-    summaries = False
-    """Whether the store keeps per-profile event summaries (`segments/summary.py`) to read."""
 
     # -- dialect hooks -------------------------------------------------------------------
     def json_path(self, parts: list[str]) -> exp.Expr:
@@ -524,34 +521,10 @@ class _Query:
         self.project = project
         self.at = at_us
         self.scan = EventScan(compiler._at, compiler.most_frequent_picker())
-        self.summary = self._summary_scan(compiler, at_us)
         self._joins: list[tuple[exp.Expr, str]] = []
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._identify: dict[str, exp.Expr] = {}
         self._segments: dict[str, exp.Expr] = {}
-
-    @staticmethod
-    def _summary_scan(compiler: Compiler, at_us: int) -> SummaryScan | None:
-        """The reader of the store's summaries, when the compiler's store keeps them."""
-        pick = compiler.most_frequent_picker()
-        if not compiler.summaries or pick is None:
-            return None
-
-        def serialised(doc: exp.Expr, prop: str) -> exp.Expr:
-            return compiler._serialised(doc, compiler.json_path(prop.split(".")))
-
-        return SummaryScan(compiler._at(at_us), pick, serialised)
-
-    def _per_event(self, func: str, event: str, span: Span, where: str | None) -> exp.Expr:
-        """A per-profile count / latest / earliest timestamp of `event` rows in `span`: read
-        from the summaries when they hold it (no filter; counts over the whole history up to
-        the instant), else from a scan of the log."""
-        if self.summary is not None and where is None:
-            whole = span.lo is None
-            if (func == "count" and whole and span.hi == self.at) or (
-                func == "latest" and span.hi == self.at) or (func == "earliest" and whole):
-                return self.summary.event(func, event)
-        return self.scan.aggregate(func, event, span, where)
 
     def _join(self, query: exp.Select, prefix: str) -> str:
         """Left-join `query` (one row per profile_id) to the profiles; its alias."""
@@ -568,9 +541,6 @@ class _Query:
         for scan in self.scan.build() if self.scan else ():
             on = exp.EQ(this=_col("pid", scan.alias), expression=pid.copy())
             query = query.join(scan, on=on, join_type="left", copy=False)
-        for read in self.summary.build() if self.summary else ():
-            on = exp.EQ(this=_col("pid", read.alias), expression=pid.copy())
-            query = query.join(read, on=on, join_type="left", copy=False)
         for sub, alias in self._joins:
             on = exp.EQ(this=_col("profile_id", alias), expression=pid.copy())
             query = query.join(sub, on=on, join_type="left", copy=False)
@@ -645,7 +615,7 @@ class _Query:
                 return _and(
                     self._anchored(window), COUNT_OPS[op](this=counted, expression=_lit(count))
                 )
-            n = self._per_event("count", cond.event, span, where)
+            n = self.scan.aggregate("count", cond.event, span, where)
             zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
             return COUNT_OPS[op](this=zero, expression=_lit(count))
         if at_zero == at_one:  # the count does not matter
@@ -654,22 +624,22 @@ class _Query:
             return exp.true() if at_zero else exp.false()
         found: exp.Expr
         if isinstance(window, Since):
-            latest = self._per_event("latest", cond.event, span, where)
-            anchor = self._per_event("latest", window.event, span, None)
+            latest = self.scan.aggregate("latest", cond.event, span, where)
+            anchor = self.scan.aggregate("latest", window.event, span)
             found = _false_if_null(exp.GT(this=latest, expression=anchor))
             # Without the anchor event the condition is false, whatever the count.
             return found if at_one else _and(self._anchored(window), exp.not_(found, copy=False))
         if isinstance(window, Between):
-            n = self._per_event("count", cond.event, span, where)
+            n = self.scan.aggregate("count", cond.event, span, where)
             found = exp.GTE(
                 this=exp.Coalesce(this=n, expressions=[exp.Literal.number(0)]),
                 expression=exp.Literal.number(1),
             )
         elif isinstance(window, Before):
-            earliest = self._per_event("earliest", cond.event, span, where)
+            earliest = self.scan.aggregate("earliest", cond.event, span, where)
             found = _false_if_null(exp.LTE(this=earliest, expression=self.c._at(span.hi)))
         else:
-            latest = self._per_event("latest", cond.event, span, where)
+            latest = self.scan.aggregate("latest", cond.event, span, where)
             if span.lo is None:
                 found = exp.not_(exp.Is(this=latest, expression=exp.null()), copy=False)
             else:
@@ -678,7 +648,7 @@ class _Query:
 
     def _anchored(self, window: Since) -> exp.Expr:
         """The profile has the `since` anchor event (at or before the instant)."""
-        anchor = self._per_event("latest", window.event, Span(None, self.at), None)
+        anchor = self.scan.aggregate("latest", window.event, Span(None, self.at))
         return exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
 
     def _since_count(self, cond: EventCondition) -> exp.Expr:
@@ -737,12 +707,7 @@ class _Query:
         own_rows = agg in ("first", "last", "distinct_count") or isinstance(trait.window, Since)
         if agg == "most_frequent" and not self.scan.can_pick_most_frequent:
             own_rows = True
-        if self.summary is not None and summarisable(trait):
-            if prop is None:
-                value = self.summary.event("count", event)
-            else:
-                value = self.summary.prop(agg, event, prop)
-        elif own_rows:
+        if own_rows:
             value = _col("v", self._join(self.c._trait_rows(trait, self.at), "x"))
         elif agg == "most_frequent":
             assert prop is not None
@@ -782,7 +747,6 @@ class DuckDBCompiler(Compiler):
     to pick most frequent values inside the shared scan."""
 
     dialect = "duckdb"
-    summaries = True
 
     def most_frequent_picker(self) -> Callable[[exp.Expr, exp.Expr], exp.Expr] | None:
         """`arg_min(value, (-count, tie keys...))` over the non-NULL values."""
