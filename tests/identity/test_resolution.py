@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cohortsync.engine import Engine
 from cohortsync.errors import NotFoundError
+
+
+@pytest.fixture
+def engine(project_on_both: Path) -> Iterator[Engine]:
+    """The project on each store engine: resolution must not depend on where it is stored."""
+    with Engine.open(project_on_both) as opened:
+        yield opened
 
 
 def at(minute: int, hour: int = 10) -> str:
@@ -35,8 +44,9 @@ def identifiers(engine: Engine, lookup: str) -> set[tuple[str, str]]:
 
 
 def event_profile(engine: Engine, message_id: str) -> str:
+    mark = "%s" if engine.store.dialect == "postgres" else "?"
     rows = engine.store.query(  # type: ignore[attr-defined]
-        "SELECT canonical_profile_id FROM profile_events WHERE message_id = ?", [message_id]
+        f"SELECT canonical_profile_id FROM profile_events WHERE message_id = {mark}", [message_id]
     )
     assert len(rows) == 1, f"event {message_id} not stored once: {rows}"
     return str(rows[0][0])

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -35,30 +36,45 @@ _TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 _JSON_COLUMNS = ("properties", "traits", "context", "integrations")
 
 
+@pytest.fixture
+def engine(project_on_both: Path) -> Iterator[Engine]:
+    """The project on each store engine: what a sender is promised holds on both."""
+    with Engine.open(project_on_both) as opened:
+        yield opened
+
+
 # --- helpers -------------------------------------------------------------------------------------
+
+
+def _on_postgres(engine: Engine) -> bool:
+    return engine.store.dialect == "postgres"
 
 
 def stored_event(engine: Engine, message_id: str) -> dict[str, Any]:
     """The stored row of one event; times as microseconds since the epoch, JSON decoded."""
+    postgres = _on_postgres(engine)
+    micros = '(extract(epoch FROM "{}") * 1000000)::bigint' if postgres else 'epoch_us("{}")'
     select = ", ".join(
         [f'"{c}"' for c in _ID_COLUMNS]
-        + [f'epoch_us("{c}")' for c in _TIME_COLUMNS]
+        + [micros.format(c) for c in _TIME_COLUMNS]
         + [f'"{c}"' for c in _JSON_COLUMNS]
     )
+    mark = "%s" if postgres else "?"
     rows = engine.store.query(  # type: ignore[attr-defined]
-        f"SELECT {select} FROM events WHERE message_id = ?", [message_id]
+        f"SELECT {select} FROM events WHERE message_id = {mark}", [message_id]
     )
     assert len(rows) == 1, f"expected exactly one stored event {message_id!r}, found {len(rows)}"
     row = dict(zip((*_ID_COLUMNS, *_TIME_COLUMNS, *_JSON_COLUMNS), rows[0], strict=True))
     for column in _JSON_COLUMNS:
-        if row[column] is not None:
+        if isinstance(row[column], str):  # DuckDB hands JSON back as text, Postgres decoded
             row[column] = json.loads(row[column])
     return row
 
 
 def count_stored(engine: Engine, message_id: str) -> int:
+    mark = "%s" if _on_postgres(engine) else "?"
     rows = engine.store.query(  # type: ignore[attr-defined]
-        "SELECT count(*) FROM events WHERE message_id = ?", [message_id]
+        f"SELECT count(*) FROM events WHERE message_id = {mark}", [message_id]
     )
     return int(rows[0][0])
 

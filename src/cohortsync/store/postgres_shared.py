@@ -33,9 +33,12 @@ class PgConnections:
         self._local = threading.local()
         self._all: list[psycopg.Connection[Any]] = []
         self._guard = threading.Lock()
+        self._closed = False
 
     def connection(self) -> psycopg.Connection[Any]:
-        """This thread's connection (a broken one is replaced)."""
+        """This thread's connection (a broken one is replaced; a closed store opens none)."""
+        if self._closed:
+            raise StoreUnavailableError(f"the store at {self.shown} is closed")
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is not None and not (conn.closed or conn.broken):
             return conn
@@ -71,8 +74,9 @@ class PgConnections:
             return cur.fetchall() if cur.description else []
 
     def close(self) -> None:
-        """Close every thread's connection."""
+        """Close every thread's connection; the store opens no new one after."""
         with self._guard:
+            self._closed = True
             conns, self._all = self._all, []
         for conn in conns:
             conn.close()
