@@ -246,13 +246,13 @@ def test_two_workers_evaluating_the_same_profiles_record_each_change_once(
     profiles = setup.realtime.profiles_received_since(0, setup.processor.index.events)
     totals: list[tuple[int, int]] = []
     errors: list[BaseException] = []
-    start = threading.Barrier(3)
+    start, stored = threading.Barrier(3), threading.Event()
 
     def evaluate() -> None:
         processor = setup.processor_copy()
         try:
             start.wait()
-            for _ in range(8):
+            while not stored.is_set():  # no pass after the last store: marks must tell
                 done = processor.process(profiles, at_us)
                 totals.append((done.entered, done.exited))
         except BaseException as exc:  # reported by the test thread
@@ -262,6 +262,7 @@ def test_two_workers_evaluating_the_same_profiles_record_each_change_once(
         start.wait()
         for _, raw in later:  # stored while the two workers evaluate
             setup.mirror.ingest([raw])
+        stored.set()
 
     threads = [threading.Thread(target=f) for f in (evaluate, evaluate, store_more)]
     for t in threads:
