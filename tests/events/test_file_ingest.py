@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -17,7 +18,16 @@ from cohortsync.engine import Engine
 from cohortsync.errors import InputError
 
 
+@pytest.fixture
+def engine(project_on_both: Path) -> Iterator[Engine]:
+    """The project on each store engine: a file ingests the same into both."""
+    with Engine.open(project_on_both) as opened:
+        yield opened
+
+
 def query(engine: Engine, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    if engine.store.dialect == "postgres":  # its driver's placeholder
+        sql = sql.replace("?", "%s")
     return engine.store.query(sql, params or [])  # type: ignore[attr-defined]
 
 
@@ -30,7 +40,8 @@ def quarantine(engine: Engine) -> list[tuple[str, str]]:
 def properties(engine: Engine, where: str, params: list[Any]) -> dict[str, Any]:
     rows = query(engine, f"SELECT properties FROM events WHERE {where}", params)
     assert len(rows) == 1, rows
-    return dict(json.loads(rows[0][0]))
+    value = rows[0][0]  # DuckDB hands JSON back as text, Postgres decoded
+    return dict(json.loads(value) if isinstance(value, str) else value)
 
 
 def snapshot(engine: Engine) -> dict[str, Any]:

@@ -12,7 +12,6 @@ its primary key, and the second is resolved again.
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,12 @@ import pyarrow.csv as pa_csv
 from psycopg import errors
 
 from cohortsync.store.base import ResolvedBatch, StaleIdentityError
-from cohortsync.store.message_table import EVENT_COLUMNS, MessageTable, messages_table
+from cohortsync.store.message_table import (
+    EVENT_COLUMNS,
+    JSON_COLUMNS,
+    MessageTable,
+    messages_table,
+)
 from cohortsync.store.message_table import remap_profiles as _remap
 from cohortsync.store.postgres_shared import copy_rows, temp_table
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
@@ -36,6 +40,50 @@ _CSV = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
 _EVENT_COPY = "COPY events ({}) FROM STDIN (FORMAT csv)".format(
     ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 )
+
+
+def text(value: str) -> str:
+    """`value` as Postgres can store it: text cannot hold NUL, so each becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
+def json_text(value: Any) -> str:
+    """A JSON document as Postgres can store it (NUL characters in its strings as U+FFFD)."""
+    dumped = orjson.dumps(value, default=str)
+    if b"\\u0000" in dumped:
+        dumped = orjson.dumps(_clean(value), default=str)
+    return dumped.decode()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, dict):
+        return {text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def storable(events: pa.Table) -> pa.Table:
+    """The events with NUL characters as U+FFFD (rare: each column is checked first)."""
+    for index, name in enumerate(events.column_names):
+        column = events.column(index)
+        if not pa.types.is_string(column.type):
+            continue
+        in_json = name in JSON_COLUMNS
+        found = pc.any(pc.match_substring(column, "\\u0000" if in_json else "\x00")).as_py()
+        if not found:
+            continue
+        if in_json:
+            values = column.to_pylist()
+            fixed = pa.array(
+                [None if v is None else json_text(orjson.loads(v)) for v in values], pa.string()
+            )
+        else:
+            fixed = pc.replace_substring(column, "\x00", "\ufffd")
+        events = events.set_column(index, name, fixed)
+    return events
 
 
 def at(us: int) -> datetime:
@@ -68,14 +116,17 @@ def read_identities(
     read = IdentityRead(wanted, list(limited_kinds))
     if not wanted:
         return read
+    stored: dict[Key, list[Key]] = {}  # the key as stored → the keys asked for
+    for kind, value in wanted:
+        stored.setdefault((kind, text(value)), []).append((kind, value))
     cur.execute(
         "SELECT k.kind, k.value, coalesce(a.canonical_id, i.profile_id) "
         "FROM unnest(%s::text[], %s::text[]) AS k(kind, value) "
         "JOIN identities i ON i.kind = k.kind AND i.value = k.value "
         "LEFT JOIN profile_aliases a ON a.profile_id = i.profile_id",
-        ([k for k, _ in wanted], [v for _, v in wanted]),
+        ([k for k, _ in stored], [v for _, v in stored]),
     )
-    read.owners = {(str(k), str(v)): str(p) for k, v, p in cur.fetchall()}
+    read.owners = {key: str(p) for k, v, p in cur.fetchall() for key in stored[(str(k), str(v))]}
     read.limited = _limited(cur, sorted(set(read.owners.values())), read.limited_kinds)
     return read
 
@@ -111,25 +162,26 @@ def lock_and_check(cur: psycopg.Cursor[Any], read: IdentityRead) -> None:
         raise StaleIdentityError
 
 
-def events_csv(events: pa.Table) -> io.BytesIO:
+def events_csv(events: pa.Table) -> pa.Buffer:
     """The events as CSV for COPY, written by Arrow (no Python object per row); made before
     the transaction opens, so it stays short."""
-    buffer = io.BytesIO()
-    pa_csv.write_csv(events, buffer, _CSV)
-    return buffer
+    sink = pa.BufferOutputStream()
+    # One chunk per column: Arrow's CSV writer emits NUL bytes for some empty chunks.
+    pa_csv.write_csv(events.combine_chunks(), sink, _CSV)
+    return sink.getvalue()
 
 
-def copy_events(cur: psycopg.Cursor[Any], csv: io.BytesIO) -> None:
+def copy_events(cur: psycopg.Cursor[Any], csv: pa.Buffer) -> None:
     """Append events with one COPY."""
     with cur.copy(_EVENT_COPY) as copy:
-        copy.write(csv.getbuffer())
+        copy.write(memoryview(csv))
 
 
 def events_table(batch: ResolvedBatch, final: dict[str, str]) -> pa.Table:
     """The batch's events in the layout of the `events` table, merged-away profiles followed."""
     if isinstance(batch.messages, MessageTable):
-        return _remap(batch.messages.table, final)
-    return messages_table(batch.messages, [final.get(p, p) for p in batch.profile_ids])
+        return storable(_remap(batch.messages.table, final))
+    return storable(messages_table(batch.messages, [final.get(p, p) for p in batch.profile_ids]))
 
 
 def unique_violation(exc: errors.UniqueViolation) -> str:
@@ -159,7 +211,14 @@ def write_profiles(
             ("direct_target", "TEXT"),
         ),
         (
-            (m.source, final.get(m.target, m.target), at(m.at_us), m.message_id, m.kind, m.target)
+            (
+                m.source,
+                final.get(m.target, m.target),
+                at(m.at_us),
+                text(m.message_id),
+                m.kind,
+                m.target,
+            )
             for m in merges
         ),
     )
@@ -194,7 +253,7 @@ def write_profiles(
 def write_identities(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str, str]) -> None:
     """Identifiers nobody owned, in key order (two writers wait on each other in one order)."""
     rows = sorted(
-        (kind, value, final.get(owner, owner), at(first))
+        (kind, text(value), final.get(owner, owner), at(first))
         for kind, value, owner, first in batch.changes.new_identities
     )
     if rows:
@@ -209,7 +268,7 @@ def write_traits(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str
         if state is None:
             continue
         for name, (value, updated) in sorted(state.traits.items()):
-            rows.append((profile_id, name, orjson.dumps(value, default=str).decode(), at(updated)))
+            rows.append((profile_id, text(name), json_text(value), at(updated)))
     if not rows:
         return
     cur.execute(
@@ -238,12 +297,12 @@ def write_rejections(
             (
                 now,
                 [q for q, _ in rows],
-                [r.source for _, r in rows],
-                [r.origin for _, r in rows],
+                [_maybe(r.source) for _, r in rows],
+                [text(r.origin) for _, r in rows],
                 [r.reason for _, r in rows],
-                [r.detail for _, r in rows],
-                [r.message_id for _, r in rows],
-                [r.payload for _, r in rows],
+                [text(r.detail) for _, r in rows],
+                [_maybe(r.message_id) for _, r in rows],
+                [text(r.payload) for _, r in rows],
             ),
         )
     if batch.changes.rejections:
@@ -253,7 +312,7 @@ def write_rejections(
             cur,
             "identifier_rejections",
             ("message_id", "kind", "reason"),
-            ((r.message_id, r.kind, r.reason) for r in kept),
+            ((text(r.message_id), r.kind, text(r.reason)) for r in kept),
         )
 
 
@@ -281,10 +340,18 @@ def mark_pending(
     )
 
 
-def stored_already(cur: psycopg.Cursor[Any], message_ids: list[str]) -> set[str]:
-    """Which of `message_ids` the events table holds."""
-    cur.execute("SELECT message_id FROM events WHERE message_id = ANY(%s)", (message_ids,))
-    return {str(r[0]) for r in cur.fetchall()}
+def stored_already(cur: psycopg.Cursor[Any], batch: ResolvedBatch) -> set[str]:
+    """Which of the batch's message ids the events table holds (as given, NUL and all)."""
+    messages = batch.messages
+    if isinstance(messages, MessageTable):
+        given = [str(v) for v in messages.table.column("message_id").to_pylist()]
+    else:
+        given = [m.message_id for m in messages]
+    asked: dict[str, list[str]] = {}
+    for message_id in given:
+        asked.setdefault(text(message_id), []).append(message_id)
+    cur.execute("SELECT message_id FROM events WHERE message_id = ANY(%s)", (list(asked),))
+    return {given for (found,) in cur.fetchall() for given in asked[str(found)]}
 
 
 def final_targets(batch: ResolvedBatch) -> dict[str, str]:
@@ -297,6 +364,10 @@ def final_targets(batch: ResolvedBatch) -> dict[str, str]:
             target = parent[target]
         final[source] = target
     return final
+
+
+def _maybe(value: str | None) -> str | None:
+    return None if value is None else text(value)
 
 
 def _quarantine_id(rejection: Rejection) -> str:

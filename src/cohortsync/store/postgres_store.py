@@ -106,9 +106,8 @@ class PostgresStore(Store):
         except errors.UniqueViolation as exc:
             if ingest.unique_violation(exc) != "events":
                 raise StaleIdentityError from None  # another writer claimed an identifier first
-            ids = [str(v) for v in events.column("message_id").to_pylist()]
             with self._db.transaction() as cur:
-                raise AlreadyStoredError(ingest.stored_already(cur, ids)) from None
+                raise AlreadyStoredError(ingest.stored_already(cur, batch)) from None
         except errors.DeadlockDetected:
             raise StaleIdentityError from None  # two writers met on resent messages
         return int(events.num_rows)
