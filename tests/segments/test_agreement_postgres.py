@@ -8,20 +8,27 @@ JSONB. The Postgres SQL must give the evaluator's members, trait values and `nex
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
+from typer.testing import CliRunner
 
+from cohortsync.cli import app
+from cohortsync.config.scaffold import scaffold_project
+from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
 from cohortsync.errors import InputError
 from cohortsync.segments.ast import (
+    Audience,
     Comparison,
     ComputedTrait,
     Condition,
@@ -337,6 +344,15 @@ def test_golden_segments_have_the_same_members_on_postgres(
         on_postgres = pg.members(GOLDEN_PROJECT, name, at)
         assert on_postgres == on_duckdb, name
         assert test_compile.users(engine, list(on_postgres)) == expected[name], name
+    # An audience: its segment minus the exclusions.
+    audience = Audience("promo", "email_promo", exclude=("lapsed_vip", "cart_abandon"))
+    project = replace(GOLDEN_PROJECT, audiences={"promo": audience})
+    query = duck.compile_audience("promo", project, at)
+    on_duckdb = {r[0] for r in duckdb_store(engine).query(duck.render(query), ())}
+    on_postgres = set(
+        pg.ids(pg.compiler.render(pg.compiler.compile_audience("promo", project, at)))
+    )
+    assert on_postgres == on_duckdb
 
 
 def test_one_query_for_all_segments_agrees_on_postgres(
@@ -367,3 +383,50 @@ def test_each_store_dialect_gets_its_compiler(dialect: str, compiler: type[Compi
 def test_an_unknown_dialect_is_a_clear_error() -> None:
     with pytest.raises(InputError, match="no segment compiler for the SQL dialect 'oracle'"):
         compiler_for("oracle")
+
+
+# --- the engine on a Postgres store ---------------------------------------------------------
+
+DEMO_NOW = datetime(2026, 1, 10, 12, tzinfo=UTC)
+
+
+def _demo_members(directory: Path, store: str) -> tuple[dict[str, int], dict[str, Any]]:
+    """`cohortsync compute` then `members` of every audience, for the demo project on `store`:
+    the sizes compute reported, each audience's members as listed, each segment's members."""
+    scaffold_project(directory)
+    path = directory / "cohortsync.yml"
+    text = path.read_text(encoding="utf-8")
+    text = text.replace("store: .cohortsync/store.duckdb", f"store: {store}")
+    # A half held out, so a small shop has holdout members to compare.
+    path.write_text(text.replace("holdout: {percent: 10}", "holdout: {percent: 50}"), "utf-8")
+    with Engine.open(directory) as engine:
+        engine.ingest_messages(generate_shop(120, seed=7, now=DEMO_NOW), source="demo")
+        audiences = list(engine.segments.audiences)
+    runner = CliRunner()
+    base = ["--project", str(directory)]
+    done = runner.invoke(app, ["compute", *base, "--at", DEMO_NOW.isoformat(), "--json"])
+    assert done.exit_code == 0, done.output
+    sizes = {f"{r['kind']}:{r['name']}": r["size"] for r in json.loads(done.stdout)["rows"]}
+    listed: dict[str, Any] = {}
+    for name in audiences:  # holdout flags included
+        shown = runner.invoke(app, ["members", name, *base, "--format", "json"])
+        assert shown.exit_code == 0, shown.output
+        listed[name] = json.loads(shown.stdout)
+    with Engine.open(directory) as engine:
+        for name in engine.segments.segments:
+            listed[f"segment:{name}"] = [m.profile_id for m in engine.members(name)]
+    return sizes, listed
+
+
+def test_demo_project_computes_the_same_members_on_postgres_as_on_duckdb(
+    tmp_path: Path,
+) -> None:
+    on_duckdb = _demo_members(tmp_path / "duckdb", ".cohortsync/store.duckdb")
+    with postgres_schema("demo") as url:
+        on_postgres = _demo_members(tmp_path / "postgres", url)
+    assert on_postgres[0] == on_duckdb[0]
+    assert on_postgres[1] == on_duckdb[1]
+    assert sum(on_duckdb[0].values()) > 0, "the demo shop fills some audiences"
+    assert any(
+        m["holdout"] for members in on_duckdb[1].values() for m in members if isinstance(m, dict)
+    ), "a holdout is compared too"
