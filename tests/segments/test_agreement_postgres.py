@@ -430,3 +430,22 @@ def test_demo_project_computes_the_same_members_on_postgres_as_on_duckdb(
     assert any(
         m["holdout"] for members in on_duckdb[1].values() for m in members if isinstance(m, dict)
     ), "a holdout is compared too"
+
+
+@pytest.mark.parametrize(
+    "text", ['say "hi"', "back\\slash", "two\nlines", "it's", "😀 emoji", "tab\there", "a/b~c"]
+)
+def test_strings_needing_json_escapes_compare_exactly(
+    shared_engine: Engine, pg: PgSegments, text: str
+) -> None:
+    """Equality, `in`, order and `contains` on strings whose JSON text has escapes."""
+    people = [
+        {"user": "u0", "traits": {}, "email": False,
+         "events": [("product_viewed", H, {"category": text})]},
+        {"user": "u1", "traits": {}, "email": False,
+         "events": [("product_viewed", H, {"category": text + "x"})]},
+    ]  # fmt: skip
+    for op, value in [("eq", text), ("in", [text, 5]), ("ne", text), ("gt", text),
+                      ("contains", text[-3:]), ("lte", text)]:  # fmt: skip
+        cond = EventCondition("product_viewed", where=(Comparison("category", op, value),))
+        check_pg(shared_engine, pg, people, one_segment(cond), ANCHOR_US)
