@@ -29,7 +29,6 @@ from cohortsync.store.postgres_shared import (
     PgConnections,
     PgView,
     advisory_lock,
-    copy_rows,
     temp_table,
 )
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
@@ -55,6 +54,23 @@ def _us(sql: str) -> str:
 
 
 _EVENT_US = _us('"timestamp"')
+# The recorded profiles' timers replaced (a lease ends with its row) and their marks cleared
+# where still the version evaluated, in one statement.
+_TIMERS_AND_MARKS = """
+WITH fresh AS (
+    SELECT * FROM unnest(%(profiles)s::text[], %(segments)s::text[], %(due)s::timestamptz[])
+        AS f(profile_id, segment, due_at)),
+gone AS (
+    DELETE FROM timers t WHERE t.profile_id = ANY(%(everyone)s::text[])
+    AND NOT EXISTS (SELECT 1 FROM fresh f
+                    WHERE f.profile_id = t.profile_id AND f.segment = t.segment)),
+cleared AS (
+    DELETE FROM realtime_pending p
+    USING unnest(%(marked)s::text[], %(versions)s::bigint[]) AS k(profile_id, version)
+    WHERE p.profile_id = k.profile_id AND (k.version IS NULL OR p.version = k.version))
+INSERT INTO timers (profile_id, segment, due_at) SELECT * FROM fresh
+ON CONFLICT (profile_id, segment) DO UPDATE SET due_at = excluded.due_at, leased_until = NULL
+"""
 _MARKS = "SELECT profile_id, version FROM realtime_pending WHERE profile_id = ANY(%s::text[])"
 
 
@@ -288,17 +304,18 @@ def _record(
         (everyone, [k for k, _ in scope], [n for _, n in scope]),
     )
     plan_changes(cur, routes, datetime.now(UTC), profiles=everyone)
-    cur.execute("DELETE FROM timers WHERE profile_id = ANY(%s::text[])", (everyone,))
     timers = [(o.profile_id, s, _at(t)) for o in kept for s, t in o.timers.items()]
-    copy_rows(cur, "timers", ("profile_id", "segment", "due_at"), timers)
-    # Ids merged into a recorded profile had their events folded into its history: their
-    # marks (left from before the merge, which marked the survivor) go with it.
     cur.execute(
-        "DELETE FROM realtime_pending p USING unnest(%s::text[], %s::bigint[]) k(id, version) "
-        "WHERE p.profile_id = k.id AND (k.version IS NULL OR p.version = k.version)",
-        (
-            [o.profile_id for o in kept] + aliases,
-            [o.version for o in kept] + [None] * len(aliases),
-        ),
+        _TIMERS_AND_MARKS,
+        {
+            "everyone": everyone,
+            "profiles": [t[0] for t in timers],
+            "segments": [t[1] for t in timers],
+            "due": [t[2] for t in timers],
+            # Ids merged into a recorded profile had their events folded into its history:
+            # their marks (left from before the merge, which marked the survivor) go too.
+            "marked": [o.profile_id for o in kept] + aliases,
+            "versions": [o.version for o in kept] + [None] * len(aliases),
+        },
     )
     return changes
