@@ -161,15 +161,14 @@ class PostgresStore(Store):
 
     def profile_ids(self, sql: str) -> list[str]:
         with self._db.transaction() as cur:
-            # Compiled SQL, perhaps several statements; the last one's rows are the answer.
-            cur.execute(sql.encode())
+            _last_result(cur, sql)
             rows = cur.fetchall() if cur.description else []
         return [str(r[0]) for r in rows]
 
     def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
         """Every segment's sorted members from one query of per-profile flags."""
         with self._db.transaction() as cur:
-            cur.execute(sql.encode())
+            _last_result(cur, sql)
             names = [d.name for d in cur.description or ()]
             rows = cur.fetchall()
         ids = names.index("profile_id")
@@ -237,6 +236,13 @@ class PostgresStore(Store):
 
     def close(self) -> None:
         self._db.close()
+
+
+def _last_result(cur: psycopg.Cursor[Any], sql: str) -> None:
+    """Run compiled SQL (perhaps several statements) and move to its last statement's rows."""
+    cur.execute(sql.encode())
+    while cur.nextset():
+        pass
 
 
 def _micros(moment: datetime) -> int:
