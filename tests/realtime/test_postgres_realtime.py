@@ -346,6 +346,12 @@ def test_pending_and_first_start_name_canonical_profiles(setup: Setup, clock: Cl
     # Once started, a restart evaluates the pending profiles (received whenever).
     setup.processor.process([u1], to_micros(clock.now))
     assert realtime.profiles_received_since(to_micros(clock.now), events) == [u3]
+    with setup.db.transaction() as cur:  # more left pending than one sweep takes
+        cur.execute(
+            "INSERT INTO realtime_pending SELECT 'x' || i, 1, now() FROM generate_series(1, 6000) i"
+        )
+    assert len(realtime.pending(2**62)) == 5_000
+    assert len(realtime.profiles_received_since(to_micros(clock.now), events)) == 6_001
 
 
 def test_a_merged_away_profile_is_folded_into_its_survivor(setup: Setup, clock: Clock) -> None:

@@ -6,7 +6,9 @@ writer and a receive-time cursor:
 - What is not yet evaluated is kept in `realtime_pending`, marked by the transaction that stores
   a relevant event. A history is read with its profile's mark `version` in one snapshot, and an
   outcome is recorded only if the mark has not moved since (else the profile stays pending and
-  is evaluated again from its newer history).
+  is evaluated again from its newer history). This needs a mark's version never to repeat for
+  a profile, even once the mark was cleared and made again. The first start evaluates every
+  profile with a real-time event; later starts evaluate the pending ones (no cursor).
 - One profile's outcome is recorded under a transaction-scoped advisory lock on its id (and on
   the ids merged into it), so two workers never interleave their diffs of one profile.
 - A due timer is leased for `TIMER_LEASE` when taken, so two workers do not fire it both; if the
@@ -25,21 +27,16 @@ from cohortsync.store.base import MembershipChanges
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_memberships import COMPUTED_COLUMNS, REALTIME_RUN, diff_memberships
 from cohortsync.store.postgres_outbox import plan_changes
-from cohortsync.store.postgres_shared import (
-    PgConnections,
-    PgView,
-    advisory_lock,
-    temp_table,
-)
+from cohortsync.store.postgres_shared import PgConnections, PgView, advisory_lock, temp_table
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
 from cohortsync.store.records import Message
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIMER_LEASE = timedelta(seconds=30)
 """How long a taken timer is hidden from other workers before it may be taken again."""
+LOCK_PREFIX = "realtime:"
+"""Advisory lock key of one profile's recording: `realtime:<profile_id>`."""
 _CURSOR = "cursor"
-
-
 _LAST_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -181,7 +178,7 @@ class PostgresRealtime(PgView, RealtimeStore):
                 (ids,),
             )
             merged = [(str(p), str(c)) for p, c in cur.fetchall()]
-            advisory_lock(cur, *ids, *(p for p, _ in merged))
+            advisory_lock(cur, *(LOCK_PREFIX + p for p in [*ids, *(p for p, _ in merged)]))
             cur.execute(
                 _MARKS,
                 (ids,),
@@ -224,11 +221,14 @@ class PostgresRealtime(PgView, RealtimeStore):
     # -- what is left to evaluate -------------------------------------------------------------
     def pending(self, marked_before_us: int, limit: int = 5_000) -> list[str]:
         """Canonical profiles with a pending mark older than the instant, oldest first."""
+        return self._marked(marked_before_us, limit)
+
+    def _marked(self, before_us: int, limit: int | None) -> list[str]:
         rows = self._db.query(
             "SELECT coalesce(a.canonical_id, p.profile_id) AS id FROM realtime_pending p "
             "LEFT JOIN profile_aliases a ON a.profile_id = p.profile_id "
             "WHERE p.marked_at < %s GROUP BY 1 ORDER BY min(p.marked_at), 1 LIMIT %s",
-            (_at(marked_before_us), limit),
+            (_at(before_us), limit),
         )
         return [str(r[0]) for r in rows]
 
@@ -250,7 +250,7 @@ class PostgresRealtime(PgView, RealtimeStore):
         alias or listed track. Otherwise every pending profile, whenever received: Postgres
         tracks what is unevaluated instead of following a receive-time cursor."""
         if received_at_us > 0:
-            return self.pending(_LAST_US)
+            return self._marked(_LAST_US, None)  # every one: LIMIT NULL is no limit
         rows = self._db.query(
             "SELECT DISTINCT canonical_profile_id FROM profile_events "
             "WHERE type IN ('identify', 'alias') OR event_key = ANY(%s::text[])",
