@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_loads
 
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.outbox import Route
@@ -112,6 +114,7 @@ class PostgresRealtime(PgView, RealtimeStore):
         ids = list(dict.fromkeys(profile_ids))
         with self._db.transaction() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            set_json_loads(orjson.loads, cur)  # several times faster than json.loads
             cur.execute(
                 "SELECT profile_id, canonical_id FROM profile_aliases "
                 "WHERE canonical_id = ANY(%s::text[])",
