@@ -17,8 +17,9 @@ from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
 from cohortsync.errors import InputError
-from cohortsync.segments.compile import Compiler, DuckDBCompiler
-from cohortsync.segments.scan import sql_type
+from cohortsync.segments.ast import ComputedTrait
+from cohortsync.segments.compile import TS, Compiler, DuckDBCompiler
+from cohortsync.segments.scan import col, sql_type
 
 # jsonb_typeof names as the base compiler's type checks spell them (DuckDB's json_type).
 _TYPE_NAMES = {
@@ -147,6 +148,57 @@ class PostgresCompiler(Compiler):
             default=_string(""),
         )
         return [rank, number, _code_point(string), _code_point(serialised)]
+
+    # -- computed traits read on their own ------------------------------------------------------
+    def _trait_rows(self, trait: ComputedTrait, at_us: int) -> exp.Select:
+        """As the base compiler, but `first`, `last` and `most_frequent` keep one row per
+        profile with `DISTINCT ON` (one sort, instead of a window ranking rows to filter)."""
+        agg, prop = trait.aggregation, trait.prop
+        if agg not in ("first", "last", "most_frequent") or prop is None:
+            return super()._trait_rows(trait, at_us)
+        doc = col("properties", "e")
+        path = self.json_path(prop.split("."))
+        events = self._events(trait.event, trait.where, trait.window, at_us)
+        events = events.where(self._present(doc, path), append=True, copy=False)
+        pid = col("canonical_profile_id", "e")
+        if agg == "most_frequent":
+            return self._most_frequent_rows(events, pid, self.json_value(doc, path))
+        desc = agg == "last"
+        keys = [col(TS, "e"), self.text_order(col("message_id", "e"))]
+        return _one_per_profile(
+            events.select(
+                exp.alias_(pid, "profile_id", copy=False),
+                exp.alias_(self.json_value(doc, path), "v", copy=False),
+                append=False,
+                copy=False,
+            ),
+            pid,
+            [exp.Ordered(this=k, desc=desc, nulls_first=False) for k in keys],
+        )
+
+    def _most_frequent_rows(self, events: exp.Select, pid: exp.Expr, value: exp.Expr) -> exp.Select:
+        """Each value's count (by JSON text: 5 and 5.0 differ), the top one per profile."""
+        text = exp.cast(value, sql_type("VARCHAR"), copy=False)
+        grouped = events.select(
+            exp.alias_(pid, "profile_id", copy=False),
+            exp.alias_(text, "vj", copy=False),
+            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+            append=False,
+            copy=False,
+        ).group_by(pid.copy(), text.copy(), copy=False)
+        json = exp.cast(col("vj"), sql_type("JSON"), copy=False)
+        keys = [exp.Ordered(this=col("n"), desc=True, nulls_first=False)]
+        keys += [exp.Ordered(this=k, nulls_first=False) for k in self._tie_keys(json)]
+        picked = exp.select(
+            col("profile_id"), exp.alias_(json.copy(), "v", copy=False), copy=False
+        ).from_(grouped.subquery("g", copy=False), copy=False)
+        return _one_per_profile(picked, col("profile_id"), keys)
+
+
+def _one_per_profile(query: exp.Select, pid: exp.Expr, keys: list[exp.Ordered]) -> exp.Select:
+    """`SELECT DISTINCT ON (pid) … ORDER BY pid, keys`: each profile's first row by `keys`."""
+    first = exp.Ordered(this=pid.copy(), nulls_first=False)
+    return query.distinct(pid.copy(), copy=False).order_by(first, *keys, copy=False)
 
 
 def compiler_for(dialect: str) -> Compiler:
