@@ -13,8 +13,10 @@ by `scaffold_project`, i.e. the very template `cohortsync init` writes):
 
 Then, on the same store and in the same process, every audience of the example project is
 computed as of NOW three ways, each the best of --repeat runs:
-- ours: `DuckDBCompiler().compile_audience` (the audience's segment minus each excluded
-  segment, one query), rendered and run; compile time included;
+- ours: `with_summaries(DuckDBCompiler(), store, ...)` (asks the store which of its per-profile
+  event and property summaries are exact as of NOW, summarising the project's properties the
+  first time), then `compile_audience` (the audience's segment minus each excluded segment,
+  one query), rendered and run; the coverage check and compile time included;
 - hand SQL: one query per audience written by hand against `profile_events` / `profiles`
   (below, `HAND_SQL`), the way an analyst would write it: one scan, FILTER aggregates;
 - pandas: the events (track events only) read into a DataFrame first, with the properties the
@@ -50,7 +52,7 @@ from cohortsync.audiences.compute import AUDIENCE, compute_members
 from cohortsync.config.loader import load_project
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.demo.shop import generate_shop
-from cohortsync.segments.compile import DuckDBCompiler
+from cohortsync.segments.compile import DuckDBCompiler, with_summaries
 from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
 from cohortsync.segments.parser import parse_segments
 from cohortsync.store.duckdb_store import DuckDBStore
@@ -118,6 +120,10 @@ def build_multiplied(base: Path, directory: Path, factor: int) -> None:
     )
     con.execute("CHECKPOINT")
     con.close()
+    store = DuckDBStore(partial)  # events were written in SQL: summarise them again
+    store.migrate()
+    store.rebuild_summaries()
+    store.close()
     partial.rename(_store_file(directory))  # only a finished store is ever reused
     console.print(
         f"  built {directory.name}: base x {factor} in SQL in {time.perf_counter() - started:.0f} s"
@@ -406,7 +412,9 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     directory = ensure_store(events, base_events)
     loaded = load_project(directory)
     project = parse_segments(loaded)
-    # Read-write, so that the DuckDBStore below shares this process's database instance.
+    store = DuckDBStore(_store_file(directory))
+    store.migrate()  # a store cached before event summaries gets them here
+    # The same database instance as the store's (one process may open a file once).
     con = duckdb.connect(str(_store_file(directory)))
     n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     n_profiles = con.execute("SELECT count(*) FROM profiles WHERE merged_into IS NULL").fetchone()[
@@ -425,7 +433,7 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     pandas_side = PandasAudiences(df, live, AT_US)
 
     def compile_only(name: str) -> str:
-        compiler = DuckDBCompiler()
+        compiler = with_summaries(DuckDBCompiler(), store, project, AT_US)
         return compiler.render(compiler.compile_audience(name, project, AT_US))
 
     def ours(name: str) -> list[tuple[Any, ...]]:
@@ -458,7 +466,6 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
     )  # fmt: skip
     console.print(table)
     console.print(f"  pandas DataFrame load (not timed above): {load_s:.1f} s, {len(df):,} rows")
-    store = DuckDBStore(_store_file(directory))
     t_run, computed = best_of(repeat, lambda: compute_members(store, project, AT_US))
     store.close()
     for name, expected in members.items():

@@ -14,7 +14,7 @@ from sqlglot import exp
 from cohortsync.audiences.holdout import holdout_flags
 from cohortsync.errors import InputError
 from cohortsync.segments.ast import Audience, SegmentProject
-from cohortsync.segments.compile import Compiler
+from cohortsync.segments.compile import Compiler, with_summaries
 from cohortsync.segments.compile_postgres import compiler_for
 from cohortsync.store.base import Store
 from cohortsync.store.outbox import Route
@@ -92,7 +92,7 @@ def compute_members(
     Every segment is computed by one query (one scan of the events, each trait once) into a
     temporary table of per-profile flags, then each segment's members are read from it.
     """
-    compiler = compiler or compiler_for(store.dialect)
+    compiler = compiler or with_summaries(compiler_for(store.dialect), store, project, at_us)
     segments = _segment_members(store, project, at_us, compiler) if project.segments else {}
     audiences = {
         name: audience_members(audience, segments) for name, audience in project.audiences.items()

@@ -42,6 +42,12 @@ from cohortsync.segments.ast import (
     Within,
 )
 from cohortsync.segments.scan import EventScan, Span, sql_type, table_ref
+from cohortsync.segments.summary import (
+    SummaryCoverage,
+    SummaryScan,
+    summarisable,
+    summarised_needs,
+)
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
 COUNT_OPS = {
@@ -132,6 +138,9 @@ class Compiler:
     """Builds sqlglot queries for segments and traits; `dialect` picks SQL and JSON functions."""
 
     dialect = "duckdb"
+    summaries: SummaryCoverage | None = None
+    """What the store's per-profile summaries answer exactly (`segments/summary.py`); None:
+    read only the event log."""
 
     # -- dialect hooks -------------------------------------------------------------------
     def json_path(self, parts: list[str]) -> exp.Expr:
@@ -521,10 +530,43 @@ class _Query:
         self.project = project
         self.at = at_us
         self.scan = EventScan(compiler._at, compiler.most_frequent_picker())
+        self.summary = self._summary_scan(compiler, at_us)
         self._joins: list[tuple[exp.Expr, str]] = []
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._identify: dict[str, exp.Expr] = {}
         self._segments: dict[str, exp.Expr] = {}
+
+    @staticmethod
+    def _summary_scan(compiler: Compiler, at_us: int) -> SummaryScan | None:
+        """The reader of the store's summaries, when the compiler was told what they hold."""
+        pick = compiler.most_frequent_picker()
+        if compiler.summaries is None or pick is None:
+            return None
+        return SummaryScan(compiler._at(at_us), pick)
+
+    def _per_event(self, func: str, event: str, span: Span, where: str | None) -> exp.Expr:
+        """A per-profile count / latest / earliest timestamp of `event` rows in `span`: read
+        from the summaries when they hold it exactly (no filter; counts over the whole history
+        up to the instant), else from a scan of the log."""
+        covered = self.c.summaries is not None and self.c.summaries.has_event(event)
+        if self.summary is not None and covered and where is None:
+            whole = span.lo is None
+            if (
+                (func == "count" and whole and span.hi == self.at)
+                or (func == "latest" and span.hi == self.at)
+                or (func == "earliest" and whole)
+            ):
+                return self.summary.event(func, event)
+        return self.scan.aggregate(func, event, span, where)
+
+    def _summarised(self, trait: ComputedTrait) -> bool:
+        """Whether a computed trait is read from the store's summaries."""
+        coverage = self.c.summaries
+        if self.summary is None or coverage is None or not summarisable(trait):
+            return False
+        if trait.prop is None:
+            return coverage.has_event(trait.event)
+        return coverage.has_property(trait.event, trait.prop)
 
     def _join(self, query: exp.Select, prefix: str) -> str:
         """Left-join `query` (one row per profile_id) to the profiles; its alias."""
@@ -541,6 +583,9 @@ class _Query:
         for scan in self.scan.build() if self.scan else ():
             on = exp.EQ(this=_col("pid", scan.alias), expression=pid.copy())
             query = query.join(scan, on=on, join_type="left", copy=False)
+        for read in self.summary.build() if self.summary else ():
+            on = exp.EQ(this=_col("pid", read.alias), expression=pid.copy())
+            query = query.join(read, on=on, join_type="left", copy=False)
         for sub, alias in self._joins:
             on = exp.EQ(this=_col("profile_id", alias), expression=pid.copy())
             query = query.join(sub, on=on, join_type="left", copy=False)
@@ -615,7 +660,7 @@ class _Query:
                 return _and(
                     self._anchored(window), COUNT_OPS[op](this=counted, expression=_lit(count))
                 )
-            n = self.scan.aggregate("count", cond.event, span, where)
+            n = self._per_event("count", cond.event, span, where)
             zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
             return COUNT_OPS[op](this=zero, expression=_lit(count))
         if at_zero == at_one:  # the count does not matter
@@ -624,22 +669,22 @@ class _Query:
             return exp.true() if at_zero else exp.false()
         found: exp.Expr
         if isinstance(window, Since):
-            latest = self.scan.aggregate("latest", cond.event, span, where)
-            anchor = self.scan.aggregate("latest", window.event, span)
+            latest = self._per_event("latest", cond.event, span, where)
+            anchor = self._per_event("latest", window.event, span, None)
             found = _false_if_null(exp.GT(this=latest, expression=anchor))
             # Without the anchor event the condition is false, whatever the count.
             return found if at_one else _and(self._anchored(window), exp.not_(found, copy=False))
         if isinstance(window, Between):
-            n = self.scan.aggregate("count", cond.event, span, where)
+            n = self._per_event("count", cond.event, span, where)
             found = exp.GTE(
                 this=exp.Coalesce(this=n, expressions=[exp.Literal.number(0)]),
                 expression=exp.Literal.number(1),
             )
         elif isinstance(window, Before):
-            earliest = self.scan.aggregate("earliest", cond.event, span, where)
+            earliest = self._per_event("earliest", cond.event, span, where)
             found = _false_if_null(exp.LTE(this=earliest, expression=self.c._at(span.hi)))
         else:
-            latest = self.scan.aggregate("latest", cond.event, span, where)
+            latest = self._per_event("latest", cond.event, span, where)
             if span.lo is None:
                 found = exp.not_(exp.Is(this=latest, expression=exp.null()), copy=False)
             else:
@@ -648,7 +693,7 @@ class _Query:
 
     def _anchored(self, window: Since) -> exp.Expr:
         """The profile has the `since` anchor event (at or before the instant)."""
-        anchor = self.scan.aggregate("latest", window.event, Span(None, self.at))
+        anchor = self._per_event("latest", window.event, Span(None, self.at), None)
         return exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
 
     def _since_count(self, cond: EventCondition) -> exp.Expr:
@@ -707,7 +752,12 @@ class _Query:
         own_rows = agg in ("first", "last", "distinct_count") or isinstance(trait.window, Since)
         if agg == "most_frequent" and not self.scan.can_pick_most_frequent:
             own_rows = True
-        if own_rows:
+        if self.summary is not None and self._summarised(trait):
+            if prop is None:
+                value = self.summary.event("count", event)
+            else:
+                value = self.summary.prop(agg, event, prop)
+        elif own_rows:
             value = _col("v", self._join(self.c._trait_rows(trait, self.at), "x"))
         elif agg == "most_frequent":
             assert prop is not None
@@ -748,6 +798,10 @@ class DuckDBCompiler(Compiler):
 
     dialect = "duckdb"
 
+    def __init__(self, summaries: SummaryCoverage | None = None) -> None:
+        """`summaries`: what the store's summaries answer exactly (None: read the log only)."""
+        self.summaries = summaries
+
     def most_frequent_picker(self) -> Callable[[exp.Expr, exp.Expr], exp.Expr] | None:
         """`arg_min(value, (-count, tie keys...))` over the non-NULL values."""
 
@@ -758,3 +812,19 @@ class DuckDBCompiler(Compiler):
             return exp.Filter(this=best, expression=exp.Where(this=present))
 
         return pick
+
+
+def with_summaries(
+    compiler: Compiler, store: object, project: SegmentProject, at_us: int
+) -> Compiler:
+    """The DuckDB compiler reading a store's per-profile summaries where they are exact as of
+    `at_us`; any other compiler, or a store without summaries, unchanged.
+
+    The store is first asked to summarise the properties the project's whole-history traits
+    read (filled from the event log the first time a project reads one).
+    """
+    coverage = getattr(store, "summary_coverage", None)
+    if type(compiler) is not DuckDBCompiler or compiler.summaries is not None or not coverage:
+        return compiler
+    wanted = summarised_needs(project, lambda parts: compiler.json_path(parts).name)
+    return DuckDBCompiler(summaries=SummaryCoverage.of(*coverage(wanted, at_us)))

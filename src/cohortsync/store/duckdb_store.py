@@ -14,6 +14,7 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from cohortsync.store import duckdb_summaries as summaries
 from cohortsync.store.base import (
     AlreadyStoredError,
     MembershipChanges,
@@ -54,6 +55,9 @@ class DuckDBStore(Store):
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
         self._identities: IdentityCache | None = None
+        self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
+        self._summary_pending = 0  # rows appended since
+        self._summarising: bool | None = None  # whether any property is summarised
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -144,6 +148,7 @@ class DuckDBStore(Store):
                 except duckdb.ConstraintException:
                     raise _SomeAlreadyStoredError from None
                 inserted = events.num_rows
+                self._summarise(con, events)
             self._write_profiles(con, batch, final, now)
             self._write_identities(con, batch, final)
             traits_written = self._write_traits(con, batch, final)
@@ -163,6 +168,62 @@ class DuckDBStore(Store):
                 )
                 con.from_arrow(table).insert_into("identifier_rejections")
         return inserted, traits_written
+
+    def _summarise(self, con: duckdb.DuckDBPyConnection, events: pa.Table) -> None:
+        """Append the batch's event summaries; fold them once enough rows piled up."""
+        if self._summarising is None:
+            self._summarising = bool(summaries.summarised(con))
+        if self._summary_rows is None:
+            rows = con.execute("SELECT count(*) FROM event_summaries").fetchall()
+            self._summary_rows = int(rows[0][0])
+        con.register("_events", events)
+        try:
+            self._summary_pending += summaries.append(con, "_events", self._summarising)
+        finally:
+            con.unregister("_events")
+        if self._summary_pending >= max(summaries.COMPACT_AT_LEAST, self._summary_rows // 4):
+            self._summary_rows = summaries.compact(con)
+            self._summary_pending = 0
+
+    def summarise_properties(self, wanted: Iterable[tuple[str, str, str]]) -> list[tuple[str, str]]:
+        """Summarise these (event key, property, JSON pointer) from now on, filling their
+        summaries from the stored events; the (event key, property) pairs that were new."""
+        with self._transaction() as con:
+            added = summaries.summarise(con, wanted)
+            if added:
+                self._summarising = True
+                self._summary_rows = summaries.compact(con)
+                self._summary_pending = 0
+        return added
+
+    def summary_coverage(
+        self, wanted: Iterable[tuple[str, str, str]], at_us: int
+    ) -> tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]:
+        """What the summaries answer as of `at_us`, after summarising `wanted` (event key,
+        property, JSON pointer) when new: the events and the (event, property) pairs with a
+        summary row on both sides of the instant (to be read from the log), and every
+        summarised (event, property)."""
+        if not summaries.summarised(self._con).issuperset((e, p) for e, p, _ in wanted):
+            self.summarise_properties(wanted)
+        at = pa.scalar(at_us, _TS).as_py()
+        with self._lock:
+            return summaries.coverage(self._con, at)
+
+    def compact_summaries(self) -> int:
+        """Fold the summaries to one row per profile and event (or property value), as ingest
+        does once enough rows piled up; the rows left."""
+        with self._transaction() as con:
+            self._summary_rows = summaries.compact(con)
+            self._summary_pending = 0
+        return self._summary_rows
+
+    def rebuild_summaries(self) -> int:
+        """Recompute every summary from the event log (after events were written other than
+        by ingest, such as a bulk copy in SQL); the rows written."""
+        with self._transaction() as con:
+            self._summary_rows = summaries.rebuild(con)
+            self._summary_pending = 0
+        return self._summary_rows
 
     def _write_profiles(
         self,

@@ -271,6 +271,45 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         ALTER TABLE sync_batches ADD COLUMN holds_destination BOOLEAN DEFAULT TRUE;
         """,
     ),
+    (
+        7,
+        "per-profile event summaries, and summaries of the properties segments read",
+        """
+        -- Per stored profile id (before merges: a merge never rewrites them) and event key,
+        -- how many events and their first and last timestamps. Ingest appends one row per
+        -- (profile, event) of each batch; compaction folds the rows of a pair into one.
+        -- A row whose events all lie at or before an instant answers "as of" it exactly.
+        CREATE TABLE event_summaries (
+            profile_id VARCHAR NOT NULL,
+            event_key VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            first_ts TIMESTAMPTZ NOT NULL,
+            last_ts TIMESTAMPTZ NOT NULL
+        );
+        -- The same per value of a summarised property (its JSON text; absent and null are
+        -- left out), for whole-history traits (sum, avg, min, max, count, most_frequent).
+        CREATE TABLE property_summaries (
+            profile_id VARCHAR NOT NULL,
+            event_key VARCHAR NOT NULL,
+            prop VARCHAR NOT NULL,
+            value VARCHAR NOT NULL,
+            n BIGINT NOT NULL,
+            first_ts TIMESTAMPTZ NOT NULL,
+            last_ts TIMESTAMPTZ NOT NULL
+        );
+        -- The properties summarised (`prop` as segments name it, `path` its JSON pointer).
+        CREATE TABLE summarised_properties (
+            event_key VARCHAR NOT NULL,
+            prop VARCHAR NOT NULL,
+            path VARCHAR NOT NULL,
+            PRIMARY KEY (event_key, prop)
+        );
+        INSERT INTO event_summaries
+            SELECT profile_id, event_key, count(*), min("timestamp"), max("timestamp")
+            FROM events WHERE event_key IS NOT NULL
+            GROUP BY profile_id, event_key ORDER BY event_key, profile_id;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
