@@ -106,8 +106,9 @@ class PostgresStore(Store):
         except errors.UniqueViolation as exc:
             if ingest.unique_violation(exc) != "events":
                 raise StaleIdentityError from None  # another writer claimed an identifier first
-            with self._db.transaction() as cur:
-                raise AlreadyStoredError(ingest.stored_already(cur, batch)) from None
+            with self._db.transaction() as cur:  # the batch was rolled back: name what was there
+                known = ingest.stored_already(cur, batch)
+            raise AlreadyStoredError(known) from None
         except errors.DeadlockDetected:
             raise StaleIdentityError from None  # two writers met on resent messages
         return int(events.num_rows)
