@@ -111,6 +111,16 @@ def temp_table(
     copy_rows(cur, name, [c for c, _ in columns], rows)
 
 
+LOCK_KEY = "hashtextextended(current_schema() || ':' || {}, 0)"
+"""SQL of an advisory lock's key: advisory locks span the whole database, so the store's
+schema is part of the key (two stores in one database never wait for each other)."""
+
+
+def lock_key(placeholder: str = "%s") -> str:
+    """The SQL computing the advisory key of the text bound at `placeholder`."""
+    return LOCK_KEY.format(placeholder)
+
+
 def advisory_lock(cur: psycopg.Cursor[Any], *keys: str) -> None:
     """Hold transaction-scoped advisory locks on `keys` (sorted, so two holders never deadlock).
 
@@ -120,7 +130,7 @@ def advisory_lock(cur: psycopg.Cursor[Any], *keys: str) -> None:
     if not keys:
         return
     cur.execute(
-        "SELECT pg_advisory_xact_lock(h) FROM "
-        "(SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest(%s::text[]) k) l ORDER BY h",
+        f"SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT {lock_key('k')} AS h "
+        "FROM unnest(%s::text[]) k) l ORDER BY h",  # type: ignore[arg-type]
         (list(keys),),
     )
