@@ -34,6 +34,9 @@ from cohortsync.store.outbox import (
 )
 from cohortsync.store.postgres_shared import PgView, advisory_lock
 
+PLAN_MEMORY = "64MB"
+"""work_mem of a whole-project plan (its sorts stay in memory up to about a million changes)."""
+
 PLAN_ALL = "plan:*"
 """The advisory key a whole-project plan holds exclusively and a per-profile plan shares."""
 
@@ -194,6 +197,28 @@ def _lock_plan(cur: psycopg.Cursor[Any], profiles: Sequence[str] | None) -> None
     advisory_lock(cur, *("plan:" + p for p in profiles))
 
 
+@contextmanager
+def _set_based(cur: psycopg.Cursor[Any], wanted: bool) -> Iterator[None]:
+    """A whole-project plan joins every member with every acknowledged row: hash joins in
+    memory, never nested loops (statistics taken before a large plan or delivery would make
+    the planner expect a few rows and loop over hundreds of thousands). Restored after."""
+    if not wanted:
+        yield
+        return
+    cur.execute(
+        "SELECT current_setting('work_mem'), current_setting('enable_nestloop'), "
+        "set_config('work_mem', %s, true), set_config('enable_nestloop', 'off', true)",
+        (PLAN_MEMORY,),
+    )
+    row = cur.fetchone()
+    yield
+    if row is not None:
+        cur.execute(
+            "SELECT set_config('work_mem', %s, true), set_config('enable_nestloop', %s, true)",
+            (row[0], row[1]),
+        )
+
+
 def plan_changes(
     cur: psycopg.Cursor[Any],
     routes: Sequence[Route],
@@ -215,9 +240,12 @@ def plan_changes(
     if profiles is not None:
         params["profiles"] = list(profiles)
     cur.execute(_plan_sql(_LOCK_WAITING, profiles), params)
-    cur.execute(_plan_sql(_PLAN, profiles), params)
-    row = cur.fetchone()
+    with _set_based(cur, profiles is None):
+        cur.execute(_plan_sql(_PLAN, profiles), params)
+        row = cur.fetchone()
     adds, removes = (int(row[0]), int(row[1])) if row else (0, 0)
+    if adds + removes >= ANALYZE_AFTER:
+        cur.execute("ANALYZE outbox")
     return PlanCounts(adds=adds, removes=removes)
 
 
@@ -280,12 +308,22 @@ _CONVERSION_ROWS = (
 )
 
 # Changes a new batch may take: waiting, of the destination, of no key with a change in flight
-# (a remove never overtakes its add). Rows a plan is rewriting are locked, and skipped.
-_CLAIMABLE = f"""FROM outbox o
+# (a remove never overtakes its add). The keys in flight are few (the batches being delivered)
+# and passed as an array: a hashed lookup per row, whatever the table statistics say just after
+# a large plan. Rows a plan is rewriting are locked, and skipped.
+_CLAIMABLE = """FROM outbox o
     WHERE o.destination = %(destination)s AND o.batch_id IS NULL
       AND (%(audience)s::text IS NULL OR o.audience = %(audience)s)
-      AND NOT EXISTS (SELECT 1 FROM outbox f
-                      WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})"""
+      AND NOT (o.audience || chr(31) || o.profile_id = ANY(%(flight)s::text[]))"""
+
+_FLIGHT = (
+    "SELECT audience || chr(31) || profile_id FROM outbox "
+    "WHERE batch_id IS NOT NULL AND destination = %s"
+)
+
+ANALYZE_AFTER = 5_000
+"""A plan queuing this many changes refreshes the outbox's statistics before it commits, so
+the next plan (maybe seconds later) is not planned for an empty table."""
 
 _NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$"
 """A value property that reads as a number (anything else is no value, as TRY_CAST gives)."""
@@ -449,6 +487,14 @@ class PostgresOutbox(PgView, OutboxStore):
         row = cur.fetchone()
         return bool(row and row[0])
 
+    def _claimable(
+        self, cur: psycopg.Cursor[Any], destination: str, audience: str | None
+    ) -> dict[str, Any]:
+        """The parameters of `_CLAIMABLE`: the destination, audience and keys in flight."""
+        cur.execute(_FLIGHT, (destination,))
+        flight = [str(row[0]) for row in cur.fetchall()]
+        return {"destination": destination, "audience": audience, "flight": flight}
+
     def _claim_changes(
         self,
         cur: psycopg.Cursor[Any],
@@ -458,7 +504,7 @@ class PostgresOutbox(PgView, OutboxStore):
         audience: str | None,
     ) -> ClaimedBatch | None:
         """The oldest claimable change picks audience and operation; take its kin, oldest first."""
-        params: dict[str, Any] = {"destination": destination, "audience": audience}
+        params = self._claimable(cur, destination, audience)
         cur.execute(
             f"SELECT o.audience, o.op {_CLAIMABLE} ORDER BY o.change_id LIMIT 1 "
             "FOR UPDATE OF o SKIP LOCKED",
@@ -589,7 +635,7 @@ class PostgresOutbox(PgView, OutboxStore):
             return [(None, None, ids[i : i + max_records]) for i in range(0, len(ids), max_records)]
         cur.execute(
             f"SELECT o.audience, o.op, o.change_id {_CLAIMABLE} ORDER BY o.change_id",
-            {"destination": destination, "audience": audience},
+            self._claimable(cur, destination, audience),
         )
         groups: dict[tuple[str, str], list[int]] = {}
         for aud, op, change_id in cur.fetchall():
@@ -742,6 +788,7 @@ class PostgresOutbox(PgView, OutboxStore):
             "DELETE FROM destination_state WHERE destination = %s AND audience = %s "
             "AND profile_id = ANY(%s::text[])",
             (batch.destination, batch.audience, [r.profile_id for r in done]),
+            prepare=False,  # a generic plan would test each row against the array in turn
         )
         cur.execute(
             "INSERT INTO destination_state (destination, audience, profile_id, status, "
