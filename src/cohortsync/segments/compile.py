@@ -41,7 +41,7 @@ from cohortsync.segments.ast import (
     Window,
     Within,
 )
-from cohortsync.segments.scan import EventScan, Span, sql_type, table_ref
+from cohortsync.segments.scan import MERGE_RECENT, EventScan, Span, sql_type, table_ref
 from cohortsync.segments.summary import (
     SummaryCoverage,
     SummaryScan,
@@ -531,6 +531,7 @@ class _Query:
         self.at = at_us
         self.scan = EventScan(compiler._at, compiler.most_frequent_picker())
         self.summary = self._summary_scan(compiler, at_us)
+        self._either: list[tuple[exp.Column, str, Span]] = []  # see `_per_event`
         self._joins: list[tuple[exp.Expr, str]] = []
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._identify: dict[str, exp.Expr] = {}
@@ -551,13 +552,35 @@ class _Query:
         covered = self.c.summaries is not None and self.c.summaries.has_event(event)
         if self.summary is not None and covered and where is None:
             whole = span.lo is None
-            if (
-                (func == "count" and whole and span.hi == self.at)
-                or (func == "latest" and span.hi == self.at)
-                or (func == "earliest" and whole)
+            if func == "latest" and span.hi == self.at and not whole:
+                # A recent window: decided once every scan is known (`_settle`).
+                placeholder = _col(f"l{len(self._either)}")
+                self._either.append((placeholder, event, span))
+                return placeholder
+            if (func == "latest" and span.hi == self.at) or (
+                whole and (func == "earliest" or span.hi == self.at)
             ):
                 return self.summary.event(func, event)
         return self.scan.aggregate(func, event, span, where)
+
+    def _settle(self) -> None:
+        """Read each recent "latest" need from a scan of the log when one reads its event
+        already, or would cover its window within a week (a few more rows in that scan cost
+        less than reading the summaries); else from the summaries."""
+        assert self.summary is not None or not self._either
+        for placeholder, event, span in self._either:
+            spans = self.scan.spans()
+            near = any(
+                s.lo is not None and s.union(span).hi - (s.union(span).lo or 0) <= MERGE_RECENT
+                for s in spans.values()
+            )
+            if event in spans or near:
+                column = self.scan.aggregate("latest", event, span)
+            else:
+                assert self.summary is not None
+                column = self.summary.event("latest", event)
+            placeholder.set("this", exp.to_identifier(column.name, quoted=True))
+        self._either = []
 
     def _summarised(self, trait: ComputedTrait) -> bool:
         """Whether a computed trait is read from the store's summaries."""
@@ -576,6 +599,7 @@ class _Query:
 
     def select(self, columns: list[exp.Expr], where: exp.Expr | None) -> exp.Select:
         """`SELECT columns FROM profiles p [LEFT JOIN ...] WHERE live [AND where]`."""
+        self._settle()
         query = exp.select(*columns, copy=False).from_(
             exp.alias_(table_ref("profiles"), "p", table=True, copy=False), copy=False
         )

@@ -98,6 +98,10 @@ class EventScan:
         """Whether anything was registered (else no scan is needed)."""
         return bool(self._aggregates) or self._keyed is not None
 
+    def spans(self) -> dict[str, Span]:
+        """The span read of each event registered so far."""
+        return dict(self._spans)
+
     def _use(self, event: str, span: Span) -> None:
         old = self._spans.get(event)
         self._spans[event] = span if old is None else old.union(span)

@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from cohortsync.store import duckdb_summaries as summaries
 from cohortsync.store.base import (
@@ -58,6 +59,10 @@ class DuckDBStore(Store):
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
         self._summary_pending = 0  # rows appended since
         self._summarising: bool | None = None  # whether any property is summarised
+        # What the summaries hold, known without a query: the summarised (event, property)
+        # pairs and the latest timestamp summarised (µs); None: read them when next needed.
+        self._summarised: set[tuple[str, str]] | None = None
+        self._summarised_until: int | None = None
 
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -181,6 +186,9 @@ class DuckDBStore(Store):
             self._summary_pending += summaries.append(con, "_events", self._summarising)
         finally:
             con.unregister("_events")
+        if self._summarised_until is not None:
+            latest = pc.max(events.column("timestamp")).cast(pa.int64()).as_py()
+            self._summarised_until = max(self._summarised_until, latest or 0)
         if self._summary_pending >= max(summaries.COMPACT_AT_LEAST, self._summary_rows // 4):
             self._summary_rows = summaries.compact(con)
             self._summary_pending = 0
@@ -190,6 +198,7 @@ class DuckDBStore(Store):
         summaries from the stored events; the (event key, property) pairs that were new."""
         with self._transaction() as con:
             added = summaries.summarise(con, wanted)
+            self._summarised = None
             if added:
                 self._summarising = True
                 self._summary_rows = summaries.compact(con)
@@ -203,7 +212,16 @@ class DuckDBStore(Store):
         property, JSON pointer) when new: the events and the (event, property) pairs with a
         summary row on both sides of the instant (to be read from the log), and every
         summarised (event, property)."""
-        if not summaries.summarised(self._con).issuperset((e, p) for e, p, _ in wanted):
+        wanted = list(wanted)
+        with self._lock:
+            if self._summarised is None:
+                self._summarised = summaries.summarised(self._con)
+            if self._summarised_until is None:
+                self._summarised_until = summaries.latest(self._con)
+            known = self._summarised.issuperset((e, p) for e, p, _ in wanted)
+            if known and at_us >= self._summarised_until:  # nothing after the instant
+                return set(), set(), set(self._summarised)
+        if not known:
             self.summarise_properties(wanted)
         at = pa.scalar(at_us, _TS).as_py()
         with self._lock:
@@ -223,6 +241,7 @@ class DuckDBStore(Store):
         with self._transaction() as con:
             self._summary_rows = summaries.rebuild(con)
             self._summary_pending = 0
+            self._summarised_until = None
         return self._summary_rows
 
     def _write_profiles(

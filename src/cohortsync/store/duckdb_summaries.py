@@ -106,6 +106,15 @@ def coverage(
     return events, props, summarised(con)
 
 
+def latest(con: duckdb.DuckDBPyConnection) -> int:
+    """The latest timestamp any summary row covers, in µs (0 when there is none)."""
+    rows = con.execute(
+        "SELECT epoch_us(greatest((SELECT max(last_ts) FROM event_summaries), "
+        "(SELECT max(last_ts) FROM property_summaries)))"
+    ).fetchall()
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
+
+
 def compact(con: duckdb.DuckDBPyConnection) -> int:
     """Fold the summaries to one row per group, sorted by event; the rows left."""
     rows = 0
