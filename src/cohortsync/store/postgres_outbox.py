@@ -32,7 +32,7 @@ from cohortsync.store.outbox import (
     RouteStatus,
     SyncRunRecord,
 )
-from cohortsync.store.postgres_shared import PgView, advisory_lock
+from cohortsync.store.postgres_shared import PgView, advisory_lock, lock_key
 
 PLAN_MEMORY = "64MB"
 """work_mem of a whole-project plan (its sorts stay in memory up to about a million changes)."""
@@ -193,7 +193,7 @@ def _lock_plan(cur: psycopg.Cursor[Any], profiles: Sequence[str] | None) -> None
     if profiles is None:
         advisory_lock(cur, PLAN_ALL)
         return
-    cur.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (PLAN_ALL,))
+    cur.execute(f"SELECT pg_advisory_xact_lock_shared({lock_key()})", (PLAN_ALL,))
     advisory_lock(cur, *("plan:" + p for p in profiles))
 
 
@@ -266,7 +266,7 @@ def _held_key(batch_id: str) -> str:
 
 
 _HOLD = """
-WITH k AS (SELECT hashtextextended(%(key)s, 0) AS h)
+WITH k AS (SELECT {key} AS h)
 SELECT CASE
     WHEN EXISTS (SELECT 1 FROM pg_locks l, k
                  WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
@@ -274,7 +274,9 @@ SELECT CASE
                    AND l.objid::bigint = k.h & 4294967295) THEN true
     ELSE pg_try_advisory_lock(k.h) END
 FROM k
-"""
+""".format(key=lock_key("%(key)s"))
+
+_UNLOCK = f"SELECT pg_advisory_unlock({lock_key()})"
 
 _NEW_BATCH = (
     "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, created_at, "
@@ -443,7 +445,7 @@ class PostgresOutbox(PgView, OutboxStore):
 
     def _release(self, batch_id: str) -> None:
         """Let other workers take the batch again (after its new state is committed)."""
-        self._db.query("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_held_key(batch_id),))
+        self._db.query(_UNLOCK, (_held_key(batch_id),))
 
     def _due(
         self,
@@ -472,9 +474,7 @@ class PostgresOutbox(PgView, OutboxStore):
             )
             if cur.fetchone() is not None:
                 return self._load(cur, str(batch_id))
-            cur.execute(
-                "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_held_key(batch_id),)
-            )
+            cur.execute(_UNLOCK, (_held_key(batch_id),))
         return None
 
     def _resting(self, cur: psycopg.Cursor[Any], destination: str, now: datetime) -> bool:
