@@ -114,3 +114,13 @@ def shop(sync_dir: Path, remotes: dict[str, Remote]) -> Iterator[Engine]:
     with Engine.open(sync_dir) as engine:
         engine.ingest_messages([person(n, T0 - H) for n in range(20)])
         yield engine
+
+
+@pytest.fixture
+def shop_on_both(project_on_both: Path, remotes: dict[str, Remote]) -> Iterator[Engine]:
+    """`shop`, once on a DuckDB store and once on a Postgres one."""
+    settings = project_on_both / "cohortsync.yml"
+    settings.write_text(settings.read_text(encoding="utf-8") + SYNC_YAML, encoding="utf-8")
+    with Engine.open(project_on_both) as engine:
+        engine.ingest_messages([person(n, T0 - H) for n in range(20)])
+        yield engine

@@ -18,6 +18,12 @@ from tests.sync.scripted import Remote
 AUDIENCE = "cio_cart_1h"
 
 
+@pytest.fixture
+def shop(shop_on_both: Engine) -> Engine:
+    """Every test here holds on a DuckDB store and on a Postgres one."""
+    return shop_on_both
+
+
 def desired(engine: Engine, include_holdout: bool) -> dict[str, bool]:
     return {
         m.profile_id: bool(m.holdout)
@@ -42,8 +48,8 @@ def test_compute_queues_changes_in_the_same_transaction(shop: Engine) -> None:
     carts(shop, range(10), T0)
     shop.compute(T0)
     rows = shop.store.query(  # type: ignore[attr-defined]
-        "SELECT destination, count(*), count(*) FILTER (holdout) FROM outbox GROUP BY ALL "
-        "ORDER BY 1"
+        "SELECT destination, count(*), count(*) FILTER (WHERE holdout) FROM outbox "
+        "GROUP BY destination ORDER BY 1"
     )
     members = shop.members(AUDIENCE)
     held_out = sum(1 for m in members if m.holdout)
