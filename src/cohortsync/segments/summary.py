@@ -126,8 +126,13 @@ class SummaryScan:
         props = [n for n in self._needs.values() if n.prop is not None]
         if events:
             out.append(self._events(events).subquery(f"g{len(out)}", copy=False))
-        if props:
-            out.append(self._props(props).subquery(f"g{len(out)}", copy=False))
+        # Numbers are summed straight from the rows; a most frequent value needs each value's
+        # whole count first (a merged profile's counts come from several stored profiles).
+        picked = [n for n in props if n.func == "most_frequent"]
+        numeric = [n for n in props if n.func != "most_frequent"]
+        for part in (numeric, picked):
+            if part:
+                out.append(self._props(part).subquery(f"g{len(out)}", copy=False))
         return out
 
     def _before(self, column: str, table: str | None = None) -> exp.Expr:
@@ -178,11 +183,8 @@ class SummaryScan:
         )
 
     def _props(self, needs: list[_Need]) -> exp.Select:
-        """Per profile: aggregates of the needed properties, from each value's count.
-
-        Rows are first summed per (profile, value), as a merged profile's values come from
-        several stored profiles and `most_frequent` ranks whole counts.
-        """
+        """Per profile: aggregates of the needed properties, from each value's count (summed
+        per profile and value first when a most frequent value is picked)."""
         pairs = sorted({(n.event, n.prop) for n in needs if n.prop is not None})
         rows = self._canonical(
             "property_summaries",
