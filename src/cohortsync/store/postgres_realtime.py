@@ -288,24 +288,23 @@ def _record(
     evaluated = {o.profile_id for o in kept}
     aliases = [p for p, c in merged if c in evaluated]
     everyone = sorted(evaluated | set(aliases))
-    temp_table(
-        cur,
-        "_computed",
-        COMPUTED_COLUMNS,
-        (
-            (kind, name, o.profile_id, holdout)
-            for o in kept
-            for (kind, name), holdout in o.members.items()
-        ),
-    )
-    changes = diff_memberships(
-        cur,
-        at,
-        REALTIME_RUN,
-        "profile_id = ANY(%s::text[]) "
-        "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-        (everyone, [k for k, _ in scope], [n for _, n in scope]),
-    )
+    wanted = {
+        (kind, name, o.profile_id): holdout
+        for o in kept
+        for (kind, name), holdout in o.members.items()
+    }
+    if _unchanged(cur, wanted, everyone, scope):
+        changes = MembershipChanges(REALTIME_RUN, {}, {})
+    else:
+        temp_table(cur, "_computed", COMPUTED_COLUMNS, ((*k, h) for k, h in wanted.items()))
+        changes = diff_memberships(
+            cur,
+            at,
+            REALTIME_RUN,
+            "profile_id = ANY(%s::text[]) "
+            "AND (kind, name) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            (everyone, [k for k, _ in scope], [n for _, n in scope]),
+        )
     plan_changes(cur, routes, datetime.now(UTC), profiles=everyone)
     timers = [(o.profile_id, s, _at(t)) for o in kept for s, t in o.timers.items()]
     cur.execute(
@@ -322,3 +321,21 @@ def _record(
         },
     )
     return changes
+
+
+def _unchanged(
+    cur: psycopg.Cursor[Any],
+    wanted: dict[tuple[str, str, str], bool],
+    everyone: Sequence[str],
+    scope: Sequence[tuple[str, str]],
+) -> bool:
+    """Whether the current memberships of `everyone` are already `wanted` (most evaluations
+    change nothing; the diff and its temp table are then skipped)."""
+    cur.execute(
+        "SELECT kind, name, profile_id, holdout FROM memberships "
+        "WHERE exited_at IS NULL AND profile_id = ANY(%s::text[])",
+        (list(everyone),),
+    )
+    names = set(scope)
+    held = {(str(k), str(n), str(p)): bool(h) for k, n, p, h in cur.fetchall()}
+    return wanted == {key: h for key, h in held.items() if key[:2] in names or key in wanted}
