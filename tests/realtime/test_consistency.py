@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +20,17 @@ from cohortsync.audiences.compute import compute_members
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import to_micros
 from cohortsync.realtime.runner import RealtimeLoop
-from tests.realtime.conftest import T0, Clock, message
+from tests.realtime.conftest import REALTIME_YAML, T0, Clock, message
 
 PEOPLE = 14
+
+
+@pytest.fixture
+def realtime_dir(project_on_both: Path) -> Path:
+    """The real-time project, once on DuckDB and once on Postgres."""
+    path = project_on_both / "cohortsync.yml"
+    path.write_text(path.read_text(encoding="utf-8") + REALTIME_YAML, encoding="utf-8")
+    return project_on_both
 
 
 def stream(seed: int) -> list[tuple[datetime, dict[str, Any]]]:

@@ -5,12 +5,22 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from cohortsync.engine import Engine
 from cohortsync.realtime.cadence import CadenceScheduler
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.realtime.runner import RealtimeLoop, micros
-from tests.realtime.conftest import Clock, message
+from tests.realtime.conftest import REALTIME_YAML, Clock, message
+
+
+@pytest.fixture
+def realtime_dir(project_on_both: Path) -> Path:
+    """The real-time project, once on DuckDB and once on Postgres."""
+    path = project_on_both / "cohortsync.yml"
+    path.write_text(path.read_text(encoding="utf-8") + REALTIME_YAML, encoding="utf-8")
+    return project_on_both
 
 
 def loop_for(engine: Engine, clock: Clock) -> RealtimeLoop:
