@@ -380,3 +380,38 @@ def test_a_merged_away_profile_is_folded_into_its_survivor(setup: Setup, clock: 
     assert set(current(setup.db, "segment", "cart_6h")) == {survivor}  # the merged id left
     assert set(current(setup.db, "segment", "vip")) == {survivor}
     assert realtime.pending(2**62) == []
+
+
+@pytest.fixture
+def engine_on_postgres(realtime_dir: Path) -> Iterator[Engine]:
+    """The real-time project with its events stored by the Postgres store itself."""
+    with postgres_schema() as url:
+        path = realtime_dir / "cohortsync.yml"
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace(".cohortsync/store.duckdb", url), encoding="utf-8")
+        with Engine.open(realtime_dir) as engine:
+            yield engine
+
+
+def test_a_mark_cleared_and_made_again_is_never_mistaken_for_the_one_read(
+    engine_on_postgres: Engine, clock: Clock
+) -> None:
+    """A worker that read a profile before another recorded it, then records late, must not
+    clear the mark of an event stored in between (the mark's version never repeats)."""
+    engine = engine_on_postgres
+    index = build_index(engine.segments)
+    processor = ProfileProcessor(engine.store, engine.segments, index, [])
+    realtime, at_us = engine.store.realtime, to_micros(clock.now)
+    engine.ingest_messages([message("track", "u1", clock.now, event="Added To Cart")])
+    [profile] = realtime.pending(2**62)
+    [slow_read] = realtime.histories([profile], index.events)  # a slow worker reads
+    processor.process([profile], at_us)  # another records it: the mark is cleared
+    engine.ingest_messages(
+        [message("track", "u1", clock.now, event="Order Completed", properties={"revenue": 5})]
+    )
+    late = processor.outcome(slow_read, at_us)
+    realtime.record_profiles([late], index.scope, at_us, [])
+    assert realtime.pending(2**62) == [profile]  # the purchase is still to be evaluated
+    processor.process(realtime.pending(2**62), at_us)
+    assert engine.store.membership("audience", "rt_cart_abandon_6h") == []
+    assert engine.store.membership("audience", "rt_purchase_suppress") == [(profile, False)]
