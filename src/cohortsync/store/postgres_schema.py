@@ -267,6 +267,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        "partial indexes for claims, plans and dead letters",
+        """
+        CREATE INDEX outbox_in_flight ON outbox (destination, audience, profile_id)
+            WHERE batch_id IS NOT NULL;
+        CREATE INDEX outbox_waiting ON outbox (destination, change_id) WHERE batch_id IS NULL;
+        CREATE INDEX dead_letters_open ON dead_letters (destination, audience, profile_id)
+            WHERE retried_at IS NULL;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -42,7 +42,9 @@ class PgConnections:
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
         if conn is not None and not (conn.closed or conn.broken):
             return conn
-        options: dict[str, Any] = {"application_name": "cohortsync"}
+        # No server-side prepared statements: their generic plans compare `= ANY(array)` row by
+        # row, and a statement's best plan depends on the batch in hand.
+        options: dict[str, Any] = {"application_name": "cohortsync", "prepare_threshold": None}
         if "connect_timeout" not in self.url:
             options["connect_timeout"] = CONNECT_TIMEOUT
         try:
