@@ -332,10 +332,11 @@ def mark_pending(
     if not profiles:
         return
     cur.execute(
+        # Versions come from a sequence, so a mark cleared and made again never repeats one
+        # that an earlier read saw; marked_at stays the oldest unevaluated moment.
         "INSERT INTO realtime_pending (profile_id, version, marked_at) "
-        "SELECT p, 1, %s FROM unnest(%s::text[]) AS u(p) ORDER BY p "
-        "ON CONFLICT (profile_id) DO UPDATE SET "
-        "version = realtime_pending.version + 1, marked_at = excluded.marked_at",
+        "SELECT p, nextval('realtime_versions'), %s FROM unnest(%s::text[]) AS u(p) ORDER BY p "
+        "ON CONFLICT (profile_id) DO UPDATE SET version = excluded.version",
         (now, sorted(profiles)),
     )
 

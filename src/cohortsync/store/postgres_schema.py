@@ -269,13 +269,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
     ),
     (
         2,
-        "partial indexes for claims, plans and dead letters",
+        "partial indexes for claims, plans and dead letters; versions of pending marks",
         """
         CREATE INDEX outbox_in_flight ON outbox (destination, audience, profile_id)
             WHERE batch_id IS NOT NULL;
         CREATE INDEX outbox_waiting ON outbox (destination, change_id) WHERE batch_id IS NULL;
         CREATE INDEX dead_letters_open ON dead_letters (destination, audience, profile_id)
             WHERE retried_at IS NULL;
+        -- Versions of pending marks: never reused, so a cleared and re-made mark is new.
+        CREATE SEQUENCE realtime_versions;
         """,
     ),
 )

@@ -31,7 +31,7 @@ class PgConnections:
         self.url = url
         self.shown = redact(url)
         self._local = threading.local()
-        self._all: list[psycopg.Connection[Any]] = []
+        self._all: list[tuple[threading.Thread, psycopg.Connection[Any]]] = []
         self._guard = threading.Lock()
         self._closed = False
 
@@ -55,8 +55,12 @@ class PgConnections:
                 f"cannot open the store at {self.shown}: {first.replace(self.url, self.shown)}"
             ) from None
         self._local.conn = conn
-        with self._guard:
-            self._all.append(conn)
+        with self._guard:  # a finished thread's connection is closed, not left open
+            ended = [c for t, c in self._all if not t.is_alive()]
+            self._all = [(t, c) for t, c in self._all if t.is_alive()]
+            self._all.append((threading.current_thread(), conn))
+        for old in ended:
+            old.close()
         return conn
 
     @contextmanager
@@ -80,7 +84,7 @@ class PgConnections:
         with self._guard:
             self._closed = True
             conns, self._all = self._all, []
-        for conn in conns:
+        for _, conn in conns:
             conn.close()
 
 
