@@ -58,7 +58,6 @@ class DuckDBStore(Store):
         self._identities: IdentityCache | None = None
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
         self._summary_pending = 0  # rows appended since
-        self._summarising: bool | None = None  # whether any property is summarised
         # What the summaries hold, known without a query: the summarised (event, property)
         # pairs and the latest timestamp summarised (µs); None: read them when next needed.
         self._summarised: set[tuple[str, str]] | None = None
@@ -176,16 +175,13 @@ class DuckDBStore(Store):
 
     def _summarise(self, con: duckdb.DuckDBPyConnection, events: pa.Table) -> None:
         """Append the batch's event summaries; fold them once enough rows piled up."""
-        if self._summarising is None:
-            self._summarising = bool(summaries.summarised(con))
+        if self._summarised is None:
+            self._summarised = summaries.summarised(con)
         if self._summary_rows is None:
             rows = con.execute("SELECT count(*) FROM event_summaries").fetchall()
             self._summary_rows = int(rows[0][0])
-        con.register("_events", events)
-        try:
-            self._summary_pending += summaries.append(con, "_events", self._summarising)
-        finally:
-            con.unregister("_events")
+        kinds = {event for event, _ in self._summarised}
+        self._summary_pending += summaries.append_batch(con, events, kinds)
         if self._summarised_until is not None:
             latest = pc.max(events.column("timestamp")).cast(pa.int64()).as_py()
             self._summarised_until = max(self._summarised_until, latest or 0)
@@ -200,7 +196,6 @@ class DuckDBStore(Store):
             added = summaries.summarise(con, wanted)
             self._summarised = None
             if added:
-                self._summarising = True
                 self._summary_rows = summaries.compact(con)
                 self._summary_pending = 0
         return added

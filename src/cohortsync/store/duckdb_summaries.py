@@ -16,6 +16,7 @@ from datetime import datetime
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 SUMMARY_TABLES = ("event_summaries", "property_summaries")
 COMPACT_AT_LEAST = 65_536  # appended rows before a compaction is worth its rewrite
@@ -58,6 +59,33 @@ def append(con: duckdb.DuckDBPyConnection, source: str, properties: bool) -> int
     if properties:
         sql = _PROPERTY_ROWS.format(source=source, props="summarised_properties")
         added += _count(con.execute(sql).fetchall())
+    return added
+
+
+def append_batch(
+    con: duckdb.DuckDBPyConnection, events: pa.Table, summarised_events: set[str]
+) -> int:
+    """Summarise a batch of events held as Arrow (events layout); how many rows were appended.
+
+    Event rows are grouped in Arrow and appended as they are (a statement per batch costs
+    more than the grouping on the small batches of HTTP ingest); property rows are extracted
+    by DuckDB, only when the batch holds an event whose properties are summarised.
+    """
+    keyed = events.filter(pc.is_valid(events.column("event_key")))
+    grouped = keyed.group_by(["profile_id", "event_key"], use_threads=False).aggregate(
+        [("timestamp", "count"), ("timestamp", "min"), ("timestamp", "max")]
+    )
+    names = ["profile_id", "event_key", "timestamp_count", "timestamp_min", "timestamp_max"]
+    con.from_arrow(grouped.select(names)).insert_into("event_summaries")
+    added = int(grouped.num_rows)
+    kinds = pc.unique(keyed.column("event_key")).to_pylist()
+    if summarised_events.intersection(kinds):
+        con.register("_events", keyed)
+        try:
+            sql = _PROPERTY_ROWS.format(source="_events", props="summarised_properties")
+            added += _count(con.execute(sql).fetchall())
+        finally:
+            con.unregister("_events")
     return added
 
 
