@@ -2,10 +2,11 @@
 
 Run:  .venv/bin/python bench/segments.py [--events N ...] [--repeat R] [--quick]
 
-For each size, a store is built once and cached under bench/out/segments-<N>/ (a project made
-by `scaffold_project`, i.e. the very template `cohortsync init` writes):
+For each size, a store is built once and cached under bench/out/segments-<N>-by-time/ (a
+project made by `scaffold_project`, i.e. the very template `cohortsync init` writes):
 - up to --base events (default 1M): `generate_shop` at a fixed NOW, ingested through
-  `Engine.ingest_messages` (about 25k events/s, so 1M takes ~40 s);
+  `Engine.ingest_messages` in timestamp order, as a live store receives them (the generator
+  yields profile after profile); about 25k events/s, so 1M takes ~40 s;
 - above that: the base store's file is copied and its events multiplied in SQL, copy k of every
   row getting `~k` appended to message_id, profile_id, user_id and anonymous_id (and the same
   suffix on profiles, aliases, identities and identify traits), so each copy is a distinct set
@@ -39,6 +40,7 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +82,8 @@ def build_base(directory: Path, events: int) -> None:
     scaffold_project(directory, force=True)
     started = time.perf_counter()
     with Engine.open(directory) as engine:
-        result = engine.ingest_messages(generate_shop(profiles, seed=7, now=NOW), source="demo")
+        shop = sorted(generate_shop(profiles, seed=7, now=NOW), key=itemgetter("timestamp"))
+        result = engine.ingest_messages(shop, source="demo")
     console.print(
         f"  built {directory.name}: {profiles:,} profiles, {result.received:,} messages "
         f"ingested in {time.perf_counter() - started:.0f} s"
@@ -101,7 +104,7 @@ def build_multiplied(base: Path, directory: Path, factor: int) -> None:
         f"INSERT INTO events SELECT e.* REPLACE (message_id {s} AS message_id, "
         f"profile_id {s} AS profile_id, user_id {s} AS user_id, "
         f"anonymous_id {s} AS anonymous_id, previous_id {s} AS previous_id) "
-        f"FROM events e, {copies}"
+        f"FROM events e, {copies} ORDER BY e.timestamp"
     )
     con.execute(
         f"INSERT INTO profiles SELECT profile_id {s}, created_at, merged_into {s} "
@@ -133,7 +136,7 @@ def build_multiplied(base: Path, directory: Path, factor: int) -> None:
 
 def ensure_store(events: int, base_events: int) -> Path:
     """The cached project directory holding ~`events` events."""
-    directory = OUT / f"segments-{events}"
+    directory = OUT / f"segments-{events}-by-time"
     if _store_file(directory).exists():
         return directory
     if events <= base_events:

@@ -1,10 +1,11 @@
 """Consumer groups over a partitioned log: leases in one shared document, fair shares, hand-over.
 
 Every member of a group records, in one document updated by compare-and-set, that it is alive
-and which partitions it leases. Each maintenance round (a third of the visibility timeout) a
-member renews its leases, takes free partitions up to its fair share, and gives up partitions
-beyond it once nothing of them is in flight (until then it stops reading them). A lease not
-renewed within the visibility timeout is free again, so a dead member's partitions move on.
+and which partitions it leases. Each maintenance round (a third of the visibility timeout, at
+most 2 s) a member renews its leases, takes free partitions up to its fair share, and gives up
+partitions beyond it once nothing of them is in flight (until then it stops reading them). A
+lease not renewed within the visibility timeout is free again, so a dead member's partitions
+move on.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ log = logging.getLogger("cohortsync.bus")
 State = dict[str, Any]
 """{"members": {name: [expires_at, [partition, ...]]}, "leases": {"p": [name, expires_at]}}"""
 T = TypeVar("T")
+ROUND_AT_MOST = 2.0
+"""Seconds between maintenance rounds at most: a partition given up by one member is taken by
+another within about this long (not a third of the visibility timeout), so a new or returning
+member gets its share without a pause of the partitions in between."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ class LeasedConsumer(ABC):
         self._assignment = self._update(
             lambda state: rebalance(state, name, eligible, idle, time.time(), ttl)
         )
-        self._next_round = time.monotonic() + self.visibility / 3
+        self._next_round = time.monotonic() + min(self.visibility / 3, ROUND_AT_MOST)
         gained = self._assignment.held - before
         lost = before - self._assignment.held
         if lost:
