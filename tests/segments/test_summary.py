@@ -49,6 +49,7 @@ TRAITS = (
 )
 SEGMENTS = {
     "recent": EventCondition("order_completed", window=Within(dur("7d"))),
+    "recent_month": EventCondition("order_completed", window=Within(dur("30d"))),
     "subscriber": EventCondition(
         "subscription_cancelled", window=Since("subscription_started"), count_op="eq", count=0
     ),
@@ -161,8 +162,11 @@ def test_compiled_sql_reads_summaries_only_where_they_are_exact() -> None:
     compiler = DuckDBCompiler(summaries=everything)
     ltv = compiler.render(compiler.compile_segment("big", PROJECT, NOW_US))
     assert "property_summaries" in ltv and "profile_events" not in ltv
+    month = compiler.render(compiler.compile_segment("recent_month", PROJECT, NOW_US))
+    assert "event_summaries" in month and "profile_events" not in month
+    # A window of a week or less reads the log: in arrival order, its rows are the last ones.
     recent = compiler.render(compiler.compile_segment("recent", PROJECT, NOW_US))
-    assert "event_summaries" in recent and "profile_events" not in recent
+    assert "profile_events" in recent and "event_summaries" not in recent
     lapsed = compiler.render(compiler.compile_segment("lapsed", PROJECT, NOW_US))
     assert "profile_events" in lapsed  # a count over a window reads the log
     # Discount is not summarised; orders straddle the instant: both read from the log.

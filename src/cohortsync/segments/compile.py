@@ -564,9 +564,11 @@ class _Query:
         return self.scan.aggregate(func, event, span, where)
 
     def _settle(self) -> None:
-        """Read each recent "latest" need from a scan of the log when one reads its event
-        already, or would cover its window within a week (a few more rows in that scan cost
-        less than reading the summaries); else from the summaries."""
+        """Read each recent "latest" need from a scan of the log when its window is a week or
+        less (a log in arrival order keeps those rows in its last row groups, which the scan's
+        time bounds skip to), when a scan reads its event already, or when one would cover its
+        window within a week (a few more rows in that scan cost less than reading the
+        summaries); else from the summaries."""
         assert self.summary is not None or not self._either
         for placeholder, event, span in self._either:
             spans = self.scan.spans()
@@ -574,7 +576,8 @@ class _Query:
                 s.lo is not None and s.union(span).hi - (s.union(span).lo or 0) <= MERGE_RECENT
                 for s in spans.values()
             )
-            if event in spans or near:
+            short = span.lo is not None and span.hi - span.lo <= MERGE_RECENT
+            if event in spans or near or short:
                 column = self.scan.aggregate("latest", event, span)
             else:
                 assert self.summary is not None
