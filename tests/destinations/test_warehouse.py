@@ -34,27 +34,11 @@ from cohortsync.destinations.base import (
     TransientError,
 )
 from cohortsync.destinations.warehouse import WarehouseConfig, WarehouseDestination
+from tests.postgres import PG_HOST, PG_REASON, PG_URL
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 NOW = datetime(2025, 3, 2, 9, 30, tzinfo=UTC)
 TABLES = ("audience_members", "audience_changes", "conversions", "applied_batches")
-PG_HOST = "127.0.0.1:5432"
-
-
-def _find_postgres() -> tuple[str | None, str]:
-    """A URL to the local test database, or None and why it cannot be reached."""
-    reason = ""
-    for user in ("postgres", "root"):
-        url = f"postgresql://{user}@{PG_HOST}/test"
-        try:
-            with psycopg.connect(url, connect_timeout=3):
-                return url, ""
-        except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[0]
-    return None, reason
-
-
-PG_URL, PG_REASON = _find_postgres()
 
 
 def free_port() -> int:

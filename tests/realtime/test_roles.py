@@ -104,6 +104,32 @@ def spawn(project: Path, *args: str) -> subprocess.Popen[bytes]:
     )
 
 
+def send(port: int, seed: int, stop: threading.Event, acknowledged: list[str]) -> None:
+    """Send random events one by one until `stop`; note the message id of every 200."""
+    rng = random.Random(seed)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(WRITE_KEY, "")) as client:
+        while not stop.is_set():
+            raw = random_event(rng)
+            try:
+                response = client.post(f"/v1/{raw['type']}", json=raw, timeout=5)
+            except httpx.TransportError:  # the ingest process is not up yet
+                time.sleep(0.05)
+                continue
+            if response.status_code == 200:
+                acknowledged.append(raw["messageId"])
+
+
+def wait_for_health(port: int, seconds: float = 30) -> None:
+    """Until the server on `port` answers /health (or the time is up)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+
+
 @pytest.fixture(params=sorted(BUSES))
 def bus_url(request: pytest.FixtureRequest) -> Iterator[str]:
     url = BUSES[request.param]
@@ -123,29 +149,9 @@ def test_kill_9_of_the_worker_loses_no_acknowledged_event(project_dir: Path, bus
     worker = spawn(project_dir, "--role", "worker", "--bus", bus_url, "--bus-stream", stream)
     acknowledged: list[str] = []
     stop = threading.Event()
-
-    def send() -> None:
-        rng = random.Random(3)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(WRITE_KEY, "")) as client:
-            while not stop.is_set():
-                raw = random_event(rng)
-                try:
-                    response = client.post(f"/v1/{raw['type']}", json=raw, timeout=5)
-                except httpx.TransportError:
-                    time.sleep(0.05)
-                    continue
-                if response.status_code == 200:
-                    acknowledged.append(raw["messageId"])
-
-    sender = threading.Thread(target=send, daemon=True)
+    sender = threading.Thread(target=send, args=(port, 3, stop, acknowledged), daemon=True)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.05)
+        wait_for_health(port)
         sender.start()
         for _ in range(2):
             time.sleep(random.uniform(1.0, 2.0))

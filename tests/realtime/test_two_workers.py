@@ -17,19 +17,24 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 
 from cohortsync.engine import Engine
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.roles import GROUP
-from tests.conftest import PROJECT_YAML, WRITE_KEY, free_port
+from tests.conftest import PROJECT_YAML, free_port
 from tests.fakes.webhook import WebhookFake
 from tests.postgres import postgres_schema
 from tests.realtime.conftest import REALTIME_YAML
-from tests.realtime.test_crash_realtime import random_event
-from tests.realtime.test_roles import BUSES, check_membership, reachable, spawn
+from tests.realtime.test_roles import (
+    BUSES,
+    check_membership,
+    reachable,
+    send,
+    spawn,
+    wait_for_health,
+)
 
 DELIVERED = ("rt_purchase_suppress", "rt_cart_abandon_6h")
 
@@ -90,30 +95,9 @@ def test_two_workers_share_a_postgres_store_and_a_kill_9_loses_nothing(
         workers = [spawn(tmp_path, *roles, "worker") for _ in range(2)]
         acknowledged: list[str] = []
         stop = threading.Event()
-
-        def send() -> None:
-            rng = random.Random(11)
-            base = f"http://127.0.0.1:{port}"
-            with httpx.Client(base_url=base, auth=(WRITE_KEY, "")) as client:
-                while not stop.is_set():
-                    raw = random_event(rng)
-                    try:
-                        response = client.post(f"/v1/{raw['type']}", json=raw, timeout=5)
-                    except httpx.TransportError:
-                        time.sleep(0.05)
-                        continue
-                    if response.status_code == 200:
-                        acknowledged.append(raw["messageId"])
-
-        sender = threading.Thread(target=send, daemon=True)
+        sender = threading.Thread(target=send, args=(port, 11, stop, acknowledged), daemon=True)
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.05)
+            wait_for_health(port)
             sender.start()
             for victim in (0, 1):
                 time.sleep(random.uniform(1.5, 3.0))

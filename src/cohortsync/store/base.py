@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -24,6 +26,47 @@ class ResolvedBatch:
     profile_ids: Sequence[str]
     changes: IdentityChanges
     profiles: dict[str, ProfileState]
+
+
+def final_targets(batch: ResolvedBatch) -> dict[str, str]:
+    """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
+    parent = {m.source: m.target for m in batch.changes.merges}
+    final: dict[str, str] = {}
+    for source, direct in parent.items():
+        target = direct
+        while target in parent:
+            target = parent[target]
+        final[source] = target
+    return final
+
+
+def count_stats(query: Callable[[str], list[tuple[Any, ...]]]) -> dict[str, dict[str, int]]:
+    """What `Store.stats` reports, from the store's tables through `query` (plain SQL that
+    every engine runs)."""
+
+    def grouped(sql: str, label: str) -> dict[str, int]:
+        counts = {str(k): int(n) for k, n in query(sql)}
+        return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
+
+    profiles = query("SELECT count(*) FROM profiles WHERE merged_into IS NULL")[0][0]
+    merged = query("SELECT count(*) FROM profiles WHERE merged_into IS NOT NULL")[0][0]
+    rejected = grouped(
+        "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind", "by_kind"
+    )
+    identifiers = grouped(
+        "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
+    )
+    identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
+    return {
+        "events": grouped(
+            "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
+        ),
+        "profiles": {"total": int(profiles), "merged_away": int(merged)},
+        "identifiers": identifiers,
+        "quarantined": grouped(
+            "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason", "by_reason"
+        ),
+    }
 
 
 @dataclass(frozen=True)
@@ -46,6 +89,22 @@ class MembershipChanges:
     run_id: int
     entered: dict[tuple[str, str], int]
     exited: dict[tuple[str, str], int]
+
+
+def compute_run_row(
+    changes: MembershipChanges, at: datetime, started: float, kinds: Sequence[str]
+) -> tuple[Any, ...]:
+    """The `compute_runs` row of one recorded compute (`started`: a `time.perf_counter()`)."""
+    return (
+        changes.run_id,
+        datetime.now(UTC),
+        at,
+        (time.perf_counter() - started) * 1000,
+        sum(1 for k in kinds if k == "segment"),
+        sum(1 for k in kinds if k == "audience"),
+        sum(changes.entered.values()),
+        sum(changes.exited.values()),
+    )
 
 
 class AlreadyStoredError(Exception):

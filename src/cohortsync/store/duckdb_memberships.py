@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
 
-from cohortsync.store.base import MembershipChanges
+from cohortsync.store.base import MembershipChanges, compute_run_row
 from cohortsync.store.duckdb_outbox import plan_changes
 from cohortsync.store.duckdb_shared import Registered, Transaction
 from cohortsync.store.outbox import Route
@@ -42,16 +41,7 @@ def record_compute(
         plan_changes(tx, routes, datetime.now(UTC))
         tx.execute(
             "INSERT INTO compute_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                changes.run_id,
-                datetime.now(UTC),
-                at,
-                (time.perf_counter() - started) * 1000,
-                sum(1 for k in kinds if k == "segment"),
-                sum(1 for k in kinds if k == "audience"),
-                sum(changes.entered.values()),
-                sum(changes.exited.values()),
-            ],
+            compute_run_row(changes, at, started, kinds),
         )
     return changes
 

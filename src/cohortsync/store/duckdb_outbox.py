@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
 
 import duckdb
 import orjson
@@ -15,6 +13,7 @@ from cohortsync.store.duckdb_shared import ConnectionView, Registered, first_row
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    KEY,
     ClaimedBatch,
     ConversionRoute,
     OutboxRecord,
@@ -24,17 +23,10 @@ from cohortsync.store.outbox import (
     Route,
     RouteStatus,
     SyncRunRecord,
+    key_match,
+    record_table,
+    stable_batch_id,
 )
-
-KEY = "destination, audience, profile_id"
-_KEY_MATCH = (
-    "{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
-    "AND {a}.profile_id = {b}.profile_id"
-)
-
-
-def _match(a: str, b: str) -> str:
-    return _KEY_MATCH.format(a=a, b=b)
 
 
 def next_ids(con: duckdb.DuckDBPyConnection, name: str, count: int) -> int:
@@ -102,7 +94,7 @@ def plan_changes(
                    CASE WHEN f.change_id IS NOT NULL THEN f.op = 'add' ELSE true END AS present,
                    coalesce(f.holdout, s.holdout) AS holdout,
                    f.change_id IS NULL AND s.status = 'rejected' AS rejected
-            FROM flight f FULL JOIN acked s ON {_match("f", "s")};
+            FROM flight f FULL JOIN acked s ON {key_match("f", "s")};
             CREATE OR REPLACE TEMP TABLE _needed AS
             SELECT * FROM (
                 SELECT d.destination, d.audience, d.profile_id, 'add' AS op, d.holdout,
@@ -119,7 +111,7 @@ def plan_changes(
             WHERE NOT EXISTS (
                 SELECT 1 FROM dead_letters x
                 WHERE x.kind = 'changes' AND x.retried_at IS NULL AND x.op = n.op
-                  AND {_match("x", "n")});
+                  AND {key_match("x", "n")});
             """,
             [now],
         )
@@ -128,8 +120,8 @@ def plan_changes(
             WHERE s.status = 'rejected'
               AND EXISTS (SELECT 1 FROM _routes r
                           WHERE r.destination = s.destination AND r.audience = s.audience)
-              AND NOT EXISTS (SELECT 1 FROM _desired d WHERE {_match("d", "s")})
-              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {_match("o", "s")}){scoped("s")}"""
+              AND NOT EXISTS (SELECT 1 FROM _desired d WHERE {key_match("d", "s")})
+              AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {key_match("o", "s")}){scoped("s")}"""
         )
         con.execute(
             f"""DELETE FROM outbox o
@@ -137,7 +129,7 @@ def plan_changes(
               AND EXISTS (SELECT 1 FROM _routes r
                           WHERE r.destination = o.destination AND r.audience = o.audience)
               AND NOT EXISTS (SELECT 1 FROM _needed n
-                              WHERE {_match("n", "o")} AND n.op = o.op
+                              WHERE {key_match("n", "o")} AND n.op = o.op
                                 AND n.holdout = o.holdout){scoped("o")}"""
         )
         con.execute(
@@ -162,7 +154,7 @@ def plan_changes(
                         ELSE i.identifiers END
             FROM _new n
             LEFT JOIN _new_ids i ON i.profile_id = n.profile_id
-            LEFT JOIN destination_state s ON {_match("s", "n")}""",
+            LEFT JOIN destination_state s ON {key_match("s", "n")}""",
             [start, now],
         )
         for table in ("_desired", "_base", "_needed", "_new", "_new_ids"):
@@ -175,17 +167,6 @@ _NEW_BATCH = (
     "attempts, first_attempt_at, next_attempt_at, last_error) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, NULL)"
 )
-
-
-def _tables(kind: str) -> tuple[str, str]:
-    """The outbox table of a record kind and its id column."""
-    return ("outbox", "change_id") if kind == CHANGES else ("conversion_outbox", "conversion_id")
-
-
-def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
-    """A stable, unique id for a set of records: sent as the idempotency key on every try."""
-    digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
-    return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
 
 
 # Identifiers are fixed when a change is planned, in one set-based pass over the identity graph:
@@ -324,7 +305,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 WHERE o.destination = ? AND o.batch_id IS NULL
                   AND (?::VARCHAR IS NULL OR o.audience = ?)
                   AND NOT EXISTS (SELECT 1 FROM outbox f
-                                  WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})),
+                                  WHERE f.batch_id IS NOT NULL AND {key_match("f", "o")})),
             head AS (SELECT audience, op FROM claimable ORDER BY change_id LIMIT 1)
             SELECT c.* FROM claimable c SEMI JOIN head USING (audience, op)
             ORDER BY c.change_id LIMIT ?""",
@@ -345,7 +326,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             for change_id, _, op_, profile_id, holdout, at, identifiers in rows
         )
         ids = [r.record_id for r in records]
-        batch_id = _batch_id(CHANGES, destination, ids)
+        batch_id = stable_batch_id(CHANGES, destination, ids)
         with Registered(con, _ids=pa.table({"record_id": pa.array(ids, pa.int64())})):
             con.execute(
                 "UPDATE outbox SET batch_id = ? WHERE change_id IN (SELECT record_id FROM _ids)",
@@ -365,7 +346,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             batches: list[ClaimedBatch] = []
             for audience_, op, ids in formed:
                 records = self._records_with_identifiers(self._con, kind, ids, op, destination)
-                batch_id = "dry-" + _batch_id(kind, destination, ids)
+                batch_id = "dry-" + stable_batch_id(kind, destination, ids)
                 batches.append(
                     ClaimedBatch(batch_id, destination, audience_, kind, op, 0, None, records)
                 )
@@ -394,7 +375,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             WHERE o.destination = ? AND o.batch_id IS NULL
               AND (?::VARCHAR IS NULL OR o.audience = ?)
               AND NOT EXISTS (SELECT 1 FROM outbox f
-                              WHERE f.batch_id IS NOT NULL AND {_match("f", "o")})"""
+                              WHERE f.batch_id IS NOT NULL AND {key_match("f", "o")})"""
         params = [destination, audience, audience]
         if limit == 1:  # a claim: the oldest change decides the audience and operation
             head = first_row(
@@ -433,7 +414,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     ) -> tuple[OutboxRecord, ...]:
         """Records of `ids` with their identifiers (fixed when planned; looked up if missing)."""
         claim = pa.table({"record_id": pa.array(list(ids), pa.int64())})
-        table, id_col = _tables(kind)
+        table, id_col = record_table(kind)
         with Registered(con, _ids=claim):
             if kind == CHANGES:
                 rows = con.execute(
@@ -485,8 +466,8 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         now: datetime,
     ) -> ClaimedBatch:
         records = self._records_with_identifiers(con, kind, ids, op, destination)
-        batch_id = _batch_id(kind, destination, ids)
-        table, id_col = _tables(kind)
+        batch_id = stable_batch_id(kind, destination, ids)
+        table, id_col = record_table(kind)
         fixed = pa.table(
             {
                 "record_id": pa.array([r.record_id for r in records], pa.int64()),
@@ -517,7 +498,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         )
         assert row is not None
         destination, audience, kind, op, attempts, first = row
-        table, id_col = _tables(kind)
+        table, id_col = record_table(kind)
         ids = [
             int(r[0])
             for r in con.execute(
@@ -566,7 +547,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     ) -> None:
         """Records a destination asked to retry become a batch of their own, tried again at
         `retry_at`; the destination's other work goes on meanwhile."""
-        table, id_col = _tables(batch.kind)
+        table, id_col = record_table(batch.kind)
         rows = con.execute(
             f"SELECT {id_col} FROM {table} WHERE batch_id = ? ORDER BY {id_col}",
             [batch.batch_id],
@@ -574,7 +555,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         ids = [int(r[0]) for r in rows]
         if not ids:
             return
-        retry_id = _batch_id(batch.kind, batch.destination, ids)
+        retry_id = stable_batch_id(batch.kind, batch.destination, ids)
         con.execute(
             f"UPDATE {table} SET batch_id = ? WHERE batch_id = ?", [retry_id, batch.batch_id]
         )
@@ -689,7 +670,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             f"""DELETE FROM outbox o WHERE o.batch_id = ?
             AND o.change_id IN (SELECT record_id FROM _retry)
             AND EXISTS (SELECT 1 FROM outbox w
-                        WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
+                        WHERE w.batch_id IS NULL AND {key_match("w", "o")})""",
             [batch.batch_id],
         )
 
@@ -757,7 +738,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
         with self._transaction() as con:
             self._dead(con, batch, batch.records, {}, now, reason)
-            table, _ = _tables(batch.kind)
+            table, _ = record_table(batch.kind)
             con.execute(f"DELETE FROM {table} WHERE batch_id = ?", [batch.batch_id])
             con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
 
@@ -801,11 +782,11 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             Registered(self._con, _routes=_routes_table(routes), _accepts=accepted) as con,
         ):
             rows = con.execute(_STATUS_SQL).fetchall() if routes else []
-            found += [_route_status(row) for row in rows]
+            found += [RouteStatus.from_row(row) for row in rows]
             for destination in conversion_destinations:
                 row = first_row(con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchall())
                 assert row is not None
-                found.append(_route_status((destination, None, *row)))
+                found.append(RouteStatus.from_row((destination, None, *row)))
         return found
 
     def log_run(self, run: SyncRunRecord) -> int:
@@ -848,37 +829,6 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 [destination, audience],
             ).fetchall()
         return {str(p): bool(h) for p, h in rows}
-
-
-def _route_status(row: Sequence[Any]) -> RouteStatus:
-    (
-        destination,
-        audience,
-        desired,
-        acked,
-        pending,
-        retrying,
-        failed,
-        dead,
-        matchable,
-        last_sync,
-        next_attempt,
-        last_error,
-    ) = row
-    return RouteStatus(
-        str(destination),
-        None if audience is None else str(audience),
-        int(desired or 0),
-        int(acked or 0),
-        int(pending or 0),
-        int(retrying or 0),
-        int(failed or 0),
-        int(dead or 0),
-        int(matchable or 0),
-        last_sync,
-        next_attempt,
-        last_error,
-    )
 
 
 _STATUS_SQL = """

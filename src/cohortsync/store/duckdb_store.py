@@ -22,6 +22,8 @@ from cohortsync.store.base import (
     ProfileView,
     ResolvedBatch,
     Store,
+    count_stats,
+    final_targets,
 )
 from cohortsync.store.duckdb_compute import flagged_members
 from cohortsync.store.duckdb_memberships import record_compute
@@ -115,7 +117,7 @@ class DuckDBStore(Store):
             return self._identities.lookup(keys)
 
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
-        final = _final_targets(batch)
+        final = final_targets(batch)
         if isinstance(batch.messages, MessageTable):  # built in bulk: append it as it is
             events = remap_profiles(batch.messages.table, final)
         else:
@@ -443,32 +445,7 @@ class DuckDBStore(Store):
         return ProfileView(profile_id, head[0][0], head[0][1], identifiers, traits, merges, events)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        def grouped(sql: str, label: str) -> dict[str, int]:
-            rows = self.query(sql)
-            counts = {str(k): int(n) for k, n in rows}
-            return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
-
-        profiles = self.query("SELECT count(*) FROM profiles WHERE merged_into IS NULL")[0][0]
-        merged = self.query("SELECT count(*) FROM profiles WHERE merged_into IS NOT NULL")[0][0]
-        rejected = grouped(
-            "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind",
-            "by_kind",
-        )
-        identifiers = grouped(
-            "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
-        )
-        identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
-        return {
-            "events": grouped(
-                "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
-            ),
-            "profiles": {"total": int(profiles), "merged_away": int(merged)},
-            "identifiers": identifiers,
-            "quarantined": grouped(
-                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason",
-                "by_reason",
-            ),
-        }
+        return count_stats(self.query)
 
     def profile_ids(self, sql: str) -> list[str]:
         with self._lock:
@@ -566,18 +543,6 @@ def _run_with(con: duckdb.DuckDBPyConnection, table: pa.Table, *statements: str)
             con.execute(sql)
     finally:
         con.unregister("_batch")
-
-
-def _final_targets(batch: ResolvedBatch) -> dict[str, str]:
-    """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
-    parent = {m.source: m.target for m in batch.changes.merges}
-    final: dict[str, str] = {}
-    for source, direct in parent.items():
-        target = direct
-        while target in parent:
-            target = parent[target]
-        final[source] = target
-    return final
 
 
 def _quarantine_id(rejection: Rejection) -> str:

@@ -6,6 +6,7 @@ delivery worker claims batches, and records each destination's answer before the
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,6 +118,26 @@ class RouteStatus:
         """Members with an identifier the destination accepts, over members."""
         return self.matchable / self.desired if self.desired else None
 
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> RouteStatus:
+        """From a status query's row, in field order (counts may come back NULL)."""
+        destination, audience, *counts, last_sync, next_attempt, last_error = row
+        desired, acked, pending, retrying, failed, dead, matchable = (int(c or 0) for c in counts)
+        return cls(
+            str(destination),
+            None if audience is None else str(audience),
+            desired,
+            acked,
+            pending,
+            retrying,
+            failed,
+            dead,
+            matchable,
+            last_sync,
+            next_attempt,
+            last_error,
+        )
+
 
 @dataclass(frozen=True)
 class SyncRunRecord:
@@ -205,3 +226,26 @@ class OutboxStore(ABC):
     @abstractmethod
     def acknowledged(self, destination: str, audience: str) -> dict[str, bool]:
         """profile_id → holdout of what one destination acknowledged holding for an audience."""
+
+
+def stable_batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
+    """A stable, unique id for a set of records: sent as the idempotency key on every try."""
+    digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
+    return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
+
+
+def record_table(kind: str) -> tuple[str, str]:
+    """The outbox table of a record kind and its id column."""
+    return ("outbox", "change_id") if kind == CHANGES else ("conversion_outbox", "conversion_id")
+
+
+KEY = "destination, audience, profile_id"
+"""The columns that name one profile of one audience at one destination."""
+
+
+def key_match(a: str, b: str) -> str:
+    """SQL matching the KEY columns of table aliases `a` and `b`."""
+    return (
+        f"{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
+        f"AND {a}.profile_id = {b}.profile_id"
+    )

@@ -355,18 +355,6 @@ def stored_already(cur: psycopg.Cursor[Any], batch: ResolvedBatch) -> set[str]:
     return {given for (found,) in cur.fetchall() for given in asked[str(found)]}
 
 
-def final_targets(batch: ResolvedBatch) -> dict[str, str]:
-    """Follow merge chains made within one batch (a→b, b→c) to each profile's survivor."""
-    parent = {m.source: m.target for m in batch.changes.merges}
-    final: dict[str, str] = {}
-    for source, direct in parent.items():
-        target = direct
-        while target in parent:
-            target = parent[target]
-        final[source] = target
-    return final
-
-
 def _maybe(value: str | None) -> str | None:
     return None if value is None else text(value)
 

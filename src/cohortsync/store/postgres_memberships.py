@@ -7,7 +7,6 @@ counts are what was written even when another writer recorded the same entry fir
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from cohortsync.store.base import MembershipChanges
+from cohortsync.store.base import MembershipChanges, compute_run_row
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_shared import PgConnections, advisory_lock, temp_table
 
@@ -65,16 +64,7 @@ def record_compute(
             plan_changes(cur, routes, datetime.now(UTC))
         cur.execute(
             "INSERT INTO compute_runs VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                changes.run_id,
-                datetime.now(UTC),
-                at,
-                (time.perf_counter() - started) * 1000,
-                sum(1 for k in kinds if k == "segment"),
-                sum(1 for k in kinds if k == "audience"),
-                sum(changes.entered.values()),
-                sum(changes.exited.values()),
-            ),
+            compute_run_row(changes, at, started, kinds),
         )
     return changes
 

@@ -10,7 +10,6 @@ handed it meanwhile, and a worker that dies releases it at once.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,6 +30,9 @@ from cohortsync.store.outbox import (
     Route,
     RouteStatus,
     SyncRunRecord,
+    key_match,
+    record_table,
+    stable_batch_id,
 )
 from cohortsync.store.postgres_shared import PgView, advisory_lock, lock_key
 
@@ -39,15 +41,6 @@ PLAN_MEMORY = "64MB"
 
 PLAN_ALL = "plan:*"
 """The advisory key a whole-project plan holds exclusively and a per-profile plan shares."""
-
-_KEY_MATCH = (
-    "{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
-    "AND {a}.profile_id = {b}.profile_id"
-)
-
-
-def _match(a: str, b: str) -> str:
-    return _KEY_MATCH.format(a=a, b=b)
 
 
 def _scoped(alias: str, profiles: Sequence[str] | None) -> str:
@@ -168,7 +161,8 @@ _PLANNED_IDENTIFIERS = """planned_ids AS (
 
 def _plan_sql(template: str, profiles: Sequence[str] | None) -> str:
     pairs = {
-        f"match_{a}{b}": _match(a, b) for a, b in ("fs", "db", "xn", "ds", "os", "no", "wn", "sn")
+        f"match_{a}{b}": key_match(a, b)
+        for a, b in ("fs", "db", "xn", "ds", "os", "no", "wn", "sn")
     }
     return template.format(
         routes=_ROUTES,
@@ -247,17 +241,6 @@ def plan_changes(
     if adds + removes >= ANALYZE_AFTER:
         cur.execute("ANALYZE outbox")
     return PlanCounts(adds=adds, removes=removes)
-
-
-def _tables(kind: str) -> tuple[str, str]:
-    """The outbox table of a record kind and its id column."""
-    return ("outbox", "change_id") if kind == CHANGES else ("conversion_outbox", "conversion_id")
-
-
-def _batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
-    """A stable, unique id for a set of records: sent as the idempotency key on every try."""
-    digest = hashlib.sha256(f"{kind}|{destination}|{','.join(map(str, ids))}".encode()).hexdigest()
-    return f"{kind[:2]}_{ids[0]}_{digest[:16]}"
 
 
 def _held_key(batch_id: str) -> str:
@@ -524,7 +507,7 @@ class PostgresOutbox(PgView, OutboxStore):
         if not records:
             return None
         ids = [r.record_id for r in records]
-        batch_id = _batch_id(CHANGES, destination, ids)
+        batch_id = stable_batch_id(CHANGES, destination, ids)
         cur.execute(
             "UPDATE outbox SET batch_id = %s WHERE change_id = ANY(%s::bigint[])", (batch_id, ids)
         )
@@ -542,7 +525,7 @@ class PostgresOutbox(PgView, OutboxStore):
         if not ids:
             return None
         records = self._records(cur, CONVERSIONS, ids)
-        batch_id = _batch_id(CONVERSIONS, destination, ids)
+        batch_id = stable_batch_id(CONVERSIONS, destination, ids)
         cur.execute(
             "UPDATE conversion_outbox c SET batch_id = %s, identifiers = f.identifiers::jsonb "
             "FROM unnest(%s::bigint[], %s::text[]) AS f(record_id, identifiers) "
@@ -575,7 +558,7 @@ class PostgresOutbox(PgView, OutboxStore):
         rows = cur.fetchall()
         found: dict[int, Any] = {}
         if any(row[5] is None for row in rows):
-            table, id_col = _tables(kind)
+            table, id_col = record_table(kind)
             cur.execute(
                 _IDENTIFIERS.format(table=table, id_col=id_col),
                 (list(ids),),
@@ -592,7 +575,7 @@ class PostgresOutbox(PgView, OutboxStore):
         row = cur.fetchone()
         assert row is not None
         destination, audience, kind, op, attempts, first = row
-        table, id_col = _tables(kind)
+        table, id_col = record_table(kind)
         cur.execute(
             f"SELECT {id_col} FROM {table} WHERE batch_id = %s ORDER BY {id_col}",
             (batch_id,),
@@ -610,7 +593,7 @@ class PostgresOutbox(PgView, OutboxStore):
             batches: list[ClaimedBatch] = []
             for audience_, op, ids in self._form(cur, destination, kind, max_records, audience):
                 records = self._records(cur, kind, ids)
-                batch_id = "dry-" + _batch_id(kind, destination, ids)
+                batch_id = "dry-" + stable_batch_id(kind, destination, ids)
                 batches.append(
                     ClaimedBatch(batch_id, destination, audience_, kind, op, 0, None, records)
                 )
@@ -705,7 +688,7 @@ class PostgresOutbox(PgView, OutboxStore):
     ) -> None:
         """Records a destination asked to retry become a batch of their own, tried again at
         `retry_at`; the destination's other work goes on meanwhile."""
-        table, id_col = _tables(batch.kind)
+        table, id_col = record_table(batch.kind)
         cur.execute(
             f"SELECT {id_col} FROM {table} WHERE batch_id = %s ORDER BY {id_col}",
             (batch.batch_id,),
@@ -713,7 +696,7 @@ class PostgresOutbox(PgView, OutboxStore):
         ids = [int(r[0]) for r in cur.fetchall()]
         if not ids:
             return
-        retry_id = _batch_id(batch.kind, batch.destination, ids)
+        retry_id = stable_batch_id(batch.kind, batch.destination, ids)
         cur.execute(
             f"UPDATE {table} SET batch_id = %s WHERE batch_id = %s",
             (retry_id, batch.batch_id),
@@ -823,7 +806,7 @@ class PostgresOutbox(PgView, OutboxStore):
         deciding about them finishes before, or starts after, this decision.
         """
         cur.execute(
-            f"""SELECT w.change_id FROM outbox w JOIN outbox o ON {_match("w", "o")}
+            f"""SELECT w.change_id FROM outbox w JOIN outbox o ON {key_match("w", "o")}
             WHERE w.batch_id IS NULL AND o.batch_id = %s AND o.change_id = ANY(%s::bigint[])
             ORDER BY w.change_id FOR UPDATE OF w""",
             (batch.batch_id, list(retry)),
@@ -831,7 +814,7 @@ class PostgresOutbox(PgView, OutboxStore):
         cur.execute(
             f"""DELETE FROM outbox o WHERE o.batch_id = %s AND o.change_id = ANY(%s::bigint[])
             AND EXISTS (SELECT 1 FROM outbox w
-                        WHERE w.batch_id IS NULL AND {_match("w", "o")})""",
+                        WHERE w.batch_id IS NULL AND {key_match("w", "o")})""",
             (batch.batch_id, list(retry)),
         )
 
@@ -899,7 +882,7 @@ class PostgresOutbox(PgView, OutboxStore):
             if cur is None:
                 return
             self._dead(cur, batch, batch.records, {}, now, reason)
-            table, _ = _tables(batch.kind)
+            table, _ = record_table(batch.kind)
             cur.execute(
                 f"DELETE FROM {table} WHERE batch_id = %s",
                 (batch.batch_id,),
@@ -946,12 +929,12 @@ class PostgresOutbox(PgView, OutboxStore):
                         "accept_kinds": [k for kinds in accepts.values() for k in kinds],
                     },
                 )
-                found += [_route_status(row) for row in cur.fetchall()]
+                found += [RouteStatus.from_row(row) for row in cur.fetchall()]
             for destination in conversion_destinations:
                 cur.execute(_CONVERSION_STATUS_SQL, {"destination": destination})
                 row = cur.fetchone()
                 assert row is not None
-                found.append(_route_status((destination, None, *row)))
+                found.append(RouteStatus.from_row((destination, None, *row)))
         return found
 
     def log_run(self, run: SyncRunRecord) -> int:
@@ -993,37 +976,6 @@ class PostgresOutbox(PgView, OutboxStore):
             (destination, audience),
         )
         return {str(p): bool(h) for p, h in rows}
-
-
-def _route_status(row: Sequence[Any]) -> RouteStatus:
-    (
-        destination,
-        audience,
-        desired,
-        acked,
-        pending,
-        retrying,
-        failed,
-        dead,
-        matchable,
-        last_sync,
-        next_attempt,
-        last_error,
-    ) = row
-    return RouteStatus(
-        str(destination),
-        None if audience is None else str(audience),
-        int(desired or 0),
-        int(acked or 0),
-        int(pending or 0),
-        int(retrying or 0),
-        int(failed or 0),
-        int(dead or 0),
-        int(matchable or 0),
-        last_sync,
-        next_attempt,
-        last_error,
-    )
 
 
 _STATUS_SQL = f"""

@@ -25,6 +25,8 @@ from cohortsync.store.base import (
     ResolvedBatch,
     StaleIdentityError,
     Store,
+    count_stats,
+    final_targets,
 )
 from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.postgres_memberships import record_compute
@@ -87,7 +89,7 @@ class PostgresStore(Store):
     def commit_batch(self, batch: ResolvedBatch, rejections: Sequence[Rejection]) -> int:
         read: ingest.IdentityRead | None = getattr(self._reads, "last", None)
         self._reads.last = None
-        final = ingest.final_targets(batch)
+        final = final_targets(batch)
         events = ingest.events_table(batch, final)
         csv = ingest.events_csv(events) if events.num_rows else None
         try:
@@ -132,33 +134,7 @@ class PostgresStore(Store):
             return _profile_view(cur, profile_id, recent)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        def grouped(sql: str, label: str) -> dict[str, int]:
-            counts = {str(k): int(n) for k, n in self._db.query(sql)}
-            return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
-
-        profiles, merged = self._db.query(
-            "SELECT count(*) FILTER (WHERE merged_into IS NULL), "
-            "count(*) FILTER (WHERE merged_into IS NOT NULL) FROM profiles"
-        )[0]
-        rejected = grouped(
-            "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind",
-            "by_kind",
-        )
-        identifiers = grouped(
-            "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
-        )
-        identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
-        return {
-            "events": grouped(
-                "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
-            ),
-            "profiles": {"total": int(profiles), "merged_away": int(merged)},
-            "identifiers": identifiers,
-            "quarantined": grouped(
-                "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason",
-                "by_reason",
-            ),
-        }
+        return count_stats(self._db.query)
 
     def profile_ids(self, sql: str) -> list[str]:
         with self._db.transaction() as cur:
