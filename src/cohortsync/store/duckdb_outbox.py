@@ -14,6 +14,7 @@ from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
     KEY,
+    STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
     OutboxRecord,
@@ -847,27 +848,7 @@ batches AS (
            min(next_attempt_at) AS next_attempt, arg_max(last_error, next_attempt_at)
                FILTER (last_error IS NOT NULL) AS last_error
     FROM sync_batches WHERE kind = 'changes' GROUP BY ALL)
-SELECT r.destination, r.audience,
-    (SELECT count(*) FROM desired d WHERE d.destination = r.destination
-        AND d.audience = r.audience),
-    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
-        AND s.audience = r.audience AND s.status = 'member'),
-    (SELECT count(*) FROM outbox o WHERE o.destination = r.destination
-        AND o.audience = r.audience),
-    b.retrying,
-    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
-        AND s.audience = r.audience AND s.status = 'rejected'),
-    (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
-        AND x.audience = r.audience AND x.retried_at IS NULL),
-    coalesce(mt.n, 0),
-    (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
-        AND l.audience = r.audience),
-    b.next_attempt, b.last_error
-FROM _routes r
-LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
-LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
-ORDER BY r.audience, r.destination
-"""
+""" + STATUS_SELECT.format(routes="_routes")
 
 _CONVERSION_STATUS_SQL = """
 SELECT

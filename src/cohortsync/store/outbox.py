@@ -249,3 +249,28 @@ def key_match(a: str, b: str) -> str:
         f"{a}.destination = {b}.destination AND {a}.audience = {b}.audience "
         f"AND {a}.profile_id = {b}.profile_id"
     )
+
+
+STATUS_SELECT = """SELECT r.destination, r.audience,
+    (SELECT count(*) FROM desired d WHERE d.destination = r.destination
+        AND d.audience = r.audience),
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'member'),
+    (SELECT count(*) FROM outbox o WHERE o.destination = r.destination
+        AND o.audience = r.audience),
+    b.retrying,
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'rejected'),
+    (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
+        AND x.audience = r.audience AND x.retried_at IS NULL),
+    coalesce(mt.n, 0),
+    (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
+        AND l.audience = r.audience),
+    b.next_attempt, b.last_error
+FROM {routes} r
+LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
+LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
+ORDER BY r.audience, r.destination
+"""
+"""The per-route line of `status`, after the engine's own CTEs `desired`, `matchable` and
+`batches` (one row per destination and audience); `{routes}` names the routes relation."""

@@ -21,6 +21,7 @@ import psycopg
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
     OutboxRecord,
@@ -999,27 +1000,7 @@ batches AS (
            (array_agg(last_error ORDER BY next_attempt_at DESC)
                FILTER (WHERE last_error IS NOT NULL))[1] AS last_error
     FROM sync_batches WHERE kind = 'changes' GROUP BY destination, audience)
-SELECT r.destination, r.audience,
-    (SELECT count(*) FROM desired d WHERE d.destination = r.destination
-        AND d.audience = r.audience),
-    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
-        AND s.audience = r.audience AND s.status = 'member'),
-    (SELECT count(*) FROM outbox o WHERE o.destination = r.destination
-        AND o.audience = r.audience),
-    b.retrying,
-    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
-        AND s.audience = r.audience AND s.status = 'rejected'),
-    (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
-        AND x.audience = r.audience AND x.retried_at IS NULL),
-    coalesce(mt.n, 0),
-    (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
-        AND l.audience = r.audience),
-    b.next_attempt, b.last_error
-FROM routes r
-LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
-LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
-ORDER BY r.audience, r.destination
-"""
+""" + STATUS_SELECT.format(routes="routes")
 
 _CONVERSION_STATUS_SQL = """
 SELECT
