@@ -26,6 +26,7 @@ from cohortsync.store.outbox import (
     SyncRunRecord,
     key_match,
     record_table,
+    retry_batch_row,
     stable_batch_id,
 )
 
@@ -560,24 +561,11 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         con.execute(
             f"UPDATE {table} SET batch_id = ? WHERE batch_id = ?", [retry_id, batch.batch_id]
         )
-        reason = next(iter(resolution.retry.values()))
         con.execute(
             "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
             "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
             "holds_destination) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false)",
-            [
-                retry_id,
-                batch.destination,
-                batch.audience,
-                batch.kind,
-                batch.op,
-                len(ids),
-                now,
-                batch.attempts + 1,
-                batch.first_attempt_at or now,
-                resolution.retry_at or now,
-                f"{len(ids)} records to retry: {reason}",
-            ],
+            retry_batch_row(batch, resolution, retry_id, len(ids), now),
         )
 
     def _log(

@@ -274,3 +274,24 @@ ORDER BY r.audience, r.destination
 """
 """The per-route line of `status`, after the engine's own CTEs `desired`, `matchable` and
 `batches` (one row per destination and audience); `{routes}` names the routes relation."""
+
+
+def retry_batch_row(
+    batch: ClaimedBatch, resolution: Resolution, retry_id: str, records: int, now: datetime
+) -> tuple[Any, ...]:
+    """The `sync_batches` row of the records of `batch` a destination asked to be retried: a
+    batch of their own that does not hold back the destination (`holds_destination` false)."""
+    reason = next(iter(resolution.retry.values()))
+    return (
+        retry_id,
+        batch.destination,
+        batch.audience,
+        batch.kind,
+        batch.op,
+        records,
+        now,
+        batch.attempts + 1,
+        batch.first_attempt_at or now,
+        resolution.retry_at or now,
+        f"{records} records to retry: {reason}",
+    )

@@ -33,6 +33,7 @@ from cohortsync.store.outbox import (
     SyncRunRecord,
     key_match,
     record_table,
+    retry_batch_row,
     stable_batch_id,
 )
 from cohortsync.store.postgres_shared import PgView, advisory_lock, lock_key
@@ -702,24 +703,11 @@ class PostgresOutbox(PgView, OutboxStore):
             f"UPDATE {table} SET batch_id = %s WHERE batch_id = %s",
             (retry_id, batch.batch_id),
         )
-        reason = next(iter(resolution.retry.values()))
         cur.execute(
             "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
             "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
             "holds_destination) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
-            (
-                retry_id,
-                batch.destination,
-                batch.audience,
-                batch.kind,
-                batch.op,
-                len(ids),
-                now,
-                batch.attempts + 1,
-                batch.first_attempt_at or now,
-                resolution.retry_at or now,
-                f"{len(ids)} records to retry: {reason}",
-            ),
+            retry_batch_row(batch, resolution, retry_id, len(ids), now),
         )
 
     def _log(
