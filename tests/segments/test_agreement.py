@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -370,19 +370,7 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
         py_members = {pid for pid, h in hist.items() if evaluate(segment.condition, h, at, project)}
         assert members(name, at) == py_members, (name, segment.condition)
 
-    # next_change against SQL at later instants, for profiles with no event after `at`.
-    for top in project.segments.values():
-        for pid, h in hist.items():
-            if any(e.timestamp_us > at for e in h.events):
-                continue
-            base = pid in members(top.name, at)
-            change = next_change(top.condition, h, at, project)
-            if change is None:
-                assert (pid in members(top.name, at + FAR)) == base, (pid, top.condition)
-                continue
-            assert change > at
-            assert (pid in members(top.name, change - 1)) == base, (pid, change, top.condition)
-            assert (pid in members(top.name, change)) != base, (pid, change, top.condition)
+    check_next_change(project, hist, at, members)
     return prefix
 
 
@@ -470,3 +458,26 @@ def test_most_frequent_keeps_5_and_string_5_apart_and_breaks_ties_by_typed_value
     project = one_segment(TraitCondition(Comparison("ct0", "eq", 1.5)), trait)
     prefix = check(shared_engine, people, project, ANCHOR_US)
     assert user_members(shared_engine, project, prefix) == {"u0"}
+
+
+def check_next_change(
+    project: SegmentProject,
+    hist: dict[str, ProfileHistory],
+    at: int,
+    members: Callable[[str, int], set[str]],
+) -> None:
+    """`next_change` is exact against SQL members (`members(name, instant)`): the answer is the
+    same just before it and flips at it, or never flips when it is None. Profiles with an event
+    after `at` are skipped (a later event, not time, changes them)."""
+    for top in project.segments.values():
+        for pid, h in hist.items():
+            if any(e.timestamp_us > at for e in h.events):
+                continue
+            base = pid in members(top.name, at)
+            change = next_change(top.condition, h, at, project)
+            if change is None:
+                assert (pid in members(top.name, at + FAR)) == base, (pid, top.condition)
+                continue
+            assert change > at
+            assert (pid in members(top.name, change - 1)) == base, (pid, change, top.condition)
+            assert (pid in members(top.name, change)) != base, (pid, change, top.condition)

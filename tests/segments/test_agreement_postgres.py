@@ -38,15 +38,15 @@ from cohortsync.segments.ast import (
 )
 from cohortsync.segments.compile import Compiler, DuckDBCompiler
 from cohortsync.segments.compile_postgres import PostgresCompiler, compiler_for
-from cohortsync.segments.evaluate import compute_trait, evaluate, next_change
+from cohortsync.segments.evaluate import compute_trait, evaluate
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.postgres_schema import MIGRATIONS
 from tests.postgres import postgres_schema
 from tests.segments import test_compile, test_members
 from tests.segments.test_agreement import (
     ANCHOR_US,
-    FAR,
     H,
+    check_next_change,
     histories,
     messages,
     one_segment,
@@ -187,17 +187,7 @@ def check_pg(
         assert members(name, at) == py_members, (name, segment.condition)
         assert together[name] & set(hist) == py_members, (name, "one query", segment.condition)
 
-    for top in project.segments.values():
-        for pid, h in hist.items():
-            if any(e.timestamp_us > at for e in h.events):
-                continue
-            base = pid in members(top.name, at)
-            change = next_change(top.condition, h, at, project)
-            if change is None:
-                assert (pid in members(top.name, at + FAR)) == base, (pid, top.condition)
-                continue
-            assert (pid in members(top.name, change - 1)) == base, (pid, change, top.condition)
-            assert (pid in members(top.name, change)) != base, (pid, change, top.condition)
+    check_next_change(project, hist, at, members)
     return prefix
 
 
