@@ -64,10 +64,12 @@ class Engine:
         self.store: Store = store or open_store(loaded.store_location())
         self.store.migrate()
         self._listeners: list[Callable[[Sequence[Message]], None]] = []
-        # A store shared by several workers marks what real time must evaluate; segments that
-        # do not parse leave every message marking its profile, which is still correct.
-        with suppress(ConfigError):
-            self.store.realtime.watch(build_index(self.segments).relevant)
+        # A store shared by several workers marks what real time must evaluate (parsing the
+        # segments at open only there); segments that do not parse leave every message marking
+        # its profile, which is still correct.
+        if self.store.realtime.tracks_pending:
+            with suppress(ConfigError):
+                self.store.realtime.watch(build_index(self.segments).relevant)
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:

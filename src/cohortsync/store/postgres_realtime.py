@@ -76,6 +76,8 @@ _MARKS = "SELECT profile_id, version FROM realtime_pending WHERE profile_id = AN
 class PostgresRealtime(PgView, RealtimeStore):
     """Per-profile evaluation state in Postgres, safe with several workers evaluating at once."""
 
+    tracks_pending = True
+
     def __init__(self, db: PgConnections) -> None:
         super().__init__(db)
         self.relevant: Callable[[Message], bool] | None = None

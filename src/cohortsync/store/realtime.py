@@ -41,6 +41,10 @@ class ProfileOutcome:
 class RealtimeStore(ABC):
     """Durable state of per-profile evaluation; each write is one transaction."""
 
+    tracks_pending: bool = False
+    """Whether stored events mark their profiles pending (`watch`, `pending`): a store several
+    workers write; one with a single writer follows a receive-time cursor instead."""
+
     @abstractmethod
     def canonical(self, profile_ids: Iterable[str]) -> dict[str, str]:
         """Each id's surviving profile (itself unless merged away)."""
