@@ -3,7 +3,8 @@
 A query reads the event log in a few selective scans (`scan.EventScan`): every event condition
 and computed trait it needs becomes a `FILTER` aggregate of the scan covering its time window,
 and each condition is a boolean expression over those per-profile columns, evaluated on every
-live profile (`profiles.merged_into IS NULL`). Every leaf expression is TRUE or FALSE, never
+live profile (`profiles.merged_into IS NULL`), or, when it cannot hold without a row of one
+read, on that read's profiles only (`anchor`). Every leaf expression is TRUE or FALSE, never
 NULL, so `not`/`all`/`any` are plain NOT/AND/OR and keep the boolean algebra exact. Segments
 referenced several times, and traits used by several conditions, are computed once per query;
 `compile_members` computes every segment of a project in one query.
@@ -22,6 +23,7 @@ from typing import Any
 from sqlglot import exp
 
 from cohortsync.errors import InputError
+from cohortsync.segments.anchor import output_columns, rejects_nulls
 from cohortsync.segments.ast import (
     All,
     AnyOf,
@@ -522,6 +524,16 @@ _JSON = "json"
 _NUMBER = "number"
 
 
+def _starting_read(reads: list[exp.Subquery], where: exp.Expr | None) -> exp.Subquery | None:
+    """The first of `reads` without whose row `where` never holds: the query's start."""
+    if where is None:
+        return None
+    for read in reads:
+        if rejects_nulls(where, output_columns(read)):
+            return read
+    return None
+
+
 class _Query:
     """The state of one query being compiled: its shared scan, its joins, what it has built."""
 
@@ -601,21 +613,33 @@ class _Query:
         return alias
 
     def select(self, columns: list[exp.Expr], where: exp.Expr | None) -> exp.Select:
-        """`SELECT columns FROM profiles p [LEFT JOIN ...] WHERE live [AND where]`."""
+        """`SELECT columns FROM profiles p [LEFT JOIN ...] WHERE live [AND where]`, or, when
+        `where` cannot hold without a row of one read of the events, `FROM (that read) p`."""
         self._settle()
-        query = exp.select(*columns, copy=False).from_(
-            exp.alias_(table_ref("profiles"), "p", table=True, copy=False), copy=False
-        )
+        reads = [
+            *(self.scan.build() if self.scan else ()),
+            *(self.summary.build() if self.summary else ()),
+        ]
+        narrow_first = sorted(reads, key=self.scan.width)  # summaries read every profile's row
+        start = _starting_read(narrow_first, where)
+        if start is None:
+            base: exp.Expr = exp.alias_(table_ref("profiles"), "p", table=True, copy=False)
+        else:
+            reads.remove(start)
+            # Its ids are canonical, so live: it becomes `p`, its pid `p.profile_id`.
+            start.this.select(exp.alias_(_col("pid"), "profile_id", copy=False), copy=False)
+            base = start.this.subquery("p", copy=False)
+        query = exp.select(*columns, copy=False).from_(base, copy=False)
         pid = _col("profile_id", "p")
-        for scan in self.scan.build() if self.scan else ():
-            on = exp.EQ(this=_col("pid", scan.alias), expression=pid.copy())
-            query = query.join(scan, on=on, join_type="left", copy=False)
-        for read in self.summary.build() if self.summary else ():
+        for read in reads:
             on = exp.EQ(this=_col("pid", read.alias), expression=pid.copy())
             query = query.join(read, on=on, join_type="left", copy=False)
         for sub, alias in self._joins:
             on = exp.EQ(this=_col("profile_id", alias), expression=pid.copy())
             query = query.join(sub, on=on, join_type="left", copy=False)
+        if start is not None:
+            assert where is not None
+            return query.where(where, copy=False)
         live = exp.Is(this=_col("merged_into", "p"), expression=exp.null())
         return query.where(live if where is None else _and(live, where), copy=False)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from math import inf
 
 from sqlglot import exp
 
@@ -93,6 +94,7 @@ class EventScan:
         self._keyed: _Aggregate | None = None
         self._scanned: dict[str, Span] = {}  # event -> the span its scan reads (set by build)
         self._shared: dict[str, bool] = {}  # event -> whether its scan reads other events too
+        self._built: dict[str, Span] = {}  # alias of each read -> its span (set by build)
 
     def __bool__(self) -> bool:
         """Whether anything was registered (else no scan is needed)."""
@@ -196,6 +198,7 @@ class EventScan:
         self._scanned = {event: span for span, events in branches.items() for event in events}
         self._shared = {event: len(events) > 1 for events in branches.values() for event in events}
         out: list[exp.Subquery] = []
+        self._built = {f"f{i}": span for i, span in enumerate(branches)}
         for i, (span, events) in enumerate(branches.items()):
             names = set(events)
             aggregates = [a for a in self._aggregates.values() if a.event in names]
@@ -207,6 +210,11 @@ class EventScan:
                 grouped = self._grouped_keyed(rows, aggregates, keyed)
             out.append(grouped.subquery(f"f{i}", copy=False))
         return out
+
+    def width(self, read: exp.Subquery) -> float:
+        """How many µs of history a read built here covers (anything else: infinite)."""
+        span = self._built.get(read.alias)
+        return inf if span is None or span.lo is None else span.hi - span.lo
 
     def _rows(self, span: Span, events: list[str]) -> exp.Select:
         """The rows of `events` in `span`, with their property columns."""

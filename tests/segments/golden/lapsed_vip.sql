@@ -1,14 +1,14 @@
 SELECT
   "p"."profile_id"
-FROM profiles AS p
-LEFT JOIN (
+FROM (
   SELECT
     "pid",
     SUM("c0") AS a0,
     COUNT(*) FILTER(WHERE
       "ts" >= CAST('2025-12-06 00:00:00.000000+00' AS TIMESTAMPTZ)
       AND "ts" <= CAST('2025-12-20 00:00:00.000000+00' AS TIMESTAMPTZ)) AS a1,
-    MAX("ts") AS a2
+    MAX("ts") AS a2,
+    "pid" AS profile_id
   FROM (
     SELECT
       "canonical_profile_id" AS pid,
@@ -21,11 +21,9 @@ LEFT JOIN (
   ) AS e
   GROUP BY
     "pid"
-) AS f0
-  ON "f0"."pid" = "p"."profile_id"
+) AS p
 WHERE
-  "p"."merged_into" IS NULL
-  AND (
+  (
     (
       NOT "a0" IS NULL AND "a0" >= 500
     )

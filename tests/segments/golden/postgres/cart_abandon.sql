@@ -1,13 +1,13 @@
 SELECT
   "p"."profile_id"
-FROM profiles AS p
-LEFT JOIN (
+FROM (
   SELECT
     "pid",
     MAX("ts") FILTER(WHERE
       "ev" = 'added_to_cart') AS a0,
     MAX("ts") FILTER(WHERE
-      "ev" = 'order_completed') AS a1
+      "ev" = 'order_completed') AS a1,
+    "pid" AS profile_id
   FROM (
     SELECT
       "canonical_profile_id" AS pid,
@@ -20,11 +20,9 @@ LEFT JOIN (
   ) AS e
   GROUP BY
     "pid"
-) AS f0
-  ON "f0"."pid" = "p"."profile_id"
+) AS p
 WHERE
-  "p"."merged_into" IS NULL
-  AND (
+  (
     COALESCE("a0" >= CAST('2026-01-09 18:00:00.000001+00' AS TIMESTAMPTZ), FALSE)
     AND NOT COALESCE("a1" > "a0", FALSE)
   )
