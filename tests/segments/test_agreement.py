@@ -46,7 +46,7 @@ from cohortsync.segments.ast import (
     Window,
     Within,
 )
-from cohortsync.segments.compile import Compiler, DuckDBCompiler
+from cohortsync.segments.compile import Compiler, DuckDBCompiler, with_summaries
 from cohortsync.segments.evaluate import (
     EventRecord,
     ProfileHistory,
@@ -207,9 +207,42 @@ def profiles(draw: st.DrawFn) -> list[dict[str, Any]]:
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[list[dict[str, Any]], SegmentProject, int]:
+def last_between(draw: st.DrawFn) -> Condition:
+    """ "An event between X and Y ago and none in the last Z" (the lapsed pattern, which the
+    compiler reads from one latest timestamp), its parts sometimes on other events or filters."""
+    event, where = draw(st.sampled_from(EVENTS)), draw(wheres)
+    a, b = draw(st.lists(durations, min_size=2, max_size=2, unique_by=lambda d: d.micros))
+    older, newer = (a, b) if a.micros > b.micros else (b, a)
+    op, count = draw(st.sampled_from([("gte", 1), ("gt", 0), ("ne", 0), ("gte", 2)]))
+    gap = EventCondition(
+        draw(st.sampled_from([event, event, event, *EVENTS])),
+        where=draw(st.sampled_from([where, where, ()])),
+        window=Within(draw(durations)),
+    )
+    parts = [
+        EventCondition(event, where, Between(older, newer), op, count),
+        Not(gap),
+        *draw(st.lists(event_conditions(), max_size=1)),
+    ]
+    return All(tuple(draw(st.permutations(parts))))
+
+
+@st.composite
+def lapsed_projects(draw: st.DrawFn) -> SegmentProject:
+    traits = {name: draw(computed_traits(name)) for name in TRAITS}
+    s0, s1 = draw(last_between()), draw(last_between())
+    s2 = draw(st.sampled_from([SegmentRef("s0"), All((SegmentRef("s0"), Not(SegmentRef("s1"))))]))
+    return SegmentProject(
+        traits, {n: Segment(n, c) for n, c in zip(SEGMENTS, (s0, s1, s2), strict=True)}, {}
+    )
+
+
+@st.composite
+def scenarios(
+    draw: st.DrawFn, project_strategy: st.SearchStrategy[SegmentProject] | None = None
+) -> tuple[list[dict[str, Any]], SegmentProject, int]:
     people = draw(profiles())
-    project = draw(projects())
+    project = draw(projects() if project_strategy is None else project_strategy)
     stamps = [ANCHOR_US - off for p in people for _, off, _ in p["events"]]
     # Instants on window edges: ts + d - 1, ts + d, ts + d + 1 for every duration.
     edges = [ts + d + k for ts in stamps for d in (0, *DURATIONS.values()) for k in (-1, 0, 1)]
@@ -344,9 +377,17 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
     """Ingest the example, assert the back ends agree; the example's id prefix."""
     run = next(_run)
     prefix = f"x{run}-"
-    # Every other example uses the portable compiler (no DuckDB-only aggregates), so both the
-    # shared-scan most_frequent and its window-ranked form are checked.
-    compiler = DuckDBCompiler() if run % 2 else Compiler()
+
+    # The portable compiler (no DuckDB-only aggregates), DuckDB's, and DuckDB's told what the
+    # store's summaries hold as of each instant, in turn: the shared-scan most_frequent and its
+    # window-ranked form are both checked, and reads of the summaries as well as of the log.
+    def compiler_at(t: int) -> Compiler:
+        if run % 3 == 0:
+            return Compiler()
+        if run % 3 == 1:
+            return DuckDBCompiler()
+        return with_summaries(DuckDBCompiler(), engine.store, project, t)
+
     engine.ingest_messages(messages(people, prefix))
     hist = histories(engine, prefix)
     assert len(hist) == len(people)
@@ -354,7 +395,7 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
     assert sum(len(h.events) for h in hist.values()) == sum(len(p["events"]) for p in people)
 
     for trait in project.traits.values():
-        sql = sql_trait(engine, trait, at, compiler)
+        sql = sql_trait(engine, trait, at, compiler_at(at))
         for pid, h in hist.items():
             py = compute_trait(trait, h, at)
             assert same_value(sql[pid], py), (trait, pid, sql[pid], py, h)
@@ -363,7 +404,7 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
 
     def members(name: str, t: int) -> set[str]:
         if (name, t) not in cache:
-            cache[name, t] = sql_members(engine, project, name, t, compiler) & set(hist)
+            cache[name, t] = sql_members(engine, project, name, t, compiler_at(t)) & set(hist)
         return cache[name, t]
 
     for name, segment in project.segments.items():
@@ -381,6 +422,19 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
 )
 @given(scenarios())
 def test_sql_and_evaluator_agree(
+    shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]
+) -> None:
+    people, project, at = scenario
+    check(shared_engine, people, project, at)
+
+
+@settings(
+    max_examples=int(os.environ.get("AGREEMENT_EXAMPLES", "150")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(scenarios(lapsed_projects()))
+def test_the_lapsed_pattern_read_from_one_latest_timestamp_agrees(
     shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]
 ) -> None:
     people, project, at = scenario

@@ -48,6 +48,7 @@ from tests.segments.test_agreement import (
     H,
     check_next_change,
     histories,
+    lapsed_projects,
     messages,
     one_segment,
     same_value,
@@ -206,6 +207,26 @@ def test_postgres_sql_and_evaluator_agree(
     pg: PgSegments,
     scenario: tuple[list[dict[str, Any]], SegmentProject, int],
 ) -> None:
+    people, project, at = scenario
+    check_pg(shared_engine, pg, people, project, at)
+
+
+@settings(
+    max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(scenarios(lapsed_projects()))
+def test_postgres_lapsed_pattern_agrees(
+    shared_engine: Engine,
+    pg: PgSegments,
+    scenario: tuple[list[dict[str, Any]], SegmentProject, int],
+) -> None:
+    """ "An event between X and Y ago and none in the last Z", read as one latest timestamp."""
     people, project, at = scenario
     check_pg(shared_engine, pg, people, project, at)
 

@@ -170,8 +170,12 @@ def test_compiled_sql_reads_summaries_only_where_they_are_exact() -> None:
     # A window of a week or less reads the log: in arrival order, its rows are the last ones.
     recent = compiler.render(compiler.compile_segment("recent", PROJECT, NOW_US))
     assert "profile_events" in recent and "event_summaries" not in recent
+    # An order 60 to 20 days ago and none since: the latest order, which the summaries hold.
     lapsed = compiler.render(compiler.compile_segment("lapsed", PROJECT, NOW_US))
-    assert "profile_events" in lapsed  # a count over a window reads the log
+    assert "event_summaries" in lapsed and "profile_events" not in lapsed
+    between = EventCondition("order_completed", window=Between(dur("60d"), dur("20d")))
+    counted = compiler.render(compiler.compile_condition(between, PROJECT, NOW_US))
+    assert "profile_events" in counted  # a count over a window reads the log
     # Discount is not summarised; orders straddle the instant: both read from the log.
     mixed = DuckDBCompiler(summaries=SummaryCoverage.of(["order_completed"], [], []))
     for name in ("big", "recent", "discount_lover"):

@@ -114,6 +114,12 @@ def possible(expr: exp.Expr, nulls: frozenset[str]) -> Values:
         return frozenset(out | {N})
     if isinstance(expr, _COMPARISONS):
         return _compared(expr, possible(expr.this, nulls), possible(expr.expression, nulls))
+    if isinstance(expr, exp.Between):
+        bounds = [possible(e, nulls) for e in (expr.this, expr.args["low"], expr.args["high"])]
+        nullable = any(N in b for b in bounds)
+        return frozenset(
+            ({N} if nullable else set()) | (BOOL if all(b - {N} for b in bounds) else set())
+        )
     if isinstance(expr, exp.Cast):
         inner = possible(expr.this, nulls)
         return frozenset({N}) if inner == {N} else ANY

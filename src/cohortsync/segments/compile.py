@@ -115,6 +115,33 @@ def _same_for_any(op: str, count: int) -> bool:
     return all(_count_holds(op, n, count) == first for n in range(2, max(count, 1) + 2))
 
 
+def _any_event(cond: Condition) -> bool:
+    """Whether `cond` asks only for at least one matching event (the default count)."""
+    return (
+        isinstance(cond, EventCondition)
+        and cond.count_op in COUNT_OPS
+        and _same_for_any(cond.count_op, cond.count)
+        and _count_holds(cond.count_op, 1, cond.count)
+        and not _count_holds(cond.count_op, 0, cond.count)
+    )
+
+
+def _closes(between: Condition, gap: Condition) -> bool:
+    """Whether `between` is an event in [at - older, at - newer] and `gap` is "none of the
+    same events in the last d" with d >= newer: together, the latest lies in that window."""
+    if not (_any_event(between) and isinstance(gap, Not) and _any_event(gap.condition)):
+        return False
+    assert isinstance(between, EventCondition) and isinstance(gap.condition, EventCondition)
+    inner = gap.condition
+    return (
+        isinstance(between.window, Between)
+        and isinstance(inner.window, Within)
+        and inner.event == between.event
+        and inner.where == between.where
+        and inner.window.duration.micros >= between.window.newer.micros
+    )
+
+
 def window_span(window: Window, at_us: int) -> Span:
     """The inclusive timestamp bounds (µs) of a window as of `at_us` (Since: up to `at_us`)."""
     if isinstance(window, Ever | Since):
@@ -662,7 +689,7 @@ class _Query:
         if isinstance(cond, SegmentRef):
             return self._segment(cond.name, stack)
         if isinstance(cond, All):
-            return exp.and_(*(self.condition(c, stack) for c in cond.conditions), copy=False) \
+            return exp.and_(*self._all(cond.conditions, stack), copy=False) \
                 if cond.conditions else exp.true()  # fmt: skip
         if isinstance(cond, AnyOf):
             return exp.or_(*(self.condition(c, stack) for c in cond.conditions), copy=False) \
@@ -670,6 +697,38 @@ class _Query:
         if isinstance(cond, Not):
             return exp.not_(self.condition(cond.condition, stack), copy=False)
         raise InputError(f"unknown condition {cond!r}")
+
+    def _all(self, conds: tuple[Condition, ...], stack: tuple[str, ...]) -> list[exp.Expr]:
+        """The conjuncts of `all`, "an event between X and Y ago and none in the last Y" (the
+        lapsed pattern) read as one test of its latest timestamp (`_last_between`)."""
+        pairs: dict[int, int] = {}  # index of the window -> index of the gap closing it
+        for i, cond in enumerate(conds):
+            for j, gap in enumerate(conds):
+                if i not in pairs and j not in pairs.values() and _closes(cond, gap):
+                    pairs[i] = j
+        gaps = set(pairs.values())
+        out: list[exp.Expr] = []
+        for i, cond in enumerate(conds):
+            if i in pairs:
+                gap = conds[pairs[i]]
+                assert isinstance(cond, EventCondition) and isinstance(gap, Not)
+                assert isinstance(gap.condition, EventCondition)
+                out.append(self._last_between(cond, gap.condition))
+            elif i not in gaps:
+                out.append(self.condition(cond, stack))
+        return out
+
+    def _last_between(self, between: EventCondition, within: EventCondition) -> exp.Expr:
+        """An event in [at - older, at - newer] and none in the last d >= newer: the latest
+        since at - older exists and is at or before at - d. One latest timestamp, which the
+        summaries hold, instead of a count over the window and a scan of its events."""
+        assert isinstance(between.window, Between) and isinstance(within.window, Within)
+        where = self._where(between.event, between.where)
+        lo = self.at - between.window.older.micros
+        latest = self._per_event("latest", between.event, Span(lo, self.at), where)
+        last_allowed = self.at - within.window.duration.micros
+        inside = exp.Between(this=latest, low=self.c._at(lo), high=self.c._at(last_allowed))
+        return _false_if_null(inside)  # read from the summaries, the latest may be before lo
 
     def _segment(self, name: str, stack: tuple[str, ...]) -> exp.Expr:
         """A referenced segment's expression (built once per query, then shared)."""
