@@ -415,11 +415,14 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
     return prefix
 
 
-@settings(
+EXAMPLES = settings(
     max_examples=int(os.environ.get("AGREEMENT_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+
+
+@EXAMPLES
 @given(scenarios())
 def test_sql_and_evaluator_agree(
     shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]
@@ -428,11 +431,7 @@ def test_sql_and_evaluator_agree(
     check(shared_engine, people, project, at)
 
 
-@settings(
-    max_examples=int(os.environ.get("AGREEMENT_EXAMPLES", "150")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@EXAMPLES
 @given(scenarios(lapsed_projects()))
 def test_the_lapsed_pattern_read_from_one_latest_timestamp_agrees(
     shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]

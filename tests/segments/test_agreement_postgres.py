@@ -192,7 +192,7 @@ def check_pg(
     return prefix
 
 
-@settings(
+PG_EXAMPLES = settings(
     max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "60")),
     deadline=None,
     suppress_health_check=[
@@ -201,6 +201,9 @@ def check_pg(
         HealthCheck.function_scoped_fixture,
     ],
 )
+
+
+@PG_EXAMPLES
 @given(scenarios())
 def test_postgres_sql_and_evaluator_agree(
     shared_engine: Engine,
@@ -211,15 +214,7 @@ def test_postgres_sql_and_evaluator_agree(
     check_pg(shared_engine, pg, people, project, at)
 
 
-@settings(
-    max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "60")),
-    deadline=None,
-    suppress_health_check=[
-        HealthCheck.too_slow,
-        HealthCheck.data_too_large,
-        HealthCheck.function_scoped_fixture,
-    ],
-)
+@PG_EXAMPLES
 @given(scenarios(lapsed_projects()))
 def test_postgres_lapsed_pattern_agrees(
     shared_engine: Engine,
