@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import duckdb
 import orjson
 import pyarrow as pa
 
-from cohortsync.store.duckdb_shared import ConnectionView, Registered, first_row
+from cohortsync.store.duckdb_shared import ConnectionView, Registered, Transaction, first_row
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
@@ -196,8 +198,32 @@ _IDENTIFIERS = """
 """
 
 
+FULL_PLAN_EVERY = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """How far conversions were planned: every event up to row `through` of `events`."""
+
+    routes: tuple[ConversionRoute, ...]
+    through: int
+    full_at: datetime
+
+
 class DuckDBOutbox(ConnectionView, OutboxStore):
-    """`OutboxStore` over the store's DuckDB connection, sharing its lock and transactions."""
+    """`OutboxStore` over the store's DuckDB connection, sharing its lock and transactions.
+
+    Conversions are planned from the events stored since the last planning, not from every
+    event: `events` is append-only and written by this process alone, so its row numbers grow
+    in commit order. The first planning in a process, another set of routes, a retry of dead
+    conversions (which forgets them in the ledger) and every `FULL_PLAN_EVERY` read all events.
+    """
+
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, lock: threading.RLock, transaction: Transaction
+    ) -> None:
+        super().__init__(con, lock, transaction)
+        self._planned: _Planned | None = None
 
     def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
         with self._transaction() as con:
@@ -217,19 +243,35 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 "currency": pa.array([r.currency for r in routes], pa.string()),
             }
         )
+        planned, key = self._planned, tuple(routes)
+        full = planned is None or planned.routes != key or now - planned.full_at >= FULL_PLAN_EVERY
+        after = -1 if full or planned is None else planned.through
+        # Events stored since the last planning cannot be in the ledger yet (their message ids
+        # are new to the store), so only a planning of the whole log checks it; its primary key
+        # would refuse a second conversion of an event anyway.
+        unplanned = (
+            "ANTI JOIN conversion_ledger l "
+            "ON l.destination = r.destination AND l.message_id = e.message_id"
+            if after < 0
+            else ""
+        )
         with self._transaction() as con, Registered(con, _rules=table):
+            row = first_row(con.execute("SELECT max(rowid) FROM events").fetchall())
+            through = -1 if row is None or row[0] is None else int(row[0])
             con.execute(
-                """CREATE OR REPLACE TEMP TABLE _conv AS
+                f"""CREATE OR REPLACE TEMP TABLE _conv AS
                 SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
-                       e.canonical_profile_id AS profile_id,
+                       coalesce(a.canonical_id, e.profile_id) AS profile_id,
                        TRY_CAST(json_extract_string(e.properties, r.value_path) AS DOUBLE)
                            AS value,
                        coalesce(json_extract_string(e.properties, '$.currency'), r.currency)
                            AS currency,
                        e.properties, e.context
-                FROM profile_events e JOIN _rules r ON e.type = 'track' AND e.event = r.event
-                ANTI JOIN conversion_ledger l
-                    ON l.destination = r.destination AND l.message_id = e.message_id"""
+                FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
+                JOIN _rules r ON e.type = 'track' AND e.event = r.event
+                {unplanned}
+                WHERE e.rowid > ?""",
+                [after],
             )
             row = first_row(con.execute("SELECT count(*) FROM _conv").fetchall())
             count = int(row[0]) if row else 0
@@ -254,6 +296,8 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             )
             con.execute("DROP TABLE _conv")
             con.execute("DROP TABLE _conv_ids")
+        full_at = now if full or planned is None else planned.full_at
+        self._planned = _Planned(key, through, full_at)  # only once the plan has committed
         return PlanCounts(conversions=count)
 
     def claim(
@@ -741,7 +785,9 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             row = first_row(
                 con.execute(f"SELECT count(*) FROM dead_letters WHERE {where}", params).fetchall()
             )
-            # Conversions come back through the ledger: forget them there to queue them again.
+            # Conversions come back through the ledger: forget them there to queue them again
+            # (and read every event at the next planning, to find theirs).
+            self._planned = None
             con.execute(
                 "DELETE FROM conversion_ledger l USING dead_letters d "
                 "WHERE d.kind = 'conversions' AND d.retried_at IS NULL "

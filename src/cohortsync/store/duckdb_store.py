@@ -57,6 +57,7 @@ class DuckDBStore(Store):
         # of a longer WAL replay after a crash (~1 s) and rarer but longer checkpoint pauses.
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
+        self._outbox = DuckDBOutbox(self._con, self._lock, self._transaction)  # keeps its cursor
         self._identities: IdentityCache | None = None
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
         self._summary_pending = 0  # rows appended since
@@ -459,7 +460,7 @@ class DuckDBStore(Store):
 
     @property
     def outbox(self) -> OutboxStore:
-        return DuckDBOutbox(self._con, self._lock, self._transaction)
+        return self._outbox
 
     @property
     def realtime(self) -> RealtimeStore:
