@@ -1,0 +1,119 @@
+"""Conversion planning benchmark: what `serve` pays every 10 s under the store lock.
+
+Run:  .venv/bin/python bench/conversions.py [--events N ...] [--repeat R]
+
+On a copy of the segments benchmark's store (bench/out/segments-<N>-by-time, built by
+bench/segments.py when missing), with two conversion rules on `order_completed` (so 2 queued
+conversions per order), each timed as `DuckDBOutbox.plan_conversions` runs it:
+
+- whole log, first: every order planned (the first planning of a process);
+- whole log, nothing new: the same again once everything is in the ledger, on the store opened
+  anew (best of R) — what every planning cost before plans were incremental, and what the
+  10-minute full planning still costs;
+- since the last planning, nothing new: the usual case between two plans (best of R);
+- since the last planning, 500 new orders: the rows appended to `events` in SQL first.
+
+Baseline, side by side: the hand-written DuckDB query that lists the unplanned conversions of
+the whole log (`events` anti-joined with the ledger), without writing them anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.outbox import ConversionRoute
+from segments import _store_file, ensure_store
+
+console = Console(width=120)
+ROUTES = [
+    ConversionRoute("warehouse", "order_completed", "Purchase", "revenue", "USD"),
+    ConversionRoute("meta_capi", "order_completed", "Purchase", "revenue", "USD"),
+]
+HAND = """
+    SELECT count(*) FROM events e
+    JOIN (VALUES ('warehouse'), ('meta_capi')) r(destination) ON e.event = 'order_completed'
+    ANTI JOIN conversion_ledger l
+        ON l.destination = r.destination AND l.message_id = e.message_id
+    WHERE e.type = 'track'
+"""
+
+
+def timed(work: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
+    """(best wall time in ms, result of the last run)."""
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        started = time.perf_counter()
+        result = work()
+        best = min(best, (time.perf_counter() - started) * 1000)
+    return best, result
+
+
+def run_size(events: int, repeat: int) -> None:
+    source = _store_file(ensure_store(events, 1_000_000))
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "store.duckdb"
+        shutil.copyfile(source, copy)
+        store = DuckDBStore(copy)
+        store.migrate()
+
+        def plan() -> int:
+            return store.outbox.plan_conversions(ROUTES, datetime.now(UTC)).conversions
+
+        rows: list[tuple[str, float, int]] = []
+        ms, n = timed(plan)
+        rows.append(("whole log, first", ms, n))
+        best = float("inf")
+        for _ in range(repeat):  # each a first planning again, as after a restart
+            store.close()
+            store = DuckDBStore(copy)
+            ms, n = timed(plan)
+            best = min(best, ms)
+        rows.append(("whole log, nothing new", best, n))
+        ms, n = timed(plan, repeat)
+        rows.append(("since the last planning, nothing new", ms, n))
+        store.query(
+            "INSERT INTO events SELECT * REPLACE (message_id || '~new' AS message_id) "
+            "FROM events WHERE event_key = 'order_completed' LIMIT 500"
+        )
+        ms, n = timed(plan)
+        rows.append(("since the last planning, 500 new orders", ms, n))
+        ms, found = timed(lambda: store.query(HAND), repeat)
+        rows.append(("hand SQL: unplanned conversions of the whole log", ms, int(found[0][0])))
+        total = store.query("SELECT count(*) FROM events")[0][0]
+        store.close()
+    table = Table(title=f"{total:,} events: conversion planning")
+    for col in ("planning", "ms", "conversions"):
+        table.add_column(col, justify="left" if col == "planning" else "right")
+    for label, ms, n in rows:
+        table.add_row(label, f"{ms:.1f}", f"{n:,}")
+    console.print(table)
+    usual, before = rows[2][1], rows[1][1]
+    console.print(
+        f"  a usual planning: {usual:.1f} ms, {before / usual:.0f}x less than the whole log"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    for events in args.events:
+        run_size(events, args.repeat)
+
+
+if __name__ == "__main__":
+    main()
