@@ -22,6 +22,10 @@ from cohortsync.store.outbox import Route
 SEGMENT = "segment"
 AUDIENCE = "audience"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MEMBERSHIPS = pa.schema(
+    [("kind", pa.string()), ("name", pa.string()), ("profile_id", pa.string()),
+     ("holdout", pa.bool_())]
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -152,29 +156,22 @@ def _segment_members(
 
 
 def _table(computed: Computed) -> pa.Table:
-    """One Arrow table (kind, name, profile_id, holdout) of every membership."""
-    kinds: list[str] = []
-    names: list[str] = []
-    ids: list[str] = []
-    flags: list[bool] = []
+    """One Arrow table (kind, name, profile_id, holdout) of every membership, built a name at
+    a time (repeated kinds and names as Arrow repeats, not Python lists)."""
+    parts: list[pa.Table] = []
+
+    def add(kind: str, name: str, ids: list[str], holdout: pa.Array) -> None:
+        n = len(ids)
+        columns = [pa.repeat(kind, n), pa.repeat(name, n), pa.array(ids, pa.string()), holdout]
+        parts.append(pa.Table.from_arrays(columns, schema=_MEMBERSHIPS))
+
     for name, members in computed.segments.items():
-        kinds += [SEGMENT] * len(members)
-        names += [name] * len(members)
-        ids += members
-        flags += [False] * len(members)
+        add(SEGMENT, name, members, pa.repeat(False, len(members)))
     for name, flagged in computed.audiences.items():
-        kinds += [AUDIENCE] * len(flagged)
-        names += [name] * len(flagged)
-        ids += [p for p, _ in flagged]
-        flags += [h for _, h in flagged]
-    return pa.table(
-        {
-            "kind": pa.array(kinds, pa.string()),
-            "name": pa.array(names, pa.string()),
-            "profile_id": pa.array(ids, pa.string()),
-            "holdout": pa.array(flags, pa.bool_()),
-        }
-    )
+        add(AUDIENCE, name, [p for p, _ in flagged], pa.array([h for _, h in flagged], pa.bool_()))
+    if not parts:
+        return _MEMBERSHIPS.empty_table()
+    return pa.concat_tables(parts)
 
 
 def compute(
