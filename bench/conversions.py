@@ -1,6 +1,6 @@
 """Conversion planning benchmark: what `serve` pays every 10 s under the store lock.
 
-Run:  .venv/bin/python bench/conversions.py [--events N ...] [--repeat R]
+Run:  .venv/bin/python bench/conversions.py [--events N ...] [--repeat R] [--postgres URL]
 
 On a copy of the segments benchmark's store (bench/out/segments-<N>-by-time, built by
 bench/segments.py when missing), with two conversion rules on `order_completed` (so 2 queued
@@ -13,8 +13,9 @@ conversions per order), each timed as `DuckDBOutbox.plan_conversions` runs it:
 - since the last planning, nothing new: the usual case between two plans (best of R);
 - since the last planning, 500 new orders: the rows appended to `events` in SQL first.
 
-Baseline, side by side: the hand-written DuckDB query that lists the unplanned conversions of
-the whole log (`events` anti-joined with the ledger), without writing them anywhere.
+Baseline, side by side: the hand-written query that lists the unplanned conversions of the
+whole log (`events` anti-joined with the ledger), without writing them anywhere. With
+`--postgres URL`, the same on a Postgres store of --pg-events (default 1M) events.
 """
 
 from __future__ import annotations
@@ -26,16 +27,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import psycopg
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).parent))
+from cohortsync.config.scaffold import scaffold_project
+from cohortsync.demo.shop import generate_shop
+from cohortsync.engine import Engine
+from cohortsync.store.base import Store
 from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import ConversionRoute
-from segments import _store_file, ensure_store
+from segments import EVENTS_PER_PROFILE, NOW, _store_file, ensure_store
 
 console = Console(width=120)
 ROUTES = [
@@ -45,9 +54,9 @@ ROUTES = [
 HAND = """
     SELECT count(*) FROM events e
     JOIN (VALUES ('warehouse'), ('meta_capi')) r(destination) ON e.event = 'order_completed'
-    ANTI JOIN conversion_ledger l
-        ON l.destination = r.destination AND l.message_id = e.message_id
-    WHERE e.type = 'track'
+    WHERE e.type = 'track' AND NOT EXISTS (
+        SELECT 1 FROM conversion_ledger l
+        WHERE l.destination = r.destination AND l.message_id = e.message_id)
 """
 
 
@@ -61,40 +70,35 @@ def timed(work: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     return best, result
 
 
-def run_size(events: int, repeat: int) -> None:
-    source = _store_file(ensure_store(events, 1_000_000))
-    with tempfile.TemporaryDirectory() as folder:
-        copy = Path(folder) / "store.duckdb"
-        shutil.copyfile(source, copy)
-        store = DuckDBStore(copy)
-        store.migrate()
+def measure(
+    title: str, opened: Callable[[], Store], append_orders: str, hand: str, repeat: int
+) -> None:
+    """Time the plannings on a store (`opened` opens it anew, as a new process would)."""
+    store = opened()
 
-        def plan() -> int:
-            return store.outbox.plan_conversions(ROUTES, datetime.now(UTC)).conversions
+    def plan() -> int:
+        return store.outbox.plan_conversions(ROUTES, datetime.now(UTC)).conversions
 
-        rows: list[tuple[str, float, int]] = []
-        ms, n = timed(plan)
-        rows.append(("whole log, first", ms, n))
-        best = float("inf")
-        for _ in range(repeat):  # each a first planning again, as after a restart
-            store.close()
-            store = DuckDBStore(copy)
-            ms, n = timed(plan)
-            best = min(best, ms)
-        rows.append(("whole log, nothing new", best, n))
-        ms, n = timed(plan, repeat)
-        rows.append(("since the last planning, nothing new", ms, n))
-        store.query(
-            "INSERT INTO events SELECT * REPLACE (message_id || '~new' AS message_id) "
-            "FROM events WHERE event_key = 'order_completed' LIMIT 500"
-        )
-        ms, n = timed(plan)
-        rows.append(("since the last planning, 500 new orders", ms, n))
-        ms, found = timed(lambda: store.query(HAND), repeat)
-        rows.append(("hand SQL: unplanned conversions of the whole log", ms, int(found[0][0])))
-        total = store.query("SELECT count(*) FROM events")[0][0]
+    rows: list[tuple[str, float, int]] = []
+    ms, n = timed(plan)
+    rows.append(("whole log, first", ms, n))
+    best = float("inf")
+    for _ in range(repeat):  # each a first planning again, as after a restart
         store.close()
-    table = Table(title=f"{total:,} events: conversion planning")
+        store = opened()
+        ms, n = timed(plan)
+        best = min(best, ms)
+    rows.append(("whole log, nothing new", best, n))
+    ms, n = timed(plan, repeat)
+    rows.append(("since the last planning, nothing new", ms, n))
+    store.query(append_orders)
+    ms, n = timed(plan)
+    rows.append(("since the last planning, 500 new orders", ms, n))
+    ms, found = timed(lambda: store.query(hand), repeat)
+    rows.append(("hand SQL: unplanned conversions of the whole log", ms, int(found[0][0])))
+    total = store.query("SELECT count(*) FROM events")[0][0]
+    store.close()
+    table = Table(title=f"{title}, {total:,} events: conversion planning")
     for col in ("planning", "ms", "conversions"):
         table.add_column(col, justify="left" if col == "planning" else "right")
     for label, ms, n in rows:
@@ -102,17 +106,73 @@ def run_size(events: int, repeat: int) -> None:
     console.print(table)
     usual, before = rows[2][1], rows[1][1]
     console.print(
-        f"  a usual planning: {usual:.1f} ms, {before / usual:.0f}x less than the whole log"
+        f"  a usual planning: {usual:.1f} ms, {before / usual:.0f}x less than a whole log"
     )
+
+
+def run_duckdb(events: int, repeat: int) -> None:
+    source = _store_file(ensure_store(events, 1_000_000))
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "store.duckdb"
+        shutil.copyfile(source, copy)
+        DuckDBStore(copy).migrate()
+        append = (
+            "INSERT INTO events SELECT * REPLACE (message_id || '~new' AS message_id) "
+            "FROM events WHERE event_key = 'order_completed' LIMIT 500"
+        )
+        measure("DuckDB", lambda: DuckDBStore(copy), append, HAND, repeat)
+
+
+def run_postgres(url: str, events: int, repeat: int) -> None:
+    """The same on Postgres: the demo shop ingested through the engine into a schema of its
+    own (kept between runs: the conversions planned by an earlier run are not planned again)."""
+    schema = f"bench_conversions_{events}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")  # type: ignore[arg-type]
+        built = conn.execute(
+            "SELECT 1 FROM information_schema.tables WHERE table_schema = %s "
+            "AND table_name = 'conversion_cursors'",
+            (schema,),
+        ).fetchone()
+    located = f"{url}?options={quote(f'-csearch_path={schema}')}"
+    if not built:
+        with tempfile.TemporaryDirectory() as folder:
+            scaffold_project(Path(folder), force=True)
+            settings = Path(folder) / "cohortsync.yml"
+            settings.write_text(
+                "\n".join(
+                    f"store: {located}" if line.startswith("store:") else line
+                    for line in settings.read_text(encoding="utf-8").splitlines()
+                ),
+                encoding="utf-8",
+            )
+            started = time.perf_counter()
+            profiles = max(100, round(events / EVENTS_PER_PROFILE))
+            with Engine.open(Path(folder)) as engine:
+                shop = sorted(generate_shop(profiles, seed=7, now=NOW), key=itemgetter("timestamp"))
+                engine.ingest_messages(shop, source="demo")
+            console.print(f"  built {schema} in {time.perf_counter() - started:.0f} s")
+    append = (
+        "INSERT INTO events (message_id, type, source, event, event_key, profile_id, "
+        '"timestamp", original_timestamp, received_at, properties) '
+        "SELECT message_id || '~' || gen_random_uuid(), type, source, event, event_key, "
+        'profile_id, "timestamp", original_timestamp, received_at, properties FROM events '
+        "WHERE event_key = 'order_completed' LIMIT 500"
+    )
+    measure("Postgres", lambda: open_store(located), append, HAND, repeat)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--postgres", metavar="URL", help="also a Postgres store of --pg-events")
+    parser.add_argument("--pg-events", type=int, default=1_000_000)
     args = parser.parse_args()
     for events in args.events:
-        run_size(events, args.repeat)
+        run_duckdb(events, args.repeat)
+    if args.postgres:
+        run_postgres(args.postgres, args.pg_events, args.repeat)
 
 
 if __name__ == "__main__":

@@ -387,3 +387,31 @@ def test_two_processes_claiming_at_once_deliver_every_change_once_in_order(shop:
         assert worker.exitcode == 0
     assert all(logs), "both processes delivered"
     check_exactly_once_in_order(shop, [entry for log in logs for entry in log])
+
+
+def _order(conn: psycopg.Connection[Any], message_id: str) -> None:
+    conn.execute(
+        'INSERT INTO events (message_id, type, source, event, profile_id, "timestamp", '
+        "original_timestamp, received_at, properties) "
+        "VALUES (%s, 'track', 'web', 'order_completed', 'a', %s, %s, %s, '{}'::jsonb)",
+        (message_id, T0, T0, T0),
+    )
+
+
+def test_an_order_committed_after_a_planning_began_is_planned_next(shop: Shop) -> None:
+    """A planning reads only what was written since the last one, yet an event whose
+    transaction was still open while a planning ran (so it could not see it) is not lost."""
+    routes = [ConversionRoute("capi", "order_completed", "Purchase")]
+    _order(shop.sql, "m0")
+    assert shop.outbox.plan_conversions(routes, T0).conversions == 1
+    with psycopg.connect(shop.url) as late:  # an ingest transaction, open across a planning
+        _order(late, "m1")
+        _order(shop.sql, "m2")  # begun and committed later, while m1 is still open
+        assert shop.outbox.plan_conversions(routes, T0 + timedelta(minutes=1)).conversions == 1
+        late.commit()
+    assert shop.outbox.plan_conversions(routes, T0 + timedelta(minutes=2)).conversions == 1
+    assert shop.outbox.plan_conversions(routes, T0 + timedelta(minutes=3)).conversions == 0
+    cursor = shop.sql.execute("SELECT count(*) FROM conversion_cursors").fetchone()
+    assert cursor == (1,)
+    queued = shop.sql.execute("SELECT message_id FROM conversion_outbox ORDER BY 1").fetchall()
+    assert queued == [("m0",), ("m1",), ("m2",)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import duckdb
 import orjson
@@ -15,6 +15,7 @@ from cohortsync.store.duckdb_shared import ConnectionView, Registered, Transacti
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    FULL_PLAN_EVERY,
     KEY,
     STATUS_SELECT,
     ClaimedBatch,
@@ -196,9 +197,6 @@ _IDENTIFIERS = """
         FROM owners o JOIN identities x ON x.profile_id = o.owner GROUP BY ALL)
     SELECT record_id, json_group_object(kind, value)::VARCHAR FROM firsts GROUP BY record_id
 """
-
-
-FULL_PLAN_EVERY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)

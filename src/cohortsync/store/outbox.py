@@ -10,7 +10,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 CHANGES = "changes"
@@ -24,6 +24,11 @@ class Route:
     destination: str
     audience: str
     include_holdout: bool
+
+
+# Conversions are planned from the events stored since the last planning; the whole log is
+# read again this often all the same, in case a ledger row went missing some other way.
+FULL_PLAN_EVERY = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)

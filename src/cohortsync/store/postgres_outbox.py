@@ -21,6 +21,7 @@ import psycopg
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    FULL_PLAN_EVERY,
     STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
@@ -36,7 +37,7 @@ from cohortsync.store.outbox import (
     retry_batch_row,
     stable_batch_id,
 )
-from cohortsync.store.postgres_shared import PgView, advisory_lock, lock_key
+from cohortsync.store.postgres_shared import PgConnections, PgView, advisory_lock, lock_key
 
 PLAN_MEMORY = "64MB"
 """work_mem of a whole-project plan (its sorts stay in memory up to about a million changes)."""
@@ -315,27 +316,39 @@ the next plan (maybe seconds later) is not planned for an empty table."""
 _NUMBER = r"^\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]{1,3})?\s*$"
 """A value property that reads as a number (anything else is no value, as TRY_CAST gives)."""
 
+# Conversions not in the ledger yet, read from the events written by transactions at or above
+# `written_from` (NULL: every event); the cursors of the routes then move to this statement's
+# snapshot xmin. Transactions at or above it may be read again next time: the ledger skips them.
+_CONVERSIONS_LOCK = "conversions:"
 _PLAN_CONVERSIONS = """
 WITH rules AS (
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])
+    SELECT * FROM unnest(%(destination)s::text[], %(event)s::text[], %(name)s::text[],
+                         %(value)s::text[], %(currency)s::text[])
         AS r(destination, event, name, value_property, currency)),
 matched AS (
     SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
-           e.canonical_profile_id AS profile_id,
+           coalesce(a.canonical_id, e.profile_id) AS profile_id,
            e.properties #>> string_to_array(r.value_property, '.') AS value_text,
            coalesce(e.properties ->> 'currency', r.currency) AS currency,
            e.properties, e.context
-    FROM profile_events e JOIN rules r ON e.type = 'track' AND e.event = r.event
+    FROM events e JOIN rules r ON e.type = 'track' AND e.event = r.event
+    LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
     WHERE NOT EXISTS (SELECT 1 FROM conversion_ledger l
-                      WHERE l.destination = r.destination AND l.message_id = e.message_id)),
+                      WHERE l.destination = r.destination AND l.message_id = e.message_id)
+      {written}),
+cursors AS (
+    INSERT INTO conversion_cursors (destination, event, planned_below)
+    SELECT DISTINCT destination, event, pg_snapshot_xmin(pg_current_snapshot()) FROM rules
+    ON CONFLICT (destination, event) DO UPDATE SET planned_below = excluded.planned_below
+    RETURNING 1),
 queued AS (
     INSERT INTO conversion_outbox (conversion_id, destination, message_id, name, event,
         "timestamp", profile_id, value, currency, properties, context, planned_at, batch_id,
         identifiers)
     SELECT nextval('conversion_ids'), destination, message_id, name, event, "timestamp",
            profile_id,
-           CASE WHEN value_text ~ %s THEN value_text::double precision END,
-           upper(currency), properties, context, %s::timestamptz, NULL, NULL
+           CASE WHEN value_text ~ %(number)s THEN value_text::double precision END,
+           upper(currency), properties, context, %(now)s::timestamptz, NULL, NULL
     FROM matched
     ORDER BY "timestamp", destination, message_id
     RETURNING destination, message_id, conversion_id),
@@ -343,8 +356,9 @@ ledger AS (
     INSERT INTO conversion_ledger (destination, message_id, conversion_id)
     SELECT destination, message_id, conversion_id FROM queued
     RETURNING 1)
-SELECT count(*) FROM ledger
+SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM cursors)
 """
+_WRITTEN_FROM = "AND e.written_by >= %(written_from)s::xid8"
 
 
 def _record(row: Sequence[Any], found: Mapping[int, Any]) -> OutboxRecord:
@@ -366,7 +380,18 @@ def _json(value: Mapping[str, Any]) -> str:
 
 
 class PostgresOutbox(PgView, OutboxStore):
-    """The sync state in Postgres; any number of delivery workers claim from it at once."""
+    """The sync state in Postgres; any number of delivery workers claim from it at once.
+
+    Conversions are planned from the events written since the last planning: each event
+    records the transaction that wrote it, and each (destination, event) the snapshot xmin its
+    last planning saw (`conversion_cursors`), shared by every process. A retry of dead
+    conversions clears its destinations' cursors; each process also reads the whole log on
+    its first planning and every `FULL_PLAN_EVERY`.
+    """
+
+    def __init__(self, db: PgConnections) -> None:
+        super().__init__(db)
+        self._full_at: datetime | None = None
 
     def plan(self, routes: Sequence[Route], now: datetime) -> PlanCounts:
         with self._db.transaction() as cur:
@@ -377,20 +402,34 @@ class PostgresOutbox(PgView, OutboxStore):
             return PlanCounts()
         with self._db.transaction() as cur:
             # Two processes planning at once: the second waits, then sees the first's ledger.
-            advisory_lock(cur, *("conversions:" + r.destination for r in routes))
+            advisory_lock(cur, *(_CONVERSIONS_LOCK + r.destination for r in routes))
+            # Read from the lowest cursor of the routes; a route never planned reads everything.
             cur.execute(
-                _PLAN_CONVERSIONS,
-                (
-                    [r.destination for r in routes],
-                    [r.event for r in routes],
-                    [r.name for r in routes],
-                    [r.value_property for r in routes],
-                    [r.currency for r in routes],
-                    _NUMBER,
-                    now,
-                ),
+                "SELECT min(c.planned_below), bool_and(c.planned_below IS NOT NULL) "
+                "FROM unnest(%s::text[], %s::text[]) r(destination, event) "
+                "LEFT JOIN conversion_cursors c USING (destination, event)",
+                ([r.destination for r in routes], [r.event for r in routes]),
+            )
+            lowest, all_planned = cur.fetchone() or (None, False)
+            full = self._full_at is None or now - self._full_at >= FULL_PLAN_EVERY
+            written_from = None if full or not all_planned else lowest
+            sql = _PLAN_CONVERSIONS.format(written="" if written_from is None else _WRITTEN_FROM)
+            cur.execute(
+                sql.encode(),
+                {
+                    "destination": [r.destination for r in routes],
+                    "event": [r.event for r in routes],
+                    "name": [r.name for r in routes],
+                    "value": [r.value_property for r in routes],
+                    "currency": [r.currency for r in routes],
+                    "number": _NUMBER,
+                    "now": now,
+                    "written_from": written_from,
+                },
             )
             row = cur.fetchone()
+        if full:
+            self._full_at = now
         return PlanCounts(conversions=int(row[0]) if row else 0)
 
     def claim(
@@ -886,7 +925,20 @@ class PostgresOutbox(PgView, OutboxStore):
         )
         params: dict[str, Any] = {"destination": destination, "audience": audience, "now": now}
         with self._db.transaction() as cur:
-            # Conversions come back through the ledger: forget them there to queue them again.
+            # Conversions come back through the ledger: forget them there to queue them again,
+            # and their destinations' cursors, so the next planning reads every event again.
+            # Under the planners' locks: a planning in flight must not restore a cursor.
+            cur.execute(
+                "SELECT DISTINCT destination FROM dead_letters "
+                f"WHERE kind = 'conversions' AND {where}",
+                params,
+            )
+            forgotten = [str(d) for (d,) in cur.fetchall()]
+            advisory_lock(cur, *(_CONVERSIONS_LOCK + d for d in forgotten))
+            cur.execute(
+                "DELETE FROM conversion_cursors WHERE destination = ANY(%(forgotten)s::text[])",
+                {"forgotten": forgotten},
+            )
             cur.execute(
                 "DELETE FROM conversion_ledger l USING dead_letters d "
                 "WHERE d.kind = 'conversions' AND d.retried_at IS NULL "

@@ -280,6 +280,25 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         CREATE SEQUENCE realtime_versions;
         """,
     ),
+    (
+        3,
+        "the transaction that wrote each event; how far conversions are planned",
+        """
+        -- Events written before this migration have none: a first planning reads them all.
+        ALTER TABLE events ADD COLUMN written_by xid8;
+        ALTER TABLE events ALTER COLUMN written_by SET DEFAULT pg_current_xact_id();
+        CREATE INDEX events_written_by ON events (written_by);
+        -- Every event of `event` written by a transaction below `planned_below` has been
+        -- planned as a conversion for `destination` (transactions below a snapshot's xmin are
+        -- over, so none of them can still add one).
+        CREATE TABLE conversion_cursors (
+            destination TEXT NOT NULL,
+            event TEXT NOT NULL,
+            planned_below xid8 NOT NULL,
+            PRIMARY KEY (destination, event)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
