@@ -241,61 +241,64 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 "currency": pa.array([r.currency for r in routes], pa.string()),
             }
         )
-        planned, key = self._planned, tuple(routes)
-        full = planned is None or planned.routes != key or now - planned.full_at >= FULL_PLAN_EVERY
-        after = -1 if full or planned is None else planned.through
-        # Events stored since the last planning cannot be in the ledger yet (their message ids
-        # are new to the store), so only a planning of the whole log checks it; its primary key
-        # would refuse a second conversion of an event anyway.
-        unplanned = (
-            "ANTI JOIN conversion_ledger l "
-            "ON l.destination = r.destination AND l.message_id = e.message_id"
-            if after < 0
-            else ""
-        )
-        with self._transaction() as con, Registered(con, _rules=table):
-            row = first_row(con.execute("SELECT max(rowid) FROM events").fetchall())
-            through = -1 if row is None or row[0] is None else int(row[0])
-            con.execute(
-                f"""CREATE OR REPLACE TEMP TABLE _conv AS
-                SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
-                       coalesce(a.canonical_id, e.profile_id) AS profile_id,
-                       TRY_CAST(json_extract_string(e.properties, r.value_path) AS DOUBLE)
-                           AS value,
-                       coalesce(json_extract_string(e.properties, '$.currency'), r.currency)
-                           AS currency,
-                       e.properties, e.context
-                FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
-                JOIN _rules r ON e.type = 'track' AND e.event = r.event
-                {unplanned}
-                WHERE e.rowid > ?""",
-                [after],
+        with self._lock:  # the cursor is read and moved by one planning at a time
+            planned, key = self._planned, tuple(routes)
+            full = (
+                planned is None or planned.routes != key or now - planned.full_at >= FULL_PLAN_EVERY
             )
-            row = first_row(con.execute("SELECT count(*) FROM _conv").fetchall())
-            count = int(row[0]) if row else 0
-            start = next_ids(con, "conversion_id", count)
-            con.execute(
-                """CREATE OR REPLACE TEMP TABLE _conv_ids AS
-                SELECT ? - 1 + row_number() OVER (ORDER BY "timestamp", destination, message_id)
-                       AS conversion_id, * FROM _conv""",
-                [start],
+            after = -1 if full or planned is None else planned.through
+            # Events stored since the last planning cannot be in the ledger yet (their message ids
+            # are new to the store), so only a planning of the whole log checks it; its primary key
+            # would refuse a second conversion of an event anyway.
+            unplanned = (
+                "ANTI JOIN conversion_ledger l "
+                "ON l.destination = r.destination AND l.message_id = e.message_id"
+                if after < 0
+                else ""
             )
-            con.execute(
-                """INSERT INTO conversion_outbox
-                SELECT conversion_id, destination, message_id, name, event, "timestamp",
-                       profile_id, value, upper(currency), properties, context,
-                       ?::TIMESTAMPTZ, NULL, NULL
-                FROM _conv_ids""",
-                [now],
-            )
-            con.execute(
-                "INSERT INTO conversion_ledger "
-                "SELECT destination, message_id, conversion_id FROM _conv_ids"
-            )
-            con.execute("DROP TABLE _conv")
-            con.execute("DROP TABLE _conv_ids")
-        full_at = now if full or planned is None else planned.full_at
-        self._planned = _Planned(key, through, full_at)  # only once the plan has committed
+            with self._transaction() as con, Registered(con, _rules=table):
+                row = first_row(con.execute("SELECT max(rowid) FROM events").fetchall())
+                through = -1 if row is None or row[0] is None else int(row[0])
+                con.execute(
+                    f"""CREATE OR REPLACE TEMP TABLE _conv AS
+                    SELECT r.destination, e.message_id, r.name, e.event, e."timestamp",
+                           coalesce(a.canonical_id, e.profile_id) AS profile_id,
+                           TRY_CAST(json_extract_string(e.properties, r.value_path) AS DOUBLE)
+                               AS value,
+                           coalesce(json_extract_string(e.properties, '$.currency'), r.currency)
+                               AS currency,
+                           e.properties, e.context
+                    FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
+                    JOIN _rules r ON e.type = 'track' AND e.event = r.event
+                    {unplanned}
+                    WHERE e.rowid > ?""",
+                    [after],
+                )
+                row = first_row(con.execute("SELECT count(*) FROM _conv").fetchall())
+                count = int(row[0]) if row else 0
+                start = next_ids(con, "conversion_id", count)
+                con.execute(
+                    """CREATE OR REPLACE TEMP TABLE _conv_ids AS
+                    SELECT ? - 1 + row_number() OVER (ORDER BY "timestamp", destination, message_id)
+                           AS conversion_id, * FROM _conv""",
+                    [start],
+                )
+                con.execute(
+                    """INSERT INTO conversion_outbox
+                    SELECT conversion_id, destination, message_id, name, event, "timestamp",
+                           profile_id, value, upper(currency), properties, context,
+                           ?::TIMESTAMPTZ, NULL, NULL
+                    FROM _conv_ids""",
+                    [now],
+                )
+                con.execute(
+                    "INSERT INTO conversion_ledger "
+                    "SELECT destination, message_id, conversion_id FROM _conv_ids"
+                )
+                con.execute("DROP TABLE _conv")
+                con.execute("DROP TABLE _conv_ids")
+            full_at = now if full or planned is None else planned.full_at
+            self._planned = _Planned(key, through, full_at)  # only once the plan has committed
         return PlanCounts(conversions=count)
 
     def claim(
