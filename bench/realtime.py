@@ -551,6 +551,7 @@ class RateResult:
     statuses: dict[int, int]
     purchases: int
     latencies_ms: list[float]  # per purchase: 200 → suppression acknowledged
+    timeline: list[tuple[float, float]]  # per purchase: (its send, s into the run; latency ms)
     recorded_ms: list[float]  # per purchase: 200 → cohortsync recorded the change (wall clocks)
     from_send_ms: list[float]  # per purchase: its scheduled send → suppression acknowledged
     missing: list[str]
@@ -752,6 +753,7 @@ def measure(rate: float, setup: Setup) -> RateResult:
         statuses=load.statuses,
         purchases=len(load.purchases),
         latencies_ms=latencies,
+        timeline=points,
         recorded_ms=recorded,
         from_send_ms=from_send,
         missing=sorted(missing),

@@ -322,6 +322,32 @@ def test_members_converge_to_disjoint_fair_shares() -> None:
     assert not held["worker-0"] & held["worker-1"]
 
 
+def test_a_joining_member_knows_partitions_are_coming_and_the_giver_knows_it_gives() -> None:
+    """Both run quick rounds while partitions change hands (`handing_over`), and only then."""
+    state, first = rebalance({}, "a", range(16), idle=(), now=100.0, ttl=30)
+    assert len(first.held) == 16 and not first.handing_over
+    state, joining = rebalance(state, "b", range(16), idle=(), now=100.5, ttl=30)
+    assert not joining.held and joining.awaiting  # "a" holds 16, more than its share of 8
+    busy = range(4)  # "a" has messages of partitions 4..15 in flight
+    state, giving = rebalance(state, "a", range(16), idle=busy, now=101.0, ttl=30)
+    assert len(giving.held) == 16 - 4 and len(giving.surplus) == 4 and giving.handing_over
+    state, joining = rebalance(state, "b", range(16), idle=(), now=101.1, ttl=30)
+    assert len(joining.held) == 4 and joining.awaiting
+    state, giving = rebalance(state, "a", range(16), idle=range(16), now=101.2, ttl=30)
+    state, joining = rebalance(state, "b", range(16), idle=(), now=101.3, ttl=30)
+    assert len(giving.held) == len(joining.held) == 8
+    assert not giving.handing_over and not joining.handing_over
+    # Fair shares that cannot be equal (16 over 3: 6, 6, 4) are not a hand-over forever.
+    settled: dict[str, Any] = {}
+    for round_ in range(4):
+        for member in ("a", "b", "c"):
+            state, settled[member] = rebalance(
+                state, member, range(16), range(16), 102 + round_, 30
+            )
+    assert sorted(len(s.held) for s in settled.values()) == [4, 6, 6]
+    assert not any(s.handing_over for s in settled.values())
+
+
 def _seqs_by_key(deliveries: list[Delivery]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for delivery in deliveries:

@@ -3,9 +3,9 @@
 Every member of a group records, in one document updated by compare-and-set, that it is alive
 and which partitions it leases. Each maintenance round (a third of the visibility timeout, at
 most 2 s) a member renews its leases, takes free partitions up to its fair share, and gives up
-partitions beyond it once nothing of them is in flight (until then it stops reading them). A
-lease not renewed within the visibility timeout is free again, so a dead member's partitions
-move on.
+partitions beyond it once nothing of them is in flight (until then it stops reading them).
+While partitions change hands, giver and taker run rounds every 0.1 s. A lease not renewed
+within the visibility timeout is free again, so a dead member's partitions move on.
 """
 
 from __future__ import annotations
@@ -30,12 +30,25 @@ another within about this long (not a third of the visibility timeout), so a new
 member gets its share without a pause of the partitions in between."""
 
 
+HAND_OVER_ROUND = 0.1
+"""Seconds between rounds while partitions change hands: the giver releases a partition as
+soon as nothing of it is in flight, and the taker takes it at once, instead of each waiting
+for its next ordinary round (up to 2 s each, during which the partition is read by no one)."""
+
+
 @dataclass(frozen=True)
 class Assignment:
-    """The partitions a member leases, and those among them it is giving up (not read)."""
+    """The partitions a member leases, those among them it is giving up (not read), and whether
+    another member holds more than its share (so partitions are about to come free)."""
 
     held: frozenset[int]
     surplus: frozenset[int]
+    awaiting: bool = False
+
+    @property
+    def handing_over(self) -> bool:
+        """Whether partitions are changing hands through this member."""
+        return bool(self.surplus) or self.awaiting
 
     @property
     def readable(self) -> frozenset[int]:
@@ -93,7 +106,12 @@ def rebalance(
         "members": members,
         "leases": {str(p): [owner, expires] for p, (owner, expires) in sorted(leases.items())},
     }
-    return document, Assignment(frozenset(mine), frozenset(surplus))
+    others: dict[str, int] = {}
+    for p, (owner, _) in leases.items():
+        if owner != member and p in wanted:
+            others[owner] = others.get(owner, 0) + 1
+    awaiting = len(mine) < share and any(n > share for n in others.values())
+    return document, Assignment(frozenset(mine), frozenset(surplus), awaiting)
 
 
 def leave(state: State, member: str) -> State:
@@ -233,7 +251,10 @@ class LeasedConsumer(ABC):
         self._assignment = self._update(
             lambda state: rebalance(state, name, eligible, idle, time.time(), ttl)
         )
-        self._next_round = time.monotonic() + min(self.visibility / 3, ROUND_AT_MOST)
+        every = min(self.visibility / 3, ROUND_AT_MOST)
+        if self._assignment.handing_over:
+            every = min(every, HAND_OVER_ROUND)
+        self._next_round = time.monotonic() + every
         gained = self._assignment.held - before
         lost = before - self._assignment.held
         if lost:
