@@ -44,7 +44,7 @@ from cohortsync.store.base import Store
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import ConversionRoute
-from segments import EVENTS_PER_PROFILE, NOW, _store_file, ensure_store
+from segments import EVENTS_PER_PROFILE, NOW, _store_file, best_of, ensure_store
 
 console = Console(width=120)
 ROUTES = [
@@ -62,12 +62,7 @@ HAND = """
 
 def timed(work: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
     """(best wall time in ms, result of the last run)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = work()
-        best = min(best, (time.perf_counter() - started) * 1000)
-    return best, result
+    return best_of(repeat, work)
 
 
 def measure(

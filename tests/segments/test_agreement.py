@@ -422,21 +422,18 @@ EXAMPLES = settings(
 )
 
 
+# Segments of every form; and "an event between X and Y ago and none in the last Z" (the lapsed
+# pattern), which the compiler reads from one latest timestamp.
+PROJECTS = {"every form": None, "lapsed pattern": lapsed_projects()}
+
+
+@pytest.mark.parametrize("projects", PROJECTS.values(), ids=PROJECTS.keys())
 @EXAMPLES
-@given(scenarios())
+@given(data=st.data())
 def test_sql_and_evaluator_agree(
-    shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]
+    shared_engine: Engine, projects: st.SearchStrategy[SegmentProject] | None, data: st.DataObject
 ) -> None:
-    people, project, at = scenario
-    check(shared_engine, people, project, at)
-
-
-@EXAMPLES
-@given(scenarios(lapsed_projects()))
-def test_the_lapsed_pattern_read_from_one_latest_timestamp_agrees(
-    shared_engine: Engine, scenario: tuple[list[dict[str, Any]], SegmentProject, int]
-) -> None:
-    people, project, at = scenario
+    people, project, at = data.draw(scenarios(projects), label="scenario")
     check(shared_engine, people, project, at)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from cohortsync.cli import app
@@ -45,10 +46,10 @@ from tests.postgres import postgres_schema
 from tests.segments import test_compile, test_members
 from tests.segments.test_agreement import (
     ANCHOR_US,
+    PROJECTS,
     H,
     check_next_change,
     histories,
-    lapsed_projects,
     messages,
     one_segment,
     same_value,
@@ -203,26 +204,16 @@ PG_EXAMPLES = settings(
 )
 
 
+@pytest.mark.parametrize("projects", PROJECTS.values(), ids=PROJECTS.keys())
 @PG_EXAMPLES
-@given(scenarios())
+@given(data=st.data())
 def test_postgres_sql_and_evaluator_agree(
     shared_engine: Engine,
     pg: PgSegments,
-    scenario: tuple[list[dict[str, Any]], SegmentProject, int],
+    projects: st.SearchStrategy[SegmentProject] | None,
+    data: st.DataObject,
 ) -> None:
-    people, project, at = scenario
-    check_pg(shared_engine, pg, people, project, at)
-
-
-@PG_EXAMPLES
-@given(scenarios(lapsed_projects()))
-def test_postgres_lapsed_pattern_agrees(
-    shared_engine: Engine,
-    pg: PgSegments,
-    scenario: tuple[list[dict[str, Any]], SegmentProject, int],
-) -> None:
-    """ "An event between X and Y ago and none in the last Z", read as one latest timestamp."""
-    people, project, at = scenario
+    people, project, at = data.draw(scenarios(projects), label="scenario")
     check_pg(shared_engine, pg, people, project, at)
 
 
