@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +35,25 @@ sources:
   backend:
     write_key: {OTHER_KEY}
 """
+
+
+def wait_until_healthy(
+    url: str, seconds: float, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until the server at `url` answers /health; AssertionError when the time is up or when
+    `process` (the server) exits first, with what it wrote to stderr."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/health", timeout=0.5)
+            return
+        except httpx.TransportError:
+            if process is not None and process.poll() is not None:
+                said = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise AssertionError(f"cohortsync serve exited at start: {said}") from None
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no answer from {url}/health in {seconds:g} s") from None
+            time.sleep(0.05)
 
 
 @pytest.fixture
@@ -89,14 +109,7 @@ class LiveServer:
 
     def start(self) -> None:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"{self.url}/health", timeout=0.5)
-                return
-            except httpx.TransportError:
-                time.sleep(0.02)
-        raise RuntimeError("server did not start")
+        wait_until_healthy(self.url, 10)
 
     def stop(self) -> None:
         self.server.should_exit = True

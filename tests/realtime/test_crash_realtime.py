@@ -25,7 +25,7 @@ from cohortsync.audiences.compute import compute_members
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import to_micros
 from cohortsync.realtime.index import build_index
-from tests.conftest import PROJECT_YAML, WRITE_KEY, free_port
+from tests.conftest import PROJECT_YAML, WRITE_KEY, free_port, wait_until_healthy
 from tests.realtime.conftest import REALTIME_YAML, message
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
@@ -42,15 +42,12 @@ def start(project: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-            return process
-        except httpx.TransportError:
-            time.sleep(0.05)
-    process.kill()
-    raise AssertionError("serve did not start")
+    try:
+        wait_until_healthy(f"http://127.0.0.1:{port}", 30, process)
+    except AssertionError:
+        process.kill()
+        raise
+    return process
 
 
 def random_event(rng: random.Random) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from cohortsync.events.timestamps import now_micros, to_micros
 from cohortsync.realtime.bus import BusError, open_bus
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.roles import GROUP, BusGateway, BusWorker
-from tests.conftest import PROJECT_YAML, WRITE_KEY, LiveServer, free_port
+from tests.conftest import PROJECT_YAML, WRITE_KEY, LiveServer, free_port, wait_until_healthy
 from tests.realtime.conftest import REALTIME_YAML, message
 from tests.realtime.test_crash_realtime import random_event
 
@@ -120,14 +120,8 @@ def send(port: int, seed: int, stop: threading.Event, acknowledged: list[str]) -
 
 
 def wait_for_health(port: int, seconds: float = 30) -> None:
-    """Until the server on `port` answers /health (or the time is up)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
+    """Until the server on `port` answers /health."""
+    wait_until_healthy(f"http://127.0.0.1:{port}", seconds)
 
 
 @pytest.fixture(params=sorted(BUSES))

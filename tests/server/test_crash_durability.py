@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from cohortsync.engine import Engine
-from tests.conftest import WRITE_KEY, free_port
+from tests.conftest import WRITE_KEY, free_port, wait_until_healthy
 
 COHORTSYNC = Path(sys.executable).with_name("cohortsync")
 
@@ -24,15 +24,8 @@ def _start(project: Path, port: int) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5)
-            return server
-        except httpx.TransportError:
-            assert server.poll() is None, "cohortsync serve exited at start"
-            assert time.monotonic() < deadline, "cohortsync serve did not start"
-            time.sleep(0.05)
+    wait_until_healthy(f"http://127.0.0.1:{port}", 20, server)
+    return server
 
 
 def _batch(number: int) -> dict[str, object]:

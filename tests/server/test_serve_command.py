@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from cohortsync.engine import Engine
-from tests.conftest import WRITE_KEY, free_port
+from tests.conftest import WRITE_KEY, free_port, wait_until_healthy
 
 COHORTSYNC = Path(sys.executable).with_name("cohortsync")
 
@@ -25,15 +24,7 @@ def test_serve_command_accepts_events_and_stores_them_durably(project_dir: Path)
     )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/health", timeout=0.5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stderr.read() if server.stderr else ""
-                assert time.monotonic() < deadline, "cohortsync serve did not start"
-                time.sleep(0.05)
+        wait_until_healthy(url, 20, server)
         response = httpx.post(
             f"{url}/v1/identify",
             json={"userId": "u-serve", "traits": {"email": "Serve@Example.com"}},
