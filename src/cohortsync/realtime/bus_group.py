@@ -14,6 +14,7 @@ import logging
 import time
 import zlib
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
@@ -106,10 +107,7 @@ def rebalance(
         "members": members,
         "leases": {str(p): [owner, expires] for p, (owner, expires) in sorted(leases.items())},
     }
-    others: dict[str, int] = {}
-    for p, (owner, _) in leases.items():
-        if owner != member and p in wanted:
-            others[owner] = others.get(owner, 0) + 1
+    others = Counter(owner for p, (owner, _) in leases.items() if owner != member and p in wanted)
     awaiting = len(mine) < share and any(n > share for n in others.values())
     return document, Assignment(frozenset(mine), frozenset(surplus), awaiting)
 

@@ -15,7 +15,6 @@ from cohortsync.store.duckdb_shared import ConnectionView, Registered, Transacti
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
-    FULL_PLAN_EVERY,
     KEY,
     STATUS_SELECT,
     ClaimedBatch,
@@ -31,6 +30,7 @@ from cohortsync.store.outbox import (
     record_table,
     retry_batch_row,
     stable_batch_id,
+    whole_log_due,
 )
 
 
@@ -214,7 +214,8 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     Conversions are planned from the events stored since the last planning, not from every
     event: `events` is append-only and written by this process alone, so its row numbers grow
     in commit order. The first planning in a process, another set of routes, a retry of dead
-    conversions (which forgets them in the ledger) and every `FULL_PLAN_EVERY` read all events.
+    conversions (which forgets them in the ledger) and every ten minutes (`whole_log_due`) read
+    all events.
     """
 
     def __init__(
@@ -243,9 +244,8 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         )
         with self._lock:  # the cursor is read and moved by one planning at a time
             planned, key = self._planned, tuple(routes)
-            full = (
-                planned is None or planned.routes != key or now - planned.full_at >= FULL_PLAN_EVERY
-            )
+            full_at = None if planned is None or planned.routes != key else planned.full_at
+            full = whole_log_due(full_at, now)
             after = -1 if full or planned is None else planned.through
             # Events stored since the last planning cannot be in the ledger yet (their message ids
             # are new to the store), so only a planning of the whole log checks it; its primary key
@@ -297,7 +297,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 )
                 con.execute("DROP TABLE _conv")
                 con.execute("DROP TABLE _conv_ids")
-            full_at = now if full or planned is None else planned.full_at
+            full_at = now if full or full_at is None else full_at
             self._planned = _Planned(key, through, full_at)  # only once the plan has committed
         return PlanCounts(conversions=count)
 

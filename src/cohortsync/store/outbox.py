@@ -31,6 +31,12 @@ class Route:
 FULL_PLAN_EVERY = timedelta(minutes=10)
 
 
+def whole_log_due(full_at: datetime | None, now: datetime) -> bool:
+    """Whether a conversion planning reads every event: the first one (`full_at` None), or one
+    `FULL_PLAN_EVERY` after the last that did."""
+    return full_at is None or now - full_at >= FULL_PLAN_EVERY
+
+
 @dataclass(frozen=True)
 class ConversionRoute:
     """Events named `event` forwarded to `destination` as conversion `name`."""

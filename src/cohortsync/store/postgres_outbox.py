@@ -21,7 +21,6 @@ import psycopg
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
-    FULL_PLAN_EVERY,
     STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
@@ -36,6 +35,7 @@ from cohortsync.store.outbox import (
     record_table,
     retry_batch_row,
     stable_batch_id,
+    whole_log_due,
 )
 from cohortsync.store.postgres_shared import PgConnections, PgView, advisory_lock, lock_key
 
@@ -339,8 +339,7 @@ matched AS (
 cursors AS (
     INSERT INTO conversion_cursors (destination, event, planned_below)
     SELECT DISTINCT destination, event, pg_snapshot_xmin(pg_current_snapshot()) FROM rules
-    ON CONFLICT (destination, event) DO UPDATE SET planned_below = excluded.planned_below
-    RETURNING 1),
+    ON CONFLICT (destination, event) DO UPDATE SET planned_below = excluded.planned_below),
 queued AS (
     INSERT INTO conversion_outbox (conversion_id, destination, message_id, name, event,
         "timestamp", profile_id, value, currency, properties, context, planned_at, batch_id,
@@ -356,7 +355,7 @@ ledger AS (
     INSERT INTO conversion_ledger (destination, message_id, conversion_id)
     SELECT destination, message_id, conversion_id FROM queued
     RETURNING 1)
-SELECT (SELECT count(*) FROM ledger), (SELECT count(*) FROM cursors)
+SELECT count(*) FROM ledger
 """
 _WRITTEN_FROM = "AND e.written_by >= %(written_from)s::xid8"
 
@@ -386,7 +385,7 @@ class PostgresOutbox(PgView, OutboxStore):
     records the transaction that wrote it, and each (destination, event) the snapshot xmin its
     last planning saw (`conversion_cursors`), shared by every process. A retry of dead
     conversions clears its destinations' cursors; each process also reads the whole log on
-    its first planning and every `FULL_PLAN_EVERY`.
+    its first planning and every ten minutes after (`whole_log_due`).
     """
 
     def __init__(self, db: PgConnections) -> None:
@@ -411,7 +410,7 @@ class PostgresOutbox(PgView, OutboxStore):
                 ([r.destination for r in routes], [r.event for r in routes]),
             )
             lowest, all_planned = cur.fetchone() or (None, False)
-            full = self._full_at is None or now - self._full_at >= FULL_PLAN_EVERY
+            full = whole_log_due(self._full_at, now)
             written_from = None if full or not all_planned else lowest
             sql = _PLAN_CONVERSIONS.format(written="" if written_from is None else _WRITTEN_FROM)
             cur.execute(
