@@ -29,7 +29,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import psycopg
@@ -60,11 +59,6 @@ HAND = """
 """
 
 
-def timed(work: Callable[[], Any], repeat: int = 1) -> tuple[float, Any]:
-    """(best wall time in ms, result of the last run)."""
-    return best_of(repeat, work)
-
-
 def measure(
     title: str, opened: Callable[[], Store], append_orders: str, hand: str, repeat: int
 ) -> None:
@@ -75,21 +69,21 @@ def measure(
         return store.outbox.plan_conversions(ROUTES, datetime.now(UTC)).conversions
 
     rows: list[tuple[str, float, int]] = []
-    ms, n = timed(plan)
+    ms, n = best_of(1, plan)
     rows.append(("whole log, first", ms, n))
     best = float("inf")
     for _ in range(repeat):  # each a first planning again, as after a restart
         store.close()
         store = opened()
-        ms, n = timed(plan)
+        ms, n = best_of(1, plan)
         best = min(best, ms)
     rows.append(("whole log, nothing new", best, n))
-    ms, n = timed(plan, repeat)
+    ms, n = best_of(repeat, plan)
     rows.append(("since the last planning, nothing new", ms, n))
     store.query(append_orders)
-    ms, n = timed(plan)
+    ms, n = best_of(1, plan)
     rows.append(("since the last planning, 500 new orders", ms, n))
-    ms, found = timed(lambda: store.query(hand), repeat)
+    ms, found = best_of(repeat, lambda: store.query(hand))
     rows.append(("hand SQL: unplanned conversions of the whole log", ms, int(found[0][0])))
     total = store.query("SELECT count(*) FROM events")[0][0]
     store.close()
