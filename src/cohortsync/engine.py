@@ -19,8 +19,7 @@ from cohortsync.audiences import compute as audience_compute
 from cohortsync.audiences import members as audience_members
 from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
-from cohortsync.config.loader import LoadedProject, load_project
-from cohortsync.config.models import IDENTIFIER_KINDS
+from cohortsync.config.loader import LoadedProject, load_project, parse_segments
 from cohortsync.errors import ConfigError, InputError, NotFoundError
 from cohortsync.events.pipeline import IngestResult, PipelinedWriter, store_messages
 from cohortsync.events.readers import BadRow, read_rows
@@ -33,7 +32,7 @@ from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.realtime.runner import RealtimeLoop
 from cohortsync.realtime.service import Delivery, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
-from cohortsync.segments.parser import parse_segments
+from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from sqlglot import exp
 
-from cohortsync.config.loader import PROJECT_FILE, load_project, parse_project
+from cohortsync.config.loader import PROJECT_FILE, load_project, parse_project, parse_segments
 from cohortsync.config.scaffold import WRITE_KEY_PLACEHOLDER, render_template, scaffold_project
 from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
 from cohortsync.segments.compile import DuckDBCompiler
-from cohortsync.segments.parser import parse_segments
 from cohortsync.sync.configure import sync_setup
 
 LOCKED_AUDIENCES = {

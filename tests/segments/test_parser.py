@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
-from cohortsync.config.loader import load_project
+from cohortsync.config.loader import load_project, parse_segments
 from cohortsync.errors import ConfigError
 from cohortsync.segments.ast import (
     All,
@@ -31,7 +31,7 @@ from cohortsync.segments.ast import (
     TraitCondition,
     Within,
 )
-from cohortsync.segments.parser import parse_document, parse_segments
+from cohortsync.segments.parser import parse_document
 
 F = "cohortsync.yml"
 H = 3_600_000_000

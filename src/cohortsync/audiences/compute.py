@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -114,16 +114,12 @@ def _segment_members(
 ) -> dict[str, list[str]]:
     """Sorted members of every segment, from one query of per-profile flags.
 
-    A store that reads a query's flags in one go (`flagged_members`, the DuckDB store) gets
-    the query itself; any other store (or `through_table`) fills a temporary table and reads
-    each segment's column.
+    The store reads the query's flags in one go (`Store.flagged_members`); `through_table`
+    instead fills a temporary table and reads each segment's column (kept as a cross-check).
     """
     plan = compiler.compile_members(project, list(project.segments), at_us)
-    reader: Callable[[str, Mapping[str, str]], dict[str, list[str]]] | None = (
-        None if through_table else getattr(store, "flagged_members", None)
-    )
-    if reader is not None:
-        return reader(compiler.render(plan.query), plan.columns)
+    if not through_table:
+        return store.flagged_members(compiler.render(plan.query), plan.columns)
     table = exp.to_table(f"cohortsync_members_{uuid.uuid4().hex}")
     create = exp.Create(
         this=table,

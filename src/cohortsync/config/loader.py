@@ -16,6 +16,8 @@ from ruamel.yaml.error import MarkedYAMLError
 
 from cohortsync.config.models import Project
 from cohortsync.errors import ConfigError
+from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.parser import parse_document
 
 PROJECT_FILE = "cohortsync.yml"
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -173,3 +175,8 @@ def display_path(file: Path) -> str:
         return str(file.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(file)
+
+
+def parse_segments(loaded: LoadedProject) -> SegmentProject:
+    """Parse and bind the traits, segments and audiences of a loaded project."""
+    return parse_document(loaded.document, display_path(loaded.file))

@@ -8,7 +8,6 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-IDENTIFIER_KINDS = ("user_id", "email", "phone", "anonymous_id")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}

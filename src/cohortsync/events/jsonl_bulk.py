@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 from cohortsync.events.columnar import ColumnarBatch, int64s, python_rows
 from cohortsync.events.readers import BadRow, parse_jsonl_line
 from cohortsync.events.timestamps import MAX_US, MIN_US
-from cohortsync.events.validate import content_message_id, event_key, validate_message
+from cohortsync.events.validate import content_message_id, validate_message
+from cohortsync.segments.names import event_key
 from cohortsync.store.records import Message, Rejection
 
 BULK_MAX_LINE_BYTES = 7_000  # orjson re-serialises at most 4.5× larger (1e15 → 1000000000000000.0)

@@ -8,10 +8,8 @@ a message is at most 32 KB and a batch at most 500 KB.
 from __future__ import annotations
 
 import hashlib
-import re
 import uuid
 from collections.abc import Callable, Mapping
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -24,8 +22,8 @@ from cohortsync.events.models import (
     Rejection,
 )
 from cohortsync.events.timestamps import TimestampError, correct_skew, parse_timestamp
+from cohortsync.segments.names import event_key
 
-_NON_WORD = re.compile(r"[^0-9a-z]+")
 MAX_PAYLOAD_KEPT = 64 * 1024
 
 
@@ -33,12 +31,6 @@ class _InvalidError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
         self.reason = reason
         self.detail = detail
-
-
-@lru_cache(maxsize=4096)
-def event_key(name: str) -> str:
-    """The snake_case key segments match on: "Order Completed" and order_completed are one event."""
-    return _NON_WORD.sub("_", name.strip().lower()).strip("_")
 
 
 def random_message_id() -> str:

@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from cohortsync.config.models import IdentityConfig
-from cohortsync.events.models import Message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.store.records import (
     IdentifierRejection,
     IdentityChanges,
     Key,
     Merge,
+    Message,
     ProfileState,
 )
 

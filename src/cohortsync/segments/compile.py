@@ -50,6 +50,7 @@ from cohortsync.segments.summary import (
     summarisable,
     summarised_needs,
 )
+from cohortsync.store.base import Store
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
 COUNT_OPS = {
@@ -925,7 +926,7 @@ class DuckDBCompiler(Compiler):
 
 
 def with_summaries(
-    compiler: Compiler, store: object, project: SegmentProject, at_us: int
+    compiler: Compiler, store: Store, project: SegmentProject, at_us: int
 ) -> Compiler:
     """The DuckDB compiler reading a store's per-profile summaries where they are exact as of
     `at_us`; any other compiler, or a store without summaries, unchanged.
@@ -933,8 +934,8 @@ def with_summaries(
     The store is first asked to summarise the properties the project's whole-history traits
     read (filled from the event log the first time a project reads one).
     """
-    coverage = getattr(store, "summary_coverage", None)
-    if type(compiler) is not DuckDBCompiler or compiler.summaries is not None or not coverage:
+    if type(compiler) is not DuckDBCompiler or compiler.summaries is not None:
         return compiler
     wanted = summarised_needs(project, lambda parts: compiler.json_path(parts).name)
-    return DuckDBCompiler(summaries=SummaryCoverage.of(*coverage(wanted, at_us)))
+    coverage = store.summary_coverage(wanted, at_us)
+    return compiler if coverage is None else DuckDBCompiler(summaries=SummaryCoverage.of(*coverage))

@@ -8,10 +8,7 @@ from collections.abc import Mapping
 from datetime import date
 from typing import Any
 
-from cohortsync.config.loader import LoadedProject, display_path
-from cohortsync.config.models import IDENTIFIER_KINDS
 from cohortsync.errors import ConfigError
-from cohortsync.events.validate import event_key
 from cohortsync.segments.ast import (
     AGGREGATIONS,
     OPERATORS,
@@ -38,6 +35,7 @@ from cohortsync.segments.ast import (
     Window,
     Within,
 )
+from cohortsync.segments.names import IDENTIFIER_KINDS, event_key
 from cohortsync.segments.schedule import valid_refresh
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -52,11 +50,6 @@ _AUDIENCE_KEYS = (
     "description",
 )  # fmt: skip
 _FIX_DURATION = "use <n>m, <n>h, <n>d or <n>w, e.g. 6h"
-
-
-def parse_segments(loaded: LoadedProject) -> SegmentProject:
-    """Parse and bind the traits, segments and audiences of a loaded project."""
-    return parse_document(loaded.document, display_path(loaded.file))
 
 
 def parse_document(document: Any, file_display: str) -> SegmentProject:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -16,6 +16,9 @@ from cohortsync.store.outbox import OutboxStore, Route
 if TYPE_CHECKING:
     from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
+
+SummaryCoverageSets = tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]
+"""Events read from the log, (event, property) pairs read from the log, summarised pairs."""
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,19 @@ class Store(ABC):
     @abstractmethod
     def profile_ids(self, sql: str) -> list[str]:
         """Run a compiled membership query (one `profile_id` column); the ids it returns."""
+
+    @abstractmethod
+    def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
+        """Every segment's sorted members from one query of per-profile flags: `columns` maps
+        each segment to the query's boolean column holding its flag."""
+
+    def summary_coverage(
+        self, wanted: Iterable[tuple[str, str, str]], at_us: int
+    ) -> SummaryCoverageSets | None:
+        """What per-profile summaries answer as of `at_us` (events and (event, property) pairs
+        to read from the log, and every summarised pair), after summarising `wanted` (event
+        key, property, JSON pointer); None for a store that keeps no summaries."""
+        return None
 
     @abstractmethod
     def record_memberships(

@@ -22,6 +22,7 @@ from cohortsync.store.base import (
     ProfileView,
     ResolvedBatch,
     Store,
+    SummaryCoverageSets,
     count_stats,
     final_targets,
 )
@@ -205,7 +206,7 @@ class DuckDBStore(Store):
 
     def summary_coverage(
         self, wanted: Iterable[tuple[str, str, str]], at_us: int
-    ) -> tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]:
+    ) -> SummaryCoverageSets:
         """What the summaries answer as of `at_us`, after summarising `wanted` (event key,
         property, JSON pointer) when new: the events and the (event, property) pairs with a
         summary row on both sides of the instant (to be read from the log), and every
