@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 from sqlglot import exp
 
-from cohortsync.audiences.holdout import holdout_flags
+from cohortsync.audiences.rule import audience_members
 from cohortsync.errors import InputError
-from cohortsync.segments.ast import Audience, SegmentProject
+from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.compile import Compiler, with_summaries
 from cohortsync.segments.compile_postgres import compiler_for
 from cohortsync.store.base import Store
@@ -76,16 +76,6 @@ class ComputeReport:
 def to_datetime(at_us: int) -> datetime:
     """An aware UTC datetime for microseconds since the epoch."""
     return _EPOCH + timedelta(microseconds=at_us)
-
-
-def audience_members(audience: Audience, segments: dict[str, list[str]]) -> list[tuple[str, bool]]:
-    """Segment members minus every excluded segment's members, each flagged holdout or not."""
-    excluded: set[str] = set()
-    for name in audience.exclude:
-        excluded.update(segments[name])
-    ids = [p for p in segments[audience.segment] if p not in excluded]
-    flags = holdout_flags(audience.name, ids, audience.holdout_percent)
-    return list(zip(ids, flags, strict=True))
 
 
 def compute_members(

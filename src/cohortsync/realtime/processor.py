@@ -2,7 +2,7 @@
 
 For each profile: its history (events the real-time segments read, identify traits,
 identifiers) is read once, every real-time segment is evaluated in Python, audiences follow
-(segment minus exclusions, holdout by the same hash as batch), and each segment's
+(`audiences.rule`, the one audience rule batch uses too), and each segment's
 `next_change` becomes a timer. Entries, exits, the outbox rows they need and the timers are
 written together, so a crash never leaves one without the others.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cohortsync.audiences.holdout import in_holdout
+from cohortsync.audiences.rule import audience_members
 from cohortsync.realtime.index import RealtimeIndex
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
@@ -100,9 +100,8 @@ class ProfileProcessor:
         members: dict[tuple[str, str], bool] = {
             ("segment", name): False for name, yes in inside.items() if yes
         }
+        mine = {name: (rows.profile_id,) for name, yes in inside.items() if yes}
         for name in self.index.audiences:
-            audience = project.audiences[name]
-            if inside[audience.segment] and not any(inside[x] for x in audience.exclude):
-                held = in_holdout(name, rows.profile_id, audience.holdout_percent)
+            for _, held in audience_members(project.audiences[name], mine):
                 members[("audience", name)] = held
         return ProfileOutcome(rows.profile_id, members, timers, rows.version)

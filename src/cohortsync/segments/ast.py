@@ -209,6 +209,13 @@ class Audience:
     description: str | None = None
     position: Position | None = None
 
+    @property
+    def condition(self) -> All:
+        """The audience's one rule: in its segment and in none of the excluded ones. Every
+        path (the SQL compiler, batch compute, real time) decides membership by it; the
+        holdout is a flag on members, not part of the rule."""
+        return All((SegmentRef(self.segment), *(Not(SegmentRef(x)) for x in self.exclude)))
+
 
 @dataclass(frozen=True)
 class SegmentProject:

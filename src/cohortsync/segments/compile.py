@@ -425,10 +425,7 @@ class Compiler:
         """
         if name not in project.audiences:
             raise InputError(f"unknown audience {name!r}")
-        audience = project.audiences[name]
-        excluded = tuple(Not(SegmentRef(x)) for x in audience.exclude)
-        condition = All((SegmentRef(audience.segment), *excluded))
-        return self.compile_condition(condition, project, at_us)
+        return self.compile_condition(project.audiences[name].condition, project, at_us)
 
     def compile_members(
         self, project: SegmentProject, names: list[str], at_us: int
