@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +348,39 @@ def test_demo_builds_a_shop_into_a_new_project(runner: CliRunner, tmp_path: Path
         emails = [m.email for m in engine.members("cio_recent_purch_7d_suppress") if m.email]
     assert emails and not any(email in sent for email in emails)  # hashed as they would leave
     assert any((target / "exports").rglob("snapshot.parquet"))
+
+
+def _computed_as_of(target: Path) -> list[datetime]:
+    with Engine.open(target) as engine:
+        rows = engine.store.query("SELECT as_of FROM compute_runs")  # type: ignore[attr-defined]
+    return [row[0] for row in rows]
+
+
+def test_demo_computes_as_of_now(runner: CliRunner, tmp_path: Path) -> None:
+    before = datetime.now(UTC)
+    result = invoke(runner, "demo", "--profiles", "30", "--project", str(tmp_path / "now"))
+    after = datetime.now(UTC)
+    assert result.exit_code == 0, result.output
+    (as_of,) = _computed_as_of(tmp_path / "now")
+    assert before <= as_of <= after  # the instant it ran, not a rounded one
+
+
+def test_demo_at_builds_and_computes_the_shop_as_of_that_instant(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    at = datetime(2026, 6, 1, 9, 30, 15, tzinfo=UTC)
+    target = tmp_path / "at"
+    result = invoke(
+        runner, "demo", "--profiles", "30", "--at", "2026-06-01T09:30:15Z", "-p", str(target)
+    )
+    assert result.exit_code == 0, result.output
+    assert _computed_as_of(target) == [at]
+    with Engine.open(target) as engine:
+        (last,) = engine.store.query('SELECT max("timestamp") FROM events')  # type: ignore[attr-defined]
+    assert at - timedelta(days=1) < last[0] <= at
+    future = invoke(runner, "demo", "--at", "2099-01-01T00:00:00Z", "-p", str(tmp_path / "later"))
+    assert future.exit_code == 1
+    assert "in the future" in str(future.exception)
 
 
 def test_profile_table_shows_values_with_brackets_verbatim(

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,31 @@ def test_compute_prints_sizes_changes_and_duration(shop_dir: Path) -> None:
         1,
         0,
     )  # a 1-day window: still in
+
+
+def test_compute_says_when_it_only_evaluates_and_records_the_future_when_asked(
+    shop_dir: Path,
+) -> None:
+    future = stamp(datetime.now(UTC) + timedelta(days=3))
+    ahead = invoke("compute", "-p", str(shop_dir), "--at", future, "--json")
+    assert ahead.exit_code == 0, ahead.output
+    shown = json.loads(ahead.output)
+    assert (shown["recorded"], shown["run_id"]) == (False, None)
+    assert shown["reason"] == "in the future: add --record-future to record"
+    assert {r["entered"] for r in shown["rows"]} == {None}  # nothing entered: nothing recorded
+    table = invoke("compute", "-p", str(shop_dir), "--at", future)
+    assert "evaluated, not recorded" in " ".join(table.output.split()), table.output
+
+    done = invoke("compute", "-p", str(shop_dir), "--at", future, "--record-future", "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output)["recorded"] is True
+    plain = invoke("compute", "-p", str(shop_dir))  # now is before the recorded future
+    assert plain.exit_code == 0, plain.output
+    said = " ".join(plain.output.split())
+    assert "evaluated, not recorded (before the recorded history" in said, plain.output
+    earlier = invoke("compute", "-p", str(shop_dir), "--at", stamp(T), "--json")
+    assert earlier.exit_code == 0, earlier.output
+    assert json.loads(earlier.output)["reason"].startswith("before the recorded history")
 
 
 def test_members_in_table_json_and_csv_now_and_as_of_an_instant(shop_dir: Path) -> None:

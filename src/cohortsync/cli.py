@@ -127,13 +127,20 @@ def demo(
     project: ProjectOption = None,
     profiles: Annotated[int, typer.Option(min=1, help="How many shoppers to simulate.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 7,
+    at: AtOption = None,
 ) -> None:
-    """Build a synthetic D2C shop's 180 days of events, compute its audiences, sync them."""
+    """Build a synthetic D2C shop's 180 days of events up to --at (default now), compute its
+    audiences as of that instant, sync them."""
+    now = _at(at) or datetime.now(UTC)
+    if now > datetime.now(UTC):
+        raise InputError(
+            f"--at {at} is in the future: the demo shop's events end at an instant "
+            "that has passed (leave --at out for now)"
+        )
     directory = find_project_dir(project)
     if not (directory / PROJECT_FILE).exists():
         scaffold_project(directory)
         console.print(f"created {directory / PROJECT_FILE}")
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     with Engine.open(directory) as engine, _progress() as bar:
         task = bar.add_task("generating and ingesting the demo shop", total=None)
         result = engine.load_demo(profiles, seed, now, lambda n: bar.advance(task, n))
@@ -195,12 +202,25 @@ def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
 
 @app.command()
 def compute(
-    project: ProjectOption = None, at: AtOption = None, as_json: JsonOption = False
+    project: ProjectOption = None,
+    at: AtOption = None,
+    record_future: Annotated[
+        bool,
+        typer.Option(
+            "--record-future",
+            help="Record a compute --at an instant still to come (else it is only evaluated); "
+            "computes before it are then evaluated, not recorded, until the clock reaches it.",
+        ),
+    ] = False,
+    as_json: JsonOption = False,
 ) -> None:
-    """Compute every segment and audience as of --at (default now) and record who entered/left."""
+    """Compute every segment and audience as of --at (default now) and record who entered/left.
+
+    An --at before the recorded history, or in the future, is evaluated and not recorded.
+    """
     moment = _at(at)
     with Engine.open(project) as engine:
-        report = engine.compute(moment)
+        report = engine.compute(moment, record_future=record_future)
     _show(dataclasses.asdict(report), as_json, lambda: compute_table(report))
 
 

@@ -174,13 +174,21 @@ class Engine:
         """The project's computed traits, segments and audiences, parsed and bound."""
         return parse_segments(self.loaded)
 
-    def compute(self, at: datetime | None = None) -> ComputeReport:
+    def compute(self, at: datetime | None = None, *, record_future: bool = False) -> ComputeReport:
         """Compute every segment and audience as of `at` (default now); record the changes.
 
         The changes every destination needs are queued in the outbox in the same transaction.
+        An instant before the recorded history is only evaluated, and so is one in the future
+        unless `record_future` (the report says which, and why).
         """
-        return audience_compute.compute(
-            self.store, self.segments, _micros(at), routes=self.sync_setup.routes
+        now = now_micros()
+        return audience_compute.compute_at(
+            self.store,
+            self.segments,
+            now if at is None else _micros(at),
+            now,
+            record_future=record_future,
+            routes=self.sync_setup.routes,
         )
 
     @cached_property

@@ -90,12 +90,19 @@ def profile_group(view: ProfileView) -> Group:
 
 
 def compute_table(report: ComputeReport) -> Table:
-    """Size, entered, exited and holdout of every segment and audience after a compute."""
-    title = (
-        f"computed as of {report.as_of.isoformat()} in {report.duration_ms:,.0f} ms "
-        f"(run {report.run_id})"
-    )
-    table = Table(title=title, title_justify="left")
+    """Size, entered, exited and holdout of every segment and audience after a compute (an
+    evaluation that was not recorded says so, and why, and has no entries or exits)."""
+    if report.recorded:
+        title = (
+            f"computed as of {report.as_of.isoformat()} in {report.duration_ms:,.0f} ms "
+            f"(run {report.run_id})"
+        )
+    else:
+        title = (
+            f"as of {report.as_of.isoformat()} — evaluated, not recorded ({report.reason}) "
+            f"in {report.duration_ms:,.0f} ms"
+        )
+    table = Table(title=escape(title), title_justify="left")
     for column in ("kind", "name", "size", "entered", "exited", "holdout"):
         table.add_column(column, justify="left" if column in ("kind", "name") else "right")
     for row in report.rows:
@@ -104,11 +111,18 @@ def compute_table(report: ComputeReport) -> Table:
             row.kind,
             escape(row.name),
             f"{row.size:,}",
-            f"[green]{row.entered:,}[/]" if row.entered else "0",
-            f"[yellow]{row.exited:,}[/]" if row.exited else "0",
+            _moved(row.entered, "green"),
+            _moved(row.exited, "yellow"),
             holdout,
         )
     return table
+
+
+def _moved(count: int | None, colour: str) -> str:
+    """A count of entries or exits: coloured when some, `—` when nothing was recorded."""
+    if count is None:
+        return "—"
+    return f"[{colour}]{count:,}[/]" if count else "0"
 
 
 def overlap_table(overlaps: Mapping[tuple[str, str], int], top: int = 3) -> Table:

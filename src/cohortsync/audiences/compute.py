@@ -16,7 +16,7 @@ from cohortsync.errors import InputError
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.compile import Compiler, with_summaries
 from cohortsync.segments.compile_postgres import compiler_for
-from cohortsync.store.base import Store
+from cohortsync.store.base import HistoryAheadError, MembershipChanges, Store
 from cohortsync.store.outbox import Route
 
 SEGMENT = "segment"
@@ -45,24 +45,28 @@ class Computed:
 
 @dataclass(frozen=True)
 class NameReport:
-    """One segment or audience after a compute: its size and what changed."""
+    """One segment or audience after a compute: its size and what changed (None when the
+    compute was only evaluated: nothing was recorded, so nothing entered or exited)."""
 
     kind: str
     name: str
     size: int
-    entered: int
-    exited: int
+    entered: int | None
+    exited: int | None
     holdout: int = 0
 
 
 @dataclass(frozen=True)
 class ComputeReport:
-    """What one compute run found and recorded."""
+    """What one compute found, and whether it was recorded (`run_id` None when not, `reason`
+    saying why)."""
 
-    run_id: int
+    run_id: int | None
     as_of: datetime
     duration_ms: float
     rows: list[NameReport] = field(default_factory=list)
+    recorded: bool = True
+    reason: str | None = None
 
     def row(self, name: str, kind: str | None = None) -> NameReport:
         """The report line of one name (an audience first when a segment shares its name)."""
@@ -160,6 +164,10 @@ def _table(computed: Computed) -> pa.Table:
     return pa.concat_tables(parts)
 
 
+BEFORE_HISTORY = "before the recorded history"
+IN_FUTURE = "in the future: add --record-future to record"
+
+
 def compute(
     store: Store,
     project: SegmentProject,
@@ -179,21 +187,94 @@ def compute(
     started = time.perf_counter()
     last = store.last_compute_as_of()
     if last is not None and at_us < last:
-        raise InputError(
-            f"membership history already runs to {to_datetime(last).isoformat()}: compute at "
-            "or after it (to see an earlier instant, use `cohortsync members NAME --at TIME`)"
-        )
+        raise _history_ahead(last)
     computed = compute_members(store, project, at_us, compiler)
+    try:
+        return _record(store, computed, started, routes, scope)
+    except HistoryAheadError:
+        raise _history_ahead(store.last_compute_as_of() or at_us) from None
+
+
+def compute_at(
+    store: Store,
+    project: SegmentProject,
+    at_us: int,
+    now_us: int,
+    *,
+    record_future: bool = False,
+    routes: Sequence[Route] = (),
+) -> ComputeReport:
+    """Compute everything as of `at_us`: recorded when it extends the history, else evaluated.
+
+    An instant before the latest recorded one is an as-of evaluation, printed and not recorded
+    (history only moves forward). One after `now_us` is recorded only with `record_future`:
+    once recorded, every compute at an earlier instant (a plain one included, until the clock
+    reaches it) is an evaluation too.
+    """
+    started = time.perf_counter()
+    last = store.last_compute_as_of()
+    if last is not None and at_us < last:
+        return _evaluate(store, project, at_us, started, _before_history(last))
+    if at_us > now_us and not record_future:
+        return _evaluate(store, project, at_us, started, IN_FUTURE)
+    computed = compute_members(store, project, at_us)
+    try:
+        return _record(store, computed, started, routes, None)
+    except HistoryAheadError:  # another compute recorded a later instant meanwhile
+        reason = _before_history(store.last_compute_as_of() or at_us)
+        return _report(computed, None, started, reason)
+
+
+def _history_ahead(last_us: int) -> InputError:
+    return InputError(
+        f"membership history already runs to {to_datetime(last_us).isoformat()}: compute at "
+        "or after it (to see an earlier instant, use `cohortsync members NAME --at TIME`)"
+    )
+
+
+def _before_history(last_us: int) -> str:
+    return f"{BEFORE_HISTORY}, which runs to {to_datetime(last_us).isoformat()}"
+
+
+def _evaluate(
+    store: Store, project: SegmentProject, at_us: int, started: float, reason: str
+) -> ComputeReport:
+    """Members as of `at_us`, reported and not recorded."""
+    return _report(compute_members(store, project, at_us), None, started, reason)
+
+
+def _record(
+    store: Store,
+    computed: Computed,
+    started: float,
+    routes: Sequence[Route],
+    scope: Sequence[tuple[str, str]] | None,
+) -> ComputeReport:
+    """Record `computed` (only `scope` when given) and report what changed."""
     if scope is not None:
         computed = _within(computed, set(scope))
-    changes = store.record_memberships(_table(computed), at_us, started, routes, scope)
+    changes = store.record_memberships(_table(computed), computed.at_us, started, routes, scope)
+    return _report(computed, changes, started)
+
+
+def _report(
+    computed: Computed,
+    changes: MembershipChanges | None,
+    started: float,
+    reason: str | None = None,
+) -> ComputeReport:
+    """Sizes and holdouts of every name; entries and exits when `changes` were recorded."""
+
+    def moved(counts: dict[tuple[str, str], int], key: tuple[str, str]) -> int | None:
+        return None if changes is None else counts.get(key, 0)
+
+    entered = {} if changes is None else changes.entered
+    exited = {} if changes is None else changes.exited
     rows: list[NameReport] = []
     for name, members in computed.segments.items():
         key = (SEGMENT, name)
         rows.append(
-            NameReport(
-                SEGMENT, name, len(members), changes.entered.get(key, 0), changes.exited.get(key, 0)
-            )
+            NameReport(SEGMENT, name, len(members), moved(entered, key), moved(exited, key))
         )
     for name, flagged in computed.audiences.items():
         key = (AUDIENCE, name)
@@ -202,16 +283,18 @@ def compute(
                 AUDIENCE,
                 name,
                 len(flagged),
-                changes.entered.get(key, 0),
-                changes.exited.get(key, 0),
+                moved(entered, key),
+                moved(exited, key),
                 sum(1 for _, h in flagged if h),
             )
         )
     known = {(r.kind, r.name) for r in rows}
-    for kind, name in sorted(set(changes.exited) - known):  # removed from the project file
-        rows.append(NameReport(kind, name, 0, 0, changes.exited[(kind, name)]))
+    for kind, name in sorted(set(exited) - known):  # removed from the project file
+        rows.append(NameReport(kind, name, 0, 0, exited[(kind, name)]))
     duration = (time.perf_counter() - started) * 1000
-    return ComputeReport(changes.run_id, to_datetime(at_us), duration, rows)
+    run_id = None if changes is None else changes.run_id
+    at = to_datetime(computed.at_us)
+    return ComputeReport(run_id, at, duration, rows, recorded=changes is not None, reason=reason)
 
 
 def _within(computed: Computed, scope: set[tuple[str, str]]) -> Computed:

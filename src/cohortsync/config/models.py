@@ -75,8 +75,8 @@ class SyncConfig(_Strict):
     """Give up on a failing add or conversion after this long (`<n>m|h|d|w`); exits never."""
     backoff_base: float = Field(default=1.0, gt=0)
     """Seconds before the first retry (doubling each attempt, jittered)."""
-    backoff_cap: float = Field(default=3600.0, gt=0)
-    """Most seconds between two attempts."""
+    backoff_cap: float = Field(default=300.0, gt=0)
+    """Most seconds between two attempts (a destination healthy again waits no longer)."""
     auth_pause: float = Field(default=300.0, gt=0)
     """Seconds a destination rests after a 401/403 before it is tried again."""
     dry_run_dir: str = ".cohortsync/dry-run"

@@ -95,5 +95,6 @@ class CadenceScheduler:
         ]
         routes = [r for r in self.routes if r.audience in due]
         report = compute(self.store, self.project, now_us, routes=routes, scope=scope)
+        assert report.run_id is not None  # `compute` records, or raises
         self.store.realtime.record_audience_runs(due, now_us, report.run_id)
         return report

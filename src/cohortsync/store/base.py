@@ -110,6 +110,11 @@ def compute_run_row(
     )
 
 
+class HistoryAheadError(Exception):
+    """A compute to record is for an instant before the latest recorded one: membership
+    history only moves forward."""
+
+
 class AlreadyStoredError(Exception):
     """Some messages of a batch were stored before; nothing of the batch was written."""
 
@@ -196,7 +201,9 @@ class Store(ABC):
         at `at_us`; new ones enter as new rows; the run's duration counts from `started` (a
         `time.perf_counter()` value). The changes each of `routes` needs are queued in the
         outbox in the same transaction, so no membership change is ever lost on its way out.
-        With `scope`, only members of those (kind, name) may exit.
+        With `scope`, only members of those (kind, name) may exit. An `at_us` before the latest
+        recorded instant raises `HistoryAheadError` and records nothing (checked in the
+        transaction, so two computes racing cannot record history out of order).
         """
 
     @property

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import duckdb
 import pyarrow as pa
 
-from cohortsync.store.base import MembershipChanges, compute_run_row
+from cohortsync.store.base import HistoryAheadError, MembershipChanges, compute_run_row
 from cohortsync.store.duckdb_outbox import plan_changes
 from cohortsync.store.duckdb_shared import Registered, Transaction
 from cohortsync.store.outbox import Route
@@ -37,6 +37,9 @@ def record_compute(
     )
     within = "(kind, name) IN (SELECT (kind, name) FROM _scope)" if scope is not None else ""
     with Registered(con, _computed=computed, _scope=scoped), transaction() as tx:
+        last = tx.execute("SELECT epoch_us(max(as_of)) FROM compute_runs").fetchall()
+        if last and last[0][0] is not None and at_us < int(last[0][0]):
+            raise HistoryAheadError
         changes = diff_memberships(tx, at, within=within)
         plan_changes(tx, routes, datetime.now(UTC))
         tx.execute(

@@ -310,6 +310,13 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         audience: str | None = None,
     ) -> ClaimedBatch | None:
         with self._transaction() as con:
+            held = con.execute(
+                "SELECT count(*) FROM sync_batches WHERE destination = ? AND attempts > 0 "
+                "AND next_attempt_at > ? AND holds_destination",
+                [destination, now],
+            ).fetchall()
+            if held[0][0]:
+                return None  # the destination said when (Retry-After) or is paused: wait
             due = first_row(
                 con.execute(
                     "SELECT batch_id FROM sync_batches WHERE destination = ? AND kind = ? "
@@ -320,13 +327,6 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             )
             if due:
                 return self._load(con, str(due[0]))
-            resting = con.execute(
-                "SELECT count(*) FROM sync_batches WHERE destination = ? AND attempts > 0 "
-                "AND next_attempt_at > ? AND holds_destination",
-                [destination, now],
-            ).fetchall()
-            if resting[0][0]:
-                return None  # the destination is backing off: nothing new before it recovers
             if kind == CHANGES:
                 return self._claim_changes(con, destination, max_records, now, audience)
             batches = self._form(con, destination, kind, max_records, audience, 1)
@@ -409,10 +409,13 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         limit: int | None,
     ) -> list[tuple[str | None, str | None, list[int]]]:
         """Group claimable records into batches: (audience, op, ids), oldest first."""
-        if kind == CONVERSIONS:
+        if kind == CONVERSIONS:  # none of a profile with a conversion in flight
             rows = con.execute(
-                "SELECT conversion_id FROM conversion_outbox "
-                "WHERE destination = ? AND batch_id IS NULL ORDER BY conversion_id LIMIT ?",
+                "SELECT c.conversion_id FROM conversion_outbox c "
+                "WHERE c.destination = ? AND c.batch_id IS NULL "
+                "AND NOT EXISTS (SELECT 1 FROM conversion_outbox f WHERE f.batch_id IS NOT NULL "
+                "AND f.destination = c.destination AND f.profile_id = c.profile_id) "
+                "ORDER BY c.conversion_id LIMIT ?",
                 [destination, None if limit is None else limit * max_records],
             ).fetchall()
             ids = [int(r[0]) for r in rows]
@@ -538,13 +541,13 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
     def _load(self, con: duckdb.DuckDBPyConnection, batch_id: str) -> ClaimedBatch:
         row = first_row(
             con.execute(
-                "SELECT destination, audience, kind, op, attempts, first_attempt_at "
-                "FROM sync_batches WHERE batch_id = ?",
+                "SELECT destination, audience, kind, op, attempts, first_attempt_at, "
+                "backoff_attempts FROM sync_batches WHERE batch_id = ?",
                 [batch_id],
             ).fetchall()
         )
         assert row is not None
-        destination, audience, kind, op, attempts, first = row
+        destination, audience, kind, op, attempts, first, backoff = row
         table, id_col = record_table(kind)
         ids = [
             int(r[0])
@@ -554,7 +557,15 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         ]
         records = self._records_with_identifiers(con, kind, ids, op, destination)
         return ClaimedBatch(
-            batch_id, destination, audience, kind, op, int(attempts), first, records
+            batch_id,
+            destination,
+            audience,
+            kind,
+            op,
+            int(attempts),
+            first,
+            records,
+            int(backoff or 0),
         )
 
     def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
@@ -582,8 +593,22 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 ],
             )
             con.execute("DELETE FROM sync_batches WHERE batch_id = ?", [batch.batch_id])
+            if resolution.recovered_by is not None:
+                self._restart_backoff(con, batch.destination, resolution.recovered_by)
             if resolution.retry:
                 self._split_retries(con, batch, resolution, now)
+
+    def _restart_backoff(
+        self, con: duckdb.DuckDBPyConnection, destination: str, by: datetime
+    ) -> None:
+        """The destination answered, so it is up: its batches backing off start their backoff
+        over and are tried again by `by` (those a server's word or a pause holds keep theirs)."""
+        con.execute(
+            "UPDATE sync_batches SET backoff_attempts = 0, "
+            "next_attempt_at = least(next_attempt_at, ?) "
+            "WHERE destination = ? AND attempts > 0 AND NOT holds_destination",
+            [by, destination],
+        )
 
     def _split_retries(
         self,
@@ -609,7 +634,8 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         con.execute(
             "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
             "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
-            "holds_destination) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false)",
+            "backoff_attempts, holds_destination) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false)",
             retry_batch_row(batch, resolution, retry_id, len(ids), now),
         )
 
@@ -760,14 +786,27 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                 ],
             )
 
-    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
+    def defer(
+        self,
+        batch: ClaimedBatch,
+        error: str,
+        next_attempt: datetime,
+        now: datetime,
+        *,
+        holds_destination: bool = True,
+        backoff_attempts: int | None = None,
+        recovered_by: datetime | None = None,
+    ) -> None:
         with self._transaction() as con:
             con.execute(
                 "UPDATE sync_batches SET attempts = attempts + 1, "
                 "first_attempt_at = coalesce(first_attempt_at, ?::TIMESTAMPTZ), "
-                "next_attempt_at = ?, last_error = ? WHERE batch_id = ?",
-                [now, next_attempt, error, batch.batch_id],
+                "next_attempt_at = ?, last_error = ?, holds_destination = ?, "
+                "backoff_attempts = coalesce(?::INTEGER, backoff_attempts + 1) WHERE batch_id = ?",
+                [now, next_attempt, error, holds_destination, backoff_attempts, batch.batch_id],
             )
+            if recovered_by is not None:
+                self._restart_backoff(con, batch.destination, recovered_by)
 
     def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
         with self._transaction() as con:

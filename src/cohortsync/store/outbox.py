@@ -94,6 +94,9 @@ class ClaimedBatch:
     attempts: int
     first_attempt_at: datetime | None
     records: tuple[OutboxRecord, ...]
+    backoff_attempts: int = 0
+    """Failures since the destination last answered (a 2xx, or a Retry-After): what the
+    backoff counts. `attempts` counts every try."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,9 @@ class Resolution:
     stats: Mapping[str, int] = field(default_factory=dict)
     retry_at: datetime | None = None
     """When the records of `retry`, split into a batch of their own, are tried again."""
+    recovered_by: datetime | None = None
+    """The destination answered: its other batches backing off start their backoff over and
+    are tried again by this time at the latest (None leaves them as they are)."""
 
 
 @dataclass(frozen=True)
@@ -190,9 +196,10 @@ class OutboxStore(ABC):
         """The next due batch: an unresolved one whose retry time has come, else a new one.
 
         A new batch holds one audience and one operation, oldest changes first, and never a
-        profile whose earlier change is still in flight (a remove never overtakes its add).
-        While a failed batch of the destination waits for its retry time, nothing new is
-        claimed: a throttled or failing destination is sent nothing before `Retry-After`.
+        profile with an earlier record still in flight (a remove never overtakes its add): a
+        failed batch waiting for its retry time holds back only its own profiles. A batch
+        deferred with `holds_destination` (the destination said when: `Retry-After`; or it is
+        paused) holds back the whole destination: nothing is claimed before its time.
         """
 
     @abstractmethod
@@ -206,8 +213,24 @@ class OutboxStore(ABC):
         """Record the destination's answer and release the batch's rows, atomically."""
 
     @abstractmethod
-    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
-        """A failed attempt: count it and set when the same batch is tried again."""
+    def defer(
+        self,
+        batch: ClaimedBatch,
+        error: str,
+        next_attempt: datetime,
+        now: datetime,
+        *,
+        holds_destination: bool = True,
+        backoff_attempts: int | None = None,
+        recovered_by: datetime | None = None,
+    ) -> None:
+        """A failed attempt: count it and set when the same batch is tried again.
+
+        `holds_destination`: nothing of the destination is claimed before `next_attempt`;
+        otherwise only the batch's own profiles wait. `backoff_attempts`: the failures its
+        backoff counts from now on (None: one more). `recovered_by`: as in `Resolution`, for
+        an answer that still said when to come back (a 429 with `Retry-After`).
+        """
 
     @abstractmethod
     def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
@@ -291,7 +314,8 @@ def retry_batch_row(
     batch: ClaimedBatch, resolution: Resolution, retry_id: str, records: int, now: datetime
 ) -> tuple[Any, ...]:
     """The `sync_batches` row of the records of `batch` a destination asked to be retried: a
-    batch of their own that does not hold back the destination (`holds_destination` false)."""
+    batch of their own that does not hold back the destination (`holds_destination` false),
+    its backoff one failure further on."""
     reason = next(iter(resolution.retry.values()))
     return (
         retry_id,
@@ -305,4 +329,5 @@ def retry_batch_row(
         batch.first_attempt_at or now,
         resolution.retry_at or now,
         f"{records} records to retry: {reason}",
+        batch.backoff_attempts + 1,
     )

@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from cohortsync.store.base import MembershipChanges, compute_run_row
+from cohortsync.store.base import HistoryAheadError, MembershipChanges, compute_run_row
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_shared import PgConnections, advisory_lock, temp_table
 
@@ -51,6 +51,10 @@ def record_compute(
     kinds = names.column("kind").to_pylist()
     with db.transaction() as cur:
         advisory_lock(cur, "cohortsync:compute")
+        cur.execute("SELECT max(as_of) FROM compute_runs")
+        row = cur.fetchone()
+        if row is not None and row[0] is not None and row[0] > at:
+            raise HistoryAheadError
         temp_table(cur, "_computed", COMPUTED_COLUMNS, computed_rows(computed))
         cur.execute("ANALYZE _computed")  # a temp table has no statistics until analysed
         within = ""

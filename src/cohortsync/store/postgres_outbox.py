@@ -304,6 +304,13 @@ _CLAIMABLE = """FROM outbox o
       AND (%(audience)s::text IS NULL OR o.audience = %(audience)s)
       AND NOT (o.audience || chr(31) || o.profile_id = ANY(%(flight)s::text[]))"""
 
+# Conversions a new batch may take: waiting, of the destination, of no profile with a
+# conversion in flight (a later one never overtakes an earlier one that failed).
+_CLAIMABLE_CONVERSIONS = """FROM conversion_outbox c
+    WHERE c.destination = %s AND c.batch_id IS NULL
+      AND NOT EXISTS (SELECT 1 FROM conversion_outbox f WHERE f.batch_id IS NOT NULL
+                      AND f.destination = c.destination AND f.profile_id = c.profile_id)"""
+
 _FLIGHT = (
     "SELECT audience || chr(31) || profile_id FROM outbox "
     "WHERE batch_id IS NOT NULL AND destination = %s"
@@ -443,8 +450,10 @@ class PostgresOutbox(PgView, OutboxStore):
         try:
             with self._db.transaction() as cur:
                 advisory_lock(cur, "claim:" + destination)
+                if self._held(cur, destination, now):
+                    return None  # the destination said when (Retry-After) or is paused: wait
                 claimed = self._due(cur, destination, kind, now, audience)
-                if claimed is not None or self._resting(cur, destination, now):
+                if claimed is not None:
                     return claimed
                 if kind == CHANGES:
                     claimed = self._claim_changes(cur, destination, max_records, now, audience)
@@ -500,8 +509,8 @@ class PostgresOutbox(PgView, OutboxStore):
             cur.execute(_UNLOCK, (_held_key(batch_id),))
         return None
 
-    def _resting(self, cur: psycopg.Cursor[Any], destination: str, now: datetime) -> bool:
-        """Whether a failed batch of the destination waits for its retry time."""
+    def _held(self, cur: psycopg.Cursor[Any], destination: str, now: datetime) -> bool:
+        """Whether a failed batch holding the whole destination waits for its retry time."""
         cur.execute(
             "SELECT EXISTS (SELECT 1 FROM sync_batches WHERE destination = %s AND attempts > 0 "
             "AND next_attempt_at > %s AND holds_destination)",
@@ -557,8 +566,8 @@ class PostgresOutbox(PgView, OutboxStore):
         self, cur: psycopg.Cursor[Any], destination: str, max_records: int, now: datetime
     ) -> ClaimedBatch | None:
         cur.execute(
-            "SELECT conversion_id FROM conversion_outbox WHERE destination = %s "
-            "AND batch_id IS NULL ORDER BY conversion_id LIMIT %s FOR UPDATE SKIP LOCKED",
+            f"SELECT c.conversion_id {_CLAIMABLE_CONVERSIONS} ORDER BY c.conversion_id "
+            "LIMIT %s FOR UPDATE OF c SKIP LOCKED",
             (destination, max_records),
         )
         ids = [int(row[0]) for row in cur.fetchall()]
@@ -608,13 +617,13 @@ class PostgresOutbox(PgView, OutboxStore):
 
     def _load(self, cur: psycopg.Cursor[Any], batch_id: str) -> ClaimedBatch:
         cur.execute(
-            "SELECT destination, audience, kind, op, attempts, first_attempt_at "
-            "FROM sync_batches WHERE batch_id = %s",
+            "SELECT destination, audience, kind, op, attempts, first_attempt_at, "
+            "backoff_attempts FROM sync_batches WHERE batch_id = %s",
             (batch_id,),
         )
         row = cur.fetchone()
         assert row is not None
-        destination, audience, kind, op, attempts, first = row
+        destination, audience, kind, op, attempts, first, backoff = row
         table, id_col = record_table(kind)
         cur.execute(
             f"SELECT {id_col} FROM {table} WHERE batch_id = %s ORDER BY {id_col}",
@@ -623,7 +632,15 @@ class PostgresOutbox(PgView, OutboxStore):
         ids = [int(r[0]) for r in cur.fetchall()]
         records = self._records(cur, kind, ids)
         return ClaimedBatch(
-            batch_id, destination, audience, kind, op, int(attempts), first, records
+            batch_id,
+            destination,
+            audience,
+            kind,
+            op,
+            int(attempts),
+            first,
+            records,
+            int(backoff or 0),
         )
 
     def peek(
@@ -650,8 +667,7 @@ class PostgresOutbox(PgView, OutboxStore):
         """Group claimable records into batches: (audience, op, ids), oldest first."""
         if kind == CONVERSIONS:
             cur.execute(
-                "SELECT conversion_id FROM conversion_outbox "
-                "WHERE destination = %s AND batch_id IS NULL ORDER BY conversion_id",
+                f"SELECT c.conversion_id {_CLAIMABLE_CONVERSIONS} ORDER BY c.conversion_id",
                 (destination,),
             )
             ids = [int(r[0]) for r in cur.fetchall()]
@@ -716,6 +732,8 @@ class PostgresOutbox(PgView, OutboxStore):
                 ),
             )
             cur.execute("DELETE FROM sync_batches WHERE batch_id = %s", (batch.batch_id,))
+            if resolution.recovered_by is not None:
+                _restart_backoff(cur, batch.destination, resolution.recovered_by)
             if resolution.retry:
                 self._split_retries(cur, batch, resolution, now)
 
@@ -744,7 +762,8 @@ class PostgresOutbox(PgView, OutboxStore):
         cur.execute(
             "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
             "created_at, attempts, first_attempt_at, next_attempt_at, last_error, "
-            "holds_destination) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
+            "backoff_attempts, holds_destination) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, false)",
             retry_batch_row(batch, resolution, retry_id, len(ids), now),
         )
 
@@ -893,16 +912,30 @@ class PostgresOutbox(PgView, OutboxStore):
             ),
         )
 
-    def defer(self, batch: ClaimedBatch, error: str, next_attempt: datetime, now: datetime) -> None:
+    def defer(
+        self,
+        batch: ClaimedBatch,
+        error: str,
+        next_attempt: datetime,
+        now: datetime,
+        *,
+        holds_destination: bool = True,
+        backoff_attempts: int | None = None,
+        recovered_by: datetime | None = None,
+    ) -> None:
         with self._settling(batch) as cur:
             if cur is None:
                 return
             cur.execute(
                 "UPDATE sync_batches SET attempts = attempts + 1, "
                 "first_attempt_at = coalesce(first_attempt_at, %s), "
-                "next_attempt_at = %s, last_error = %s WHERE batch_id = %s",
-                (now, next_attempt, error, batch.batch_id),
+                "next_attempt_at = %s, last_error = %s, holds_destination = %s, "
+                "backoff_attempts = coalesce(%s::integer, backoff_attempts + 1) "
+                "WHERE batch_id = %s",
+                (now, next_attempt, error, holds_destination, backoff_attempts, batch.batch_id),
             )
+            if recovered_by is not None:
+                _restart_backoff(cur, batch.destination, recovered_by)
 
     def dead_letter(self, batch: ClaimedBatch, reason: str, now: datetime) -> None:
         with self._settling(batch) as cur:
@@ -1060,3 +1093,19 @@ SELECT
         AND destination = %(destination)s),
     NULL::timestamptz, NULL::text
 """
+
+
+def _restart_backoff(cur: psycopg.Cursor[Any], destination: str, by: datetime) -> None:
+    """The destination answered, so it is up: its batches backing off start their backoff over
+    and are tried again by `by` (those a server's word or a pause holds keep theirs).
+
+    Rows another worker is settling right now are skipped, not waited for: two settlements
+    restarting each other's batches would otherwise wait on each other.
+    """
+    cur.execute(
+        "UPDATE sync_batches SET backoff_attempts = 0, "
+        "next_attempt_at = least(next_attempt_at, %(by)s) "
+        "WHERE batch_id IN (SELECT batch_id FROM sync_batches WHERE destination = %(destination)s "
+        "AND attempts > 0 AND NOT holds_destination FOR UPDATE SKIP LOCKED)",
+        {"by": by, "destination": destination},
+    )

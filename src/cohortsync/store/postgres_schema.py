@@ -299,6 +299,16 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        4,
+        "the failures a batch's backoff counts: started over when its destination answers",
+        """
+        -- Failures since the destination last answered (a 2xx, or a Retry-After): the backoff
+        -- exponent. `attempts` keeps counting every try.
+        ALTER TABLE sync_batches ADD COLUMN backoff_attempts INTEGER DEFAULT 0;
+        UPDATE sync_batches SET backoff_attempts = attempts;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

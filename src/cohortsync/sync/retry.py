@@ -1,4 +1,8 @@
-"""When to try a failed batch again: exponential backoff, full jitter, never before Retry-After."""
+"""When to try a failed batch again: exponential backoff, full jitter, or what the server said.
+
+The attempts a backoff counts are those since the destination last answered: a 2xx, or a 429
+(or 503) carrying `Retry-After`, starts it over from the base.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +12,22 @@ from dataclasses import dataclass, field
 
 @dataclass
 class RetryPolicy:
-    """Delays for attempt n: uniform(0, min(cap, base·2ⁿ⁻¹)), at least what the server asked."""
+    """Delays for attempt n: uniform(0, min(cap, base·2ⁿ⁻¹)), or exactly what the server asked."""
 
     base: float = 1.0
-    cap: float = 3600.0
+    cap: float = 300.0
     window: float = 86400.0
     """Seconds after the first failure when adds and conversions go to dead letters."""
     auth_pause: float = 300.0
     rng: random.Random = field(default_factory=random.Random)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to wait before attempt `attempt + 1`, having failed `attempt` times."""
+        """Seconds to wait before attempt `attempt + 1`, `attempt` failures into the backoff.
+
+        A server that said when (`Retry-After`) is tried again then, not later: its answer
+        starts the backoff over.
+        """
+        if retry_after is not None:
+            return max(0.0, retry_after)
         ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
-        jittered = self.rng.uniform(0, ceiling)
-        return max(jittered, retry_after or 0.0)
+        return self.rng.uniform(0, ceiling)

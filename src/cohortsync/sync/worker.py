@@ -6,6 +6,10 @@ timeouts, 429 and 5xx are retried with backoff (never before `Retry-After`); 401
 destination with its queue kept; a 400 moves the batch to dead letters with the reason. Adds and
 conversions go to dead letters once the retry window has passed; exits are retried for as long
 as it takes, since a buyer must always leave a retargeting list.
+
+A batch failing on its own holds back only its own profiles (order is kept per profile, not per
+destination); a `Retry-After` or a pause holds back the whole destination. A 2xx, or a 429 with
+`Retry-After`, shows the destination is up: its backoff starts over from the base.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from enum import Enum
 
 from cohortsync.destinations.base import (
     AnyDestination,
@@ -37,6 +42,21 @@ from cohortsync.store.outbox import (
 from cohortsync.sync.retry import RetryPolicy
 
 Clock = Callable[[], datetime]
+
+FAILURES_IN_A_ROW = 2
+"""A run stops sending to a destination after this many batches failed one after the other:
+one failure may be the batch's own, two in a row say the destination is down."""
+
+
+class Outcome(Enum):
+    """How one attempt at a batch went, for the rest of the run."""
+
+    ANSWERED = "answered"
+    """Acknowledged (records possibly rejected or to retry) or refused for good."""
+    FAILED = "failed"
+    """Retried later; only the batch's own profiles wait."""
+    HELD = "held"
+    """Retried later; the whole destination waits (it said when, or is paused)."""
 
 
 @dataclass
@@ -159,20 +179,23 @@ class Deliverer:
         delivery: Delivery,
         max_batches: int | None,
     ) -> None:
-        sent = 0
+        sent = failed = 0
         while max_batches is None or sent < max_batches:
             batch = self.outbox.claim(name, kind, destination.max_batch, self.clock(), audience)
             if batch is None:
                 return
             sent += 1
-            delivered = self.deliver(destination, batch, delivery)
+            outcome = self.deliver(destination, batch, delivery)
             if self.progress is not None:
                 self.progress(len(batch.records))
-            if not delivered:
+            failed = failed + 1 if outcome is Outcome.FAILED else 0
+            if outcome is Outcome.HELD or failed >= FAILURES_IN_A_ROW:
                 return  # the destination is failing: send it nothing more this run
 
-    def deliver(self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery) -> bool:
-        """Send one batch and record the outcome; False when the destination is failing."""
+    def deliver(
+        self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery
+    ) -> Outcome:
+        """Send one batch and record the outcome."""
         tally = delivery.tally(batch.destination, batch.audience)
         tally.batches += 1
         try:
@@ -183,49 +206,65 @@ class Deliverer:
             else:
                 result = destination.send_conversions(to_conversions(batch))
         except TransientError as exc:
-            self._transient(batch, str(exc), exc.retry_after, tally)
-            return False
+            return self._transient(batch, str(exc), exc.retry_after, tally)
         except AuthError as exc:
             now = self.clock()
             error = f"paused: {exc}"
-            self.outbox.defer(batch, error, now + timedelta(seconds=self.policy.auth_pause), now)
+            pause = now + timedelta(seconds=self.policy.auth_pause)
+            self.outbox.defer(batch, error, pause, now, backoff_attempts=batch.backoff_attempts)
             tally.retrying += len(batch.records)
             tally.error = error
-            return False
+            return Outcome.HELD
         except PermanentError as exc:
             self.outbox.dead_letter(batch, f"refused: {exc}", self.clock())
             tally.dead_lettered += len(batch.records)
             tally.error = str(exc)
-            return True
+            return Outcome.ANSWERED
         except Exception as exc:  # a destination bug must not lose the batch: retry it
-            self._transient(batch, scrub(f"{type(exc).__name__}: {exc}"), None, tally)
-            return False
+            return self._transient(batch, scrub(f"{type(exc).__name__}: {exc}"), None, tally)
         self._resolved(batch, result, tally)
-        return True
+        return Outcome.ANSWERED
 
     def _transient(
         self, batch: ClaimedBatch, error: str, retry_after: float | None, tally: Tally
-    ) -> None:
+    ) -> Outcome:
+        """Dead-letter an add or conversion past the retry window, else defer it: until the
+        time the destination gave (holding all of it, its backoff started over), or by the
+        backoff (holding only the batch's profiles)."""
         now = self.clock()
         first = batch.first_attempt_at or now
         expired = (now - first).total_seconds() >= self.policy.window
+        tally.error = error
         if expired and batch.op != "remove":
             reason = f"gave up after {batch.attempts + 1} attempts over {now - first}: {error}"
             self.outbox.dead_letter(batch, reason, now)
             tally.dead_lettered += len(batch.records)
-        else:
-            delay = self.policy.delay(batch.attempts + 1, retry_after)
-            self.outbox.defer(batch, error, now + timedelta(seconds=delay), now)
-            tally.retrying += len(batch.records)
-        tally.error = error
+            return Outcome.FAILED
+        tally.retrying += len(batch.records)
+        if retry_after is not None:
+            at = now + timedelta(seconds=self.policy.delay(0, retry_after))
+            self.outbox.defer(batch, error, at, now, backoff_attempts=0, recovered_by=at)
+            return Outcome.HELD
+        failures = batch.backoff_attempts + 1
+        at = now + timedelta(seconds=self.policy.delay(failures))
+        self.outbox.defer(batch, error, at, now, holds_destination=False, backoff_attempts=failures)
+        return Outcome.FAILED
 
     def _resolved(self, batch: ClaimedBatch, result: BatchResult, tally: Tally) -> None:
         ids = {r.record_id for r in batch.records}
         rejected = {k: v for k, v in result.rejected.items() if k in ids}
         retry = {k: v for k, v in result.retry.items() if k in ids and k not in rejected}
         now = self.clock()
-        retry_at = now + timedelta(seconds=self.policy.delay(batch.attempts + 1)) if retry else None
-        self.outbox.resolve(batch, Resolution(rejected, retry, dict(result.stats), retry_at), now)
+        retry_at = None
+        if retry:  # records failing on their own in an answer: their backoff goes on
+            retry_at = now + timedelta(seconds=self.policy.delay(batch.backoff_attempts + 1))
+        # The destination answered: what backs off for it is tried again within the base.
+        recovered_by = now + timedelta(seconds=self.policy.delay(1))
+        self.outbox.resolve(
+            batch,
+            Resolution(rejected, retry, dict(result.stats), retry_at, recovered_by),
+            now,
+        )
         tally.acknowledged += len(ids) - len(rejected) - len(retry)
         tally.rejected += len(rejected)
         tally.retrying += len(retry)
