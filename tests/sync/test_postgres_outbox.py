@@ -235,9 +235,10 @@ def test_per_profile_plans_touch_only_their_profiles(shop: Shop) -> None:
 def test_conversions_are_queued_once_per_destination(shop: Shop) -> None:
     for n, revenue in enumerate(["42.5", "n/a"]):
         shop.sql.execute(
-            'INSERT INTO events (message_id, type, source, event, profile_id, "timestamp", '
-            "original_timestamp, received_at, properties) "
-            "VALUES (%s, 'track', 'web', 'order_completed', 'a', %s, %s, %s, %s::jsonb)",
+            "INSERT INTO events (message_id, type, source, event, event_key, profile_id, "
+            '"timestamp", original_timestamp, received_at, properties) VALUES '
+            "(%s, 'track', 'web', 'order_completed', 'order_completed', 'a', %s, %s, %s, "
+            "%s::jsonb)",
             (f"m{n}", T0, T0, T0, f'{{"revenue": "{revenue}", "currency": "eur"}}'),
         )
     shop.enter(["a"])
@@ -391,9 +392,9 @@ def test_two_processes_claiming_at_once_deliver_every_change_once_in_order(shop:
 
 def _order(conn: psycopg.Connection[Any], message_id: str) -> None:
     conn.execute(
-        'INSERT INTO events (message_id, type, source, event, profile_id, "timestamp", '
-        "original_timestamp, received_at, properties) "
-        "VALUES (%s, 'track', 'web', 'order_completed', 'a', %s, %s, %s, '{}'::jsonb)",
+        "INSERT INTO events (message_id, type, source, event, event_key, profile_id, "
+        '"timestamp", original_timestamp, received_at, properties) VALUES '
+        "(%s, 'track', 'web', 'order_completed', 'order_completed', 'a', %s, %s, %s, '{}'::jsonb)",
         (message_id, T0, T0, T0),
     )
 

@@ -269,7 +269,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                                AS currency,
                            e.properties, e.context
                     FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
-                    JOIN _rules r ON e.type = 'track' AND e.event = r.event
+                    JOIN _rules r ON e.type = 'track' AND e.event_key = r.event
                     {unplanned}
                     WHERE e.rowid > ?""",
                     [after],

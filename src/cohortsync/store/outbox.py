@@ -39,7 +39,11 @@ def whole_log_due(full_at: datetime | None, now: datetime) -> bool:
 
 @dataclass(frozen=True)
 class ConversionRoute:
-    """Events named `event` forwarded to `destination` as conversion `name`."""
+    """Track events whose key is `event` forwarded to `destination` as conversion `name`.
+
+    `event` is the snake_case key segments match on (`events.validate.event_key`), so a rule for
+    `order_completed` takes "Order Completed" as well.
+    """
 
     destination: str
     event: str

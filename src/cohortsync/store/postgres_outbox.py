@@ -331,7 +331,7 @@ matched AS (
            e.properties #>> string_to_array(r.value_property, '.') AS value_text,
            coalesce(e.properties ->> 'currency', r.currency) AS currency,
            e.properties, e.context
-    FROM events e JOIN rules r ON e.type = 'track' AND e.event = r.event
+    FROM events e JOIN rules r ON e.type = 'track' AND e.event_key = r.event
     LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
     WHERE NOT EXISTS (SELECT 1 FROM conversion_ledger l
                       WHERE l.destination = r.destination AND l.message_id = e.message_id)

@@ -23,6 +23,7 @@ from cohortsync.destinations.base import (
 )
 from cohortsync.destinations.registry import destination_class, known_types
 from cohortsync.errors import ConfigError
+from cohortsync.events.validate import event_key
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.store.outbox import ConversionRoute, Route
 
@@ -89,7 +90,7 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
                     loaded.line_of("conversions", index, "destinations"),
                 )
             conversion_routes.append(
-                ConversionRoute(name, rule.event, rule.as_, rule.value, rule.currency)
+                ConversionRoute(name, event_key(rule.event), rule.as_, rule.value, rule.currency)
             )
     identifiers = {a.name: tuple(a.identifiers) for a in segments.audiences.values()}
     return SyncSetup(configs, classes, tuple(routes), tuple(conversion_routes), identifiers)
