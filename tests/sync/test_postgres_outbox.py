@@ -165,7 +165,7 @@ def test_rejected_records_are_kept_out_until_they_leave_and_come_back(shop: Shop
     shop.outbox.plan([ADS], T0)
     batch = claim(shop)
     shop.outbox.resolve(batch, Resolution(rejected={batch.records[1].record_id: "bad email"}), T0)
-    (status,) = shop.outbox.status([ADS], [], {"ads": ["email"]})
+    (status,) = shop.outbox.status([ADS], [], {("ads", "cart"): ["email"]})
     assert (status.acknowledged, status.failed, status.pending) == (1, 1, 0)
     assert shop.outbox.acknowledged("ads", "cart") == {"a": False}
     assert shop.outbox.plan([ADS], T0).total == 0  # a rejected member is not sent again
@@ -179,7 +179,7 @@ def test_dead_letters_block_replanning_until_retried(shop: Shop) -> None:
     shop.enter(["a", "b"])
     shop.outbox.plan([ADS], T0)
     shop.outbox.dead_letter(claim(shop), "refused: 400 bad request", T0)
-    (status,) = shop.outbox.status([ADS], [], {"ads": ["email"]})
+    (status,) = shop.outbox.status([ADS], [], {("ads", "cart"): ["email"]})
     assert (status.dead_lettered, status.pending, status.desired) == (2, 0, 2)
     assert shop.outbox.plan([ADS], T0).total == 0
     assert shop.outbox.retry_dead("ads", None, T0) == 2

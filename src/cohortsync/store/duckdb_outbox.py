@@ -804,12 +804,17 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
         accepted = pa.table(
             {
-                "destination": [d for d, kinds in accepts.items() for _ in kinds],
-                "kind": [k for kinds in accepts.values() for k in kinds],
+                "destination": pa.array(
+                    [d for (d, _), ks in accepts.items() for _ in ks], pa.string()
+                ),
+                "audience": pa.array(
+                    [a for (_, a), ks in accepts.items() for _ in ks], pa.string()
+                ),
+                "kind": pa.array([k for ks in accepts.values() for k in ks], pa.string()),
             }
         )
         found: list[RouteStatus] = []
@@ -867,7 +872,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         return {str(p): bool(h) for p, h in rows}
 
 
-_STATUS_SQL = """
+_STATUS_SQL = f"""
 WITH desired AS (
     SELECT r.destination, r.audience, m.profile_id
     FROM _routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
@@ -876,7 +881,10 @@ matchable AS (
     SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
     FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
     JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
-    JOIN _accepts k ON k.destination = d.destination AND k.kind = x.kind
+    JOIN _accepts k ON k.destination = d.destination AND k.audience = d.audience
+        AND k.kind = x.kind
+    WHERE NOT EXISTS (SELECT 1 FROM destination_state s
+                      WHERE s.status = 'rejected' AND {key_match("s", "d")})
     GROUP BY ALL),
 batches AS (
     SELECT destination, audience, sum(records) FILTER (attempts > 0) AS retrying,

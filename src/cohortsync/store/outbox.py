@@ -130,7 +130,9 @@ class RouteStatus:
 
     @property
     def match_rate(self) -> float | None:
-        """Members with an identifier the destination accepts, over members."""
+        """Members the destination can match, over members: a member counts when it has an
+        identifier the destination may match on (for an ad platform, one the audience allows)
+        and the destination did not refuse it."""
         return self.matchable / self.desired if self.desired else None
 
     @classmethod
@@ -226,9 +228,13 @@ class OutboxStore(ABC):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
-        """Per route: desired, acknowledged, pending, retrying, failed, dead letters, matches."""
+        """Per route: desired, acknowledged, pending, retrying, failed, dead letters, matches.
+
+        `accepts` holds, per (destination, audience), the identifier kinds a member can be
+        matched on; a member the destination refused is not a match.
+        """
 
     @abstractmethod
     def log_run(self, run: SyncRunRecord) -> int:

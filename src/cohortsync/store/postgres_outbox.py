@@ -956,7 +956,7 @@ class PostgresOutbox(PgView, OutboxStore):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
         found: list[RouteStatus] = []
         with self._db.transaction() as cur:
@@ -965,8 +965,9 @@ class PostgresOutbox(PgView, OutboxStore):
                     _STATUS_SQL,
                     {
                         **_route_params(routes),
-                        "accept_destinations": [d for d, kinds in accepts.items() for _ in kinds],
-                        "accept_kinds": [k for kinds in accepts.values() for k in kinds],
+                        "accept_destinations": [d for (d, _), ks in accepts.items() for _ in ks],
+                        "accept_audiences": [a for (_, a), ks in accepts.items() for _ in ks],
+                        "accept_kinds": [k for ks in accepts.values() for k in ks],
                     },
                 )
                 found += [RouteStatus.from_row(row) for row in cur.fetchall()]
@@ -1021,8 +1022,9 @@ class PostgresOutbox(PgView, OutboxStore):
 _STATUS_SQL = f"""
 WITH {_ROUTES},
 accepts AS (
-    SELECT * FROM unnest(%(accept_destinations)s::text[], %(accept_kinds)s::text[])
-        AS k(destination, kind)),
+    SELECT * FROM unnest(%(accept_destinations)s::text[], %(accept_audiences)s::text[],
+                         %(accept_kinds)s::text[])
+        AS k(destination, audience, kind)),
 desired AS (
     SELECT r.destination, r.audience, m.profile_id
     FROM routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
@@ -1031,7 +1033,10 @@ matchable AS (
     SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
     FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
     JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
-    JOIN accepts k ON k.destination = d.destination AND k.kind = x.kind
+    JOIN accepts k ON k.destination = d.destination AND k.audience = d.audience
+        AND k.kind = x.kind
+    WHERE NOT EXISTS (SELECT 1 FROM destination_state s
+                      WHERE s.status = 'rejected' AND {key_match("s", "d")})
     GROUP BY d.destination, d.audience),
 batches AS (
     SELECT destination, audience, sum(records) FILTER (WHERE attempts > 0) AS retrying,

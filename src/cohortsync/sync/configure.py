@@ -26,6 +26,7 @@ from cohortsync.errors import ConfigError
 from cohortsync.events.validate import event_key
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.store.outbox import ConversionRoute, Route
+from cohortsync.sync.worker import match_kinds
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,17 @@ class SyncSetup:
     identifiers: Mapping[str, tuple[str, ...]]
     """Per audience, the identifier kinds it may send (empty: every kind)."""
 
-    def accepts(self) -> dict[str, tuple[str, ...]]:
-        """Identifier kinds each destination can match on."""
-        return {name: cls.accepts for name, cls in self.classes.items()}
+    def accepts(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """Per (destination, audience), the identifier kinds a member can be matched on: what
+        the destination accepts, and for an ad platform only what the audience allows."""
+        return {
+            (r.destination, r.audience): match_kinds(
+                self.classes[r.destination].accepts,
+                self.classes[r.destination].ad_platform,
+                self.identifiers.get(r.audience, ()),
+            )
+            for r in self.routes
+        }
 
     def open(
         self,

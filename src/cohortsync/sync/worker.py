@@ -11,7 +11,7 @@ as it takes, since a buyer must always leave a retargeting list.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -67,10 +67,43 @@ class Delivery:
         return sum(int(getattr(t, attribute)) for t in self.tallies.values())
 
 
+def match_kinds(
+    accepts: Sequence[str], ad_platform: bool, allowed: Sequence[str]
+) -> tuple[str, ...]:
+    """The identifier kinds a destination may match an audience's members on: those it accepts,
+    and for an ad platform only those the audience lists under `identifiers` (when it lists)."""
+    return tuple(k for k in accepts if not (ad_platform and allowed) or k in allowed)
+
+
+def unmatchable(
+    batch: ClaimedBatch,
+    destination: AnyDestination,
+    identifiers: Mapping[str, tuple[str, ...]],
+) -> dict[int, str]:
+    """Adds an ad platform could not match: none of the identifiers the audience allows it.
+
+    They are refused before sending, with a reason naming only what the audience allows.
+    """
+    if batch.kind != CHANGES or not destination.ad_platform:
+        return {}
+    audience = batch.audience or ""
+    kinds = match_kinds(destination.accepts, True, identifiers.get(audience, ()))
+    wanted = " or ".join(kinds) or "identifier"
+    reason = f"no {wanted}: the identifiers {audience} lets {batch.destination} match on"
+    return {
+        r.record_id: reason
+        for r in batch.records
+        if r.op == "add" and not any(r.identifiers.get(kind) for kind in kinds)
+    }
+
+
 def to_batch(
-    batch: ClaimedBatch, identifiers: Mapping[str, tuple[str, ...]], ad_platform: bool
+    batch: ClaimedBatch,
+    identifiers: Mapping[str, tuple[str, ...]],
+    ad_platform: bool,
+    skip: Collection[int] = (),
 ) -> Batch:
-    """The destination's view of a claimed batch of changes.
+    """The destination's view of a claimed batch of changes, without the records in `skip`.
 
     Ad platforms get only the identifier kinds the audience lists under `identifiers`; the
     team's own systems (warehouse, webhook, analytics) get every identifier.
@@ -87,6 +120,7 @@ def to_batch(
             identifiers={k: v for k, v in r.identifiers.items() if not allowed or k in allowed},
         )
         for r in batch.records
+        if r.record_id not in skip
     )
     return Batch(batch.batch_id, batch.audience or "", changes)
 
@@ -175,11 +209,12 @@ class Deliverer:
         """Send one batch and record the outcome; False when the destination is failing."""
         tally = delivery.tally(batch.destination, batch.audience)
         tally.batches += 1
+        refused = unmatchable(batch, destination, self.identifiers)
         try:
             if batch.kind == CHANGES:
-                result = destination.apply(
-                    to_batch(batch, self.identifiers, destination.ad_platform)
-                )
+                kept = to_batch(batch, self.identifiers, destination.ad_platform, refused)
+                result = destination.apply(kept) if kept.changes else BatchResult()
+                result = BatchResult({**refused, **result.rejected}, result.retry, result.stats)
             else:
                 result = destination.send_conversions(to_conversions(batch))
         except TransientError as exc:
