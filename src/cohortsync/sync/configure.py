@@ -86,7 +86,14 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
                     display,
                     loaded.line_of("audiences", audience.name, "destinations"),
                 )
-            routes.append(Route(name, audience.name, include_holdout=not cls.ad_platform))
+            routes.append(
+                Route(
+                    name,
+                    audience.name,
+                    include_holdout=not cls.ad_platform,
+                    dry_run=configs[name].dry_run,
+                )
+            )
     conversion_routes: list[ConversionRoute] = []
     for index, rule in enumerate(loaded.project.conversions):
         for name in rule.destinations:

@@ -10,6 +10,7 @@ as it takes, since a buyer must always leave a retargeting list.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from cohortsync.destinations.base import (
     Change,
     Conversion,
     ConversionBatch,
+    DryRun,
     PermanentError,
     TransientError,
 )
@@ -34,6 +36,7 @@ from cohortsync.store.outbox import (
     OutboxStore,
     Resolution,
 )
+from cohortsync.sync.dry_run_files import DryRunFolder
 from cohortsync.sync.retry import RetryPolicy
 
 Clock = Callable[[], datetime]
@@ -41,7 +44,11 @@ Clock = Callable[[], datetime]
 
 @dataclass
 class Tally:
-    """What one sync run did for one destination and audience (or its conversions)."""
+    """What one sync run did for one destination and audience (or its conversions).
+
+    A dry run counts what would be sent (`would_send`) and what would be refused (`rejected`),
+    never `acknowledged`; `reasons` counts refusals by reason, sent or dry.
+    """
 
     batches: int = 0
     acknowledged: int = 0
@@ -50,6 +57,32 @@ class Tally:
     dead_lettered: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    dry_run: bool = False
+    would_send: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, rejected: Mapping[int, str]) -> None:
+        """Count refused records, by reason."""
+        self.rejected += len(rejected)
+        for reason in rejected.values():
+            kind = reason_kind(reason)
+            self.reasons[kind] = self.reasons.get(kind, 0) + 1
+
+    def wrote(self, records: int, refused: Mapping[int, str]) -> None:
+        """Count a batch written as a dry run."""
+        self.dry_run = True
+        self.would_send += records - len(refused)
+        self.refuse(refused)
+
+
+_CODE = re.compile(r"^([a-z][a-z0-9_]*): ")
+
+
+def reason_kind(reason: str) -> str:
+    """A refusal reason without its per-record detail, to count refusals by kind: a reason
+    that starts with a code (`too_old: event_time …`) is its code, any other its first clause."""
+    code = _CODE.match(reason)
+    return code.group(1) if code else reason.split("; ", 1)[0]
 
 
 @dataclass
@@ -149,8 +182,28 @@ def to_conversions(batch: ClaimedBatch) -> ConversionBatch:
     return ConversionBatch(batch.batch_id, tuple(conversions))
 
 
+def preview(
+    destination: AnyDestination,
+    batch: ClaimedBatch,
+    identifiers: Mapping[str, tuple[str, ...]],
+) -> DryRun:
+    """What sending a claimed batch would do, sending nothing: the requests, and every record
+    that would be refused (by the sync layer or by the destination) with its reason."""
+    refused = unmatchable(batch, destination, identifiers)
+    if batch.kind == CHANGES:
+        kept = to_batch(batch, identifiers, destination.ad_platform, refused)
+        found = destination.preview(kept) if kept.changes else DryRun([])
+    else:
+        found = destination.preview(to_conversions(batch))
+    return DryRun(found.requests, {**refused, **found.refused})
+
+
 class Deliverer:
-    """Drains the outbox of a set of destinations until nothing more is due now."""
+    """Drains the outbox of a set of destinations until nothing more is due now.
+
+    A destination with a folder in `dry_runs` is never sent anything: each batch it claims is
+    written there and resolved as a dry run, so it leaves the outbox as a sent one would.
+    """
 
     def __init__(
         self,
@@ -160,6 +213,7 @@ class Deliverer:
         clock: Clock,
         identifiers: Mapping[str, tuple[str, ...]] | None = None,
         progress: Callable[[int], None] | None = None,
+        dry_runs: Mapping[str, DryRunFolder] | None = None,
     ) -> None:
         self.progress = progress
         self.outbox = outbox
@@ -167,6 +221,7 @@ class Deliverer:
         self.policy = policy
         self.clock = clock
         self.identifiers = identifiers or {}
+        self.dry_runs = dry_runs or {}
 
     def run(self, audience: str | None = None, max_batches: int | None = None) -> Delivery:
         """Deliver every due batch of every destination (optionally one audience)."""
@@ -206,17 +261,17 @@ class Deliverer:
                 return  # the destination is failing: send it nothing more this run
 
     def deliver(self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery) -> bool:
-        """Send one batch and record the outcome; False when the destination is failing."""
+        """Send one batch (or write it as a dry run) and record the outcome; False when the
+        destination is failing."""
         tally = delivery.tally(batch.destination, batch.audience)
         tally.batches += 1
-        refused = unmatchable(batch, destination, self.identifiers)
+        folder = self.dry_runs.get(batch.destination)
         try:
-            if batch.kind == CHANGES:
-                kept = to_batch(batch, self.identifiers, destination.ad_platform, refused)
-                result = destination.apply(kept) if kept.changes else BatchResult()
-                result = BatchResult({**refused, **result.rejected}, result.retry, result.stats)
+            if folder is not None:
+                written = preview(destination, batch, self.identifiers)
+                folder.write(batch, written.requests, written.refused)
             else:
-                result = destination.send_conversions(to_conversions(batch))
+                result = self._send(destination, batch)
         except TransientError as exc:
             self._transient(batch, str(exc), exc.retry_after, tally)
             return False
@@ -235,8 +290,22 @@ class Deliverer:
         except Exception as exc:  # a destination bug must not lose the batch: retry it
             self._transient(batch, scrub(f"{type(exc).__name__}: {exc}"), None, tally)
             return False
-        self._resolved(batch, result, tally)
+        if folder is not None:
+            resolution = Resolution(rejected=written.refused, dry_run=True)
+            self.outbox.resolve(batch, resolution, self.clock())
+            tally.wrote(len(batch.records), written.refused)
+        else:
+            self._resolved(batch, result, tally)
         return True
+
+    def _send(self, destination: AnyDestination, batch: ClaimedBatch) -> BatchResult:
+        """Send one batch; adds it could not match are refused here and never sent."""
+        if batch.kind != CHANGES:
+            return destination.send_conversions(to_conversions(batch))
+        refused = unmatchable(batch, destination, self.identifiers)
+        kept = to_batch(batch, self.identifiers, destination.ad_platform, refused)
+        result = destination.apply(kept) if kept.changes else BatchResult()
+        return BatchResult({**refused, **result.rejected}, result.retry, result.stats)
 
     def _transient(
         self, batch: ClaimedBatch, error: str, retry_after: float | None, tally: Tally
@@ -262,7 +331,7 @@ class Deliverer:
         retry_at = now + timedelta(seconds=self.policy.delay(batch.attempts + 1)) if retry else None
         self.outbox.resolve(batch, Resolution(rejected, retry, dict(result.stats), retry_at), now)
         tally.acknowledged += len(ids) - len(rejected) - len(retry)
-        tally.rejected += len(rejected)
+        tally.refuse(rejected)
         tally.retrying += len(retry)
         for key, value in result.stats.items():
             tally.stats[key] = tally.stats.get(key, 0) + int(value)
