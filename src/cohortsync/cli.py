@@ -157,7 +157,7 @@ def demo(
     console.print(compute_table(report))
     if overlaps:
         console.print(overlap_table(overlaps))
-    console.print(demo_table(report, status, dry))
+    console.print(demo_table(report, status, dry, synced.delivery))
     if synced.dry_run_folder is not None:
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
 

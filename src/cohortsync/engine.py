@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -251,7 +251,14 @@ class Engine:
         loop = RealtimeLoop(self.store, processor, clock)
         self.on_stored(loop.submit)
         cadence = CadenceScheduler(self.store, self.segments, index, setup.routes)
-        delivery = Delivery(self.store, setup, self.loaded.root, self.retry_policy(), clock)
+        delivery = Delivery(
+            self.store,
+            setup,
+            self.loaded.root,
+            self.retry_policy(),
+            clock,
+            self.loaded.root / self.project.sync.dry_run_dir,
+        )
         return ServeWorkers(loop, cadence, delivery, clock)
 
     def schedules(self) -> list[Schedule]:
@@ -263,7 +270,8 @@ class Engine:
         """Per audience × destination (and conversion stream): desired, delivered, waiting."""
         setup = self.sync_setup
         conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
-        return self.store.outbox.status(setup.routes, conversion_destinations, setup.accepts())
+        found = self.store.outbox.status(setup.routes, conversion_destinations, setup.accepts())
+        return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
         """The latest sync runs, newest first."""

@@ -17,6 +17,7 @@ from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
 from cohortsync.sync.run import SyncReport
+from cohortsync.sync.worker import Delivery
 
 
 def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
@@ -174,7 +175,8 @@ def preview_group(preview: Preview) -> Group:
 
 
 def sync_table(report: SyncReport) -> Table:
-    """Per destination and audience: batches, acknowledged, rejected, retrying, dead letters."""
+    """Per destination and audience: batches, acknowledged (or, for a dry run, would send),
+    rejected with the reasons, retrying, dead letters."""
     planned = report.planned
     title = (
         f"sync: planned {planned.adds:,} adds, {planned.removes:,} removes, "
@@ -190,20 +192,26 @@ def sync_table(report: SyncReport) -> Table:
         report.delivery.tallies.items(), key=lambda item: (item[0][0], item[0][1] or "")
     ):
         note = escape(t.error or "")
-        if report.dry_run_folder is not None and not t.acknowledged and t.retrying:
+        if t.dry_run:
             note = note or "dry run: written, not sent"
+        refused = ", ".join(f"{n:,} {escape(k)}" for k, n in _most(t.reasons))
         stats = ", ".join(f"{k} {v:,}" for k, v in sorted(t.stats.items()))
         table.add_row(
             escape(destination),
             escape(audience or "(conversions)"),
             f"{t.batches:,}",
-            f"{t.acknowledged:,}",
+            f"[cyan]{t.would_send:,} would send[/]" if t.dry_run else f"{t.acknowledged:,}",
             f"[yellow]{t.rejected:,}[/]" if t.rejected else "0",
             f"{t.retrying:,}",
             f"[red]{t.dead_lettered:,}[/]" if t.dead_lettered else "0",
-            "; ".join(part for part in (note, stats) if part),
+            "; ".join(part for part in (note, refused and f"refused: {refused}", stats) if part),
         )
     return table
+
+
+def _most(counts: Mapping[str, int]) -> list[tuple[str, int]]:
+    """Counts, largest first."""
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
 def status_table(rows: Sequence[RouteStatus]) -> Table:
@@ -224,7 +232,7 @@ def status_table(rows: Sequence[RouteStatus]) -> Table:
             escape(s.audience or "(conversions)"),
             escape(s.destination),
             f"{s.desired:,}",
-            f"[yellow]{s.acknowledged:,}[/]" if behind else f"{s.acknowledged:,}",
+            _acked(s, behind),
             f"{s.pending:,}",
             f"{s.retrying:,}",
             f"[yellow]{s.failed:,}[/]" if s.failed else "0",
@@ -239,8 +247,22 @@ def status_table(rows: Sequence[RouteStatus]) -> Table:
     return table
 
 
-def demo_table(report: ComputeReport, status: Sequence[RouteStatus], dry: set[str]) -> Table:
-    """Each audience: its size and holdout, and what each destination holds of it now."""
+def _acked(s: RouteStatus, behind: bool) -> str:
+    """What a destination acknowledged, or for a dry-run one what was written as a dry run."""
+    if s.dry_run:
+        return f"[cyan]{s.dry_run_written:,} dry run[/]"
+    return f"[yellow]{s.acknowledged:,}[/]" if behind else f"{s.acknowledged:,}"
+
+
+def demo_table(
+    report: ComputeReport,
+    status: Sequence[RouteStatus],
+    dry: set[str],
+    delivery: Delivery | None = None,
+) -> Table:
+    """Each audience: its size and holdout, and what each destination holds of it now (for a
+    dry-run destination, what was written as a dry run); each conversion stream below, with
+    the reasons of refusals from `delivery`, the sync that just ran."""
     lines = {(s.destination, s.audience): s for s in status}
     destinations = sorted({s.destination for s in status if s.audience is not None})
     table = Table(title="audiences → destinations", title_justify="left")
@@ -257,22 +279,26 @@ def demo_table(report: ComputeReport, status: Sequence[RouteStatus], dry: set[st
             line = lines.get((name, row.name))
             if line is None:
                 cells.append("—")
-            elif name in dry:
-                cells.append(f"[cyan]{line.pending:,} dry run[/]")
+                continue
+            failed = line.failed + line.dead_lettered
+            note = f" [yellow]({failed:,} refused)[/]" if failed else ""
+            if name in dry:
+                cells.append(f"[cyan]{line.dry_run_written:,} dry run[/]{note}")
             else:
-                failed = line.failed + line.dead_lettered
-                note = f" [yellow]({failed:,} refused)[/]" if failed else ""
                 cells.append(f"{line.acknowledged:,}{note}")
         table.add_row(escape(row.name), f"{row.size:,}", f"{row.holdout:,}", *cells)
     captions = []
     for (name, audience), line in sorted(lines.items(), key=lambda item: item[0][0]):
         if audience is None:
-            done = (
-                f"{line.pending:,} written as a dry run"
-                if name in dry
-                else (f"{line.acknowledged:,} sent")
-            )
-            captions.append(f"conversions → {name}: {done}")
+            if name in dry:
+                done = f"{line.dry_run_written:,} would be sent (written as a dry run)"
+            else:
+                done = f"{line.acknowledged:,} sent"
+            failed = line.failed + line.dead_lettered
+            tally = delivery.tallies.get((name, None)) if delivery is not None else None
+            why = ", ".join(f"{n:,} {escape(k)}" for k, n in _most(tally.reasons)) if tally else ""
+            refused = f"; {failed:,} refused" + (f": {why}" if why else "") if failed else ""
+            captions.append(f"conversions → {name}: {done}{refused}")
     table.caption = "\n".join(captions) or None
     return table
 

@@ -12,7 +12,7 @@ import phonenumbers
 import pytest
 from email_validator import EmailNotValidError, validate_email
 
-from cohortsync.demo.shop import CAMPAIGNS, SKUS, generate_shop
+from cohortsync.demo.shop import CAMPAIGNS, SHOP_URL, SKUS, generate_shop
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
 PROFILES = 300
@@ -311,3 +311,20 @@ def test_catalogue_mixes_replenishable_and_one_off_skus() -> None:
     cycles = {s.name: s.replenish_days for s in SKUS}
     assert any(cycles.values()) and None in cycles.values()
     assert all(s.price > 0 for s in SKUS)
+
+
+def test_orders_placed_on_the_site_carry_the_browser_they_came_from(
+    messages: list[Message],
+) -> None:
+    links, checkout = _links(messages), {}
+    orders = [m for m in messages if m.get("event") == "order_completed"]
+    web = [m for m in orders if "userAgent" in m.get("context", {})]
+    assert len(web) >= 0.9 * len(orders)  # the rest: subscription renewals, placed by the shop
+    for msg in messages:
+        context, event = msg.get("context", {}), msg.get("event")
+        if event == "checkout_started":
+            checkout[_person(msg, links)] = (context["ip"], context["userAgent"])
+        elif event == "order_completed" and "userAgent" in context:
+            url = context["page"]["url"]
+            assert url.startswith(SHOP_URL + "/") and "?" not in url  # no PII in a query
+            assert checkout[_person(msg, links)] == (context["ip"], context["userAgent"])

@@ -4,12 +4,14 @@ retried dead letters; the DuckDB store reads only the events stored since its la
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
 from cohortsync.engine import Engine
 from cohortsync.store.outbox import CONVERSIONS, ConversionRoute
-from tests.sync.conftest import MIN, T0, track
+from tests.sync.conftest import MIN, SYNC_YAML, T0, track
+from tests.sync.scripted import Remote
 
 
 @pytest.fixture
@@ -83,3 +85,24 @@ def test_the_whole_log_is_read_again_every_ten_minutes(shop: Engine) -> None:
         shop.store.query(f"DELETE FROM {table} WHERE message_id = {mark}", [first])  # type: ignore[attr-defined]
     assert plan(shop, routes, 10) + plan(shop, routes, 11) == 1
     assert [m for _, m in queued(shop)].count(first) == 1
+
+
+def test_a_rule_matches_every_spelling_of_its_event(shop: Engine) -> None:
+    # The rule says `order_completed`; Segment's spec names the event "Order Completed".
+    spellings = ["Order Completed", "order_completed", "order completed", " ORDER-COMPLETED "]
+    messages = [track(n, name, T0, revenue=10.0) for n, name in enumerate(spellings)]
+    shop.ingest_messages([*messages, track(9, "Order Refunded", T0)])
+    assert plan(shop, shop.sync_setup.conversion_routes) == len(spellings)
+    assert queued(shop) == sorted(("ads", m["messageId"]) for m in messages)
+
+
+def test_a_rule_in_the_spec_spelling_matches_the_snake_case_event(
+    project_on_both: Path, remotes: dict[str, Remote]
+) -> None:
+    rules = SYNC_YAML.replace("{event: order_completed,", '{event: "Order Completed",')
+    settings = project_on_both / "cohortsync.yml"
+    settings.write_text(settings.read_text(encoding="utf-8") + rules, encoding="utf-8")
+    with Engine.open(project_on_both) as engine:
+        sent = orders(engine, range(2))
+        assert plan(engine, engine.sync_setup.conversion_routes) == 2
+        assert queued(engine) == sorted(("ads", m) for m in sent)

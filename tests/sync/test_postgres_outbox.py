@@ -165,7 +165,7 @@ def test_rejected_records_are_kept_out_until_they_leave_and_come_back(shop: Shop
     shop.outbox.plan([ADS], T0)
     batch = claim(shop)
     shop.outbox.resolve(batch, Resolution(rejected={batch.records[1].record_id: "bad email"}), T0)
-    (status,) = shop.outbox.status([ADS], [], {"ads": ["email"]})
+    (status,) = shop.outbox.status([ADS], [], {("ads", "cart"): ["email"]})
     assert (status.acknowledged, status.failed, status.pending) == (1, 1, 0)
     assert shop.outbox.acknowledged("ads", "cart") == {"a": False}
     assert shop.outbox.plan([ADS], T0).total == 0  # a rejected member is not sent again
@@ -179,7 +179,7 @@ def test_dead_letters_block_replanning_until_retried(shop: Shop) -> None:
     shop.enter(["a", "b"])
     shop.outbox.plan([ADS], T0)
     shop.outbox.dead_letter(claim(shop), "refused: 400 bad request", T0)
-    (status,) = shop.outbox.status([ADS], [], {"ads": ["email"]})
+    (status,) = shop.outbox.status([ADS], [], {("ads", "cart"): ["email"]})
     assert (status.dead_lettered, status.pending, status.desired) == (2, 0, 2)
     assert shop.outbox.plan([ADS], T0).total == 0
     assert shop.outbox.retry_dead("ads", None, T0) == 2
@@ -235,9 +235,10 @@ def test_per_profile_plans_touch_only_their_profiles(shop: Shop) -> None:
 def test_conversions_are_queued_once_per_destination(shop: Shop) -> None:
     for n, revenue in enumerate(["42.5", "n/a"]):
         shop.sql.execute(
-            'INSERT INTO events (message_id, type, source, event, profile_id, "timestamp", '
-            "original_timestamp, received_at, properties) "
-            "VALUES (%s, 'track', 'web', 'order_completed', 'a', %s, %s, %s, %s::jsonb)",
+            "INSERT INTO events (message_id, type, source, event, event_key, profile_id, "
+            '"timestamp", original_timestamp, received_at, properties) VALUES '
+            "(%s, 'track', 'web', 'order_completed', 'order_completed', 'a', %s, %s, %s, "
+            "%s::jsonb)",
             (f"m{n}", T0, T0, T0, f'{{"revenue": "{revenue}", "currency": "eur"}}'),
         )
     shop.enter(["a"])
@@ -391,9 +392,9 @@ def test_two_processes_claiming_at_once_deliver_every_change_once_in_order(shop:
 
 def _order(conn: psycopg.Connection[Any], message_id: str) -> None:
     conn.execute(
-        'INSERT INTO events (message_id, type, source, event, profile_id, "timestamp", '
-        "original_timestamp, received_at, properties) "
-        "VALUES (%s, 'track', 'web', 'order_completed', 'a', %s, %s, %s, '{}'::jsonb)",
+        "INSERT INTO events (message_id, type, source, event, event_key, profile_id, "
+        '"timestamp", original_timestamp, received_at, properties) VALUES '
+        "(%s, 'track', 'web', 'order_completed', 'order_completed', 'a', %s, %s, %s, '{}'::jsonb)",
         (message_id, T0, T0, T0),
     )
 

@@ -89,6 +89,7 @@ _HOME: _Page = ("/", SHOP_URL + "/", "Home")
 _COLLECTION: _Page = ("/collections/all", SHOP_URL + "/collections/all", "Collection")
 _CART: _Page = ("/cart", SHOP_URL + "/cart", "Cart")
 _CHECKOUT: _Page = ("/checkout", SHOP_URL + "/checkout", "Checkout")
+_THANKS: _Page = ("/checkout/thank-you", SHOP_URL + "/checkout/thank-you", "Thank you")
 _PRODUCT_PAGES: tuple[_Page, ...] = tuple(
     (f"/products/{s.sku.lower()}", f"{SHOP_URL}/products/{s.sku.lower()}", s.name) for s in SKUS
 )
@@ -205,14 +206,24 @@ class _Profile:
     def _page(self, t: int, dev: int, name: str, page: _Page) -> None:
         self._web(t, dev, "page", name, {"path": page[0], "url": page[1], "title": page[2]}, page)
 
-    def _server(self, t: int, event: str, props: _Msg) -> None:
+    def _server(self, t: int, event: str, props: _Msg, dev: int | None = None) -> None:
+        """A backend event; `dev` is the device of the browser session it ends (an order
+        placed on the site), whose page, user agent and IP the shop forwards with it."""
         if t > self.clock.hi:
             return
         if self.uid is not None:
             msg: _Msg = {"type": "track", "messageId": "", "timestamp": "", "userId": self.uid}
         else:  # guest checkout: the only identity is the email/phone typed at checkout
             msg = {"type": "track", "messageId": "", "timestamp": "", "anonymousId": self.anon}
-            msg["context"] = {"traits": self._contact_traits()}
+        context: _Msg = {}
+        if dev is not None:
+            d = self.devices[dev]
+            context = {"ip": d[1], "userAgent": d[2]}
+            context["page"] = {"path": _THANKS[0], "url": _THANKS[1], "title": _THANKS[2]}
+        if self.uid is None:
+            context["traits"] = self._contact_traits()
+        if context:
+            msg["context"] = context
         msg["event"], msg["properties"] = event, props
         self.out.append((t, msg))
 
@@ -287,10 +298,11 @@ class _Profile:
         if intent == "cart":
             return cart_t
         t += 60_000 + int(240_000 * rnd())
-        self._order(t, order)
+        self._order(t, order, dev)
         return t
 
-    def _order(self, t: int, order: int) -> None:
+    def _order(self, t: int, order: int, dev: int | None = None) -> None:
+        """An order: placed in a web session on device `dev`, or a subscription renewal."""
         _, items, pct, coupon = self.orders[order]
         subtotal = sum(SKUS[k].price * q for k, q in items)
         products = [{"sku": SKUS[k].sku, "price": SKUS[k].price, "quantity": q} for k, q in items]
@@ -299,7 +311,7 @@ class _Profile:
         props["discount"] = pct > 0
         if pct > 0:
             props["coupon"] = coupon
-        self._server(t, "order_completed", props)
+        self._server(t, "order_completed", props, dev)
         self.order_times[order] = t
         rnd = self.rng.random
         if rnd() < 0.05:

@@ -89,6 +89,15 @@ class BatchResult:
     stats: Mapping[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DryRun:
+    """What sending a batch would do, sending nothing: the exact requests (identifiers hashed,
+    secrets redacted), and the records the destination would refuse, each with its reason."""
+
+    requests: list[dict[str, Any]]
+    refused: Mapping[int, str] = field(default_factory=dict)
+
+
 class DeliveryError(CohortsyncError):
     """A whole batch failed; the message never holds raw emails or phones."""
 
@@ -169,6 +178,12 @@ class Destination(ABC, Generic[ConfigT]):
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The exact requests (or writes) `apply`/`send_conversions` would make, as JSON-able
         dicts, with identifiers hashed as they would leave and secrets redacted; sends nothing."""
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """`dry_run`'s requests and the records `apply`/`send_conversions` would refuse.
+
+        A destination that refuses records before sending overrides this to say which."""
+        return DryRun(self.dry_run(batch))
 
     def close(self) -> None:
         """Release connections or files."""

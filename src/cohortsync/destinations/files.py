@@ -49,6 +49,7 @@ from cohortsync.destinations.base import (
     Destination,
     DestinationConfig,
     DestinationContext,
+    DryRun,
     PermanentError,
 )
 from cohortsync.destinations.hashing import hash_identifier
@@ -151,11 +152,18 @@ class FilesDestination(Destination[FilesConfig]):
 
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The files `apply` would write and their row counts; nothing is written."""
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The files `apply` would write, and the members it would leave out with why."""
         if not isinstance(batch, Batch):
-            return []
+            return DryRun([])
         plan = self._plan(batch)
         if plan.already_applied:
-            return []
+            return DryRun([], plan.rejected)
+        return DryRun(self._writes(plan), plan.rejected)
+
+    def _writes(self, plan: _Plan) -> list[dict[str, Any]]:
         return [
             {
                 "write": str(plan.folder / f"{name}.{fmt}"),

@@ -25,6 +25,7 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
+    DryRun,
     PermanentError,
 )
 from cohortsync.destinations.hashing import hash_identifier
@@ -94,10 +95,14 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
 
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The `/events` requests `send_conversions` would make, secrets redacted."""
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The `/events` requests and the conversions Meta would refuse, with the reasons."""
         if not isinstance(batch, ConversionBatch):
             raise PermanentError("meta_capi receives conversions, not audience changes")
-        events, _ = self.plan(batch)
-        return [request.describe() for request in self.requests(events)]
+        events, rejected = self.plan(batch)
+        return DryRun([request.describe() for request in self.requests(events)], rejected)
 
     def plan(self, batch: ConversionBatch) -> tuple[list[dict[str, Any]], dict[int, str]]:
         """The events to send, in batch order, and the conversions rejected before sending."""

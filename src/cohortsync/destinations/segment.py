@@ -39,6 +39,7 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
+    DryRun,
 )
 from cohortsync.destinations.http import PreparedRequest, json_body, scrub, send
 
@@ -118,8 +119,12 @@ class SegmentDestination(Destination[SegmentConfig]):
 
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The `/v1/batch` requests that would be sent (the write key redacted)."""
-        messages, _ = self._render(batch)
-        return [self._request(chunk).describe() for chunk in _chunks(messages)]
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The `/v1/batch` requests and the records refused before sending, with reasons."""
+        messages, rejected = self._render(batch)
+        return DryRun([self._request(chunk).describe() for chunk in _chunks(messages)], rejected)
 
     def messages(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The Segment messages a batch becomes, in sending order."""

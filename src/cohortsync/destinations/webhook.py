@@ -35,6 +35,7 @@ from cohortsync.destinations.base import (
     ConversionBatch,
     Destination,
     DestinationConfig,
+    DryRun,
     PermanentError,
     usable,
 )
@@ -126,6 +127,11 @@ class WebhookDestination(Destination[WebhookConfig]):
             for name, value in described["headers"].items()
         }
         return [described]
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The request and the records left out of it for want of any identifier."""
+        records = batch.changes if isinstance(batch, Batch) else batch.conversions
+        return DryRun(self.dry_run(batch), self._split(records)[1])
 
     def body(self, batch: Batch | ConversionBatch) -> bytes:
         """The exact body bytes for a batch: the same for every attempt."""

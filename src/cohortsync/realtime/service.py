@@ -3,7 +3,8 @@ and delivery, each in its own thread over the one store.
 
 Delivery is woken the moment evaluation records a change (no polling interval between the
 outbox and the destination); it also wakes every few seconds for retries that come due, and
-plans conversions. Destinations marked `dry_run` are left to `cohortsync sync`.
+plans conversions. Destinations set `dry_run: true` are delivered as `cohortsync sync` delivers
+them: each batch written once under the dry-run folder and resolved as a dry run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cohortsync.realtime.runner import RealtimeLoop, micros
 from cohortsync.store.base import Store
 from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.retry import RetryPolicy
-from cohortsync.sync.run import HTTP_TIMEOUT
+from cohortsync.sync.run import HTTP_TIMEOUT, dry_run_folders
 from cohortsync.sync.worker import Deliverer
 
 log = logging.getLogger("cohortsync.serve")
@@ -62,7 +63,8 @@ class _Worker:
 
 
 class Delivery:
-    """Drains the outbox of every live destination; plans conversions now and then."""
+    """Drains the outbox of every destination (writing dry runs for those set `dry_run: true`);
+    plans conversions now and then."""
 
     def __init__(
         self,
@@ -71,14 +73,17 @@ class Delivery:
         root: Path,
         policy: RetryPolicy,
         clock: Callable[[], datetime],
+        dry_run_folder: Path,
     ) -> None:
         self.store = store
         self.setup = setup
         self.clock = clock
         self.http = httpx.Client(timeout=HTTP_TIMEOUT, follow_redirects=False)
-        opened = setup.open(root, self.http, clock)
-        self.live = {n: d for n, d in opened.items() if not d.config.dry_run}
-        self.deliverer = Deliverer(store.outbox, self.live, policy, clock, setup.identifiers)
+        self.destinations = setup.open(root, self.http, clock)
+        folders = dry_run_folders(dry_run_folder, self.destinations)
+        self.deliverer = Deliverer(
+            store.outbox, self.destinations, policy, clock, setup.identifiers, dry_runs=folders
+        )
         self._planned_at = 0.0
         self.rounds = 0
 
@@ -86,14 +91,13 @@ class Delivery:
         """Plan conversions if it is time, then deliver everything due."""
         now = self.clock()
         if now.timestamp() - self._planned_at >= CONVERSIONS_EVERY:
-            routes = [r for r in self.setup.conversion_routes if r.destination in self.live]
-            self.store.outbox.plan_conversions(routes, now)
+            self.store.outbox.plan_conversions(self.setup.conversion_routes, now)
             self._planned_at = now.timestamp()
         self.deliverer.run()
         self.rounds += 1
 
     def close(self) -> None:
-        for destination in self.live.values():
+        for destination in self.destinations.values():
             destination.close()
         self.http.close()
 

@@ -15,7 +15,10 @@ from cohortsync.store.duckdb_shared import ConnectionView, Registered, Transacti
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    DRY_REMOVED,
+    DRY_RUN,
     KEY,
+    MEMBER,
     STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
@@ -49,6 +52,7 @@ def _routes_table(routes: Sequence[Route]) -> pa.Table:
             "destination": pa.array([r.destination for r in routes], pa.string()),
             "audience": pa.array([r.audience for r in routes], pa.string()),
             "include_holdout": pa.array([r.include_holdout for r in routes], pa.bool_()),
+            "dry_run": pa.array([r.dry_run for r in routes], pa.bool_()),
         }
     )
 
@@ -91,8 +95,9 @@ def plan_changes(
                 WHERE o.batch_id IS NOT NULL{scoped("o")}),
             acked AS (
                 SELECT s.* FROM destination_state s
-                SEMI JOIN _routes r USING (destination, audience)
-                WHERE true{scoped("s")})
+                JOIN _routes r USING (destination, audience)
+                WHERE s.status <> CASE WHEN r.dry_run THEN '{DRY_REMOVED}' ELSE '{DRY_RUN}' END
+                  {scoped("s")})
             SELECT coalesce(f.destination, s.destination) AS destination,
                    coalesce(f.audience, s.audience) AS audience,
                    coalesce(f.profile_id, s.profile_id) AS profile_id,
@@ -127,6 +132,13 @@ def plan_changes(
                           WHERE r.destination = s.destination AND r.audience = s.audience)
               AND NOT EXISTS (SELECT 1 FROM _desired d WHERE {key_match("d", "s")})
               AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {key_match("o", "s")}){scoped("s")}"""
+        )
+        con.execute(  # a destination gone live holds nothing a dry run wrote
+            f"""DELETE FROM destination_state s
+            WHERE s.status = '{DRY_RUN}'
+              AND EXISTS (SELECT 1 FROM _routes r WHERE NOT r.dry_run
+                          AND r.destination = s.destination AND r.audience = s.audience)
+              {scoped("s")}"""
         )
         con.execute(
             f"""DELETE FROM outbox o
@@ -269,7 +281,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
                                AS currency,
                            e.properties, e.context
                     FROM events e LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
-                    JOIN _rules r ON e.type = 'track' AND e.event = r.event
+                    JOIN _rules r ON e.type = 'track' AND e.event_key = r.event
                     {unplanned}
                     WHERE e.rowid > ?""",
                     [after],
@@ -651,10 +663,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         log = pa.table(
             {
                 "record_id": pa.array([r.record_id for r in done], pa.int64()),
-                "outcome": [
-                    "rejected" if r.record_id in resolution.rejected else "acknowledged"
-                    for r in done
-                ],
+                "outcome": [resolution.outcome(r.record_id) for r in done],
                 "reason": pa.array(
                     [resolution.rejected.get(r.record_id) for r in done], pa.string()
                 ),
@@ -689,10 +698,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         state = pa.table(
             {
                 "profile_id": pa.array([r.profile_id for r in keep], pa.string()),
-                "status": pa.array(
-                    ["rejected" if r.record_id in resolution.rejected else "member" for r in keep],
-                    pa.string(),
-                ),
+                "status": pa.array([resolution.state(r.record_id) for r in keep], pa.string()),
                 "holdout": pa.array([r.holdout for r in keep], pa.bool_()),
                 "identifiers": pa.array(
                     [orjson.dumps(dict(r.identifiers)).decode() for r in keep], pa.string()
@@ -706,10 +712,19 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         ids = pa.table({"profile_id": pa.array([r.profile_id for r in done], pa.string())})
         retry = pa.table({"record_id": pa.array(list(resolution.retry), pa.int64())})
         with Registered(con, _state=state, _done=ids, _retry=retry):
+            if resolution.dry_run and batch.op == "remove":
+                # The destination still holds its members: only a dry run wrote their removal.
+                con.execute(
+                    f"UPDATE destination_state SET status = '{DRY_REMOVED}', batch_id = ?, "
+                    "updated_at = ? WHERE destination = ? AND audience = ? "
+                    f"AND status = '{MEMBER}' AND profile_id IN (SELECT profile_id FROM _done)",
+                    [batch.batch_id, now, batch.destination, batch.audience],
+                )
             con.execute(
                 "DELETE FROM destination_state s WHERE s.destination = ? AND s.audience = ? "
-                "AND s.profile_id IN (SELECT profile_id FROM _done)",
-                [batch.destination, batch.audience],
+                "AND s.profile_id IN (SELECT profile_id FROM _done) "
+                f"AND NOT (? AND s.status = '{DRY_REMOVED}')",
+                [batch.destination, batch.audience, resolution.dry_run and batch.op == "remove"],
             )
             con.execute(
                 "INSERT INTO destination_state SELECT ?, ?, profile_id, status, holdout, "
@@ -843,12 +858,17 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
         accepted = pa.table(
             {
-                "destination": [d for d, kinds in accepts.items() for _ in kinds],
-                "kind": [k for kinds in accepts.values() for k in kinds],
+                "destination": pa.array(
+                    [d for (d, _), ks in accepts.items() for _ in ks], pa.string()
+                ),
+                "audience": pa.array(
+                    [a for (_, a), ks in accepts.items() for _ in ks], pa.string()
+                ),
+                "kind": pa.array([k for ks in accepts.values() for k in ks], pa.string()),
             }
         )
         found: list[RouteStatus] = []
@@ -859,7 +879,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
             rows = con.execute(_STATUS_SQL).fetchall() if routes else []
             found += [RouteStatus.from_row(row) for row in rows]
             for destination in conversion_destinations:
-                row = first_row(con.execute(_CONVERSION_STATUS_SQL, [destination] * 8).fetchall())
+                row = first_row(con.execute(_CONVERSION_STATUS_SQL, [destination] * 9).fetchall())
                 assert row is not None
                 found.append(RouteStatus.from_row((destination, None, *row)))
         return found
@@ -906,7 +926,7 @@ class DuckDBOutbox(ConnectionView, OutboxStore):
         return {str(p): bool(h) for p, h in rows}
 
 
-_STATUS_SQL = """
+_STATUS_SQL = f"""
 WITH desired AS (
     SELECT r.destination, r.audience, m.profile_id
     FROM _routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
@@ -915,7 +935,10 @@ matchable AS (
     SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
     FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
     JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
-    JOIN _accepts k ON k.destination = d.destination AND k.kind = x.kind
+    JOIN _accepts k ON k.destination = d.destination AND k.audience = d.audience
+        AND k.kind = x.kind
+    WHERE NOT EXISTS (SELECT 1 FROM destination_state s
+                      WHERE s.status = 'rejected' AND {key_match("s", "d")})
     GROUP BY ALL),
 batches AS (
     SELECT destination, audience, sum(records) FILTER (attempts > 0) AS retrying,
@@ -939,6 +962,8 @@ SELECT
             SELECT batch_id FROM delivery_log WHERE kind = 'conversions' AND destination = ?
             AND outcome = 'rejected')),
     0,
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions' AND destination = ?
+        AND outcome = 'dry_run'),
     (SELECT max(resolved_at) FROM delivery_log WHERE kind = 'conversions'
         AND destination = ?),
     NULL, NULL

@@ -24,6 +24,23 @@ class Route:
     destination: str
     audience: str
     include_holdout: bool
+    dry_run: bool = False
+    """The destination is set `dry_run: true`: it is written files, never sent anything.
+
+    What a dry run wrote is kept apart from what the destination holds (`DRY_RUN` rows of
+    `destination_state`), so a destination that goes live is sent every member afresh, and one
+    that was live and goes dry still gets, once live again, the removes it missed meanwhile
+    (`DRY_REMOVED` rows: members it holds whose removal only a dry run wrote).
+    """
+
+
+MEMBER = "member"
+REJECTED = "rejected"
+DRY_RUN = "dry_run"
+DRY_REMOVED = "dry_removed"
+"""The `status` of a `destination_state` row: a member the destination acknowledged, one it
+refused, one a dry run wrote (the destination holds nothing), one the destination holds but
+whose removal only a dry run wrote."""
 
 
 # Conversions are planned from the events stored since the last planning; the whole log is
@@ -39,7 +56,11 @@ def whole_log_due(full_at: datetime | None, now: datetime) -> bool:
 
 @dataclass(frozen=True)
 class ConversionRoute:
-    """Events named `event` forwarded to `destination` as conversion `name`."""
+    """Track events whose key is `event` forwarded to `destination` as conversion `name`.
+
+    `event` is the snake_case key segments match on (`events.validate.event_key`), so a rule for
+    `order_completed` takes "Order Completed" as well.
+    """
 
     destination: str
     event: str
@@ -111,6 +132,20 @@ class Resolution:
     recovered_by: datetime | None = None
     """The destination answered: its other batches backing off start their backoff over and
     are tried again by this time at the latest (None leaves them as they are)."""
+    dry_run: bool = False
+    """The batch was written as a dry run, not sent: nothing was acknowledged by anyone."""
+
+    def outcome(self, record_id: int) -> str:
+        """The `delivery_log` outcome of a resolved record."""
+        if record_id in self.rejected:
+            return "rejected"
+        return "dry_run" if self.dry_run else "acknowledged"
+
+    def state(self, record_id: int) -> str:
+        """The `destination_state` status of a resolved add."""
+        if record_id in self.rejected:
+            return REJECTED
+        return DRY_RUN if self.dry_run else MEMBER
 
 
 @dataclass(frozen=True)
@@ -129,17 +164,27 @@ class RouteStatus:
     last_sync: datetime | None
     next_attempt: datetime | None
     last_error: str | None
+    dry_run_written: int = 0
+    """Records written as a dry run that would be sent (members now, for an audience)."""
+    dry_run: bool = False
+    """The destination is set `dry_run: true` (filled in by the engine, which reads the config)."""
 
     @property
     def match_rate(self) -> float | None:
-        """Members with an identifier the destination accepts, over members."""
-        return self.matchable / self.desired if self.desired else None
+        """Members the destination can match, over members: a member counts when it has an
+        identifier the destination may match on (for an ad platform, one the audience allows)
+        and the destination did not refuse it. None for a conversion stream, or no members."""
+        if self.audience is None or not self.desired:
+            return None
+        return self.matchable / self.desired
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> RouteStatus:
         """From a status query's row, in field order (counts may come back NULL)."""
         destination, audience, *counts, last_sync, next_attempt, last_error = row
-        desired, acked, pending, retrying, failed, dead, matchable = (int(c or 0) for c in counts)
+        desired, acked, pending, retrying, failed, dead, matchable, written = (
+            int(c or 0) for c in counts
+        )
         return cls(
             str(destination),
             None if audience is None else str(audience),
@@ -153,6 +198,7 @@ class RouteStatus:
             last_sync,
             next_attempt,
             last_error,
+            dry_run_written=written,
         )
 
 
@@ -245,9 +291,13 @@ class OutboxStore(ABC):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
-        """Per route: desired, acknowledged, pending, retrying, failed, dead letters, matches."""
+        """Per route: desired, acknowledged, pending, retrying, failed, dead letters, matches.
+
+        `accepts` holds, per (destination, audience), the identifier kinds a member can be
+        matched on; a member the destination refused is not a match.
+        """
 
     @abstractmethod
     def log_run(self, run: SyncRunRecord) -> int:
@@ -298,6 +348,8 @@ STATUS_SELECT = """SELECT r.destination, r.audience,
     (SELECT count(*) FROM dead_letters x WHERE x.destination = r.destination
         AND x.audience = r.audience AND x.retried_at IS NULL),
     coalesce(mt.n, 0),
+    (SELECT count(*) FROM destination_state s WHERE s.destination = r.destination
+        AND s.audience = r.audience AND s.status = 'dry_run'),
     (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
         AND l.audience = r.audience),
     b.next_attempt, b.last_error

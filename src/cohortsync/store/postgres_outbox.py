@@ -21,6 +21,8 @@ import psycopg
 from cohortsync.store.outbox import (
     CHANGES,
     CONVERSIONS,
+    DRY_REMOVED,
+    MEMBER,
     STATUS_SELECT,
     ClaimedBatch,
     ConversionRoute,
@@ -52,8 +54,9 @@ def _scoped(alias: str, profiles: Sequence[str] | None) -> str:
 
 
 _ROUTES = """routes AS (
-    SELECT * FROM unnest(%(destinations)s::text[], %(audiences)s::text[], %(holdouts)s::bool[])
-        AS r(destination, audience, include_holdout))"""
+    SELECT * FROM unnest(%(destinations)s::text[], %(audiences)s::text[], %(holdouts)s::bool[],
+                         %(dry_runs)s::bool[])
+        AS r(destination, audience, include_holdout, dry_run))"""
 
 # Lock the waiting rows a plan may delete or keep: a claim (SKIP LOCKED) leaves them alone, and
 # a claim already under way finishes first (the row then is in flight when the plan reads).
@@ -83,8 +86,8 @@ flight AS (
                   WHERE r.destination = o.destination AND r.audience = o.audience){scope_o}),
 acked AS (
     SELECT s.* FROM destination_state s
-    WHERE EXISTS (SELECT 1 FROM routes r
-                  WHERE r.destination = s.destination AND r.audience = s.audience){scope_s}),
+    JOIN routes r ON r.destination = s.destination AND r.audience = s.audience
+    WHERE s.status <> CASE WHEN r.dry_run THEN 'dry_removed' ELSE 'dry_run' END{scope_s}),
 base AS (
     SELECT coalesce(f.destination, s.destination) AS destination,
            coalesce(f.audience, s.audience) AS audience,
@@ -116,6 +119,12 @@ forget_rejected AS (
                   WHERE r.destination = s.destination AND r.audience = s.audience)
       AND NOT EXISTS (SELECT 1 FROM desired d WHERE {match_ds})
       AND NOT EXISTS (SELECT 1 FROM outbox o WHERE {match_os}){scope_s}
+    RETURNING 1),
+forget_dry_run AS (
+    DELETE FROM destination_state s
+    WHERE s.status = 'dry_run'
+      AND EXISTS (SELECT 1 FROM routes r WHERE NOT r.dry_run
+                  AND r.destination = s.destination AND r.audience = s.audience){scope_s}
     RETURNING 1),
 stale AS (
     DELETE FROM outbox o
@@ -182,6 +191,7 @@ def _route_params(routes: Sequence[Route]) -> dict[str, Any]:
         "destinations": [r.destination for r in routes],
         "audiences": [r.audience for r in routes],
         "holdouts": [r.include_holdout for r in routes],
+        "dry_runs": [r.dry_run for r in routes],
     }
 
 
@@ -338,7 +348,7 @@ matched AS (
            e.properties #>> string_to_array(r.value_property, '.') AS value_text,
            coalesce(e.properties ->> 'currency', r.currency) AS currency,
            e.properties, e.context
-    FROM events e JOIN rules r ON e.type = 'track' AND e.event = r.event
+    FROM events e JOIN rules r ON e.type = 'track' AND e.event_key = r.event
     LEFT JOIN profile_aliases a ON a.profile_id = e.profile_id
     WHERE NOT EXISTS (SELECT 1 FROM conversion_ledger l
                       WHERE l.destination = r.destination AND l.message_id = e.message_id)
@@ -792,10 +802,7 @@ class PostgresOutbox(PgView, OutboxStore):
                 [r.record_id for r in done],
                 [r.profile_id for r in done],
                 [r.op for r in done],
-                [
-                    "rejected" if r.record_id in resolution.rejected else "acknowledged"
-                    for r in done
-                ],
+                [resolution.outcome(r.record_id) for r in done],
                 [resolution.rejected.get(r.record_id) for r in done],
             ),
         )
@@ -813,10 +820,25 @@ class PostgresOutbox(PgView, OutboxStore):
             self._release_retries(cur, batch, retry)
         done = self._log(cur, batch, resolution, now)
         keep = [r for r in done if r.op == "add"]
+        dry_removes = resolution.dry_run and batch.op == "remove"
+        if dry_removes:  # the destination still holds its members: a dry run wrote the removal
+            cur.execute(
+                f"UPDATE destination_state SET status = '{DRY_REMOVED}', batch_id = %s, "
+                "updated_at = %s WHERE destination = %s AND audience = %s "
+                f"AND status = '{MEMBER}' AND profile_id = ANY(%s::text[])",
+                (
+                    batch.batch_id,
+                    now,
+                    batch.destination,
+                    batch.audience,
+                    [r.profile_id for r in done],
+                ),
+                prepare=False,
+            )
         cur.execute(
             "DELETE FROM destination_state WHERE destination = %s AND audience = %s "
-            "AND profile_id = ANY(%s::text[])",
-            (batch.destination, batch.audience, [r.profile_id for r in done]),
+            f"AND profile_id = ANY(%s::text[]) AND NOT (%s AND status = '{DRY_REMOVED}')",
+            (batch.destination, batch.audience, [r.profile_id for r in done], dry_removes),
             prepare=False,  # a generic plan would test each row against the array in turn
         )
         cur.execute(
@@ -831,7 +853,7 @@ class PostgresOutbox(PgView, OutboxStore):
                 batch.batch_id,
                 now,
                 [r.profile_id for r in keep],
-                ["rejected" if r.record_id in resolution.rejected else "member" for r in keep],
+                [resolution.state(r.record_id) for r in keep],
                 [r.holdout for r in keep],
                 [_json(r.identifiers) for r in keep],
                 [resolution.rejected.get(r.record_id) for r in keep],
@@ -989,7 +1011,7 @@ class PostgresOutbox(PgView, OutboxStore):
         self,
         routes: Sequence[Route],
         conversion_destinations: Sequence[str],
-        accepts: Mapping[str, Sequence[str]],
+        accepts: Mapping[tuple[str, str], Sequence[str]],
     ) -> list[RouteStatus]:
         found: list[RouteStatus] = []
         with self._db.transaction() as cur:
@@ -998,8 +1020,9 @@ class PostgresOutbox(PgView, OutboxStore):
                     _STATUS_SQL,
                     {
                         **_route_params(routes),
-                        "accept_destinations": [d for d, kinds in accepts.items() for _ in kinds],
-                        "accept_kinds": [k for kinds in accepts.values() for k in kinds],
+                        "accept_destinations": [d for (d, _), ks in accepts.items() for _ in ks],
+                        "accept_audiences": [a for (_, a), ks in accepts.items() for _ in ks],
+                        "accept_kinds": [k for ks in accepts.values() for k in ks],
                     },
                 )
                 found += [RouteStatus.from_row(row) for row in cur.fetchall()]
@@ -1054,8 +1077,9 @@ class PostgresOutbox(PgView, OutboxStore):
 _STATUS_SQL = f"""
 WITH {_ROUTES},
 accepts AS (
-    SELECT * FROM unnest(%(accept_destinations)s::text[], %(accept_kinds)s::text[])
-        AS k(destination, kind)),
+    SELECT * FROM unnest(%(accept_destinations)s::text[], %(accept_audiences)s::text[],
+                         %(accept_kinds)s::text[])
+        AS k(destination, audience, kind)),
 desired AS (
     SELECT r.destination, r.audience, m.profile_id
     FROM routes r JOIN memberships m ON m.kind = 'audience' AND m.name = r.audience
@@ -1064,7 +1088,10 @@ matchable AS (
     SELECT d.destination, d.audience, count(DISTINCT d.profile_id) AS n
     FROM desired d LEFT JOIN profile_aliases a ON a.profile_id = d.profile_id
     JOIN identities x ON x.profile_id = coalesce(a.canonical_id, d.profile_id)
-    JOIN accepts k ON k.destination = d.destination AND k.kind = x.kind
+    JOIN accepts k ON k.destination = d.destination AND k.audience = d.audience
+        AND k.kind = x.kind
+    WHERE NOT EXISTS (SELECT 1 FROM destination_state s
+                      WHERE s.status = 'rejected' AND {key_match("s", "d")})
     GROUP BY d.destination, d.audience),
 batches AS (
     SELECT destination, audience, sum(records) FILTER (WHERE attempts > 0) AS retrying,
@@ -1089,6 +1116,8 @@ SELECT
             SELECT batch_id FROM delivery_log WHERE kind = 'conversions'
             AND destination = %(destination)s AND outcome = 'rejected')),
     0,
+    (SELECT count(*) FROM delivery_log WHERE kind = 'conversions'
+        AND destination = %(destination)s AND outcome = 'dry_run'),
     (SELECT max(resolved_at) FROM delivery_log WHERE kind = 'conversions'
         AND destination = %(destination)s),
     NULL::timestamptz, NULL::text

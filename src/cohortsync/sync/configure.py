@@ -24,7 +24,9 @@ from cohortsync.destinations.base import (
 from cohortsync.destinations.registry import destination_class, known_types
 from cohortsync.errors import ConfigError
 from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.names import event_key
 from cohortsync.store.outbox import ConversionRoute, Route
+from cohortsync.sync.worker import match_kinds
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,17 @@ class SyncSetup:
     identifiers: Mapping[str, tuple[str, ...]]
     """Per audience, the identifier kinds it may send (empty: every kind)."""
 
-    def accepts(self) -> dict[str, tuple[str, ...]]:
-        """Identifier kinds each destination can match on."""
-        return {name: cls.accepts for name, cls in self.classes.items()}
+    def accepts(self) -> dict[tuple[str, str], tuple[str, ...]]:
+        """Per (destination, audience), the identifier kinds a member can be matched on: what
+        the destination accepts, and for an ad platform only what the audience allows."""
+        return {
+            (r.destination, r.audience): match_kinds(
+                self.classes[r.destination].accepts,
+                self.classes[r.destination].ad_platform,
+                self.identifiers.get(r.audience, ()),
+            )
+            for r in self.routes
+        }
 
     def open(
         self,
@@ -76,7 +86,14 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
                     display,
                     loaded.line_of("audiences", audience.name, "destinations"),
                 )
-            routes.append(Route(name, audience.name, include_holdout=not cls.ad_platform))
+            routes.append(
+                Route(
+                    name,
+                    audience.name,
+                    include_holdout=not cls.ad_platform,
+                    dry_run=configs[name].dry_run,
+                )
+            )
     conversion_routes: list[ConversionRoute] = []
     for index, rule in enumerate(loaded.project.conversions):
         for name in rule.destinations:
@@ -89,7 +106,7 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
                     loaded.line_of("conversions", index, "destinations"),
                 )
             conversion_routes.append(
-                ConversionRoute(name, rule.event, rule.as_, rule.value, rule.currency)
+                ConversionRoute(name, event_key(rule.event), rule.as_, rule.value, rule.currency)
             )
     identifiers = {a.name: tuple(a.identifiers) for a in segments.audiences.values()}
     return SyncSetup(configs, classes, tuple(routes), tuple(conversion_routes), identifiers)

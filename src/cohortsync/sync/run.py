@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import httpx
 
+from cohortsync.destinations.base import AnyDestination
 from cohortsync.store.outbox import OutboxStore, PlanCounts, SyncRunRecord
 from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.dry_run import write_dry_run
+from cohortsync.sync.dry_run_files import DryRunFolder
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.worker import Clock, Deliverer, Delivery, elapsed_ms
 
@@ -46,7 +48,9 @@ def run_sync(
 ) -> SyncReport:
     """Plan every route (or one audience / destination), then deliver or write a dry run.
 
-    Destinations configured with `dry_run: true` always go to the dry-run folder.
+    Destinations configured with `dry_run: true` are delivered to the dry-run folder: each
+    batch written once and resolved as a dry run, as `serve` does. `dry_run` previews what the
+    other destinations would be sent now, in the same folder, and changes nothing of theirs.
     """
     started, started_at = time.perf_counter(), clock()
     routes = [
@@ -70,12 +74,16 @@ def run_sync(
             for n, d in opened.items()
             if audience is None or any(r.destination == n for r in routes)
         }
-        dry = {n: d for n, d in wanted.items() if dry_run or d.config.dry_run}
-        live = {n: d for n, d in wanted.items() if n not in dry}
-        delivery = Deliverer(outbox, live, policy, clock, setup.identifiers, progress).run(audience)
-        if dry:
-            written = write_dry_run(outbox, dry, dry_run_folder, setup.identifiers, audience)
-            delivery.tallies.update(written.tallies)
+        written = {n: d for n, d in wanted.items() if d.config.dry_run}
+        previewed = {n: d for n, d in wanted.items() if dry_run and n not in written}
+        delivered = {n: d for n, d in wanted.items() if n not in previewed}
+        folders = dry_run_folders(dry_run_folder, written)
+        delivery = Deliverer(
+            outbox, delivered, policy, clock, setup.identifiers, progress, folders
+        ).run(audience)
+        if previewed:
+            preview = write_dry_run(outbox, previewed, dry_run_folder, setup.identifiers, audience)
+            delivery.tallies.update(preview.tallies)
         for d in opened.values():
             d.close()
     finally:
@@ -97,5 +105,16 @@ def run_sync(
             dead_lettered=delivery.total("dead_lettered"),
         )
     )
-    folder = dry_run_folder if dry else None
+    folder = dry_run_folder if written or previewed else None
     return SyncReport(started_at, duration, planned, delivery, folder)
+
+
+def dry_run_folders(
+    folder: Path, destinations: Mapping[str, AnyDestination]
+) -> dict[str, DryRunFolder]:
+    """The dry-run folder of each destination set `dry_run: true`, kept across runs."""
+    return {
+        name: DryRunFolder(folder / name, fresh=False)
+        for name, destination in destinations.items()
+        if destination.config.dry_run
+    }

@@ -14,8 +14,9 @@ destination); a `Retry-After` or a pause holds back the whole destination. A 2xx
 
 from __future__ import annotations
 
+import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
@@ -28,6 +29,7 @@ from cohortsync.destinations.base import (
     Change,
     Conversion,
     ConversionBatch,
+    DryRun,
     PermanentError,
     TransientError,
 )
@@ -39,6 +41,7 @@ from cohortsync.store.outbox import (
     OutboxStore,
     Resolution,
 )
+from cohortsync.sync.dry_run_files import DryRunFolder
 from cohortsync.sync.retry import RetryPolicy
 
 Clock = Callable[[], datetime]
@@ -61,7 +64,11 @@ class Outcome(Enum):
 
 @dataclass
 class Tally:
-    """What one sync run did for one destination and audience (or its conversions)."""
+    """What one sync run did for one destination and audience (or its conversions).
+
+    A dry run counts what would be sent (`would_send`) and what would be refused (`rejected`),
+    never `acknowledged`; `reasons` counts refusals by reason, sent or dry.
+    """
 
     batches: int = 0
     acknowledged: int = 0
@@ -70,6 +77,32 @@ class Tally:
     dead_lettered: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    dry_run: bool = False
+    would_send: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    def refuse(self, rejected: Mapping[int, str]) -> None:
+        """Count refused records, by reason."""
+        self.rejected += len(rejected)
+        for reason in rejected.values():
+            kind = reason_kind(reason)
+            self.reasons[kind] = self.reasons.get(kind, 0) + 1
+
+    def wrote(self, records: int, refused: Mapping[int, str]) -> None:
+        """Count a batch written as a dry run."""
+        self.dry_run = True
+        self.would_send += records - len(refused)
+        self.refuse(refused)
+
+
+_CODE = re.compile(r"^([a-z][a-z0-9_]*): ")
+
+
+def reason_kind(reason: str) -> str:
+    """A refusal reason without its per-record detail, to count refusals by kind: a reason
+    that starts with a code (`too_old: event_time …`) is its code, any other its first clause."""
+    code = _CODE.match(reason)
+    return code.group(1) if code else reason.split("; ", 1)[0]
 
 
 @dataclass
@@ -87,10 +120,43 @@ class Delivery:
         return sum(int(getattr(t, attribute)) for t in self.tallies.values())
 
 
+def match_kinds(
+    accepts: Sequence[str], ad_platform: bool, allowed: Sequence[str]
+) -> tuple[str, ...]:
+    """The identifier kinds a destination may match an audience's members on: those it accepts,
+    and for an ad platform only those the audience lists under `identifiers` (when it lists)."""
+    return tuple(k for k in accepts if not (ad_platform and allowed) or k in allowed)
+
+
+def unmatchable(
+    batch: ClaimedBatch,
+    destination: AnyDestination,
+    identifiers: Mapping[str, tuple[str, ...]],
+) -> dict[int, str]:
+    """Adds an ad platform could not match: none of the identifiers the audience allows it.
+
+    They are refused before sending, with a reason naming only what the audience allows.
+    """
+    if batch.kind != CHANGES or not destination.ad_platform:
+        return {}
+    audience = batch.audience or ""
+    kinds = match_kinds(destination.accepts, True, identifiers.get(audience, ()))
+    wanted = " or ".join(kinds) or "identifier"
+    reason = f"no {wanted}: the identifiers {audience} lets {batch.destination} match on"
+    return {
+        r.record_id: reason
+        for r in batch.records
+        if r.op == "add" and not any(r.identifiers.get(kind) for kind in kinds)
+    }
+
+
 def to_batch(
-    batch: ClaimedBatch, identifiers: Mapping[str, tuple[str, ...]], ad_platform: bool
+    batch: ClaimedBatch,
+    identifiers: Mapping[str, tuple[str, ...]],
+    ad_platform: bool,
+    skip: Collection[int] = (),
 ) -> Batch:
-    """The destination's view of a claimed batch of changes.
+    """The destination's view of a claimed batch of changes, without the records in `skip`.
 
     Ad platforms get only the identifier kinds the audience lists under `identifiers`; the
     team's own systems (warehouse, webhook, analytics) get every identifier.
@@ -107,6 +173,7 @@ def to_batch(
             identifiers={k: v for k, v in r.identifiers.items() if not allowed or k in allowed},
         )
         for r in batch.records
+        if r.record_id not in skip
     )
     return Batch(batch.batch_id, batch.audience or "", changes)
 
@@ -135,8 +202,28 @@ def to_conversions(batch: ClaimedBatch) -> ConversionBatch:
     return ConversionBatch(batch.batch_id, tuple(conversions))
 
 
+def preview(
+    destination: AnyDestination,
+    batch: ClaimedBatch,
+    identifiers: Mapping[str, tuple[str, ...]],
+) -> DryRun:
+    """What sending a claimed batch would do, sending nothing: the requests, and every record
+    that would be refused (by the sync layer or by the destination) with its reason."""
+    refused = unmatchable(batch, destination, identifiers)
+    if batch.kind == CHANGES:
+        kept = to_batch(batch, identifiers, destination.ad_platform, refused)
+        found = destination.preview(kept) if kept.changes else DryRun([])
+    else:
+        found = destination.preview(to_conversions(batch))
+    return DryRun(found.requests, {**refused, **found.refused})
+
+
 class Deliverer:
-    """Drains the outbox of a set of destinations until nothing more is due now."""
+    """Drains the outbox of a set of destinations until nothing more is due now.
+
+    A destination with a folder in `dry_runs` is never sent anything: each batch it claims is
+    written there and resolved as a dry run, so it leaves the outbox as a sent one would.
+    """
 
     def __init__(
         self,
@@ -146,6 +233,7 @@ class Deliverer:
         clock: Clock,
         identifiers: Mapping[str, tuple[str, ...]] | None = None,
         progress: Callable[[int], None] | None = None,
+        dry_runs: Mapping[str, DryRunFolder] | None = None,
     ) -> None:
         self.progress = progress
         self.outbox = outbox
@@ -153,6 +241,7 @@ class Deliverer:
         self.policy = policy
         self.clock = clock
         self.identifiers = identifiers or {}
+        self.dry_runs = dry_runs or {}
 
     def run(self, audience: str | None = None, max_batches: int | None = None) -> Delivery:
         """Deliver every due batch of every destination (optionally one audience)."""
@@ -195,16 +284,16 @@ class Deliverer:
     def deliver(
         self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery
     ) -> Outcome:
-        """Send one batch and record the outcome."""
+        """Send one batch (or write it as a dry run) and record the outcome."""
         tally = delivery.tally(batch.destination, batch.audience)
         tally.batches += 1
+        folder = self.dry_runs.get(batch.destination)
         try:
-            if batch.kind == CHANGES:
-                result = destination.apply(
-                    to_batch(batch, self.identifiers, destination.ad_platform)
-                )
+            if folder is not None:
+                written = preview(destination, batch, self.identifiers)
+                folder.write(batch, written.requests, written.refused)
             else:
-                result = destination.send_conversions(to_conversions(batch))
+                result = self._send(destination, batch)
         except TransientError as exc:
             return self._transient(batch, str(exc), exc.retry_after, tally)
         except AuthError as exc:
@@ -222,8 +311,22 @@ class Deliverer:
             return Outcome.ANSWERED
         except Exception as exc:  # a destination bug must not lose the batch: retry it
             return self._transient(batch, scrub(f"{type(exc).__name__}: {exc}"), None, tally)
-        self._resolved(batch, result, tally)
+        if folder is not None:
+            resolution = Resolution(rejected=written.refused, dry_run=True)
+            self.outbox.resolve(batch, resolution, self.clock())
+            tally.wrote(len(batch.records), written.refused)
+        else:
+            self._resolved(batch, result, tally)
         return Outcome.ANSWERED
+
+    def _send(self, destination: AnyDestination, batch: ClaimedBatch) -> BatchResult:
+        """Send one batch; adds it could not match are refused here and never sent."""
+        if batch.kind != CHANGES:
+            return destination.send_conversions(to_conversions(batch))
+        refused = unmatchable(batch, destination, self.identifiers)
+        kept = to_batch(batch, self.identifiers, destination.ad_platform, refused)
+        result = destination.apply(kept) if kept.changes else BatchResult()
+        return BatchResult({**refused, **result.rejected}, result.retry, result.stats)
 
     def _transient(
         self, batch: ClaimedBatch, error: str, retry_after: float | None, tally: Tally
@@ -266,7 +369,7 @@ class Deliverer:
             now,
         )
         tally.acknowledged += len(ids) - len(rejected) - len(retry)
-        tally.rejected += len(rejected)
+        tally.refuse(rejected)
         tally.retrying += len(retry)
         for key, value in result.stats.items():
             tally.stats[key] = tally.stats.get(key, 0) + int(value)
