@@ -306,12 +306,25 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    trusted_proxies: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated CIDRs of reverse proxies (10.0.0.0/8,127.0.0.1) whose "
+            "X-Forwarded-For names the client for context.ip; by default no header is believed.",
+        ),
+    ] = "",
 ) -> None:
     """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …) and, beside it,
     real-time evaluation, scheduled refreshes and delivery."""
     import uvicorn
 
     from cohortsync.server.app import create_app
+    from cohortsync.server.client_ip import parse_trusted_proxies
+
+    try:
+        proxies = parse_trusted_proxies(trusted_proxies)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
     if role is not Role.all and not bus:
         raise InputError(
@@ -326,7 +339,9 @@ def serve(
         channel = open_bus(str(bus), prefix=bus_stream)
         gateway = BusGateway(load_project(project).project, channel, now_micros)
         console.print(f"cohortsync ingest on http://{host}:{port}, publishing to the bus")
-        uvicorn.run(create_app(gateway), host=host, port=port, log_level="warning")
+        app = create_app(gateway, trusted_proxies=proxies)
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1
+        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
         return
     if role is Role.worker:
         _work(project, str(bus), bus_stream, name)
@@ -336,7 +351,14 @@ def serve(
             f"cohortsync listening on http://{host}:{port} "
             f"(store {redact(engine.loaded.store_location())})"
         )
-        uvicorn.run(create_app(engine), host=host, port=port, log_level="warning", access_log=False)
+        uvicorn.run(
+            create_app(engine, trusted_proxies=proxies),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=False,
+        )
 
 
 def _work(project: Path | None, bus_url: str, stream: str, name: str | None) -> None:

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"(\d+)([mhdw])")
 _UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+_ORIGIN = re.compile(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?")
 
 
 class _Strict(BaseModel):
@@ -66,6 +67,19 @@ class SourceConfig(_Strict):
     """One ingest source, authenticated by its write key."""
 
     write_key: str = Field(min_length=8)
+    allowed_origins: tuple[str, ...] = ("*",)
+    """Web origins whose pages may send this source's events (CORS); `*` allows any."""
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"allowed_origins entry {origin!r} must be * or an origin such as "
+                    "https://shop.example.com (scheme, host and port only, no path)"
+                )
+        return tuple(origin.lower() for origin in value)
 
 
 class SyncConfig(_Strict):

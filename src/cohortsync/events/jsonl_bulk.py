@@ -81,7 +81,7 @@ SELECT n, type IS NOT NULL AS parsed, jstr(type) AS kind, jstr(messageId) AS mes
 FROM ({_PARSE})
 """
 _TIMES = """
-SELECT *, coalesce(recv, $received) AS received, coalesce(ots, ts, coalesce(recv, $received))
+SELECT *, coalesce(recv, $received) AS received, coalesce(ts, ots, coalesce(recv, $received))
     AS original
 FROM values_
 """

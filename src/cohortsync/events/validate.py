@@ -160,7 +160,13 @@ def _build(
         else received_at_us
     )
     sent = _time(get("sentAt"), "sentAt", sent_at_us)
-    original = _time(get("originalTimestamp") or get("timestamp"), "timestamp", received)
+    # An explicit timestamp wins: rudder-sdk-node sets originalTimestamp to "now" on every call,
+    # so a historical import's time is in `timestamp`.
+    stamp = get("timestamp")
+    if stamp is None or stamp == "":
+        original = _time(get("originalTimestamp") or None, "originalTimestamp", received)
+    else:
+        original = _time(stamp, "timestamp", received)
     try:
         corrected = correct_skew(original, sent, received)
     except TimestampError as exc:

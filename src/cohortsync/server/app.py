@@ -16,8 +16,10 @@ from cohortsync import __version__
 from cohortsync.config.models import Project
 from cohortsync.engine import Engine
 from cohortsync.events.pipeline import IngestResult
+from cohortsync.server.client_ip import TrustedProxies
+from cohortsync.server.cors import CorsMiddleware, OriginPolicy
 from cohortsync.server.group_commit import GroupCommitter
-from cohortsync.server.ingest import json_response
+from cohortsync.server.ingest import INGEST_PATHS, json_response
 from cohortsync.server.ingest import router as ingest_router
 from cohortsync.store.records import Message, Rejection
 
@@ -39,12 +41,14 @@ def create_app(
     *,
     background: bool = True,
     clock: Callable[[], datetime] | None = None,
+    trusted_proxies: TrustedProxies = (),
 ) -> FastAPI:
     """Build the app around an open engine (the app never opens or closes the store itself).
 
     With `background` (the default) and an engine, real-time evaluation, scheduled refreshes
     and delivery run beside ingest; `clock` replaces the wall clock (tests move time). In the
-    ingest role the target is a bus gateway: no store, no background work.
+    ingest role the target is a bus gateway: no store, no background work. `trusted_proxies`
+    are the reverse proxies whose X-Forwarded-For names the client (`serve --trusted-proxies`).
     """
 
     @asynccontextmanager
@@ -68,7 +72,10 @@ def create_app(
     app = FastAPI(title="cohortsync", version=__version__, lifespan=lifespan)
     app.state.engine = engine
     app.state.metrics = Counter()
+    app.state.trusted_proxies = trusted_proxies
+    app.state.origin_policy = policy = OriginPolicy.of(engine.project)
     app.include_router(ingest_router)
+    app.add_middleware(CorsMiddleware, policy=policy, paths=INGEST_PATHS)
 
     @app.get("/health", tags=["ops"])
     async def health() -> Response:

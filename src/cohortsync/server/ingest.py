@@ -1,5 +1,8 @@
 """Segment-compatible ingest: /v1/track, /v1/identify, …, /v1/batch.
 
+The short paths analytics.js posts to (/v1/t, /v1/i, /v1/p, /v1/s, /v1/g, /v1/a; /v1/b for a
+batch) are the same handlers.
+
 Authentication is Segment's: HTTP Basic with the write key as user name and an empty password,
 or a `writeKey` field in the body. A 200 is sent only after the events are durably stored.
 Decisions where Segment answers 200 for bad events: a single call with an invalid message gets
@@ -16,6 +19,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from cohortsync.config.models import Project
 from cohortsync.events.models import (
@@ -29,6 +33,8 @@ from cohortsync.events.models import (
 from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
 from cohortsync.events.validate import validate_message
 from cohortsync.server.body import BodyError, read_body
+from cohortsync.server.client_ip import request_client_ip, with_client_ip
+from cohortsync.server.cors import check_origin
 from cohortsync.server.group_commit import GroupCommitter
 
 router = APIRouter()
@@ -75,6 +81,7 @@ async def _authenticated_body(request: Request, limit: int, too_large: str) -> t
     source = _authenticate(request, body)
     if source is None:
         raise BodyError(401, "invalid_write_key", "send a valid write key as the Basic user name")
+    check_origin(request, source)
     return body, source
 
 
@@ -126,6 +133,7 @@ async def ingest_batch(request: Request) -> Response:
         else:
             rejections.append(checked)
             rejected_at.append(index)
+    messages = with_client_ip(messages, _client_ip(request))
     failure = await _store(request, messages, rejections)
     if failure is not None:
         return failure
@@ -159,7 +167,7 @@ def _single(kind: str) -> Any:
             message_type=kind,
         )
         if isinstance(checked, Message):
-            failure = await _store(request, [checked], [])
+            failure = await _store(request, with_client_ip([checked], _client_ip(request)), [])
             return failure or Response(_OK, media_type="application/json")
         failure = await _store(request, [], [checked])
         return failure or error(400, checked.reason, checked.detail)
@@ -169,5 +177,14 @@ def _single(kind: str) -> Any:
     return ingest_one
 
 
+def _client_ip(request: Request) -> str | None:
+    return request_client_ip(request, request.app.state.trusted_proxies)
+
+
+router.add_api_route("/v1/b", ingest_batch, methods=["POST"], tags=["ingest"])
 for _kind in MESSAGE_TYPES:
     router.add_api_route(f"/v1/{_kind}", _single(_kind), methods=["POST"], tags=["ingest"])
+    router.add_api_route(f"/v1/{_kind[0]}", _single(_kind), methods=["POST"], tags=["ingest"])
+
+INGEST_PATHS = frozenset(route.path for route in router.routes if isinstance(route, APIRoute))
+"""Every path an ingest route answers (CORS applies to these)."""
