@@ -31,8 +31,10 @@ EMAIL_RE = re.compile(r"[\w.+-]+@[\w-]+\.[a-z]{2,}", re.IGNORECASE)
 
 @pytest.fixture
 def meta(meta_fake: MetaFake) -> MetaFake:
-    """The Graph fake with its clock at the test's `NOW` (the 7-day rule reads it)."""
+    """The Graph fake with its clock at the test's `NOW` (the 7-day rule reads it), refusing an
+    `external_id` that is not hashed."""
     meta_fake.now = NOW
+    meta_fake.hashed_external_ids = True
     return meta_fake
 
 
@@ -222,6 +224,66 @@ def test_no_raw_email_or_phone_leaves_the_process(
         assert not EMAIL_RE.search(text)
         assert "+16505551212" not in text
         assert "16505551212" not in text
+
+
+PAGE = (
+    "https://shop.example.com/checkout/thanks?email=Ann.Lee%2Bvip%40Example.com"
+    "&phone=(650)%20555-1212&tel=%2B16505551212&utm_source=fb&fbclid=IwAR1x#ann.lee@example.com"
+)
+RAW = ("ann.lee", "6505551212", "650) 555-1212", "16505551212")
+
+
+def page(url: str) -> dict[str, Any]:
+    """A browser context on the page at `url`."""
+    return {"ip": "203.0.113.7", "userAgent": UA, "page": {"url": url}}
+
+
+def test_event_source_url_leaves_out_query_and_fragment(
+    meta: MetaFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    """Shops put emails and phones in the thank-you page's query string: by default
+    event_source_url is the page without query and fragment, and no request holds them."""
+    destination(meta, tmp_path, http).send_conversions(batch(purchase(1, context=page(PAGE))))
+
+    (event,) = meta.received_events
+    assert event["event_source_url"] == "https://shop.example.com/checkout/thanks"
+    for raw in RAW:
+        assert not meta.log.find(raw), raw
+
+
+def test_keep_url_query_keeps_the_parameters_without_identifiers(
+    meta: MetaFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    """`keep_url_query: true` keeps UTM tags and `fbclid`, and drops every parameter holding
+    an email or phone, in any form (URL-encoded, national)."""
+    dest = destination(meta, tmp_path, http, keep_url_query=True)
+    dest.send_conversions(batch(purchase(1, context=page(PAGE))))
+
+    (event,) = meta.received_events
+    assert event["event_source_url"] == (
+        "https://shop.example.com/checkout/thanks?utm_source=fb&fbclid=IwAR1x"
+    )
+    for raw in RAW:
+        assert not meta.log.find(raw), raw
+
+
+@pytest.mark.parametrize(
+    ("url", "sent"),
+    [
+        ("https://shop.example.com/account/ann%40example.com/orders", "/account/"),
+        ("https://shop.example.com/u/6505551212/thanks", "/u/"),
+        ("https://ann:s3cret@shop.example.com/thanks", "/thanks"),
+    ],
+)
+def test_event_source_url_drops_user_info_and_a_path_holding_an_identifier(
+    meta: MetaFake, tmp_path: Path, http: httpx.Client, url: str, sent: str
+) -> None:
+    """A path segment holding an email or phone cuts the path there; user info never goes."""
+    destination(meta, tmp_path, http).send_conversions(batch(purchase(1, context=page(url))))
+    assert meta.received_events[0]["event_source_url"] == "https://shop.example.com" + sent
+    assert not meta.log.find("s3cret")
+    assert not meta.log.find("6505551212")
+    assert not meta.log.find("ann@example.com")
 
 
 def test_test_event_code_is_sent(meta: MetaFake, tmp_path: Path, http: httpx.Client) -> None:

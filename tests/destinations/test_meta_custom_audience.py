@@ -52,8 +52,14 @@ def destination(
         **overrides,
     }
     config = MetaCustomAudienceConfig(**settings)
+    fake.hashed_external_ids = config.hash_external_id  # the account's contract: one form
     context = DestinationContext(name="meta", project_dir=tmp_path, http=http, clock=lambda: NOW)
     return MetaCustomAudienceDestination(config, context)
+
+
+def extern(n: int) -> str:
+    """EXTERN_ID as sent for user `u-<n>`: its SHA-256."""
+    return sha256_hex(f"u-{n}")
 
 
 def person(n: int) -> dict[str, str]:
@@ -163,7 +169,7 @@ def test_removes_use_delete_and_leave_the_others(
     deletes = meta_fake.log.to("/users", "DELETE")
     assert len(deletes) == 1
     assert deletes[0].json()["payload"]["schema"] == ["EXTERN_ID", "EMAIL", "PHONE"]
-    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {"u-1", "u-3"}
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {extern(1), extern(3)}
 
 
 def test_mixed_batch_keeps_its_order(
@@ -178,7 +184,7 @@ def test_mixed_batch_keeps_its_order(
 
     methods = [item.method for item in meta_fake.log.to("/users")]
     assert methods == ["POST", "DELETE", "POST"]
-    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {"u-1"}
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {extern(1)}
     assert result.stats["requests"] == 2
 
 
@@ -245,7 +251,7 @@ def test_records_without_identifier_are_rejected_locally(
     )
 
     assert result.rejected == {2: NO_IDENTIFIER, 3: NO_IDENTIFIER, 4: HOLDOUT}
-    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {"u-1"}
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {extern(1)}
     assert result.stats["sent"] == 1
 
 
@@ -356,12 +362,74 @@ def test_appsecret_proof_is_sent_and_matches_the_vector(tmp_path: Path, http: ht
             destination(fake, tmp_path, http, app_secret="wrong").apply(batch(change(2)))
 
 
-def test_hashed_extern_id_on_request(
+def test_extern_id_is_hashed_by_default(
     meta_fake: MetaFake, tmp_path: Path, http: httpx.Client
 ) -> None:
-    """With `hash_external_id`, EXTERN_ID is the SHA-256 of the user id."""
-    destination(meta_fake, tmp_path, http, hash_external_id=True).apply(batch(change(1)))
-    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {sha256_hex("u-1")}
+    """EXTERN_ID is the SHA-256 of the user id unless told otherwise, so a user id that is a
+    national phone number (`6505551212`) never leaves raw; the fake, for an account whose ids
+    are hashed, refuses anything else."""
+    dest = destination(meta_fake, tmp_path, http)
+    result = dest.apply(batch(change(1), change(2, ids={"user_id": "6505551212"})))
+
+    assert result.rejected == {}
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {extern(1), sha256_hex("6505551212")}
+    assert not meta_fake.log.find("6505551212")
+
+
+def test_opting_out_sends_opaque_user_ids_as_they_are(
+    meta_fake: MetaFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    """`hash_external_id: false` sends an id such as `u-1` unchanged, to match other uploads."""
+    destination(meta_fake, tmp_path, http, hash_external_id=False).apply(batch(change(1)))
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {"u-1"}
+
+
+PII_USER_IDS = [
+    ("6505551212", "phone number"),
+    ("(650) 555-1212", "phone number"),
+    ("650.555.1212", "phone number"),
+    ("0044 7700 900123", "phone number"),
+    ("+1 650 555 1212", "phone number"),
+    ("tel:%2B16505551212", "phone number"),
+    ("Ann.Lee+vip@Example.com", "email"),
+    ("ann.lee%40example.com", "email"),
+]
+
+
+@pytest.mark.parametrize(("user_id", "kind"), PII_USER_IDS)
+def test_opting_out_refuses_user_ids_that_look_like_an_email_or_phone(
+    meta_fake: MetaFake, tmp_path: Path, http: httpx.Client, user_id: str, kind: str
+) -> None:
+    """With `hash_external_id: false`, an add whose user id holds an email or a phone number in
+    any form is refused, with a reason naming the kind (never the value) and the fix; the rest
+    of the batch is sent, and the value is in no request."""
+    dest = destination(meta_fake, tmp_path, http, hash_external_id=False)
+    pii = change(2, ids={"user_id": user_id, "email": "ann.lee@example.com"})
+    result = dest.apply(batch(change(1), pii))
+
+    reason = result.rejected[2]
+    assert reason.startswith(f"user_id looks like {'an' if kind == 'email' else 'a'} {kind}: ")
+    assert "hash_external_id: false" in reason
+    assert user_id not in reason
+    assert list(result.rejected) == [2]
+    assert meta_fake.members(AUDIENCE, "EXTERN_ID") == {"u-1"}
+    assert not meta_fake.log.find(user_id)
+
+
+def test_opting_out_still_removes_a_pii_like_user_id_hashed(
+    meta_fake: MetaFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    """An exit is never held back: a remove whose user id is a phone number goes out with the
+    id hashed (and the email), never raw."""
+    dest = destination(meta_fake, tmp_path, http, hash_external_id=False)
+    ids = {"user_id": "6505551212", "email": "ann.lee@example.com"}
+    result = dest.apply(batch(change(1), change(2, "remove", ids)))
+
+    assert result.rejected == {}
+    (delete,) = meta_fake.log.to("/users", "DELETE")
+    rows = delete.json()["payload"]["data"]
+    assert rows == [[sha256_hex("6505551212"), sha256_hex("ann.lee@example.com"), ""]]
+    assert not meta_fake.log.find("6505551212")
 
 
 @pytest.mark.parametrize(
@@ -415,4 +483,4 @@ def test_no_request_exceeds_the_row_limit(runs: list[tuple[Op, int]]) -> None:
     assert all(1 <= len(u.rows) <= MAX_ROWS for u in uploads)
     assert sum(len(u.rows) for u in uploads) == len(changes)
     sent = [row[0] for u in uploads for row in u.rows]
-    assert sent == [c.identifiers["user_id"] for c in changes]
+    assert sent == [sha256_hex(c.identifiers["user_id"]) for c in changes]

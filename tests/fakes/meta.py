@@ -101,8 +101,14 @@ class MetaFake(FakeServer):
         pixel_id: str = "987654321012345",
         business_id: str = "555000111222333",
         app_secret: str | None = None,
+        hashed_external_ids: bool = False,
     ) -> None:
+        """With `hashed_external_ids`, an `EXTERN_ID` (audiences) or `external_id`
+        (conversions) that is not a SHA-256 hash is refused with code 100, as the PII columns
+        are: the contract of an account whose ids are always hashed (Meta takes either form
+        but asks one account to use one consistently, §1.6)."""
         super().__init__(self._build_app(), render=graph_fault_body)
+        self.hashed_external_ids = hashed_external_ids
         self.token = token or "EAAfake" + secrets.token_urlsafe(24)
         self.ad_account_id = ad_account_id
         self.pixel_id = pixel_id
@@ -311,7 +317,7 @@ class MetaFake(FakeServer):
         payload = json_param(params, "payload", dict)
         session = parse_session(json_param(params, "session", dict, required=False))
         with self._lock:
-            upload = parse_payload(payload, self._people.badly_normalised)
+            upload = self._upload(payload)
             if self._replacer.busy(audience, self.now):
                 raise replace_error(IN_PROGRESS, "a replace session is in progress; wait for it")
             body = self._apply(audience, "remove" if removing else "add", session, upload)
@@ -324,7 +330,7 @@ class MetaFake(FakeServer):
         payload = json_param(params, "payload", dict)
         session = parse_session(json_param(params, "session", dict))
         with self._lock:
-            upload = parse_payload(payload, self._people.badly_normalised)
+            upload = self._upload(payload)
             current = self._replacer.apply(audience, session, upload, self.now)
             self._accept(audience, "replace", session, upload)
         return JSONResponse(
@@ -360,7 +366,12 @@ class MetaFake(FakeServer):
         data = json_param(params, "data", list)
         now = self.now
         with self._lock:
-            events = parse_events(data, now, self._people.badly_normalised)
+            events = parse_events(
+                data,
+                now,
+                self._people.badly_normalised,
+                hashed_external_id=self.hashed_external_ids,
+            )
             self._events.record(self.pixel_id, events, now)
         body = {"events_received": len(events), "messages": [], "fbtrace_id": fbtrace_id()}
         return JSONResponse(body)
@@ -377,6 +388,12 @@ class MetaFake(FakeServer):
         raise unknown_object(request.method, tail or rest)
 
     # -- state changes (called under the lock) -------------------------------------------------
+
+    def _upload(self, payload: dict[str, Any]) -> Upload:
+        """A validated customer-file payload, under this account's rules."""
+        return parse_payload(
+            payload, self._people.badly_normalised, hashed_extern_id=self.hashed_external_ids
+        )
 
     def _create(self, name: str, description: str, source: str) -> str:
         """Store a new audience under a fresh numeric id."""

@@ -2,7 +2,8 @@
 
 Validation follows destinations.md §1.3–1.5 and the §10 checklist: a known schema, rows as wide
 as the schema, hashed columns as 64 lowercase hex (or `""` for an unknown value), MADID and
-EXTERN_ID as free text, 1 to 10,000 rows. A raw value in a hashed column refuses the whole
+EXTERN_ID as free text (or hashed too, for an account that promised hashed ids), 1 to 10,000
+rows. A raw value in a hashed column refuses the whole
 request with a message that never repeats the value. Membership follows §1.8: a member is the
 row it was uploaded as; a removal removes every member sharing any (key, value) with it.
 """
@@ -133,8 +134,12 @@ def parse_schema(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def parse_payload(payload: dict[str, Any], suspect: Suspect) -> Upload:
-    """Validate a `payload` object (§1.3, §1.5); `suspect(key, hash)` flags bad normalisation."""
+def parse_payload(
+    payload: dict[str, Any], suspect: Suspect, *, hashed_extern_id: bool = False
+) -> Upload:
+    """Validate a `payload` object (§1.3, §1.5); `suspect(key, hash)` flags bad normalisation,
+    and with `hashed_extern_id` an EXTERN_ID must be a SHA-256 hash like the PII columns."""
+    free = FREE_KEYS - {"EXTERN_ID"} if hashed_extern_id else FREE_KEYS
     schema = parse_schema(payload.get("schema"))
     data = payload.get("data")
     if not isinstance(data, list) or not data:
@@ -148,7 +153,8 @@ def parse_payload(payload: dict[str, Any], suspect: Suspect) -> Upload:
     for index, raw_row in enumerate(data):
         row = _row_cells(schema, raw_row, index)
         cells = {
-            key: _cell(key, cell, index, suspect) for key, cell in zip(schema, row, strict=True)
+            key: _cell(key, cell, index, suspect, free)
+            for key, cell in zip(schema, row, strict=True)
         }
         values = {k: v for k, v in cells.items() if k not in OPTION_KEYS and v != ""}
         identity = {k: v for k, v in values.items() if v != EMPTY_SHA256}
@@ -189,14 +195,15 @@ def _row_cells(schema: tuple[str, ...], raw_row: Any, index: int) -> list[Any]:
     return raw_row
 
 
-def _cell(key: str, cell: Any, index: int, suspect: Suspect) -> Any:
-    """One cell checked against its key's rule; returns the value kept for membership."""
+def _cell(key: str, cell: Any, index: int, suspect: Suspect, free: frozenset[str]) -> Any:
+    """One cell checked against its key's rule (`free` keys take any text); returns the value
+    kept for membership."""
     if key in OPTION_KEYS:
         return cell
     where = f"payload.data row {index}, field {key}"
     if not isinstance(cell, str):
         raise invalid(f"{where} must be a string")
-    if key in FREE_KEYS or cell == "":
+    if key in free or cell == "":
         return cell
     if not SHA256_HEX.fullmatch(cell):
         raise invalid(

@@ -4,7 +4,8 @@ Rules from destinations.md §2: at most 1,000 events; any invalid event refuses 
 (nothing is processed); `event_time` at most 7 days old (62 for `physical_store`); required
 `event_name`, `event_time`, `action_source` (enum), `user_data`; `website` events also need
 `event_source_url` and `user_data.client_user_agent`; hashed `user_data` keys are 64 lowercase
-hex, and `client_ip_address`, `client_user_agent`, `fbc`, `fbp` are never hashed. Events with the
+hex (`external_id` too, for an account that promised hashed ids), and `client_ip_address`,
+`client_user_agent`, `fbc`, `fbp` are never hashed. Events with the
 same `event_name` and `event_id` within 48 hours count once.
 """
 
@@ -65,8 +66,11 @@ FB_COOKIE = re.compile(r"fb\.\d+\.\d+\..+")
 Suspect = Callable[[str, str], bool]
 
 
-def parse_events(raw: Any, now: datetime, suspect: Suspect) -> list[dict[str, Any]]:
-    """The events of a request, every one valid, or a Graph error refusing them all."""
+def parse_events(
+    raw: Any, now: datetime, suspect: Suspect, *, hashed_external_id: bool = False
+) -> list[dict[str, Any]]:
+    """The events of a request, every one valid, or a Graph error refusing them all; with
+    `hashed_external_id`, `user_data.external_id` must be SHA-256 hashes."""
     if not isinstance(raw, list) or not raw:
         raise invalid("Param data must be a non-empty list of events", title="Missing data")
     if len(raw) > MAX_EVENTS:
@@ -75,13 +79,21 @@ def parse_events(raw: Any, now: datetime, suspect: Suspect) -> list[dict[str, An
             title="Too many events",
         )
     events = [_event_object(item, index) for index, item in enumerate(raw)]
+    hashed = HASHED | {"external_id"} if hashed_external_id else HASHED
     for index, event in enumerate(events):
-        check_event(event, index, now, suspect)
+        check_event(event, index, now, suspect, hashed)
     return events
 
 
-def check_event(event: dict[str, Any], index: int, now: datetime, suspect: Suspect) -> None:
-    """Refuse the request if this event breaks a rule of §2, naming the field at fault."""
+def check_event(
+    event: dict[str, Any],
+    index: int,
+    now: datetime,
+    suspect: Suspect,
+    hashed: frozenset[str] = HASHED,
+) -> None:
+    """Refuse the request if this event breaks a rule of §2, naming the field at fault;
+    `hashed` are the user_data keys that must be SHA-256 hashes."""
     where = f"data[{index}]"
     name = event.get("event_name")
     if not isinstance(name, str) or not name:
@@ -102,7 +114,7 @@ def check_event(event: dict[str, Any], index: int, now: datetime, suspect: Suspe
         if not user_data.get("client_user_agent"):
             raise _missing(f"{where}.user_data.client_user_agent (required for website events)")
     for key, value in user_data.items():
-        _check_user_data(key, value, f"{where}.user_data.{key}", suspect)
+        _check_user_data(key, value, f"{where}.user_data.{key}", suspect, hashed)
 
 
 @dataclass
@@ -155,13 +167,15 @@ def _check_time(value: Any, source: Any, where: str, now: datetime) -> None:
         )
 
 
-def _check_user_data(key: str, value: Any, where: str, suspect: Suspect) -> None:
+def _check_user_data(
+    key: str, value: Any, where: str, suspect: Suspect, hashed: frozenset[str]
+) -> None:
     """Hashed keys are SHA-256 hex (string or list); never-hashed keys are not hashes."""
     values = value if isinstance(value, list) else [value]
     if not all(isinstance(item, str) for item in values):
         raise invalid(f"{where} must be a string or a list of strings")
     for item in values:
-        if key in HASHED:
+        if key in hashed:
             _check_hash(key, item, where, suspect)
         elif key in NEVER_HASHED and SHA256_HEX.fullmatch(item):
             raise invalid(f"{where} must be sent as is, not hashed", title="Hashed by mistake")

@@ -290,6 +290,20 @@ def test_madid_and_extern_id_are_free_text(meta: MetaFake) -> None:
     assert meta.members("aud", "EXTERN_ID") == {"user-123"}
 
 
+def test_an_account_with_hashed_ids_refuses_a_raw_extern_id(meta: MetaFake) -> None:
+    """With `hashed_external_ids`, EXTERN_ID is checked like EMAIL: a raw id is code 100 and
+    is never echoed; its SHA-256 is taken."""
+    meta.hashed_external_ids = True
+    audience_id = create(meta, "aud")
+    raw = upload(meta, audience_id, ["EXTERN_ID", "EMAIL"], [["6505551212", MARY]])
+    error = graph_error(raw, 400, 100)
+    assert "field EXTERN_ID" in error["message"]
+    assert "6505551212" not in raw.text
+    hashed = upload(meta, audience_id, ["EXTERN_ID", "EMAIL"], [[sha("6505551212"), MARY]])
+    assert hashed.status_code == 200, hashed.text
+    assert meta.members("aud", "EXTERN_ID") == {sha("6505551212")}
+
+
 def test_a_resent_batch_is_counted_apart_from_a_new_one(meta: MetaFake) -> None:
     audience_id = create(meta, "aud")
     one = {"session_id": 7, "batch_seq": 1}
@@ -645,6 +659,15 @@ def test_unhashed_fields_and_external_id_pass_as_is(meta: MetaFake) -> None:
         "external_id": "user-123",
     }
     assert send_events(meta, [event(user_data=user_data)]).status_code == 200
+
+
+def test_an_account_with_hashed_ids_refuses_a_raw_external_id(meta: MetaFake) -> None:
+    """With `hashed_external_ids`, a raw `external_id` refuses the request; a hash passes."""
+    meta.hashed_external_ids = True
+    raw = event(user_data={"external_id": ["user-123"], "client_user_agent": "UA"})
+    assert "external_id" in graph_error(send_events(meta, [raw]), 400, 100)["message"]
+    hashed = event(user_data={"external_id": [sha("user-123")], "client_user_agent": "UA"})
+    assert send_events(meta, [hashed]).status_code == 200
 
 
 def test_known_people_are_checked_in_conversions_too(meta: MetaFake) -> None:

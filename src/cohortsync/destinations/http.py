@@ -7,7 +7,6 @@ messages carry the status and a short, scrubbed excerpt of the body, never the r
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,12 +18,13 @@ import httpx
 import orjson
 
 from cohortsync.destinations.base import AuthError, PermanentError, TransientError
+from cohortsync.identity.pii import scrub_identifiers
 
 SECRET_PARAMS = frozenset({"access_token", "api_key", "api_secret", "appsecret_proof", "writeKey"})
 SECRET_HEADERS = frozenset({"authorization", "access-token", "x-api-key"})
-_EMAIL = re.compile(r"[^\s\"'<>@]+@[^\s\"'<>@]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"\+\d[\d\s().-]{6,}\d|\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b")
 EXCERPT = 300
+SCANNED = 4_000
+"""How much of a body `scrub` reads: more than the excerpt, as replacing shortens the text."""
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,13 @@ def json_body(value: Any) -> bytes:
 
 
 def scrub(text: str) -> str:
-    """Replace anything shaped like an email or a phone number, and cut to a short excerpt."""
-    text = _EMAIL.sub("<email>", text)
-    text = _PHONE.sub("<phone>", text)
-    return text[:EXCERPT]
+    """A short excerpt of `text` for error messages, every email and phone number replaced.
+
+    Identifiers are found in every form the normaliser accepts, URL-encoded ones included
+    (`identity/pii.py` says which numbers read as phones). The first `SCANNED` characters are
+    scrubbed, then cut to `EXCERPT`.
+    """
+    return scrub_identifiers(text[:SCANNED])[:EXCERPT]
 
 
 def retry_after(response: httpx.Response, now: datetime | None = None) -> float | None:

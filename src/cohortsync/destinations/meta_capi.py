@@ -4,17 +4,20 @@ Each conversion becomes one event of `POST {pixel_id}/events`: `event_name` the 
 name, `event_time` in Unix seconds, `event_id` the message id (Meta keeps the first of each
 name + id within 48 hours, so a resend never counts twice), `user_data` with email, phone and
 user id SHA-256-hashed after Meta's normalisation and the browser fields (IP, user agent, `fbc`,
-`fbp`) as they are. One invalid event makes Meta refuse the whole request, so records that
-would be refused are rejected here, each with its reason, and the rest are still sent: events
-older than 7 days (`too_old`), website events without page URL or user agent, purchases
-without value and currency, records with no customer information.
-"""
+`fbp`) as they are, and `event_source_url` the page address without its user info, query string
+and fragment (where shops put emails and phones: `?email=…`), its path cut before a segment
+holding an email or phone; `keep_url_query: true` keeps the query, less every parameter holding
+one. One invalid event makes Meta refuse the whole request, so records that would be refused
+are rejected here, each with its reason, and the rest are still sent: events older than 7 days
+(`too_old`), website events without page URL or user agent, purchases without value and
+currency, records with no customer information."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import field_validator
 
@@ -31,6 +34,7 @@ from cohortsync.destinations.base import (
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
 from cohortsync.destinations.meta_graph import GraphConfig, graph_send
+from cohortsync.identity.pii import identifier_kinds
 
 MAX_EVENTS = 1_000
 MAX_AGE = timedelta(days=7)
@@ -59,6 +63,9 @@ class MetaCapiConfig(GraphConfig):
     test_event_code: str | None = None
     """Sent as `test_event_code` so events show in Events Manager's Test events tab (they still
     count in measurement)."""
+    keep_url_query: bool = False
+    """Send `event_source_url` with its query string (UTM tags, `fbclid`), less every parameter
+    that holds an email or phone; by default the query is left out."""
 
     @field_validator("pixel_id")
     @classmethod
@@ -139,7 +146,7 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
             "action_source": self.settings.action_source,
             "user_data": user_data,
         }
-        url = _text(_get(context, "page", "url"))
+        url = source_url(_text(_get(context, "page", "url")), self.settings.keep_url_query)
         if url:
             event["event_source_url"] = url
         if self.settings.action_source == "website" and not (
@@ -196,6 +203,32 @@ def _user_data(conversion: Conversion) -> dict[str, Any]:
     }
     data.update({key: value for key, value in browser.items() if value})
     return data
+
+
+def source_url(url: str, keep_query: bool = False) -> str:
+    """The page address as Meta may receive it: no user info, query or fragment, and the path
+    cut before a segment holding an email or phone; with `keep_query`, the query's parameters
+    without such values are kept. "" when `url` is not an http(s) address."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        return ""
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        return ""
+    if ":" in host:
+        host = f"[{host}]"
+    segments = parts.path.split("/")
+    for index, segment in enumerate(segments):
+        if identifier_kinds(unquote(segment)):
+            segments = [*segments[:index], ""]
+            break
+    query = ""
+    if keep_query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        query = urlencode([(k, v) for k, v in pairs if not identifier_kinds(f"{k}={v}")])
+    return urlunsplit((parts.scheme.lower(), host + port, "/".join(segments), query, ""))
 
 
 def _matchable(user_data: Mapping[str, Any]) -> bool:

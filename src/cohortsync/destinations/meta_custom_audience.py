@@ -4,16 +4,18 @@ Each cohortsync audience maps to the customer-file audience of the same exact na
 account, found by listing `act_X/customaudiences` or created (`subtype=CUSTOM`) on first use.
 Members are added with `POST {id}/users` and removed with `DELETE {id}/users`, as the
 multi-key schema `["EXTERN_ID", "EMAIL", "PHONE"]`: email and phone SHA-256-hashed after Meta's
-normalisation, `EXTERN_ID` the user id (hashed when configured, or when it is an email address or
-`+` phone number). A batch becomes at most 10,000 rows per request, one upload session per run of
-consecutive adds or removes; session ids and bodies derive from the batch alone, so a resent
-batch sends identical bytes.
+normalisation, `EXTERN_ID` the SHA-256 of the user id (the same value `meta_capi` sends as
+`external_id`). With `hash_external_id: false` the user id goes as it is, unless it holds an
+email or phone number in any form (`identity/pii.py`): such an add is refused with the reason,
+such a remove sends the id hashed, so an exit is never held back and never sent raw. A batch
+becomes at most 10,000 rows per request, one upload session per run of consecutive adds or
+removes; session ids and bodies derive from the batch alone, so a resent batch sends identical
+bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -35,6 +37,7 @@ from cohortsync.destinations.base import (
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
 from cohortsync.destinations.meta_graph import GraphConfig, graph_send
+from cohortsync.identity.pii import identifier_kinds
 
 SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE")
 MAX_ROWS = 10_000
@@ -42,8 +45,6 @@ MAX_PAGES = 1_000
 PAGE_SIZE = 100
 NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
 HOLDOUT = "holdout member: ad platforms never receive the control group"
-_PII_LIKE = re.compile(r"@|^\+[\d\s().-]{7,}$")
-"""A user id that is an email address or an international phone number is never sent raw."""
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -56,8 +57,9 @@ class MetaCustomAudienceConfig(GraphConfig):
     customer_file_source: Literal[
         "USER_PROVIDED_ONLY", "PARTNER_PROVIDED_ONLY", "BOTH_USER_AND_PARTNER_PROVIDED"
     ] = "USER_PROVIDED_ONLY"
-    hash_external_id: bool = False
-    """Send `EXTERN_ID` as the SHA-256 of the user id instead of the id itself."""
+    hash_external_id: bool = True
+    """Send `EXTERN_ID` as the SHA-256 of the user id; `false` sends ids as they are, except
+    ids that hold an email or phone number (adds refused, removes hashed)."""
 
     @field_validator("ad_account_id")
     @classmethod
@@ -145,6 +147,10 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
             if change.holdout and change.op == ADD:
                 rejected[change.change_id] = HOLDOUT
                 continue
+            refusal = self.refusal(change)
+            if refusal:
+                rejected[change.change_id] = refusal
+                continue
             row = self.row(change)
             if row is None:
                 rejected[change.change_id] = NO_IDENTIFIER
@@ -162,6 +168,21 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
                 )
         return uploads, rejected
 
+    def refusal(self, change: Change) -> str:
+        """Why an add cannot go out as configured ("" if it can): with `hash_external_id: false`,
+        a user id holding an email or phone would leave raw. Names the kind, never the value."""
+        user_id = (change.identifiers.get("user_id") or "").strip()
+        if self.settings.hash_external_id or change.op != ADD or not user_id:
+            return ""
+        kinds = identifier_kinds(user_id)
+        if not kinds:
+            return ""
+        what = " and ".join(sorted(kinds)).replace("phone", "phone number")
+        return (
+            f"user_id looks like {_article(what)} {what}: refusing to send it unhashed as "
+            "EXTERN_ID; remove hash_external_id: false from the destination"
+        )
+
     def row(self, change: Change) -> tuple[str, str, str] | None:
         """The `EXTERN_ID, EMAIL, PHONE` row of a change (`""` where unknown), or None if empty."""
         ids = change.identifiers
@@ -173,11 +194,12 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         return (extern, email, phone)
 
     def _extern_id(self, user_id: str) -> str:
-        """The user id as sent: hashed when configured or when it looks like an email or phone."""
+        """The user id as sent: hashed, unless `hash_external_id: false` and it holds no email
+        or phone number."""
         value = user_id.strip()
         if not value:
             return ""
-        if self.settings.hash_external_id or _PII_LIKE.search(value):
+        if self.settings.hash_external_id or identifier_kinds(value):
             return hash_identifier("external_id", value, "meta") or ""
         return value
 
@@ -274,6 +296,10 @@ def _next_cursor(page: dict[str, Any]) -> str | None:
         return after
     query = dict(parse_qsl(urlsplit(str(paging["next"])).query))
     return query.get("after") or None
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _count(answer: dict[str, Any], key: str) -> int:
