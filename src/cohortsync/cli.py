@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
@@ -20,10 +22,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cohortsync.audiences.members import Member
+from cohortsync.cli_errors import describe
 from cohortsync.config.loader import PROJECT_FILE, find_project_dir
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.engine import Engine
-from cohortsync.errors import CohortsyncError, InputError
+from cohortsync.errors import InputError
 from cohortsync.events.readers import file_size
 from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
 from cohortsync.render import (
@@ -49,6 +52,18 @@ app = typer.Typer(
 console = Console()
 err = Console(stderr=True)
 
+_PROJECT_KEY = "cohortsync.project"  # ctx.meta: `-p DIR` given before the command
+
+
+def _project(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """`--project` after the command, else `-p DIR` before it, else $COHORTSYNC_PROJECT."""
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if source is not None and source.name == "COMMANDLINE":
+        return value
+    given: Path | None = ctx.meta.get(_PROJECT_KEY)
+    return given or value
+
+
 ProjectOption = Annotated[
     Path | None,
     typer.Option(
@@ -57,6 +72,7 @@ ProjectOption = Annotated[
         envvar="COHORTSYNC_PROJECT",
         help="Project folder holding cohortsync.yml (default: the current folder).",
         show_default=False,
+        callback=_project,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
@@ -89,8 +105,11 @@ def _at(text: str | None) -> datetime | None:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
 
 
-def _progress() -> Progress:
-    return Progress(
+@contextmanager
+def _progress() -> Iterator[Progress]:
+    """A progress bar on stderr that stays when its work is done, and goes when the work
+    fails, so that the error is the first line a user reads."""
+    bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -98,6 +117,14 @@ def _progress() -> Progress:
         console=err,
         transient=False,
     )
+    bar.start()
+    try:
+        yield bar
+    except BaseException:
+        bar.live.transient = True
+        bar.live.stop()  # not bar.stop(): that ends with a blank line when not on a terminal
+        raise
+    bar.stop()
 
 
 def _show(value: Any, as_json: bool, picture: Callable[[], RenderableType]) -> None:
@@ -110,6 +137,23 @@ def _show(value: Any, as_json: bool, picture: Callable[[], RenderableType]) -> N
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@app.callback()
+def _before_the_command(
+    ctx: typer.Context,
+    project: Annotated[
+        Path | None,
+        typer.Option(
+            "--project",
+            "-p",
+            help="Project folder for the command that follows (as its own --project does).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    if project is not None:
+        ctx.meta[_PROJECT_KEY] = project
 
 
 @app.command()
@@ -169,6 +213,7 @@ def ingest(
     as_json: JsonOption = False,
 ) -> None:
     """Ingest Segment messages from files; bad rows are quarantined; re-ingesting is a no-op."""
+    _check_files(files)
     rows = []
     with Engine.open(project) as engine, _progress() as bar:
         for path in files:
@@ -176,6 +221,15 @@ def ingest(
             report = engine.ingest_file(path, partial(bar.advance, task))
             rows.append((str(path), report.result))
     _show({name: dataclasses.asdict(r) for name, r in rows}, as_json, lambda: ingest_table(rows))
+
+
+def _check_files(files: list[Path]) -> None:
+    """Every file is there before any is read, so a typo ingests nothing."""
+    for path in files:
+        if path.is_dir():
+            raise InputError(f"{path} is a folder: name its files, e.g. {path}/*.jsonl")
+        if not path.exists():
+            raise InputError(f"{path}: no such file — check the path (nothing was ingested)")
 
 
 @app.command()
@@ -272,7 +326,7 @@ class Role(StrEnum):
 def serve(
     project: ProjectOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
     role: Annotated[
         Role,
         typer.Option(
@@ -449,7 +503,14 @@ def _sync_json(report: Any) -> dict[str, Any]:
 
 
 @app.command()
-def status(project: ProjectOption = None, as_json: JsonOption = False) -> None:
+def status(
+    project: ProjectOption = None,
+    wide: Annotated[
+        bool,
+        typer.Option("--wide", help="Full names, one line per route, however wide the lines."),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
     """Per audience × destination: desired, acknowledged, pending, failed, dead letters, matches;
     and each audience's refresh with its last and next run."""
     with Engine.open(project) as engine:
@@ -461,7 +522,19 @@ def status(project: ProjectOption = None, as_json: JsonOption = False) -> None:
         "runs": [dataclasses.asdict(r) for r in runs],
         "schedules": [dataclasses.asdict(s) for s in schedules],
     }
-    _show(value, as_json, lambda: Group(status_table(rows), schedule_table(schedules)))
+    picture = Group(status_table(rows, wide), schedule_table(schedules, wide))
+    if as_json:
+        _print_json(value)
+    elif wide:
+        _print_unwrapped(picture)
+    else:
+        console.print(picture)
+
+
+def _print_unwrapped(picture: RenderableType) -> None:
+    """Print at the picture's natural width, wider than the terminal if it must be."""
+    natural = console.measure(picture, options=console.options.update_width(10_000)).maximum
+    Console(width=max(console.width, natural)).print(picture)
 
 
 class Platform(StrEnum):
@@ -509,18 +582,22 @@ def normalize(
 
 
 def main() -> None:
-    """Entry point: run the CLI; user errors print `file:line: message` and exit 1."""
+    """Entry point: run the CLI; a failure prints one line (`error: what is wrong — what to
+    do`, `file:line:` first for the project file) and exits non-zero, never a traceback."""
     try:
-        app(standalone_mode=False)
-    except CohortsyncError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, markup=True)
-        raise SystemExit(1) from None
+        code = app(standalone_mode=False)
     except typer.Abort:
         raise SystemExit(130) from None
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            raise SystemExit(exc.exit_code) from None
-        raise
+    except BrokenPipeError:
+        # the reader of stdout has gone (`cohortsync members x | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    except Exception as exc:
+        failure = describe(exc)
+        if failure is None:
+            raise
+        if failure.message:
+            err.print(f"[red]error:[/] {escape(failure.message)}", highlight=False, soft_wrap=True)
+        raise SystemExit(failure.exit_code) from None
+    if isinstance(code, int) and code != 0:  # `typer.Exit(code)`, 130 after Ctrl-C
+        raise SystemExit(code)

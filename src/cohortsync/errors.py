@@ -31,3 +31,11 @@ class InputError(CohortsyncError):
 
 class NotFoundError(CohortsyncError):
     """A profile, identifier or object the user asked for does not exist."""
+
+
+class StoreError(CohortsyncError):
+    """The store cannot be opened: its file is unreadable, or its server cannot be reached."""
+
+
+class StoreInUseError(StoreError):
+    """The DuckDB store file is held by another process; DuckDB allows one writer per file."""

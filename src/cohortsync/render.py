@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from itertools import groupby
 from typing import Any
 
-from rich.console import Group
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.table import Table
+from rich.text import Text
 
 from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
@@ -18,6 +25,9 @@ from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
 from cohortsync.sync.run import SyncReport
 from cohortsync.sync.worker import Delivery
+
+_STATUS_FIGURES = ("desired", "acked", "pending", "retrying", "failed", "dead", "match")
+_UNBOUNDED = 10_000  # columns: wide enough to measure any table at its natural width
 
 
 def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
@@ -214,35 +224,53 @@ def _most(counts: Mapping[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
 
-def status_table(rows: Sequence[RouteStatus]) -> Table:
-    """`cohortsync status`: each audience × destination, its delivery state and match rate."""
+def status_table(rows: Sequence[RouteStatus], wide: bool = False) -> RenderableType:
+    """`cohortsync status`: each audience × destination, its delivery state and match rate.
+
+    One line per route with full names when `wide` or when the terminal has room for it;
+    otherwise routes are grouped under their audience and long names end in an ellipsis."""
+    return _Fitted(_status_lines(rows), partial(_status_groups, rows), wide)
+
+
+def _status_cells(s: RouteStatus, short: bool = False) -> list[str]:
+    """desired, acked, pending, retrying, failed, dead, match and last sync of one route."""
+    rate = "—" if s.match_rate is None or s.audience is None else f"{s.match_rate:.0%}"
+    behind = s.desired != s.acknowledged
+    moment = "%m-%d %H:%M" if short else "%Y-%m-%d %H:%M"
+    return [
+        f"{s.desired:,}",
+        _acked(s, behind),
+        f"{s.pending:,}",
+        f"{s.retrying:,}",
+        f"[yellow]{s.failed:,}[/]" if s.failed else "0",
+        f"[red]{s.dead_lettered:,}[/]" if s.dead_lettered else "0",
+        rate,
+        f"{s.last_sync:{moment}}" if s.last_sync else "never",
+    ]
+
+
+def _status_note(s: RouteStatus, labelled: bool = False) -> str:
+    """When a failing route tries next, and its last error (shortened)."""
+    when = f"{s.next_attempt:%H:%M:%S}" if s.next_attempt and s.retrying else ""
+    note = (f"next try {when}: " if labelled else f"{when} ") if when else ""
+    return note + escape((s.last_error or "")[:80])
+
+
+def _status_lines(rows: Sequence[RouteStatus]) -> Table:
+    """One line per route, full names."""
     table = Table(title="sync status", title_justify="left")
     table.add_column("audience")
     table.add_column("destination")
-    for column in ("desired", "acked", "pending", "retrying", "failed", "dead", "match"):
+    for column in _STATUS_FIGURES:
         table.add_column(column, justify="right")
     table.add_column("last sync")
     errors = any(s.last_error for s in rows)
     if errors:
         table.add_column("next try / error")
     for s in rows:
-        rate = "—" if s.match_rate is None or s.audience is None else f"{s.match_rate:.0%}"
-        behind = s.desired != s.acknowledged
-        cells = [
-            escape(s.audience or "(conversions)"),
-            escape(s.destination),
-            f"{s.desired:,}",
-            _acked(s, behind),
-            f"{s.pending:,}",
-            f"{s.retrying:,}",
-            f"[yellow]{s.failed:,}[/]" if s.failed else "0",
-            f"[red]{s.dead_lettered:,}[/]" if s.dead_lettered else "0",
-            rate,
-            f"{s.last_sync:%Y-%m-%d %H:%M}" if s.last_sync else "never",
-        ]
+        cells = [escape(s.audience or "(conversions)"), escape(s.destination), *_status_cells(s)]
         if errors:
-            note = f"{s.next_attempt:%H:%M:%S} " if s.next_attempt and s.retrying else ""
-            cells.append(note + escape((s.last_error or "")[:80]))
+            cells.append(_status_note(s))
         table.add_row(*cells)
     return table
 
@@ -252,6 +280,55 @@ def _acked(s: RouteStatus, behind: bool) -> str:
     if s.dry_run:
         return f"[cyan]{s.dry_run_written:,} dry run[/]"
     return f"[yellow]{s.acknowledged:,}[/]" if behind else f"{s.acknowledged:,}"
+
+
+def _status_groups(rows: Sequence[RouteStatus], width: int) -> Group:
+    """Routes under their audience's name, figures aligned across groups, errors below each
+    group: fits 80 columns with the demo's names and counts up to 9,999,999."""
+    # destinations indented under their audience's name
+    cells = [["  " + escape(s.destination), *_status_cells(s, short=True)] for s in rows]
+    header = ["destination", *_STATUS_FIGURES, "last sync"]
+    widths = [
+        max([cell_len(name), *(Text.from_markup(row[i]).cell_len for row in cells)])
+        for i, name in enumerate(header)
+    ]
+    gap = 2 if sum(widths) + 2 * (len(widths) - 1) <= width else 1
+    widths[0] = max(8, min(widths[0], width - sum(widths[1:]) - gap * (len(widths) - 1)))
+
+    def table(show_header: bool) -> Table:
+        # box SIMPLE_HEAD draws no lines but the header's rule; its one-space divider plus
+        # `gap - 1` of padding separates the columns
+        grid = Table(
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            show_header=show_header,
+            pad_edge=False,
+            padding=(0, 0, 0, gap - 1),
+        )
+        for i, (name, size) in enumerate(zip(header, widths, strict=True)):
+            grid.add_column(
+                name,
+                justify="left" if i in (0, len(header) - 1) else "right",
+                width=size,
+                no_wrap=True,
+                overflow="ellipsis",
+            )
+        return grid
+
+    parts: list[RenderableType] = [Text("sync status", style="table.title"), table(True)]
+    for audience, group in groupby(
+        zip(rows, cells, strict=True), key=lambda pair: pair[0].audience
+    ):
+        routes = table(False)
+        notes = []
+        for s, row in group:
+            routes.add_row(*row)
+            if s.last_error:
+                note = f"[yellow]{escape(s.destination)}:[/] {_status_note(s, labelled=True)}"
+                notes.append(Padding(Text.from_markup(note), (0, 0, 0, 4)))
+        heading = Text(audience or "(conversions)", style="bold", no_wrap=True, overflow="ellipsis")
+        parts += [heading, routes, *notes]
+    return Group(*parts)
 
 
 def demo_table(
@@ -303,21 +380,58 @@ def demo_table(
     return table
 
 
-def schedule_table(schedules: Sequence[Schedule]) -> Table:
+def schedule_table(schedules: Sequence[Schedule], wide: bool = False) -> RenderableType:
     """Each audience's refresh: real time, or its cadence with the last and next run."""
-    table = Table(title="refresh", title_justify="left")
-    for column in ("audience", "refresh", "last run", "next run"):
-        table.add_column(column)
+    compact = lambda _width: _schedule_lines(schedules, compact=True)  # noqa: E731
+    return _Fitted(_schedule_lines(schedules), compact, wide)
+
+
+def _schedule_lines(schedules: Sequence[Schedule], compact: bool = False) -> Table:
+    """The refresh table; `compact`: lighter lines, dates without the year, names cut."""
+    moment = "%m-%d %H:%M" if compact else "%Y-%m-%d %H:%M"
+    table = Table(
+        title="refresh",
+        title_justify="left",
+        box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+        show_edge=not compact,
+        pad_edge=not compact,
+        padding=(0, 0, 0, 1) if compact else (0, 1),
+    )
+    table.add_column("audience", overflow="ellipsis")
+    table.add_column("refresh", no_wrap=compact)
+    table.add_column("last run", no_wrap=compact)
+    table.add_column("next run", no_wrap=compact)
     for s in schedules:
-        last = "—" if s.last_run_us is None else f"{_moment(s.last_run_us):%Y-%m-%d %H:%M}"
+        last = "—" if s.last_run_us is None else f"{_moment(s.last_run_us):{moment}}"
         if s.next_run_us is None:
             upcoming = "as events arrive"
         elif s.next_run_us == 0:
             upcoming = "at the next start of serve"
         else:
-            upcoming = f"{_moment(s.next_run_us):%Y-%m-%d %H:%M}"
+            upcoming = f"{_moment(s.next_run_us):{moment}}"
         table.add_row(escape(s.audience), escape(s.refresh), last, upcoming)
     return table
+
+
+class _Fitted:
+    """A table with full names on one line per row when it fits the width (or `wide` asks
+    for it, however wide), else a compact layout of the same figures for that width."""
+
+    def __init__(self, full: Table, compact: Callable[[int], RenderableType], wide: bool) -> None:
+        self.full = full
+        self.compact = compact
+        self.wide = wide
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        natural = self.__rich_measure__(console, options).maximum
+        if self.wide or natural <= options.max_width:
+            yield self.full
+        else:
+            yield self.compact(options.max_width)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        """The full table's natural width, not capped by the terminal's."""
+        return Measurement.get(console, options.update_width(_UNBOUNDED), self.full)
 
 
 def _moment(us: int) -> datetime:

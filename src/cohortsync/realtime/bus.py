@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from cohortsync.errors import CohortsyncError
 from cohortsync.store.records import Message
 
 DEFAULT_PARTITIONS = 16
@@ -33,7 +34,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _FIELDS = frozenset(Message._fields)
 
 
-class BusError(Exception):
+class BusError(CohortsyncError):
     """The bus cannot do what was asked: unreachable, misconfigured, or refused a message."""
 
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import psycopg
 
+from cohortsync.errors import StoreError
 from cohortsync.store.locations import redact
 
 CONNECT_TIMEOUT = 10
 
 
-class StoreUnavailableError(Exception):
+class StoreUnavailableError(StoreError):
     """The Postgres store cannot be reached; the message names it without its password."""
 
 
@@ -52,7 +53,8 @@ class PgConnections:
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnavailableError(
-                f"cannot open the store at {self.shown}: {first.replace(self.url, self.shown)}"
+                f"cannot open the store at {self.shown}: {first.replace(self.url, self.shown)} "
+                "— check that PostgreSQL runs there and the `store:` URL is right"
             ) from None
         self._local.conn = conn
         with self._guard:  # a finished thread's connection is closed, not left open
