@@ -18,9 +18,11 @@ import httpx
 import orjson
 
 from cohortsync.destinations.base import AuthError, PermanentError, TransientError
+from cohortsync.identity.log_scrub import SECRET_NAMES, scrubbed_logger
 from cohortsync.identity.pii import scrub_identifiers
 
-SECRET_PARAMS = frozenset({"access_token", "api_key", "api_secret", "appsecret_proof", "writeKey"})
+SECRET_PARAMS = frozenset(SECRET_NAMES)
+scrubbed_logger("httpx")  # its INFO lines carry request URLs, with access_token for Graph
 SECRET_HEADERS = frozenset({"authorization", "access-token", "x-api-key"})
 EXCERPT = 300
 SCANNED = 4_000

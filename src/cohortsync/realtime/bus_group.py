@@ -10,7 +10,6 @@ within the visibility timeout is free again, so a dead member's partitions move 
 
 from __future__ import annotations
 
-import logging
 import time
 import zlib
 from abc import ABC, abstractmethod
@@ -19,9 +18,10 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.bus import BusError, Delivery, check_name
 
-log = logging.getLogger("cohortsync.bus")
+log = scrubbed_logger("cohortsync.bus")
 State = dict[str, Any]
 """{"members": {name: [expires_at, [partition, ...]]}, "leases": {"p": [name, expires_at]}}"""
 T = TypeVar("T")

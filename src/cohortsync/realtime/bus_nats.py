@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 import threading
 import time
@@ -44,6 +43,7 @@ from nats.js.api import (
 )
 from nats.js.kv import KeyValue
 
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.bus import (
     DEFAULT_PARTITIONS,
     DEFAULT_PREFIX,
@@ -62,7 +62,7 @@ from cohortsync.realtime.bus import (
 from cohortsync.realtime.bus_group import LeasedConsumer, State
 from cohortsync.store.records import Message
 
-log = logging.getLogger("cohortsync.bus")
+log = scrubbed_logger("cohortsync.bus")
 R = TypeVar("R")
 PUBLISH_TIMEOUT = 30.0
 DEDUPLICATION_WINDOW = 120.0

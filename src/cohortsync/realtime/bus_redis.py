@@ -9,7 +9,6 @@ unacked there, and delivers those before anything new.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -18,6 +17,7 @@ from typing import Any
 import orjson
 import redis
 
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.bus import (
     DEFAULT_PARTITIONS,
     DEFAULT_PREFIX,
@@ -36,7 +36,7 @@ from cohortsync.realtime.bus import (
 from cohortsync.realtime.bus_group import LeasedConsumer, State, T
 from cohortsync.store.records import Message
 
-log = logging.getLogger("cohortsync.bus")
+log = scrubbed_logger("cohortsync.bus")
 _FIELD = b"m"
 _CLAIM_PAGE = 1000
 

@@ -10,7 +10,6 @@ evaluates real-time audiences and delivers, and acks only after the batch is sto
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
@@ -19,10 +18,11 @@ from collections.abc import Callable, Sequence
 
 from cohortsync.config.models import Project
 from cohortsync.events.pipeline import IngestResult
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.bus import Bus, Consumer, Delivery
 from cohortsync.store.records import Message, Rejection
 
-log = logging.getLogger("cohortsync.worker")
+log = scrubbed_logger("cohortsync.worker")
 REJECTED = "__rejected__"
 """The type of a bus message that carries a rejected message to quarantine."""
 GROUP = "cohortsync-workers"

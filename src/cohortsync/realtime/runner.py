@@ -10,19 +10,19 @@ the profiles received since the cursor are evaluated again: nothing is skipped.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.index import RealtimeIndex
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.store.base import Store
 from cohortsync.store.records import Message
 
-log = logging.getLogger("cohortsync.realtime")
+log = scrubbed_logger("cohortsync.realtime")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CURSOR_SLACK_US = 5_000_000
 """Receive times of concurrent requests may commit out of order by this much at most."""

@@ -9,7 +9,6 @@ them: each batch written once under the dry-run folder and resolved as a dry run
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.realtime.cadence import CadenceScheduler
 from cohortsync.realtime.runner import RealtimeLoop, micros
 from cohortsync.store.base import Store
@@ -25,7 +25,7 @@ from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import HTTP_TIMEOUT, dry_run_folders
 from cohortsync.sync.worker import Deliverer
 
-log = logging.getLogger("cohortsync.serve")
+log = scrubbed_logger("cohortsync.serve")
 RETRY_POLL = 2.0
 CONVERSIONS_EVERY = 10.0
 CADENCE_POLL = 15.0
