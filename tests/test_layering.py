@@ -20,6 +20,7 @@ SOURCE = Path(cohortsync.__file__).parent
 # Lower numbers sit higher. Modules outside a package (cli.py, render.py, …) are named alone.
 RANK = {
     "cli": 0,
+    "cli_errors": 0,  # how the CLI words a failure
     "server": 0,
     "render": 0,  # the CLI's pictures
     "engine": 1,  # the facade
