@@ -36,6 +36,7 @@ RANK = {
     "segments": 8,
     "store": 8,
     "errors": 9,  # error classes every layer raises
+    "moments": 9,  # instants as microseconds and back
 }
 
 

@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -29,6 +29,7 @@ from cohortsync.engine import Engine
 from cohortsync.errors import InputError
 from cohortsync.events.readers import file_size
 from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
+from cohortsync.moments import to_datetime
 from cohortsync.render import (
     compute_table,
     demo_table,
@@ -102,7 +103,7 @@ def _at(text: str | None) -> datetime | None:
         micros = parse_timestamp(text)
     except TimestampError as exc:
         raise InputError(f"--at {text!r} {exc}") from None
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+    return to_datetime(micros)
 
 
 @contextmanager

@@ -335,9 +335,7 @@ def parse_identifier(text: str, default_region: str = "US") -> tuple[str, str]:
 
 def _micros(at: datetime | None) -> int:
     """Microseconds of `at` (naive means UTC), or of now."""
-    if at is None:
-        return now_micros()
-    return to_micros(at if at.tzinfo is not None else at.replace(tzinfo=UTC))
+    return now_micros() if at is None else to_micros(at)
 
 
 def _utc_now() -> datetime:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import groupby
 from typing import Any
@@ -20,6 +19,7 @@ from rich.text import Text
 from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
+from cohortsync.moments import to_datetime
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
@@ -402,13 +402,13 @@ def _schedule_lines(schedules: Sequence[Schedule], compact: bool = False) -> Tab
     table.add_column("last run", no_wrap=compact)
     table.add_column("next run", no_wrap=compact)
     for s in schedules:
-        last = "—" if s.last_run_us is None else f"{_moment(s.last_run_us):{moment}}"
+        last = "—" if s.last_run_us is None else f"{to_datetime(s.last_run_us):{moment}}"
         if s.next_run_us is None:
             upcoming = "as events arrive"
         elif s.next_run_us == 0:
             upcoming = "at the next start of serve"
         else:
-            upcoming = f"{_moment(s.next_run_us):{moment}}"
+            upcoming = f"{to_datetime(s.next_run_us):{moment}}"
         table.add_row(escape(s.audience), escape(s.refresh), last, upcoming)
     return table
 
@@ -432,7 +432,3 @@ class _Fitted:
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         """The full table's natural width, not capped by the terminal's."""
         return Measurement.get(console, options.update_width(_UNBOUNDED), self.full)
-
-
-def _moment(us: int) -> datetime:
-    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)

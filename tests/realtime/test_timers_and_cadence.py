@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from cohortsync.engine import Engine
+from cohortsync.moments import to_micros
 from cohortsync.realtime.cadence import CadenceScheduler
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.processor import ProfileProcessor
-from cohortsync.realtime.runner import RealtimeLoop, micros
+from cohortsync.realtime.runner import RealtimeLoop
 from tests.realtime.conftest import REALTIME_YAML, Clock, message
 
 
@@ -64,7 +65,7 @@ def test_cadence_refreshes_due_audiences_and_reports_last_and_next_run(
         assert all(s.next_run_us is None for s in scheduler.schedules() if s.refresh == "realtime")
         realtime_before = engine.store.membership("audience", "rt_cart_abandon_6h")
 
-        now = micros(clock.now)
+        now = to_micros(clock.now)
         report = scheduler.run_due(now)
         assert report is not None and report.row("nightly_vip").size == 1
         assert scheduler.run_due(now) is None  # not due again until a day later

@@ -6,13 +6,14 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 import pyarrow as pa
 from sqlglot import exp
 
 from cohortsync.audiences.rule import audience_members
 from cohortsync.errors import InputError
+from cohortsync.moments import to_datetime
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.compile import Compiler, with_summaries
 from cohortsync.segments.compile_postgres import compiler_for
@@ -21,7 +22,6 @@ from cohortsync.store.outbox import Route
 
 SEGMENT = "segment"
 AUDIENCE = "audience"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MEMBERSHIPS = pa.schema(
     [("kind", pa.string()), ("name", pa.string()), ("profile_id", pa.string()),
      ("holdout", pa.bool_())]
@@ -75,11 +75,6 @@ class ComputeReport:
                 if row.kind == kind_ and row.name == name:
                     return row
         raise KeyError(name)
-
-
-def to_datetime(at_us: int) -> datetime:
-    """An aware UTC datetime for microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=at_us)
 
 
 def compute_members(

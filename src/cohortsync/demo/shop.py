@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any
 
+from cohortsync.moments import EPOCH
+
 WINDOW_DAYS = 180
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -83,7 +85,6 @@ _AGENTS = (
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_4) AppleWebKit/605.1.15 Version/17.4 Safari/605",
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 Chrome/124.0 Mobile Safari/537",
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _Page = tuple[str, str, str]
 _HOME: _Page = ("/", SHOP_URL + "/", "Home")
 _COLLECTION: _Page = ("/collections/all", SHOP_URL + "/collections/all", "Collection")
@@ -101,7 +102,7 @@ _Items = list[tuple[int, int]]
 
 
 def _utc_ms(moment: datetime) -> int:
-    delta = moment - _EPOCH
+    delta = moment - EPOCH
     return delta.days * DAY_MS + delta.seconds * 1000 + delta.microseconds // 1000
 
 
@@ -122,7 +123,7 @@ class _Clock:
         hour, rest = divmod(ms, HOUR_MS)
         prefix = self._hours.get(hour)
         if prefix is None:
-            prefix = self._hours[hour] = f"{_EPOCH + timedelta(hours=hour):%Y-%m-%dT%H}:"
+            prefix = self._hours[hour] = f"{EPOCH + timedelta(hours=hour):%Y-%m-%dT%H}:"
         minute, rest = divmod(rest, MIN_MS)
         second, milli = divmod(rest, 1000)
         return f"{prefix}{_PAD[minute]}:{_PAD[second]}.{_MILLIS[milli]}Z"

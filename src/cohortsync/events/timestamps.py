@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+from cohortsync.moments import now_micros, to_micros
+
+__all__ = [
+    "MAX_US",
+    "MIN_US",
+    "TimestampError",
+    "check_range",
+    "correct_skew",
+    "now_micros",
+    "parse_timestamp",
+    "to_micros",
+]
+
 MIN_US = 0  # 1970-01-01
-MAX_US = int((datetime(2200, 1, 1, tzinfo=UTC) - _EPOCH).total_seconds()) * 1_000_000
+MAX_US = to_micros(datetime(2200, 1, 1, tzinfo=UTC))
 
 
 class TimestampError(ValueError):
@@ -26,17 +38,6 @@ def parse_timestamp(value: object) -> int:
     micros = to_micros(moment)
     check_range(micros)
     return micros
-
-
-def to_micros(moment: datetime) -> int:
-    """Microseconds since the epoch of an aware datetime."""
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def now_micros() -> int:
-    """The current time in microseconds since the epoch."""
-    return to_micros(datetime.now(UTC))
 
 
 def check_range(micros: int) -> None:

@@ -9,26 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from cronsim import CronSim
 
 from cohortsync.audiences.compute import ComputeReport, compute
+from cohortsync.moments import to_datetime, to_micros
 from cohortsync.realtime.index import REALTIME, RealtimeIndex
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.store.base import Store
 from cohortsync.store.outbox import Route
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EVERY = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
-
-
-def _moment(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
-
-
-def _us(moment: datetime) -> int:
-    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 def next_run(refresh: str, last_us: int | None) -> int | None:
@@ -37,10 +29,10 @@ def next_run(refresh: str, last_us: int | None) -> int | None:
         return None
     if last_us is None:
         return 0
-    last = _moment(last_us)
+    last = to_datetime(last_us)
     if refresh in EVERY:
-        return _us(last + EVERY[refresh])
-    return _us(next(iter(CronSim(refresh, last))))
+        return to_micros(last + EVERY[refresh])
+    return to_micros(next(iter(CronSim(refresh, last))))
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 
 from cohortsync.identity.log_scrub import scrubbed_logger
+from cohortsync.moments import to_micros
 from cohortsync.realtime.index import RealtimeIndex
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.store.base import Store
 from cohortsync.store.records import Message
 
 log = scrubbed_logger("cohortsync.realtime")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CURSOR_SLACK_US = 5_000_000
 """Receive times of concurrent requests may commit out of order by this much at most."""
 IDLE_WAIT = 1.0
@@ -33,11 +33,6 @@ SWEEP_AGE_US = 5_000_000
 """A pending profile is taken over once it waited this long (its own worker had time)."""
 SWEEP_CHUNK = 2_000
 SWEEP_CHUNKS = 4
-
-
-def micros(moment: datetime) -> int:
-    """Microseconds since the epoch."""
-    return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
 @dataclass
@@ -98,7 +93,7 @@ class RealtimeLoop:
             return 0
         realtime = self.store.realtime
         cursor = realtime.cursor()
-        now = micros(self.clock())
+        now = to_micros(self.clock())
         since = 0 if cursor is None else cursor - CURSOR_SLACK_US
         profiles = realtime.profiles_received_since(since, self.index.events)
         for start in range(0, len(profiles), chunk):
@@ -113,7 +108,7 @@ class RealtimeLoop:
         with self._wake:
             queued, self._queue = self._queue, []
         # The clock is read after the queue is taken, so every queued event was stored before.
-        now_us = micros(self.clock()) if now_us is None else now_us
+        now_us = to_micros(self.clock()) if now_us is None else now_us
         report = RoundReport()
         try:
             self._fire_timers(now_us, report)
@@ -219,4 +214,4 @@ class RealtimeLoop:
         due = self.store.realtime.next_timer()
         if due is None:
             return IDLE_WAIT
-        return max(0.0, min(IDLE_WAIT, (due - micros(self.clock())) / 1_000_000))
+        return max(0.0, min(IDLE_WAIT, (due - to_micros(self.clock())) / 1_000_000))

@@ -17,8 +17,9 @@ from pathlib import Path
 import httpx
 
 from cohortsync.identity.log_scrub import scrubbed_logger
+from cohortsync.moments import to_micros
 from cohortsync.realtime.cadence import CadenceScheduler
-from cohortsync.realtime.runner import RealtimeLoop, micros
+from cohortsync.realtime.runner import RealtimeLoop
 from cohortsync.store.base import Store
 from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.retry import RetryPolicy
@@ -121,7 +122,7 @@ class ServeWorkers:
         loop.on_change = self._delivery.wake
 
     def _refresh(self) -> None:
-        if self.cadence.run_due(micros(self.clock())) is not None:
+        if self.cadence.run_due(to_micros(self.clock())) is not None:
             self._delivery.wake()
 
     def start(self) -> None:

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlglot import exp
 
 from cohortsync.errors import InputError
+from cohortsync.moments import to_datetime
 from cohortsync.segments.anchor import output_columns, rejects_nulls
 from cohortsync.segments.ast import (
     All,
@@ -61,7 +61,7 @@ COUNT_OPS = {
     "lt": exp.LT,
     "lte": exp.LTE,
 }
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 TS = "timestamp"
 
 
@@ -242,7 +242,7 @@ class Compiler:
     # -- helpers ---------------------------------------------------------------------------
     def _at(self, micros: int) -> exp.Expr:
         """A TIMESTAMPTZ literal for an instant in microseconds."""
-        stamp = EPOCH + timedelta(microseconds=micros)
+        stamp = to_datetime(micros)
         text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
         return exp.cast(exp.Literal.string(text), sql_type("TIMESTAMPTZ"), copy=False)
 

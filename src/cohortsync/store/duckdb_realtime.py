@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import duckdb
 import orjson
 import pyarrow as pa
 
+from cohortsync.moments import to_datetime
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.duckdb_memberships import diff_memberships
 from cohortsync.store.duckdb_outbox import plan_changes
@@ -16,13 +17,8 @@ from cohortsync.store.duckdb_shared import ConnectionView, Registered
 from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TS = pa.timestamp("us", tz="UTC")
 REALTIME_RUN = 0
-
-
-def _at(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _ids(values: Iterable[str]) -> pa.Table:
@@ -112,7 +108,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
         routes: Sequence[Route],
         cursor_us: int | None = None,
     ) -> MembershipChanges:
-        at = _at(at_us)
+        at = to_datetime(at_us)
         desired = [
             (kind, name, o.profile_id, holdout)
             for o in outcomes
@@ -132,7 +128,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
                 "name": pa.array([n for _, n in scope], pa.string()),
             }
         )
-        timers = [(o.profile_id, s, _at(t)) for o in outcomes for s, t in o.timers.items()]
+        timers = [(o.profile_id, s, to_datetime(t)) for o in outcomes for s, t in o.timers.items()]
         timer_table = pa.table(
             {
                 "profile_id": pa.array([t[0] for t in timers], pa.string()),
@@ -174,7 +170,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
             rows = self._con.execute(
                 "SELECT profile_id, epoch_us(min(due_at)) AS due FROM timers WHERE due_at <= ? "
                 "GROUP BY profile_id ORDER BY due, profile_id LIMIT ?",
-                [_at(now_us), limit],
+                [to_datetime(now_us), limit],
             ).fetchall()
         return [(str(p), int(d)) for p, d in rows]
 
@@ -205,7 +201,7 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
         table = pa.table(
             {
                 "audience": pa.array(list(audiences), pa.string()),
-                "last_run_at": pa.array([_at(at_us)] * len(audiences), _TS),
+                "last_run_at": pa.array([to_datetime(at_us)] * len(audiences), _TS),
                 "run_id": pa.array([run_id] * len(audiences), pa.int64()),
             }
         )
@@ -218,6 +214,6 @@ class DuckDBRealtime(ConnectionView, RealtimeStore):
                 "SELECT DISTINCT canonical_profile_id FROM profile_events "
                 "WHERE received_at >= ? AND (type IN ('identify', 'alias') "
                 "OR event_key IN (SELECT unnest(?::VARCHAR[])))",
-                [_at(received_at_us), sorted(set(events))],
+                [to_datetime(received_at_us), sorted(set(events))],
             ).fetchall()
         return [str(r[0]) for r in rows]

@@ -8,13 +8,13 @@ that speaks Arrow appends the table as it is.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any, overload
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cohortsync.moments import to_micros
 from cohortsync.store.records import Message
 
 TIMESTAMP = pa.timestamp("us", tz="UTC")
@@ -33,7 +33,6 @@ JSON_COLUMNS = ("properties", "traits", "context", "integrations")
 EVENT_SCHEMA = pa.schema(
     [(name, TIMESTAMP if name in TIME_COLUMNS else pa.string()) for name in EVENT_COLUMNS]
 )
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIELD_OF_COLUMN = {name: TIME_COLUMNS.get(name, name) for name in EVENT_COLUMNS}
 
 
@@ -130,16 +129,11 @@ def _message(row: dict[str, Any]) -> Message:
             continue
         value = row[name]
         if name in TIME_COLUMNS and value is not None:
-            value = _micros(value)
+            value = to_micros(value)
         elif name in JSON_COLUMNS and value is not None:
             value = orjson.loads(value)
         values[_FIELD_OF_COLUMN[name]] = value
     return Message(**values)
-
-
-def _micros(moment: datetime) -> int:
-    delta: timedelta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _json(value: dict[str, Any] | None) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from psycopg import errors
 
+from cohortsync.moments import to_datetime
 from cohortsync.store.base import ResolvedBatch, StaleIdentityError
 from cohortsync.store.message_table import (
     EVENT_COLUMNS,
@@ -35,7 +36,6 @@ from cohortsync.store.message_table import remap_profiles as _remap
 from cohortsync.store.postgres_shared import copy_rows, temp_table
 from cohortsync.store.records import Key, Message, ProfileState, Rejection
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CSV = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
 _EVENT_COPY = "COPY events ({}) FROM STDIN (FORMAT csv)".format(
     ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
@@ -84,11 +84,6 @@ def storable(events: pa.Table) -> pa.Table:
             fixed = pc.replace_substring(column, "\x00", "\ufffd")
         events = events.set_column(index, name, fixed)
     return events
-
-
-def at(us: int) -> datetime:
-    """A UTC datetime from microseconds since the epoch."""
-    return _EPOCH + timedelta(microseconds=us)
 
 
 @dataclass
@@ -214,7 +209,7 @@ def write_profiles(
             (
                 m.source,
                 final.get(m.target, m.target),
-                at(m.at_us),
+                to_datetime(m.at_us),
                 text(m.message_id),
                 m.kind,
                 m.target,
@@ -253,7 +248,7 @@ def write_profiles(
 def write_identities(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str, str]) -> None:
     """Identifiers nobody owned, in key order (two writers wait on each other in one order)."""
     rows = sorted(
-        (kind, text(value), final.get(owner, owner), at(first))
+        (kind, text(value), final.get(owner, owner), to_datetime(first))
         for kind, value, owner, first in batch.changes.new_identities
     )
     if rows:
@@ -268,7 +263,7 @@ def write_traits(cur: psycopg.Cursor[Any], batch: ResolvedBatch, final: dict[str
         if state is None:
             continue
         for name, (value, updated) in sorted(state.traits.items()):
-            rows.append((profile_id, text(name), json_text(value), at(updated)))
+            rows.append((profile_id, text(name), json_text(value), to_datetime(updated)))
     if not rows:
         return
     cur.execute(

@@ -8,12 +8,13 @@ counts are what was written even when another writer recorded the same entry fir
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pyarrow as pa
 
+from cohortsync.moments import to_datetime
 from cohortsync.store.base import HistoryAheadError, MembershipChanges, compute_run_row
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_shared import PgConnections, advisory_lock, temp_table
@@ -27,7 +28,6 @@ COMPUTED_COLUMNS = (
     ("holdout", "BOOLEAN"),
 )
 """The layout of `_computed`, the temp table `diff_memberships` reads the members from."""
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KEY_MATCH = (
     "memberships.kind = c.kind AND memberships.name = c.name "
     "AND memberships.profile_id = c.profile_id"
@@ -46,7 +46,7 @@ def record_compute(
 
     Two processes never record overlapping computes at once: each holds the compute lock.
     """
-    at = _EPOCH + timedelta(microseconds=at_us)
+    at = to_datetime(at_us)
     names = computed.select(["kind", "name"]).group_by(["kind", "name"]).aggregate([])
     kinds = names.column("kind").to_pylist()
     with db.transaction() as cur:

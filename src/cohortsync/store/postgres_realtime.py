@@ -25,6 +25,7 @@ import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
 
+from cohortsync.moments import to_datetime, to_micros
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_memberships import COMPUTED_COLUMNS, REALTIME_RUN, diff_memberships
@@ -33,18 +34,17 @@ from cohortsync.store.postgres_shared import PgConnections, PgView, advisory_loc
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
 from cohortsync.store.records import Message
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 TIMER_LEASE = timedelta(seconds=30)
 """How long a taken timer is hidden from other workers before it may be taken again."""
 LOCK_PREFIX = "realtime:"
 """Advisory lock key of one profile's recording: `realtime:<profile_id>`."""
 _CURSOR = "cursor"
-_LAST_US = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_LAST_US = to_micros(datetime(9999, 12, 31, tzinfo=UTC))
 
 
 def _at(us: int) -> datetime:
     """The instant `us` µs after the epoch (an instant past year 9999 is read as then)."""
-    return _EPOCH + timedelta(microseconds=min(us, _LAST_US))
+    return to_datetime(min(us, _LAST_US))
 
 
 def _us(sql: str) -> str:

@@ -17,6 +17,7 @@ import psycopg
 import pyarrow as pa
 from psycopg import errors
 
+from cohortsync.moments import to_datetime, to_micros
 from cohortsync.store import postgres_ingest as ingest
 from cohortsync.store.base import (
     AlreadyStoredError,
@@ -36,8 +37,6 @@ from cohortsync.store.postgres_schema import MIGRATIONS
 from cohortsync.store.postgres_shared import PgConnections, advisory_lock
 from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class PostgresStore(Store):
@@ -167,7 +166,7 @@ class PostgresStore(Store):
 
     def last_compute_as_of(self) -> int | None:
         rows = self._db.query("SELECT max(as_of) FROM compute_runs")
-        return _micros(rows[0][0]) if rows and rows[0][0] is not None else None
+        return to_micros(rows[0][0]) if rows and rows[0][0] is not None else None
 
     def membership(self, kind: str, name: str, at_us: int | None = None) -> list[tuple[str, bool]]:
         if at_us is None:
@@ -177,7 +176,7 @@ class PostgresStore(Store):
                 (kind, name),
             )
         else:
-            moment = ingest.at(at_us)
+            moment = to_datetime(at_us)
             rows = self._db.query(
                 "SELECT profile_id, holdout FROM memberships WHERE kind = %s AND name = %s "
                 "AND entered_at <= %s AND (exited_at IS NULL OR exited_at > %s) "
@@ -220,11 +219,6 @@ def _last_result(cur: psycopg.Cursor[Any], sql: str) -> None:
     cur.execute(sql.encode())
     while cur.nextset():
         pass
-
-
-def _micros(moment: datetime) -> int:
-    delta = moment - _EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 def _utc(moment: Any) -> Any:
