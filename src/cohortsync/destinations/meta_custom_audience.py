@@ -24,6 +24,7 @@ from cohortsync.destinations.base import (
     ADD,
     Batch,
     BatchResult,
+    Capabilities,
     Change,
     ConversionBatch,
     Destination,
@@ -31,6 +32,7 @@ from cohortsync.destinations.base import (
     DestinationContext,
     Op,
     PermanentError,
+    RateLimit,
 )
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
@@ -92,9 +94,13 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
 
     kind: ClassVar[str] = "meta_custom_audience"
     config_model: ClassVar[type[DestinationConfig]] = MetaCustomAudienceConfig
-    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
-    ad_platform: ClassVar[bool] = True
-    max_batch: ClassVar[int] = MAX_ROWS
+    capabilities = Capabilities(
+        identifiers=("email", "phone", "user_id"),
+        max_batch=MAX_ROWS,
+        rate_limit=RateLimit(),  # business-use-case limits, per ad account: Graph says when
+        ad_platform=True,
+        hashed=True,
+    )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
         super().__init__(config, context)

@@ -30,16 +30,17 @@ def write_dry_run(
         target = folder / name
         shutil.rmtree(target, ignore_errors=True)
         target.mkdir(parents=True, exist_ok=True)
-        kinds = [CHANGES] if destination.audiences else []
-        if destination.conversions and audience is None:
+        capabilities = destination.capabilities
+        kinds = [CHANGES] if capabilities.audiences else []
+        if capabilities.conversions and audience is None:
             kinds.append(CONVERSIONS)
         number = 0
         for kind in kinds:
-            for batch in outbox.peek(name, kind, destination.max_batch, audience):
+            for batch in outbox.peek(name, kind, capabilities.max_batch, audience):
                 number += 1
                 if kind == CHANGES:
                     requests = destination.dry_run(
-                        to_batch(batch, identifiers, destination.ad_platform)
+                        to_batch(batch, identifiers, capabilities.ad_platform)
                     )
                     label = f"{batch.audience}-{batch.op}"
                 else:

@@ -158,11 +158,12 @@ class Deliverer:
         """Deliver every due batch of every destination (optionally one audience)."""
         delivery = Delivery()
         for name, destination in self.destinations.items():
+            capabilities = destination.capabilities
             kinds: Sequence[str] = [
                 kind
                 for kind, takes in (
-                    (CHANGES, destination.audiences),
-                    (CONVERSIONS, destination.conversions and audience is None),
+                    (CHANGES, capabilities.audiences),
+                    (CONVERSIONS, capabilities.conversions and audience is None),
                 )
                 if takes
             ]
@@ -181,7 +182,9 @@ class Deliverer:
     ) -> None:
         sent = failed = 0
         while max_batches is None or sent < max_batches:
-            batch = self.outbox.claim(name, kind, destination.max_batch, self.clock(), audience)
+            batch = self.outbox.claim(
+                name, kind, destination.capabilities.max_batch, self.clock(), audience
+            )
             if batch is None:
                 return
             sent += 1
@@ -201,7 +204,7 @@ class Deliverer:
         try:
             if batch.kind == CHANGES:
                 result = destination.apply(
-                    to_batch(batch, self.identifiers, destination.ad_platform)
+                    to_batch(batch, self.identifiers, destination.capabilities.ad_platform)
                 )
             else:
                 result = destination.send_conversions(to_conversions(batch))
