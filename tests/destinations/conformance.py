@@ -330,7 +330,7 @@ class Conformance:
     def test_removes_take_members_out(self, subject: Subject) -> None:
         """A remove takes the member out and leaves the others."""
         require_removes(subject)
-        subject.destination.apply(records(CHANGES, [1, 2, 3], "add-1"))  # type: ignore[arg-type]
+        subject.destination.apply(batch(change(1), change(2), change(3), batch_id="add-1"))
         result = subject.destination.apply(batch(change(4, "remove", who=2), batch_id="rm-1"))
         assert dict(result.rejected) == {}
         assert subject.members(AUDIENCE) == {subject.key(change(1)), subject.key(change(3))}

@@ -129,7 +129,7 @@ class AcmeListsSubject(Subject):
 
     def __init__(self, fake: AcmeListsFake, http: httpx.Client, tmp_path: Path) -> None:
         self.fake = fake
-        config = AcmeListsConfig(url=fake.url, token=fake.token)  # type: ignore[arg-type]
+        config = AcmeListsConfig.model_validate({"url": fake.url, "token": fake.token})
         context = DestinationContext("acme", tmp_path, http, lambda: CLOCK_AT)
         self.destination = AcmeListsDestination(config, context)
 
