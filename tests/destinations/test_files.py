@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import shutil
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from cohortsync.destinations.base import Batch, Change, DestinationContext, PermanentError
+from cohortsync.destinations.base import Change, DestinationContext, PermanentError
 from cohortsync.destinations.files import FilesConfig, FilesDestination
+from tests.destinations.conformance import Conformance, Records, Subject
 
 AUDIENCE = "cio_lapsed_75d"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -44,18 +45,9 @@ def make(tmp_path: Path, **settings: Any) -> FilesDestination:
     return FilesDestination(config, context)
 
 
-def change(
-    change_id: int, profile: str, op: str = "add", holdout: bool = False, **identifiers: str
-) -> Change:
-    return Change(
-        change_id=change_id,
-        audience=AUDIENCE,
-        profile_id=profile,
-        op=op,  # type: ignore[arg-type]
-        holdout=holdout,
-        at=T0 + timedelta(seconds=change_id),
-        identifiers=identifiers,
-    )
+RECORDS = Records(audience=AUDIENCE, start=T0, identifiers=None)
+change = RECORDS.change
+batch = RECORDS.batch
 
 
 def read_csv(path: Path) -> list[list[str]]:
@@ -76,22 +68,16 @@ def files_bytes(tmp_path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder(tmp_path).iterdir())}
 
 
-FIRST = Batch(
-    "b1",
-    AUDIENCE,
-    (
-        change(1, "p-b", email="mary@example.com", phone="+16505551212", user_id="user-123"),
-        change(2, "p-a", email="dana@example.com"),
-        change(3, "p-c", phone="+14155550134"),
-    ),
+FIRST = batch(
+    change(1, profile="p-b", email="mary@example.com", phone="+16505551212", user_id="user-123"),
+    change(2, profile="p-a", email="dana@example.com"),
+    change(3, profile="p-c", phone="+14155550134"),
+    batch_id="b1",
 )
-SECOND = Batch(
-    "b2",
-    AUDIENCE,
-    (
-        change(4, "p-a", "remove", email="dana@example.com"),
-        change(5, "p-d", email="  John_Smith@Gmail.com "),
-    ),
+SECOND = batch(
+    change(4, "remove", profile="p-a", email="dana@example.com"),
+    change(5, profile="p-d", email="  John_Smith@Gmail.com "),
+    batch_id="b2",
 )
 
 
@@ -136,11 +122,8 @@ def test_adds_and_removes_keep_the_snapshot_exact(tmp_path: Path) -> None:
         ["add", JOHN, "", ""],
     ]
     assert read_csv(out / "delta-b1.csv")[1][0] == "add"
-    files.apply(
-        Batch(
-            "b3", AUDIENCE, tuple(change(10 + i, f"p-{p}", "remove") for i, p in enumerate("bcd"))
-        )
-    )
+    leaving = [change(10 + i, "remove", profile=f"p-{p}") for i, p in enumerate("bcd")]
+    files.apply(batch(*leaving, batch_id="b3"))
     assert read_csv(out / "snapshot.csv") == [["email", "phone", "extern_id"]]
     assert read_parquet(out / "snapshot.parquet") == [["email", "phone", "extern_id"]]
 
@@ -148,7 +131,7 @@ def test_adds_and_removes_keep_the_snapshot_exact(tmp_path: Path) -> None:
 def test_a_remove_without_identifiers_uses_those_given_on_the_add(tmp_path: Path) -> None:
     files = make(tmp_path)
     files.apply(FIRST)
-    result = files.apply(Batch("b2", AUDIENCE, (change(4, "p-b", "remove"),)))
+    result = files.apply(batch(change(4, "remove", profile="p-b"), batch_id="b2"))
     assert result.rejected == {}
     assert read_csv(folder(tmp_path) / "delta-b2.csv")[1] == ["remove", MARY, META_PHONE, USER_123]
 
@@ -195,46 +178,39 @@ def test_reapplying_after_a_crash_before_the_state_was_saved_writes_the_same_fil
 def test_each_platform_gets_its_own_layout_and_phone_rule(
     tmp_path: Path, platform: str, header: list[str], row: list[str]
 ) -> None:
-    batch = Batch(
-        "b1",
-        AUDIENCE,
-        (
-            change(
-                1, "p-1", email="Mary@Example.com", phone="+1 (650) 555-1212", user_id="user-123"
-            ),
-        ),
+    mary = change(
+        1, profile="p-1", email="Mary@Example.com", phone="+1 (650) 555-1212", user_id="user-123"
     )
-    make(tmp_path, platform=platform).apply(batch)
+    make(tmp_path, platform=platform).apply(batch(mary, batch_id="b1"))
     assert read_csv(folder(tmp_path) / "snapshot.csv") == [header, row]
 
 
 def test_tiktok_phone_vector(tmp_path: Path) -> None:
-    batch = Batch("b1", AUDIENCE, (change(1, "p-1", phone="+374 93 828222"),))
-    make(tmp_path, platform="tiktok").apply(batch)
+    sent = batch(change(1, profile="p-1", phone="+374 93 828222"), batch_id="b1")
+    make(tmp_path, platform="tiktok").apply(sent)
     assert read_csv(folder(tmp_path) / "snapshot.csv")[1] == ["", TIKTOK_PHONE]
 
 
 def test_google_with_only_a_user_id_is_rejected(tmp_path: Path) -> None:
-    batch = Batch(
-        "b1", AUDIENCE, (change(1, "p-1", user_id="u1"), change(2, "p-2", email="a@b.co"))
+    sent = batch(
+        change(1, profile="p-1", user_id="u1"),
+        change(2, profile="p-2", email="a@b.co"),
+        batch_id="b1",
     )
-    result = make(tmp_path, platform="google").apply(batch)
+    result = make(tmp_path, platform="google").apply(sent)
     assert result.rejected == {1: "no valid email or phone for a google customer file"}
     assert len(read_csv(folder(tmp_path) / "snapshot.csv")) == 2
 
 
 def test_holdout_and_unusable_changes_are_rejected_and_not_written(tmp_path: Path) -> None:
-    batch = Batch(
-        "b1",
-        AUDIENCE,
-        (
-            change(1, "p-1", holdout=True, email="hold@example.com"),
-            change(2, "p-2", anonymous_id="anon-2"),
-            change(3, "p-3", email="not an email"),
-            change(4, "p-4", email="ok@example.com"),
-        ),
+    sent = batch(
+        change(1, profile="p-1", holdout=True, email="hold@example.com"),
+        change(2, profile="p-2", anonymous_id="anon-2"),
+        change(3, profile="p-3", email="not an email"),
+        change(4, profile="p-4", email="ok@example.com"),
+        batch_id="b1",
     )
-    result = make(tmp_path).apply(batch)
+    result = make(tmp_path).apply(sent)
     assert result.rejected == {
         1: "holdout member: ad platforms never receive the control group",
         2: "no valid email or phone or user_id for a meta customer file",
@@ -288,7 +264,7 @@ def test_only_the_requested_formats_are_written(tmp_path: Path) -> None:
 
 
 def test_batch_ids_that_are_not_file_names_are_made_safe(tmp_path: Path) -> None:
-    make(tmp_path, formats=["csv"]).apply(Batch("dest:7/aud", AUDIENCE, FIRST.changes))
+    make(tmp_path, formats=["csv"]).apply(batch(*FIRST.changes, batch_id="dest:7/aud"))
     deltas = [p.name for p in folder(tmp_path).glob("delta-*")]
     assert len(deltas) == 1
     assert deltas[0].startswith("delta-dest_7_aud-")
@@ -324,3 +300,45 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_settings_are_refused(settings: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValidationError, match=problem):
         FilesConfig.model_validate({"path": "exports", **settings})
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class FilesSubject(Subject):
+    """The files destination on a temporary folder: members are the hashed emails of each
+    audience's snapshot.csv, the file an operator uploads."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "exports"
+        self.destination = make(tmp_path)
+
+    def members(self, audience: str) -> set[str]:
+        snapshot = self.root / audience / "snapshot.csv"
+        if not snapshot.exists():
+            return set()
+        header, *rows = read_csv(snapshot)
+        return {row[header.index("email")] for row in rows}
+
+    def key(self, record: Change) -> str:
+        return sha(record.identifiers["email"])
+
+    def state(self) -> object:
+        if not self.root.exists():
+            return {}
+        return {
+            str(p.relative_to(self.root)): p.read_bytes()
+            for p in self.root.rglob("*")
+            if p.is_file()
+        }
+
+    def outgoing(self) -> str:
+        state = self.state()
+        assert isinstance(state, dict)
+        return "\n".join(content.decode("utf-8", "replace") for content in state.values())
+
+
+class TestFilesConformance(Conformance):
+    @pytest.fixture
+    def subject(self, tmp_path: Path) -> FilesSubject:
+        return FilesSubject(tmp_path)

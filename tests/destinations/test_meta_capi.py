@@ -5,6 +5,8 @@ events rejected per record while the rest of the batch is still sent."""
 from __future__ import annotations
 
 import re
+from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,13 +17,13 @@ import pytest
 from cohortsync.destinations.base import (
     AuthError,
     Conversion,
-    ConversionBatch,
     DestinationContext,
     PermanentError,
     TransientError,
 )
 from cohortsync.destinations.hashing import sha256_hex
 from cohortsync.destinations.meta_capi import MetaCapiConfig, MetaCapiDestination
+from tests.destinations.conformance import CLOCK_AT, Conformance, R, Records, Subject
 from tests.fakes.meta import MetaFake
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -52,36 +54,22 @@ def destination(
     return MetaCapiDestination(MetaCapiConfig(**settings), context)
 
 
+RECORDS = Records(
+    start=NOW,
+    step=timedelta(0),
+    identifiers=lambda n, _: {
+        "email": f"buyer.{n}@example.com",
+        "phone": "+16505551212",
+        "user_id": f"u-{n}",
+    },
+)
+batch = RECORDS.conversions
+
+
 def purchase(n: int, at: datetime = NOW, **fields: Any) -> Conversion:
     """An order from a website visitor, as the conversion pipeline hands it over."""
-    values: dict[str, Any] = {
-        "conversion_id": n,
-        "message_id": f"msg-{n}",
-        "name": "Purchase",
-        "event": "order_completed",
-        "at": at,
-        "profile_id": f"p-{n}",
-        "identifiers": {
-            "email": f"buyer.{n}@example.com",
-            "phone": "+16505551212",
-            "user_id": f"u-{n}",
-        },
-        "value": 59.9,
-        "currency": "usd",
-        "properties": {"order_id": f"o-{n}", "fbp": "fb.1.1700000000000.123456789"},
-        "context": {
-            "ip": "203.0.113.7",
-            "userAgent": UA,
-            "page": {"url": "https://shop.example.com/checkout/thanks"},
-        },
-    }
-    values.update(fields)
-    return Conversion(**values)
-
-
-def batch(*conversions: Conversion, batch_id: str = "c-1") -> ConversionBatch:
-    """A batch of conversions."""
-    return ConversionBatch(batch_id=batch_id, conversions=tuple(conversions))
+    properties = {"order_id": f"o-{n}", "fbp": "fb.1.1700000000000.123456789"}
+    return RECORDS.conversion(n, at=at, **{"currency": "usd", "properties": properties, **fields})
 
 
 def test_conversion_becomes_one_event_with_message_id(
@@ -328,3 +316,45 @@ def test_pixel_id_must_be_a_number() -> None:
     """A pixel id that is not a number is refused with what it should look like."""
     with pytest.raises(ValueError, match="pixel_id must be the pixel"):
         MetaCapiConfig(access_token="t", pixel_id="my-pixel")
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class MetaCapiSubject(Subject):
+    """The destination against the Graph fake, both clocks at the kit's `CLOCK_AT`."""
+
+    def __init__(self, fake: MetaFake, http: httpx.Client, tmp_path: Path) -> None:
+        self.fake = fake
+        fake.now = CLOCK_AT
+        settings = {"access_token": fake.token, "pixel_id": fake.pixel_id, "api_url": fake.url}
+        context = DestinationContext("meta", tmp_path, http, lambda: CLOCK_AT)
+        self.destination = MetaCapiDestination(MetaCapiConfig(**settings), context)
+
+    def members(self, audience: str) -> set[str]:
+        return set()  # conversions only: no audience ever reaches it
+
+    def conversions(self) -> Counter[str]:
+        return Counter(str(event["event_id"]) for event in self.fake.effective_events)
+
+    def state(self) -> object:
+        return self.fake.effective_events
+
+    def outgoing(self) -> str:
+        return "\n".join(item.text() for item in self.fake.log)
+
+    def fail(self, status: int, retry_after: float | None = None) -> None:
+        self.fake.fail(status, retry_after=retry_after)
+
+    def recover(self) -> None:
+        self.fake.faults.clear()
+
+    def unusable(self, record: R) -> R:
+        """Older than Meta's 7 days: one such event would fail the whole request."""
+        return replace(record, at=CLOCK_AT - timedelta(days=8))
+
+
+class TestMetaCapiConformance(Conformance):
+    @pytest.fixture
+    def subject(self, meta_fake: MetaFake, http: httpx.Client, tmp_path: Path) -> MetaCapiSubject:
+        return MetaCapiSubject(meta_fake, http, tmp_path)

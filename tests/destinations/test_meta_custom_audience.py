@@ -5,7 +5,7 @@ on the wire, and Graph errors mapped to transient, auth and permanent failures."
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from pydantic import ValidationError
 
 from cohortsync.destinations.base import AuthError as DestinationAuthError
 from cohortsync.destinations.base import (
-    Batch,
     Change,
     DestinationContext,
     Op,
@@ -34,6 +33,7 @@ from cohortsync.destinations.meta_custom_audience import (
     MetaCustomAudienceDestination,
 )
 from cohortsync.destinations.meta_graph import appsecret_proof
+from tests.destinations.conformance import Conformance, Records, Subject, person
 from tests.fakes.meta import MetaFake
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -62,33 +62,9 @@ def extern(n: int) -> str:
     return sha256_hex(f"u-{n}")
 
 
-def person(n: int) -> dict[str, str]:
-    """Identifiers of a made-up person, normalised as the identity graph stores them."""
-    return {
-        "email": f"shopper.{n}@example.com",
-        "phone": f"+1650555{n % 10_000:04d}",
-        "user_id": f"u-{n}",
-    }
-
-
-def change(
-    n: int, op: Op = "add", ids: dict[str, str] | None = None, holdout: bool = False
-) -> Change:
-    """One change of the test audience."""
-    return Change(
-        change_id=n,
-        audience=AUDIENCE,
-        profile_id=f"p-{n}",
-        op=op,
-        holdout=holdout,
-        at=NOW,
-        identifiers=person(n) if ids is None else ids,
-    )
-
-
-def batch(*changes: Change, batch_id: str = "b-1") -> Batch:
-    """A batch of the test audience."""
-    return Batch(batch_id=batch_id, audience=AUDIENCE, changes=tuple(changes))
+RECORDS = Records(start=NOW, step=timedelta(0))
+change = RECORDS.change
+batch = RECORDS.batch
 
 
 def orjson_body(body: bytes) -> Any:
@@ -214,7 +190,9 @@ def test_no_raw_email_or_phone_leaves_the_process(
     changes.append(change(91, ids={"user_id": "+16505550199"}))
     dest = destination(meta_fake, tmp_path, http)
     dest.apply(batch(*changes, batch_id="b-1"))
-    dest.apply(batch(*(change(n, "remove", ids) for n, ids in enumerate(people)), batch_id="b-2"))
+    dest.apply(
+        batch(*(change(n, "remove", ids=ids) for n, ids in enumerate(people)), batch_id="b-2")
+    )
 
     raw = [p["email"] for p in people] + [p["phone"] for p in people]
     raw += [p["phone"].lstrip("+") for p in people] + ["vip@example.com", "16505550199"]
@@ -423,7 +401,7 @@ def test_opting_out_still_removes_a_pii_like_user_id_hashed(
     id hashed (and the email), never raw."""
     dest = destination(meta_fake, tmp_path, http, hash_external_id=False)
     ids = {"user_id": "6505551212", "email": "ann.lee@example.com"}
-    result = dest.apply(batch(change(1), change(2, "remove", ids)))
+    result = dest.apply(batch(change(1), change(2, "remove", ids=ids)))
 
     assert result.rejected == {}
     (delete,) = meta_fake.log.to("/users", "DELETE")
@@ -472,7 +450,7 @@ def test_no_request_exceeds_the_row_limit(runs: list[tuple[Op, int]]) -> None:
     changes: list[Change] = []
     for op, count in runs:
         start = len(changes)
-        changes += [change(start + i, op, {"user_id": f"u{start + i}"}) for i in range(count)]
+        changes += [change(start + i, op, ids={"user_id": f"u{start + i}"}) for i in range(count)]
     config = MetaCustomAudienceConfig(access_token="t", ad_account_id="1")
     with httpx.Client() as unused:
         context = DestinationContext(
@@ -484,3 +462,47 @@ def test_no_request_exceeds_the_row_limit(runs: list[tuple[Op, int]]) -> None:
     assert sum(len(u.rows) for u in uploads) == len(changes)
     sent = [row[0] for u in uploads for row in u.rows]
     assert sent == [sha256_hex(c.identifiers["user_id"]) for c in changes]
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class MetaCustomAudienceSubject(Subject):
+    """The destination against the Graph fake; members are the hashed emails it holds."""
+
+    def __init__(self, fake: MetaFake, http: httpx.Client, tmp_path: Path) -> None:
+        self.fake = fake
+        self.destination = destination(fake, tmp_path, http)
+
+    def members(self, audience: str) -> set[str]:
+        if audience not in self.fake.audiences():
+            return set()
+        return self.fake.members(audience)
+
+    def key(self, record: Change) -> str:
+        return sha256_hex(record.identifiers["email"])
+
+    def state(self) -> object:
+        """Members, and the uploads Meta counts once per (session, batch_seq, op)."""
+        rows = {
+            name: sorted(map(sorted, self.fake.member_rows(name))) for name in self.fake.audiences()
+        }
+        uploads = {(b.audience_id, b.op, b.session_id, b.batch_seq) for b in self.fake.batches}
+        return rows, uploads
+
+    def outgoing(self) -> str:
+        return "\n".join(item.text() for item in self.fake.log)
+
+    def fail(self, status: int, retry_after: float | None = None) -> None:
+        self.fake.fail(status, retry_after=retry_after)
+
+    def recover(self) -> None:
+        self.fake.faults.clear()
+
+
+class TestMetaCustomAudienceConformance(Conformance):
+    @pytest.fixture
+    def subject(
+        self, meta_fake: MetaFake, http: httpx.Client, tmp_path: Path
+    ) -> MetaCustomAudienceSubject:
+        return MetaCustomAudienceSubject(meta_fake, http, tmp_path)

@@ -7,6 +7,7 @@ it stores is what a Segment workspace would have received.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +23,6 @@ from cohortsync.destinations.base import (
     AuthError,
     Batch,
     Change,
-    Conversion,
-    ConversionBatch,
     DestinationContext,
     PermanentError,
     TransientError,
@@ -32,7 +31,9 @@ from cohortsync.destinations.http import json_body
 from cohortsync.destinations.segment import SegmentConfig, SegmentDestination
 from cohortsync.engine import Engine
 from tests.conftest import WRITE_KEY, LiveServer
+from tests.destinations.conformance import CLOCK_AT, Conformance, Records, Subject
 from tests.destinations.receiver import Receiver, Reply, client, running
+from tests.fakes.segment import SegmentFake
 
 AUDIENCE = "cio_cart_abandon_6h"
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=250_000)
@@ -60,27 +61,17 @@ def make(
     return SegmentDestination(config, context)
 
 
-def change(change_id: int, op: str = "add", holdout: bool = False, **identifiers: str) -> Change:
-    return Change(
-        change_id=change_id,
-        audience=AUDIENCE,
-        profile_id=f"prof-{change_id}",
-        op=op,  # type: ignore[arg-type]
-        holdout=holdout,
-        at=T0 + timedelta(seconds=change_id),
-        identifiers=identifiers,
-    )
+RECORDS = Records(start=T0, profile="prof-{n}", identifiers=None)
+change = RECORDS.change
+batch = RECORDS.batch
 
 
-BATCH = Batch(
+BATCH = batch(
+    change(1, user_id="u1", email="p1@example.com"),
+    change(2, anonymous_id="anon-2"),
+    change(3, "remove", user_id="u3"),
+    change(4, holdout=True, user_id="u4"),
     batch_id="b-1",
-    audience=AUDIENCE,
-    changes=(
-        change(1, user_id="u1", email="p1@example.com"),
-        change(2, anonymous_id="anon-2"),
-        change(3, "remove", user_id="u3"),
-        change(4, holdout=True, user_id="u4"),
-    ),
 )
 
 
@@ -146,35 +137,31 @@ def test_a_batch_too_large_for_one_request_is_split_and_stored_once(
         change(i, user_id=f"user-{i:05d}-" + "x" * 200, email=f"p{i}@example.com")
         for i in range(1, 1001)
     )
-    batch = Batch("b-big", AUDIENCE, changes)
+    big = batch(*changes, batch_id="b-big")
     segment = make(live_server.url, http, tmp_path)
-    result = segment.apply(batch)
+    result = segment.apply(big)
     assert result.rejected == {}
     assert result.stats["requests"] >= 2
     assert result.stats["messages"] == 2000
-    segment.apply(batch)
+    segment.apply(big)
     assert engine.stats()["events"]["total"] == 2000
 
 
 def test_conversion_arrives_once_under_its_source_message_id(
     live_server: LiveServer, engine: Engine, http: httpx.Client, tmp_path: Path
 ) -> None:
-    conversion = Conversion(
-        conversion_id=9,
+    conversion = RECORDS.conversion(
+        9,
         message_id="order-msg-9",
-        name="Purchase",
-        event="order_completed",
         at=T0,
-        profile_id="prof-9",
-        identifiers={"user_id": "u9", "email": "p9@example.com"},
-        value=59.9,
-        currency="USD",
+        ids={"user_id": "u9", "email": "p9@example.com"},
         properties={"order_id": "o-9"},
+        context={},
     )
-    batch = ConversionBatch("c-1", (conversion,))
+    sent = RECORDS.conversions(conversion, batch_id="c-1")
     segment = make(live_server.url, http, tmp_path)
-    assert segment.send_conversions(batch).stats["sent"] == 1
-    segment.send_conversions(batch)
+    assert segment.send_conversions(sent).stats["sent"] == 1
+    segment.send_conversions(sent)
     [event] = stored(engine)
     assert event["message_id"] == "order-msg-9"
     assert (event["type"], event["event"], event["user_id"]) == ("track", "Purchase", "u9")
@@ -190,8 +177,8 @@ def test_conversion_arrives_once_under_its_source_message_id(
 def test_change_without_user_or_anonymous_id_is_rejected_and_not_sent(
     live_server: LiveServer, engine: Engine, http: httpx.Client, tmp_path: Path
 ) -> None:
-    batch = Batch("b-2", AUDIENCE, (change(1, user_id="u1"), change(2, email="p2@example.com")))
-    result = make(live_server.url, http, tmp_path).apply(batch)
+    sent = batch(change(1, user_id="u1"), change(2, email="p2@example.com"), batch_id="b-2")
+    result = make(live_server.url, http, tmp_path).apply(sent)
     assert result.rejected == {
         2: "no user_id or anonymous_id: Segment needs one of them on every message"
     }
@@ -201,10 +188,11 @@ def test_change_without_user_or_anonymous_id_is_rejected_and_not_sent(
 def test_a_message_the_receiver_quarantines_is_reported_rejected(
     live_server: LiveServer, engine: Engine, http: httpx.Client, tmp_path: Path
 ) -> None:
-    nameless = Conversion(1, "m-1", "", "order_completed", T0, "prof-1", {"user_id": "u1"})
-    named = Conversion(2, "m-2", "Purchase", "order_completed", T0, "prof-2", {"user_id": "u2"})
+    bare = {"at": T0, "value": None, "currency": None, "properties": {}, "context": {}}
+    nameless = RECORDS.conversion(1, message_id="m-1", name="", ids={"user_id": "u1"}, **bare)
+    named = RECORDS.conversion(2, message_id="m-2", ids={"user_id": "u2"}, **bare)
     result = make(live_server.url, http, tmp_path).send_conversions(
-        ConversionBatch("c-2", (nameless, named))
+        RECORDS.conversions(nameless, named, batch_id="c-2")
     )
     assert list(result.rejected) == [1]
     assert "missing_event" in result.rejected[1]
@@ -263,7 +251,7 @@ def test_split_requests_respect_segment_limits(
     receiver: Receiver, http: httpx.Client, tmp_path: Path
 ) -> None:
     changes = tuple(change(i, user_id="u" * 100 + str(i)) for i in range(1, 1001))
-    make(receiver.url, http, tmp_path).apply(Batch("b-big", AUDIENCE, changes))
+    make(receiver.url, http, tmp_path).apply(batch(*changes, batch_id="b-big"))
     assert len(receiver.received) >= 2
     seen: list[str] = []
     for request in receiver.received:
@@ -368,3 +356,57 @@ def test_requests_are_a_deterministic_split_within_limits(
         sent += request["body"]["batch"]
     assert sent == expected
     assert len(expected) == 2 * len(sizes)
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class SegmentSubject(Subject):
+    """The destination against the Segment fake; a member is a user whose identify set the
+    audience's trait true last."""
+
+    def __init__(self, fake: SegmentFake, http: httpx.Client, tmp_path: Path) -> None:
+        self.fake = fake
+        config = SegmentConfig.model_validate({"url": fake.url, "write_key": WRITE_KEY})
+        context = DestinationContext("seg", tmp_path, http, lambda: CLOCK_AT)
+        self.destination = SegmentDestination(config, context)
+
+    def members(self, audience: str) -> set[str]:
+        held: set[str] = set()
+        for message in self.fake.messages:
+            traits = message.get("traits") or {}
+            if message["type"] == "identify" and audience in traits:
+                who = message.get("userId") or message["anonymousId"]
+                if traits[audience]:
+                    held.add(who)
+                else:
+                    held.discard(who)
+        return held
+
+    def key(self, record: Change) -> str:
+        return record.identifiers.get("user_id") or record.identifiers["anonymous_id"]
+
+    def conversions(self) -> Counter[str]:
+        audience_events = {"Audience Entered", "Audience Exited"}
+        return Counter(
+            m["messageId"]
+            for m in self.fake.messages
+            if m["type"] == "track" and m["event"] not in audience_events
+        )
+
+    def state(self) -> object:
+        return self.fake.messages
+
+    def fail(self, status: int, retry_after: float | None = None) -> None:
+        self.fake.fail(status, retry_after=retry_after)
+
+    def recover(self) -> None:
+        self.fake.faults.clear()
+
+
+class TestSegmentConformance(Conformance):
+    @pytest.fixture
+    def subject(
+        self, segment_fake: SegmentFake, http: httpx.Client, tmp_path: Path
+    ) -> SegmentSubject:
+        return SegmentSubject(segment_fake, http, tmp_path)

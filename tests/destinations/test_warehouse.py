@@ -13,7 +13,10 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,14 +29,12 @@ from pydantic import ValidationError
 
 from cohortsync.destinations.base import (
     AuthError,
-    Batch,
-    Change,
     Conversion,
-    ConversionBatch,
     DestinationContext,
     TransientError,
 )
 from cohortsync.destinations.warehouse import WarehouseConfig, WarehouseDestination
+from tests.destinations.conformance import Conformance, R, Records, Subject
 from tests.postgres import PG_HOST, PG_REASON, PG_URL
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -48,38 +49,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def change(
-    change_id: int,
-    op: str,
-    profile: str,
-    holdout: bool = False,
-    audience: str = "cio_cart_abandon_6h",
-    **identifiers: str,
-) -> Change:
-    """A change at T0 + change_id minutes, with an email unless identifiers are given."""
-    ids = identifiers or {"email": f"{profile}@example.com"}
-    at = T0 + timedelta(minutes=change_id)
-    return Change(change_id, audience, profile, op, holdout, at, ids)  # type: ignore[arg-type]
-
-
-def batch(batch_id: str, *changes: Change) -> Batch:
-    """A batch of the cart-abandon audience."""
-    return Batch(batch_id, "cio_cart_abandon_6h", tuple(changes))
+RECORDS = Records(
+    start=T0, step=timedelta(minutes=1), identifiers=lambda _, p: {"email": f"{p}@example.com"}
+)
+change = RECORDS.change
+batch = RECORDS.batch
 
 
 def conversion(conversion_id: int, profile: str, value: float = 42.0) -> Conversion:
     """A Purchase from order_completed, one hour per id after T0."""
-    return Conversion(
-        conversion_id=conversion_id,
-        message_id=f"msg-{conversion_id}",
-        name="Purchase",
-        event="order_completed",
+    return RECORDS.conversion(
+        conversion_id,
+        profile=profile,
         at=T0 + timedelta(hours=conversion_id),
-        profile_id=profile,
-        identifiers={"email": f"{profile}@example.com", "phone": "+14155550100"},
+        ids={"email": f"{profile}@example.com", "phone": "+14155550100"},
         value=value,
-        currency="USD",
         properties={"order_id": f"o{conversion_id}"},
+        context={},
     )
 
 
@@ -156,25 +142,27 @@ def wh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Warehouse]:
 
 
 def test_declares_a_warehouse_that_takes_every_identifier_and_both_record_kinds() -> None:
+    capabilities = WarehouseDestination.capabilities
     assert WarehouseDestination.kind == "warehouse"
-    assert WarehouseDestination.ad_platform is False
-    assert set(WarehouseDestination.accepts) == {"user_id", "email", "phone", "anonymous_id"}
-    assert WarehouseDestination.audiences and WarehouseDestination.conversions
-    assert WarehouseDestination.max_batch >= 50_000
+    assert capabilities.ad_platform is False
+    assert set(capabilities.identifiers) == {"user_id", "email", "phone", "anonymous_id"}
+    assert capabilities.audiences and capabilities.conversions
+    assert capabilities.max_batch >= 50_000
 
 
 def test_tables_and_view_are_created_on_first_write(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.dry_run(batch("b0", change(1, "add", "p1")))
+    dest.dry_run(batch(change(1, "add", profile="p1"), batch_id="b0"))
     assert wh.relations() == set()
-    dest.apply(batch("b1", change(1, "add", "p1")))
+    dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     assert wh.relations() == {*TABLES, "audience_stays"}
-    wh.destination().apply(batch("b2", change(2, "add", "p2")))  # existing tables are reused
+    # existing tables are reused
+    wh.destination().apply(batch(change(2, "add", profile="p2"), batch_id="b2"))
     assert set(wh.members()) == {"p1", "p2"}
 
 
 def test_table_prefix_names_every_table(wh: Warehouse) -> None:
-    wh.destination(table_prefix="cs_").apply(batch("b1", change(1, "add", "p1")))
+    wh.destination(table_prefix="cs_").apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     assert wh.relations() == {f"cs_{t}" for t in (*TABLES, "audience_stays")}
 
 
@@ -190,7 +178,7 @@ def test_add_remove_sequences_give_exact_membership_and_change_log(wh: Warehouse
             profile = f"p{rng.randrange(25)}"
             holdout = rng.random() < 0.2
             op = "remove" if profile in expected and rng.random() < 0.6 else "add"
-            made = change(next_id, op, profile, holdout)
+            made = change(next_id, op, profile=profile, holdout=holdout)
             if op == "add":
                 entered = expected[profile][0] if profile in expected else made.at
                 expected[profile] = (entered, holdout)
@@ -200,7 +188,7 @@ def test_add_remove_sequences_give_exact_membership_and_change_log(wh: Warehouse
             log.append((next_id, profile, op, holdout))
             next_id += 1
         rng.shuffle(changes)  # order comes from change_id, not from position in the batch
-        dest.apply(batch(f"b{number}", *changes))
+        dest.apply(batch(*changes, batch_id=f"b{number}"))
 
     members = wh.members()
     assert {p: (m[3], m[0]) for p, m in members.items()} == expected
@@ -214,9 +202,16 @@ def test_add_remove_sequences_give_exact_membership_and_change_log(wh: Warehouse
 
 def test_order_within_a_batch_follows_change_id(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(2, "remove", "p1"), change(1, "add", "p1")))
     dest.apply(
-        batch("b2", change(5, "add", "p2"), change(4, "remove", "p2"), change(3, "add", "p2"))
+        batch(change(2, "remove", profile="p1"), change(1, "add", profile="p1"), batch_id="b1")
+    )
+    dest.apply(
+        batch(
+            change(5, "add", profile="p2"),
+            change(4, "remove", profile="p2"),
+            change(3, "add", profile="p2"),
+            batch_id="b2",
+        )
     )
     members = wh.members()
     assert set(members) == {"p2"}
@@ -225,7 +220,13 @@ def test_order_within_a_batch_follows_change_id(wh: Warehouse) -> None:
 
 def test_holdout_members_are_kept_and_flagged(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(1, "add", "control", holdout=True), change(2, "add", "treated")))
+    dest.apply(
+        batch(
+            change(1, "add", profile="control", holdout=True),
+            change(2, "add", profile="treated"),
+            batch_id="b1",
+        )
+    )
     assert {p: m[0] for p, m in wh.members().items()} == {"control": True, "treated": False}
     flags = wh.rows('SELECT profile_id, holdout FROM {s}."audience_changes" ORDER BY change_id')
     assert [tuple(f) for f in flags] == [("control", True), ("treated", False)]
@@ -235,15 +236,27 @@ def test_a_later_add_updates_holdout_and_identifiers_but_keeps_the_entry_time(
     wh: Warehouse,
 ) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(1, "add", "p1", holdout=True, email="p1@example.com")))
-    dest.apply(batch("b2", change(2, "add", "p1", email="p1@example.com", phone="+14155550100")))
+    dest.apply(
+        batch(change(1, "add", profile="p1", holdout=True, email="p1@example.com"), batch_id="b1")
+    )
+    dest.apply(
+        batch(
+            change(2, "add", profile="p1", email="p1@example.com", phone="+14155550100"),
+            batch_id="b2",
+        )
+    )
     assert wh.members() == {
         "p1": (False, "p1@example.com", "+14155550100", T0 + timedelta(minutes=1))
     }
 
 
 def test_reapplying_the_same_batch_changes_nothing(wh: Warehouse) -> None:
-    first = batch("b1", change(1, "add", "p1"), change(2, "add", "p2"), change(3, "remove", "p1"))
+    first = batch(
+        change(1, "add", profile="p1"),
+        change(2, "add", profile="p2"),
+        change(3, "remove", profile="p1"),
+        batch_id="b1",
+    )
     result = wh.destination().apply(first)
     assert result.stats == {"received": 3, "written": 3, "duplicates": 0}
     before = wh.snapshot()
@@ -257,10 +270,12 @@ def test_reapplying_the_same_batch_changes_nothing(wh: Warehouse) -> None:
 
 def test_a_change_already_applied_in_another_batch_is_not_applied_again(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(1, "add", "p1")))
-    dest.apply(batch("b2", change(2, "remove", "p1")))
+    dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
+    dest.apply(batch(change(2, "remove", profile="p1"), batch_id="b2"))
     # A resend that regrouped change 1 with a new change: change 1 must not re-add p1.
-    result = dest.apply(batch("b3", change(1, "add", "p1"), change(3, "add", "p3")))
+    result = dest.apply(
+        batch(change(1, "add", profile="p1"), change(3, "add", profile="p3"), batch_id="b3")
+    )
 
     assert result.stats == {"received": 2, "written": 1, "duplicates": 1}
     assert set(wh.members()) == {"p3"}
@@ -270,7 +285,7 @@ def test_a_change_already_applied_in_another_batch_is_not_applied_again(wh: Ware
 
 def test_two_writers_sending_the_same_batch_at_once_write_it_once(wh: Warehouse) -> None:
     size = 3_000
-    same = batch("b1", *(change(i, "add", f"p{i}") for i in range(1, size + 1)))
+    same = batch(*(change(i, "add", profile=f"p{i}") for i in range(1, size + 1)), batch_id="b1")
     writers = [wh.destination(), wh.destination()]
     start = threading.Barrier(len(writers))
     written: list[int] = []
@@ -297,15 +312,25 @@ def test_two_writers_sending_the_same_batch_at_once_write_it_once(wh: Warehouse)
 
 
 def test_a_change_repeated_inside_one_batch_is_written_once(wh: Warehouse) -> None:
-    wh.destination().apply(batch("b1", change(1, "add", "p1"), change(1, "add", "p1")))
+    wh.destination().apply(
+        batch(change(1, "add", profile="p1"), change(1, "add", profile="p1"), batch_id="b1")
+    )
     assert wh.rows('SELECT count(*) FROM {s}."audience_changes"') == [(1,)]
 
 
 def test_stays_view_gives_entry_and_exit_of_each_stay(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(1, "add", "p1", holdout=True), change(2, "add", "p1")))
-    dest.apply(batch("b2", change(3, "remove", "p1"), change(4, "add", "p2")))
-    dest.apply(batch("b3", change(5, "add", "p1")))
+    dest.apply(
+        batch(
+            change(1, "add", profile="p1", holdout=True),
+            change(2, "add", profile="p1"),
+            batch_id="b1",
+        )
+    )
+    dest.apply(
+        batch(change(3, "remove", profile="p1"), change(4, "add", profile="p2"), batch_id="b2")
+    )
+    dest.apply(batch(change(5, "add", profile="p1"), batch_id="b3"))
     stays = wh.rows(
         'SELECT profile_id, holdout, entered_at, exited_at FROM {s}."audience_stays" '
         "ORDER BY profile_id, entered_at"
@@ -321,19 +346,23 @@ def test_stays_view_gives_entry_and_exit_of_each_stay(wh: Warehouse) -> None:
 def test_audiences_are_kept_apart(wh: Warehouse) -> None:
     dest = wh.destination()
     dest.apply(
-        batch("b1", change(1, "add", "p1"), change(2, "add", "p1", audience="cio_lapsed_75d"))
+        batch(
+            change(1, "add", profile="p1"),
+            change(2, "add", profile="p1", audience="cio_lapsed_75d"),
+            batch_id="b1",
+        )
     )
-    dest.apply(batch("b2", change(3, "remove", "p1")))
+    dest.apply(batch(change(3, "remove", profile="p1"), batch_id="b2"))
     assert set(wh.members()) == set()
     assert set(wh.members("cio_lapsed_75d")) == {"p1"}
 
 
 def test_conversions_are_stored_once_each(wh: Warehouse) -> None:
     dest = wh.destination()
-    first = ConversionBatch("c1", (conversion(1, "p1"), conversion(2, "p2", 19.5)))
+    first = RECORDS.conversions(conversion(1, "p1"), conversion(2, "p2", 19.5), batch_id="c1")
     assert dest.send_conversions(first).stats == {"received": 2, "written": 2, "duplicates": 0}
     assert dest.send_conversions(first).stats["already_applied"] == 1
-    regrouped = ConversionBatch("c2", (conversion(2, "p2", 19.5), conversion(3, "p3")))
+    regrouped = RECORDS.conversions(conversion(2, "p2", 19.5), conversion(3, "p3"), batch_id="c2")
     assert dest.send_conversions(regrouped).stats == {"received": 2, "written": 1, "duplicates": 1}
 
     stored = wh.rows(
@@ -358,13 +387,13 @@ def test_conversions_are_stored_once_each(wh: Warehouse) -> None:
 def test_fifty_thousand_changes_in_one_batch(wh: Warehouse) -> None:
     dest = wh.destination()
     size = 50_000
-    adds = [change(i, "add", f"p{i}") for i in range(1, size + 1)]
-    assert dest.apply(batch("big1", *adds)).stats["written"] == size
+    adds = [change(i, "add", profile=f"p{i}") for i in range(1, size + 1)]
+    assert dest.apply(batch(*adds, batch_id="big1")).stats["written"] == size
     # Half of them leave, and 25,000 new profiles enter, in one batch again.
-    mixed = [change(size + i, "remove", f"p{i}") for i in range(1, size // 2 + 1)] + [
-        change(2 * size + i, "add", f"q{i}") for i in range(1, size // 2 + 1)
+    mixed = [change(size + i, "remove", profile=f"p{i}") for i in range(1, size // 2 + 1)] + [
+        change(2 * size + i, "add", profile=f"q{i}") for i in range(1, size // 2 + 1)
     ]
-    assert dest.apply(batch("big2", *mixed)).stats["written"] == size
+    assert dest.apply(batch(*mixed, batch_id="big2")).stats["written"] == size
     assert wh.rows('SELECT count(*) FROM {s}."audience_members"') == [(size,)]
     assert wh.rows('SELECT count(*) FROM {s}."audience_changes"') == [(2 * size,)]
     newcomers = "SELECT count(*) FROM {s}.\"audience_members\" WHERE profile_id LIKE 'q%'"
@@ -372,8 +401,8 @@ def test_fifty_thousand_changes_in_one_batch(wh: Warehouse) -> None:
 
 
 def test_records_without_a_valid_operation_are_rejected_alone(wh: Warehouse) -> None:
-    bad = change(2, "replace", "p2")
-    result = wh.destination().apply(batch("b1", change(1, "add", "p1"), bad))
+    bad = change(2, "replace", profile="p2")
+    result = wh.destination().apply(batch(change(1, "add", profile="p1"), bad, batch_id="b1"))
     assert result.rejected == {2: "operation must be add or remove, not 'replace'"}
     assert set(wh.members()) == {"p1"}
 
@@ -381,7 +410,12 @@ def test_records_without_a_valid_operation_are_rejected_alone(wh: Warehouse) -> 
 def test_dry_run_describes_the_writes_with_identifiers_and_writes_nothing(wh: Warehouse) -> None:
     dest = wh.destination()
     plan = dest.dry_run(
-        batch("b1", change(1, "add", "p1"), change(2, "add", "p2"), change(3, "remove", "p1"))
+        batch(
+            change(1, "add", profile="p1"),
+            change(2, "add", profile="p2"),
+            change(3, "remove", profile="p1"),
+            batch_id="b1",
+        )
     )
     json.dumps(plan)
     (step,) = plan
@@ -398,7 +432,7 @@ def test_dry_run_describes_the_writes_with_identifiers_and_writes_nothing(wh: Wa
         "p2@example.com",
         "p1@example.com",
     ]
-    conversions = dest.dry_run(ConversionBatch("c1", (conversion(1, "p1"),)))
+    conversions = dest.dry_run(RECORDS.conversions(conversion(1, "p1"), batch_id="c1"))
     json.dumps(conversions)
     assert conversions[0]["writes"][0] == {
         "table": f"{wh.schema}.conversions",
@@ -411,17 +445,17 @@ def test_dry_run_describes_the_writes_with_identifiers_and_writes_nothing(wh: Wa
 
 def test_close_then_write_again_reconnects(wh: Warehouse) -> None:
     dest = wh.destination()
-    dest.apply(batch("b1", change(1, "add", "p1")))
+    dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     dest.close()
     dest.close()
-    dest.apply(batch("b2", change(2, "add", "p2")))
+    dest.apply(batch(change(2, "add", profile="p2"), batch_id="b2"))
     assert set(wh.members()) == {"p1", "p2"}
 
 
 def test_relative_duckdb_path_is_inside_the_project_folder(tmp_path: Path) -> None:
     warehouse = Warehouse("duckdb", "duckdb:///data/wh.duckdb", tmp_path)
     try:
-        warehouse.destination().apply(batch("b1", change(1, "add", "p1")))
+        warehouse.destination().apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     finally:
         warehouse.cleanup()
     assert (tmp_path / "data" / "wh.duckdb").is_file()
@@ -446,11 +480,12 @@ def test_duckdb_file_locked_by_another_process_is_transient(tmp_path: Path) -> N
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         dest = warehouse.destination()
         with pytest.raises(TransientError, match="open in another process"):
-            dest.apply(batch("b1", change(1, "add", "p1")))
+            dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(timeout=30)
-        dest.apply(batch("b1", change(1, "add", "p1")))  # the retry succeeds once it is free
+        # the retry succeeds once it is free
+        dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
         assert set(warehouse.members()) == {"p1"}
     finally:
         if holder.poll() is None:
@@ -464,12 +499,12 @@ def test_postgres_unreachable_is_transient_and_hides_the_password(tmp_path: Path
     warehouse = Warehouse("postgres", url, tmp_path)
     dest = warehouse.destination()
     with pytest.raises(TransientError) as raised:
-        dest.apply(batch("b1", change(1, "add", "p1")))
+        dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     message = str(raised.value)
     assert "s3cr3t" not in message
     assert "cohortsync:***@127.0.0.1" in message
     assert "unavailable" in message
-    plan = dest.dry_run(batch("b1", change(1, "add", "p1")))
+    plan = dest.dry_run(batch(change(1, "add", profile="p1"), batch_id="b1"))
     assert "s3cr3t" not in json.dumps(plan)
     dest.close()
 
@@ -480,7 +515,7 @@ def test_postgres_missing_database_says_so(tmp_path: Path) -> None:
     url = PG_URL.rsplit("/", 1)[0] + f"/cs_missing_{uuid.uuid4().hex[:8]}"
     dest = Warehouse("postgres", url, tmp_path).destination()
     with pytest.raises(AuthError, match="does not exist"):
-        dest.apply(batch("b1", change(1, "add", "p1")))
+        dest.apply(batch(change(1, "add", profile="p1"), batch_id="b1"))
     dest.close()
 
 
@@ -506,3 +541,74 @@ def test_bad_settings_are_named_with_the_fix(settings: dict[str, str], expected:
     with pytest.raises(ValidationError, match=expected) as raised:
         WarehouseConfig.model_validate({"type": "warehouse", **settings})
     assert "pw@" not in str(raised.value)
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class WarehouseSubject(Subject):
+    """The warehouse on a fresh DuckDB file or Postgres schema. On Postgres it signs in as a
+    role of its own, so refusing that role's login (401) or its connections (503) breaks it
+    alone."""
+
+    def __init__(self, wh: Warehouse, role: str | None) -> None:
+        self.wh = wh
+        self.role = role
+        url = wh.url if role is None else f"postgresql://{role}@{PG_HOST}/test"
+        self.destination = wh.destination(url=url)
+
+    def members(self, audience: str) -> set[str]:
+        if "audience_members" not in self.wh.relations():
+            return set()
+        return set(self.wh.members(audience))
+
+    def conversions(self) -> Counter[str]:
+        if "conversions" not in self.wh.relations():
+            return Counter()
+        return Counter(str(m) for (m,) in self.wh.rows('SELECT message_id FROM {s}."conversions"'))
+
+    def state(self) -> object:
+        return self.wh.snapshot() if "applied_batches" in self.wh.relations() else {}
+
+    def unusable(self, record: R) -> R:
+        """A change without a profile: nothing to key the member on."""
+        return replace(record, profile_id="")
+
+    def fail(self, status: int, retry_after: float | None = None) -> None:
+        assert self.role is not None, "only the Postgres warehouse has a service to break"
+        self.destination.close()
+        refusal = "NOLOGIN" if status == 401 else "CONNECTION LIMIT 0"
+        with psycopg.connect(PG_URL or "", autocommit=True) as conn:
+            conn.execute(f'ALTER ROLE "{self.role}" {refusal}')
+
+    def recover(self) -> None:
+        if self.role is not None:
+            with psycopg.connect(PG_URL or "", autocommit=True) as conn:
+                conn.execute(f'ALTER ROLE "{self.role}" LOGIN CONNECTION LIMIT -1')
+
+
+@contextmanager
+def own_role() -> Iterator[str]:
+    """A Postgres role that may create schemas in the test database, dropped afterwards."""
+    role = f"cs_conformance_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_URL or "", autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+        conn.execute(f'GRANT CREATE ON DATABASE test TO "{role}"')
+    try:
+        yield role
+    finally:
+        with psycopg.connect(PG_URL or "", autocommit=True) as conn:
+            conn.execute(f'DROP OWNED BY "{role}"')
+            conn.execute(f'DROP ROLE "{role}"')
+
+
+class TestWarehouseConformance(Conformance):
+    @pytest.fixture
+    def subject(self, wh: Warehouse) -> Iterator[WarehouseSubject]:
+        if wh.engine == "duckdb":
+            yield WarehouseSubject(wh, None)
+            return
+        with own_role() as role:
+            subject = WarehouseSubject(wh, role)
+            yield subject
+            subject.destination.close()  # the role signs out before it is dropped

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,14 +22,13 @@ from cohortsync.destinations.base import (
     AuthError,
     Batch,
     Change,
-    Conversion,
-    ConversionBatch,
     DestinationContext,
     PermanentError,
     TransientError,
 )
 from cohortsync.destinations.signing import generate_secret, verify
 from cohortsync.destinations.webhook import WebhookConfig, WebhookDestination
+from tests.destinations.conformance import Conformance, Records, Subject
 from tests.destinations.receiver import Receiver, Reply, client, running
 from tests.fakes.webhook import WebhookFake
 
@@ -80,23 +80,14 @@ def hook(
     return make(receiver.url + "/cohortsync", clock, http, tmp_path)
 
 
-def change(change_id: int, op: str = "add", holdout: bool = False, **identifiers: str) -> Change:
-    ids = identifiers or {"email": f"p{change_id}@example.com", "user_id": f"u{change_id}"}
-    return Change(
-        change_id=change_id,
-        audience="cio_cart_abandon_6h",
-        profile_id=f"prof-{change_id}",
-        op=op,  # type: ignore[arg-type]
-        holdout=holdout,
-        at=T0 + timedelta(seconds=change_id),
-        identifiers=ids,
-    )
-
-
-BATCH = Batch(
-    batch_id="b-42",
-    audience="cio_cart_abandon_6h",
-    changes=(change(1), change(2, "remove"), change(3, holdout=True, phone="+14155550134")),
+RECORDS = Records(
+    start=T0,
+    profile="prof-{n}",
+    identifiers=lambda n, _: {"email": f"p{n}@example.com", "user_id": f"u{n}"},
+)
+change = RECORDS.change
+BATCH = RECORDS.batch(
+    change(1), change(2, "remove"), change(3, holdout=True, phone="+14155550134"), batch_id="b-42"
 )
 
 
@@ -180,19 +171,18 @@ def test_a_retry_resends_identical_bytes_under_the_same_id_freshly_signed(
 def test_conversions_are_posted_as_a_conversions_webhook(
     hook: WebhookDestination, receiver: Receiver
 ) -> None:
-    conversion = Conversion(
-        conversion_id=7,
+    conversion = RECORDS.conversion(
+        7,
         message_id="msg-order-7",
-        name="Purchase",
-        event="order_completed",
         at=T0,
-        profile_id="prof-1",
-        identifiers={"email": "p1@example.com"},
+        profile="prof-1",
+        ids={"email": "p1@example.com"},
         value=42.5,
         currency="EUR",
         properties={"order_id": "o-7"},
+        context={},
     )
-    result = hook.send_conversions(ConversionBatch(batch_id="c-1", conversions=(conversion,)))
+    result = hook.send_conversions(RECORDS.conversions(conversion, batch_id="c-1"))
     assert result.stats == {"sent": 1}
     [request] = receiver.received
     assert request.headers["webhook-id"] == "c-1"
@@ -221,12 +211,12 @@ def test_conversions_are_posted_as_a_conversions_webhook(
 def test_change_without_any_identifier_is_rejected_and_not_sent(
     hook: WebhookDestination, receiver: Receiver
 ) -> None:
-    bare = Change(5, "cio_cart_abandon_6h", "prof-5", "add", False, T0, {"device_id": "d1"})
-    result = hook.apply(Batch("b-5", "cio_cart_abandon_6h", (change(1), bare)))
+    bare = change(5, at=T0, device_id="d1")
+    result = hook.apply(RECORDS.batch(change(1), bare, batch_id="b-5"))
     assert result.rejected == {5: "no user_id, email, phone or anonymous_id to send"}
     [request] = receiver.received
     assert [c["change_id"] for c in json.loads(request.body)["data"]["changes"]] == [1]
-    hook.apply(Batch("b-6", "cio_cart_abandon_6h", (bare,)))
+    hook.apply(RECORDS.batch(bare, batch_id="b-6"))
     assert len(receiver.received) == 1
 
 
@@ -445,3 +435,53 @@ def test_body_depends_on_the_batch_alone(changes: list[Change], later: int) -> N
     assert second.content == first.content
     assert second.headers["webhook-id"] == first.headers["webhook-id"]
     verify(SECRET, second.headers, second.content, now=int(clock.now.timestamp()))
+
+
+# --- the destination conformance suite -------------------------------------------------------
+
+
+class WebhookSubject(Subject):
+    """The webhook destination against the Standard Webhooks fake; membership is what the
+    applied deliveries add up to."""
+
+    def __init__(self, fake: WebhookFake, http: httpx.Client, tmp_path: Path) -> None:
+        self.fake = fake
+        config = WebhookConfig.model_validate({"url": fake.url, "secret": fake.secret})
+        context = DestinationContext("hooks", tmp_path, http, lambda: fake.now)
+        self.destination = WebhookDestination(config, context)
+
+    def members(self, audience: str) -> set[str]:
+        held: set[str] = set()
+        for _, body in self.fake.applied:
+            if body["type"] == "audience.changes" and body["data"]["audience"] == audience:
+                for item in body["data"]["changes"]:
+                    if item["operation"] == "add":
+                        held.add(item["profile_id"])
+                    else:
+                        held.discard(item["profile_id"])
+        return held
+
+    def conversions(self) -> Counter[str]:
+        return Counter(
+            item["message_id"]
+            for _, body in self.fake.applied
+            if body["type"] == "conversions"
+            for item in body["data"]["conversions"]
+        )
+
+    def state(self) -> object:
+        return self.fake.applied
+
+    def fail(self, status: int, retry_after: float | None = None) -> None:
+        self.fake.fail(status, retry_after=retry_after)
+
+    def recover(self) -> None:
+        self.fake.faults.clear()
+
+
+class TestWebhookConformance(Conformance):
+    @pytest.fixture
+    def subject(
+        self, webhook_fake: WebhookFake, http: httpx.Client, tmp_path: Path
+    ) -> WebhookSubject:
+        return WebhookSubject(webhook_fake, http, tmp_path)

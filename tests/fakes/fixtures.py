@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes.meta import MetaFake
+from tests.fakes.segment import SegmentFake
 from tests.fakes.webhook import WebhookFake
 
 
@@ -24,4 +25,11 @@ def meta_fake() -> Iterator[MetaFake]:
 def webhook_fake() -> Iterator[WebhookFake]:
     """A running Standard Webhooks receiver: `.url`, `.secret` (`whsec_…`), state, faults."""
     with WebhookFake().serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def segment_fake() -> Iterator[SegmentFake]:
+    """A running Segment `/v1/batch`: `.url`, `.messages` (once per messageId), faults."""
+    with SegmentFake().serving() as fake:
         yield fake

@@ -14,6 +14,7 @@ from cohortsync.destinations.base import (
     AuthError,
     Batch,
     BatchResult,
+    Capabilities,
     ConversionBatch,
     Destination,
     DestinationConfig,
@@ -54,10 +55,9 @@ class ScriptedAds(Destination):
 
     kind: ClassVar[str] = "scripted_ads"
     config_model = ScriptedConfig
-    accepts = ("email", "phone")
-    ad_platform = True
-    max_batch = 3
-    conversions = True
+    capabilities = Capabilities(
+        identifiers=("email", "phone"), conversions=True, max_batch=3, ad_platform=True
+    )
 
     @property
     def remote(self) -> Remote:
@@ -124,6 +124,6 @@ class ScriptedWarehouse(ScriptedAds):
     """A warehouse-like table: holdout members included, flagged; any identifier."""
 
     kind: ClassVar[str] = "scripted_warehouse"
-    accepts = ("user_id", "email", "phone", "anonymous_id")
-    ad_platform = False
-    max_batch = 1000
+    capabilities = Capabilities(
+        identifiers=("user_id", "email", "phone", "anonymous_id"), conversions=True
+    )

@@ -1,4 +1,5 @@
-"""What a destination is: the records it receives, the result it returns, the errors it raises.
+"""What a destination is: the records it receives, what it can take (its capabilities), the
+result it returns, the errors it raises.
 
 A destination applies one batch of audience changes (or conversions) and reports a result per
 record. It never retries by itself and never logs raw PII: the sync layer owns retries,
@@ -137,6 +138,53 @@ class DestinationContext:
     clock: Callable[[], datetime]
 
 
+@dataclass(frozen=True)
+class RateLimit:
+    """How a destination's service throttles: it answers 429 (or its own throttle code) with a
+    time to wait, which the sync layer honours. `per_second`: the sustained request rate the
+    platform documents, where it documents one."""
+
+    per_second: float | None = None
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination takes and the limits it keeps: data the sync layer and the project
+    checks ask about, so nothing ever asks which class a destination is."""
+
+    identifiers: tuple[str, ...]
+    """Identifier kinds it can match on, in order of preference."""
+    audiences: bool = True
+    """Whether it receives audience changes."""
+    conversions: bool = False
+    """Whether it receives conversions."""
+    removes: bool = True
+    """Whether it can take a member out of an audience; an audience goes only where it can."""
+    replace: bool = False
+    """Whether it can replace an audience's whole member list in one operation."""
+    max_batch: int = 1000
+    """Most records in one batch (a platform's documented request limit, or what the
+    destination splits into requests that keep it)."""
+    rate_limit: RateLimit | None = None
+    """How it is throttled; None: never (a local file, the team's own database)."""
+    ad_platform: bool = False
+    """Ad platforms never receive holdout members, and get only the identifier kinds an audience
+    lists under `identifiers`; the warehouse and the team's own systems get holdout flagged."""
+    hashed: bool = False
+    """Emails and phones leave only SHA-256-hashed, after the platform's normalisation."""
+    remote: bool = True
+    """It reaches a service over the network, which can refuse its credentials (an
+    `AuthError`) or fail (a `TransientError`); False for what is written locally."""
+
+    def __post_init__(self) -> None:
+        if not self.identifiers:
+            raise ValueError("capabilities need at least one identifier kind it matches on")
+        if not (self.audiences or self.conversions):
+            raise ValueError("capabilities must take audiences, conversions or both")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {self.max_batch}")
+
+
 ConfigT = TypeVar("ConfigT", bound=DestinationConfig)
 
 
@@ -144,18 +192,10 @@ class Destination(ABC, Generic[ConfigT]):
     """One system that receives audience changes or conversions; `settings` is its config."""
 
     kind: ClassVar[str]
-    """The `type:` that selects this module in `cohortsync.yml`."""
+    """The `type:` that selects it in `cohortsync.yml`, and its entry-point name."""
     config_model: ClassVar[type[DestinationConfig]]
-    accepts: ClassVar[tuple[str, ...]]
-    """Identifier kinds it can match on, in order of preference."""
-    ad_platform: ClassVar[bool] = False
-    """Ad platforms never receive holdout members; warehouse and analytics get them flagged."""
-    max_batch: ClassVar[int] = 1000
-    """Most records in one batch (a platform's documented request limit)."""
-    audiences: ClassVar[bool] = True
-    """Whether it receives audience changes."""
-    conversions: ClassVar[bool] = False
-    """Whether it receives conversions."""
+    capabilities: Capabilities
+    """Declared on the class; an instance may narrow it to its settings (a local file)."""
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
         if not isinstance(config, self.config_model):
@@ -168,11 +208,15 @@ class Destination(ABC, Generic[ConfigT]):
 
     def apply(self, batch: Batch) -> BatchResult:
         """Apply audience changes; raise a `DeliveryError` when the whole batch failed."""
-        raise NotImplementedError(f"{self.kind} does not receive audience changes")
+        raise PermanentError(
+            f"{self.kind} does not receive audience changes (capabilities.audiences is false)"
+        )
 
     def send_conversions(self, batch: ConversionBatch) -> BatchResult:
         """Send conversions; raise a `DeliveryError` when the whole batch failed."""
-        raise NotImplementedError(f"{self.kind} does not receive conversions")
+        raise PermanentError(
+            f"{self.kind} does not receive conversions (capabilities.conversions is false)"
+        )
 
     @abstractmethod
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:

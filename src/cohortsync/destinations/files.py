@@ -45,6 +45,7 @@ from cohortsync.destinations.base import (
     ADD,
     Batch,
     BatchResult,
+    Capabilities,
     ConversionBatch,
     Destination,
     DestinationConfig,
@@ -115,9 +116,13 @@ class FilesDestination(Destination[FilesConfig]):
 
     kind: ClassVar[str] = "files"
     config_model: ClassVar[type[DestinationConfig]] = FilesConfig
-    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
-    ad_platform: ClassVar[bool] = True
-    max_batch: ClassVar[int] = 100_000
+    capabilities = Capabilities(
+        identifiers=("email", "phone", "user_id"),
+        max_batch=100_000,
+        ad_platform=True,
+        hashed=True,
+        remote=False,
+    )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
         super().__init__(config, context)

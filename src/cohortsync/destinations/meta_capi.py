@@ -24,12 +24,14 @@ from pydantic import field_validator
 from cohortsync.destinations.base import (
     Batch,
     BatchResult,
+    Capabilities,
     Conversion,
     ConversionBatch,
     Destination,
     DestinationConfig,
     DryRun,
     PermanentError,
+    RateLimit,
 )
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
@@ -81,11 +83,16 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
 
     kind: ClassVar[str] = "meta_capi"
     config_model: ClassVar[type[DestinationConfig]] = MetaCapiConfig
-    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
-    ad_platform: ClassVar[bool] = True
-    max_batch: ClassVar[int] = MAX_EVENTS
-    audiences: ClassVar[bool] = False
-    conversions: ClassVar[bool] = True
+    capabilities = Capabilities(
+        identifiers=("email", "phone", "user_id"),
+        audiences=False,
+        conversions=True,
+        removes=False,
+        max_batch=MAX_EVENTS,
+        rate_limit=RateLimit(),  # counts toward the Marketing API's limits: Graph says when
+        ad_platform=True,
+        hashed=True,
+    )
 
     def send_conversions(self, batch: ConversionBatch) -> BatchResult:
         """Send the valid conversions, ≤ 1,000 per request; reject the others with a reason."""

@@ -26,6 +26,7 @@ from cohortsync.destinations.base import (
     ADD,
     Batch,
     BatchResult,
+    Capabilities,
     Change,
     ConversionBatch,
     Destination,
@@ -33,6 +34,7 @@ from cohortsync.destinations.base import (
     DestinationContext,
     Op,
     PermanentError,
+    RateLimit,
 )
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
@@ -94,9 +96,13 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
 
     kind: ClassVar[str] = "meta_custom_audience"
     config_model: ClassVar[type[DestinationConfig]] = MetaCustomAudienceConfig
-    accepts: ClassVar[tuple[str, ...]] = ("email", "phone", "user_id")
-    ad_platform: ClassVar[bool] = True
-    max_batch: ClassVar[int] = MAX_ROWS
+    capabilities = Capabilities(
+        identifiers=("email", "phone", "user_id"),
+        max_batch=MAX_ROWS,
+        rate_limit=RateLimit(),  # business-use-case limits, per ad account: Graph says when
+        ad_platform=True,
+        hashed=True,
+    )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
         super().__init__(config, context)

@@ -34,12 +34,14 @@ from cohortsync.destinations.base import (
     ADD,
     Batch,
     BatchResult,
+    Capabilities,
     Change,
     Conversion,
     ConversionBatch,
     Destination,
     DestinationConfig,
     DryRun,
+    RateLimit,
 )
 from cohortsync.destinations.http import PreparedRequest, json_body, scrub, send
 
@@ -100,11 +102,14 @@ class SegmentDestination(Destination[SegmentConfig]):
 
     kind: ClassVar[str] = "segment"
     config_model: ClassVar[type[DestinationConfig]] = SegmentConfig
-    accepts: ClassVar[tuple[str, ...]] = ("user_id", "anonymous_id")
-    ad_platform: ClassVar[bool] = False
-    max_batch: ClassVar[int] = 1_000
-    """Two messages per change: 1,000 changes stay under Segment's 2,500 messages."""
-    conversions: ClassVar[bool] = True
+    capabilities = Capabilities(
+        identifiers=("user_id", "anonymous_id"),
+        conversions=True,
+        # Two messages per change: 1,000 changes stay under Segment's 2,500 messages.
+        max_batch=1_000,
+        # 429 with Retry-After; Segment asks for at most 1,000 requests/s per workspace.
+        rate_limit=RateLimit(per_second=1_000),
+    )
 
     def apply(self, batch: Batch) -> BatchResult:
         """Send a track and an identify per change; a change with no user or anonymous id, or

@@ -45,6 +45,7 @@ from __future__ import annotations
 import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
@@ -57,6 +58,7 @@ from cohortsync.destinations.base import (
     REMOVE,
     Batch,
     BatchResult,
+    Capabilities,
     Change,
     Conversion,
     ConversionBatch,
@@ -322,14 +324,12 @@ class WarehouseDestination(Destination[WarehouseConfig]):
 
     kind: ClassVar[str] = "warehouse"
     config_model: ClassVar[type[DestinationConfig]] = WarehouseConfig
-    accepts: ClassVar[tuple[str, ...]] = IDENTIFIER_COLUMNS
-    ad_platform: ClassVar[bool] = False
-    max_batch: ClassVar[int] = 50_000
-    audiences: ClassVar[bool] = True
-    conversions: ClassVar[bool] = True
+    capabilities = Capabilities(identifiers=IDENTIFIER_COLUMNS, conversions=True, max_batch=50_000)
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
         super().__init__(config, context)
+        if self.settings.url.startswith("duckdb://"):
+            self.capabilities = replace(self.capabilities, remote=False)  # a local file
         self.names = Names(self.settings.db_schema, self.settings.table_prefix)
         self._session = open_session(self.settings, context)
         self._ready = False

@@ -25,7 +25,12 @@ T = TypeVar("T")
 CONNECT_TIMEOUT = 10
 _AUTH_STATES = ("28", "42501")  # invalid authorization (class 28), insufficient privilege
 _RETRY_STATES = ("08", "40", "53", "57")  # connection, rollback, resources, operator intervention
-_AUTH_MESSAGES = ("authentication failed", "no pg_hba.conf entry", "permission denied")
+_AUTH_MESSAGES = (
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "permission denied",
+    "not permitted to log in",
+)
 
 
 def redact_url(url: str) -> str:

@@ -30,6 +30,7 @@ from cohortsync import __version__
 from cohortsync.destinations.base import (
     Batch,
     BatchResult,
+    Capabilities,
     Change,
     Conversion,
     ConversionBatch,
@@ -37,6 +38,7 @@ from cohortsync.destinations.base import (
     DestinationConfig,
     DryRun,
     PermanentError,
+    RateLimit,
     usable,
 )
 from cohortsync.destinations.http import PreparedRequest, check, exchange, json_body
@@ -95,10 +97,12 @@ class WebhookDestination(Destination[WebhookConfig]):
 
     kind: ClassVar[str] = "webhook"
     config_model: ClassVar[type[DestinationConfig]] = WebhookConfig
-    accepts: ClassVar[tuple[str, ...]] = ("user_id", "email", "phone", "anonymous_id")
-    ad_platform: ClassVar[bool] = False
-    max_batch: ClassVar[int] = 500
-    conversions: ClassVar[bool] = True
+    capabilities = Capabilities(
+        identifiers=("user_id", "email", "phone", "anonymous_id"),
+        conversions=True,
+        max_batch=500,
+        rate_limit=RateLimit(),  # the receiver's own: it may answer 429 with Retry-After
+    )
 
     def apply(self, batch: Batch) -> BatchResult:
         """POST the usable changes; those without any identifier are rejected, not sent."""
@@ -179,7 +183,7 @@ class WebhookDestination(Destination[WebhookConfig]):
         kept: list[Any] = []
         rejected: dict[int, str] = {}
         for record in records:
-            if usable(record, self.accepts):
+            if usable(record, self.capabilities.identifiers):
                 kept.append(record)
             else:
                 record_id = record.change_id if isinstance(record, Change) else record.conversion_id

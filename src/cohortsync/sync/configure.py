@@ -2,7 +2,8 @@
 
 Every problem is a `cohortsync.yml:LINE` error naming the fix: an unknown `type:`, a bad setting
 of a destination, an audience or conversion naming a destination that does not exist or cannot
-take it.
+take it. What a destination can take is read from its capabilities, and so are the alternatives
+a message suggests: a type installed from another package is named like the built-ins.
 """
 
 from __future__ import annotations
@@ -18,12 +19,18 @@ from pydantic import ValidationError
 from cohortsync.config.loader import LoadedProject, display_path
 from cohortsync.destinations.base import (
     AnyDestination,
+    Capabilities,
     DestinationConfig,
     DestinationContext,
 )
-from cohortsync.destinations.registry import destination_class, known_types
+from cohortsync.destinations.registry import (
+    DestinationTypeError,
+    destination_class,
+    known_types,
+    types_where,
+)
 from cohortsync.errors import ConfigError
-from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.segments.names import event_key
 from cohortsync.store.outbox import ConversionRoute, Route
 from cohortsync.sync.worker import match_kinds
@@ -45,8 +52,8 @@ class SyncSetup:
         the destination accepts, and for an ad platform only what the audience allows."""
         return {
             (r.destination, r.audience): match_kinds(
-                self.classes[r.destination].accepts,
-                self.classes[r.destination].ad_platform,
+                self.classes[r.destination].capabilities.identifiers,
+                self.classes[r.destination].capabilities.ad_platform,
                 self.identifiers.get(r.audience, ()),
             )
             for r in self.routes
@@ -79,18 +86,16 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
     for audience in segments.audiences.values():
         for name in audience.destinations:
             cls = _named(loaded, display, classes, name, ("audiences", audience.name))
-            if not cls.audiences:
-                raise ConfigError(
-                    f"destination {name!r} ({cls.kind}) takes conversions, not audiences: "
-                    "list it under conversions:, or pick another destination",
-                    display,
-                    loaded.line_of("audiences", audience.name, "destinations"),
-                )
+            capabilities = cls.capabilities
+            problem = _audience_problem(name, cls.kind, capabilities, audience)
+            if problem is not None:
+                message, key = problem
+                raise ConfigError(message, display, loaded.line_of("audiences", audience.name, key))
             routes.append(
                 Route(
                     name,
                     audience.name,
-                    include_holdout=not cls.ad_platform,
+                    include_holdout=not capabilities.ad_platform,
                     dry_run=configs[name].dry_run,
                 )
             )
@@ -98,10 +103,11 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
     for index, rule in enumerate(loaded.project.conversions):
         for name in rule.destinations:
             cls = _named(loaded, display, classes, name, ("conversions", index))
-            if not cls.conversions:
+            if not cls.capabilities.conversions:
+                takers = _listed(types_where(lambda c: c.conversions))
                 raise ConfigError(
                     f"destination {name!r} ({cls.kind}) does not take conversions: "
-                    "use meta_capi, warehouse, webhook or segment",
+                    f"send them to a destination of type {takers}",
                     display,
                     loaded.line_of("conversions", index, "destinations"),
                 )
@@ -110,6 +116,44 @@ def sync_setup(loaded: LoadedProject, segments: SegmentProject) -> SyncSetup:
             )
     identifiers = {a.name: tuple(a.identifiers) for a in segments.audiences.values()}
     return SyncSetup(configs, classes, tuple(routes), tuple(conversion_routes), identifiers)
+
+
+def _audience_problem(
+    name: str, kind: str, capabilities: Capabilities, audience: Audience
+) -> tuple[str, str] | None:
+    """Why `audience` cannot go to destination `name`, and the key of the line to show."""
+    if not capabilities.audiences:
+        takers = _listed(types_where(lambda c: c.audiences))
+        return (
+            f"destination {name!r} ({kind}) takes conversions, not audiences: list it under "
+            f"conversions:, or send {audience.name} to a destination of type {takers}",
+            "destinations",
+        )
+    if not capabilities.removes:
+        takers = _listed(types_where(lambda c: c.audiences and c.removes))
+        return (
+            f"destination {name!r} ({kind}) cannot remove members, so people leaving "
+            f"{audience.name} would stay in it: send {audience.name} to a destination that "
+            f"removes ({takers})",
+            "destinations",
+        )
+    wanted = audience.identifiers
+    if capabilities.ad_platform and wanted and not set(wanted) & set(capabilities.identifiers):
+        return (
+            f"audience {audience.name!r} gives ad platforms only {', '.join(wanted)} "
+            f"(identifiers:), and destination {name!r} ({kind}) matches on "
+            f"{', '.join(capabilities.identifiers)}: add one of those to identifiers:, or send "
+            "the audience elsewhere",
+            "identifiers",
+        )
+    return None
+
+
+def _listed(names: list[str]) -> str:
+    """`a, b or c`."""
+    if len(names) <= 1:
+        return names[0] if names else "none installed"
+    return f"{', '.join(names[:-1])} or {names[-1]}"
 
 
 def _destination(
@@ -123,17 +167,21 @@ def _destination(
             line,
         )
     type_name = raw["type"]
+    type_line = loaded.line_of("destinations", name, "type")
     try:
         cls = destination_class(str(type_name))
-    except (KeyError, ImportError):
+    except KeyError:
         raise ConfigError(
             f"destination {name!r} has unknown type {type_name!r}: use one of "
-            f"{', '.join(known_types())}",
+            f"{', '.join(known_types())}, or package.module:ClassName for a class of your own",
             display,
-            loaded.line_of("destinations", name, "type"),
+            type_line,
         ) from None
+    except DestinationTypeError as exc:
+        raise ConfigError(f"destination {name!r}: {exc}", display, type_line) from None
     try:
-        config = cls.config_model.model_validate(dict(raw))
+        # `type:` may be `package.module:Class`; the settings know the class by its kind.
+        config = cls.config_model.model_validate({**raw, "type": cls.kind})
     except ValidationError as exc:
         error = exc.errors()[0]
         loc = tuple(error["loc"])

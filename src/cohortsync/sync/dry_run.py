@@ -28,11 +28,11 @@ def write_dry_run(
     delivery = Delivery()
     for name, destination in destinations.items():
         target = DryRunFolder(folder / name, fresh=True)
-        kinds = [CHANGES] if destination.audiences else []
-        if destination.conversions and audience is None:
+        kinds = [CHANGES] if destination.capabilities.audiences else []
+        if destination.capabilities.conversions and audience is None:
             kinds.append(CONVERSIONS)
         for kind in kinds:
-            for batch in outbox.peek(name, kind, destination.max_batch, audience):
+            for batch in outbox.peek(name, kind, destination.capabilities.max_batch, audience):
                 written = preview(destination, batch, identifiers)
                 target.write(batch, written.requests, written.refused)
                 tally = delivery.tally(name, batch.audience)

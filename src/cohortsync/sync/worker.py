@@ -137,10 +137,10 @@ def unmatchable(
 
     They are refused before sending, with a reason naming only what the audience allows.
     """
-    if batch.kind != CHANGES or not destination.ad_platform:
+    if batch.kind != CHANGES or not destination.capabilities.ad_platform:
         return {}
     audience = batch.audience or ""
-    kinds = match_kinds(destination.accepts, True, identifiers.get(audience, ()))
+    kinds = match_kinds(destination.capabilities.identifiers, True, identifiers.get(audience, ()))
     wanted = " or ".join(kinds) or "identifier"
     reason = f"no {wanted}: the identifiers {audience} lets {batch.destination} match on"
     return {
@@ -211,7 +211,7 @@ def preview(
     that would be refused (by the sync layer or by the destination) with its reason."""
     refused = unmatchable(batch, destination, identifiers)
     if batch.kind == CHANGES:
-        kept = to_batch(batch, identifiers, destination.ad_platform, refused)
+        kept = to_batch(batch, identifiers, destination.capabilities.ad_platform, refused)
         found = destination.preview(kept) if kept.changes else DryRun([])
     else:
         found = destination.preview(to_conversions(batch))
@@ -247,11 +247,12 @@ class Deliverer:
         """Deliver every due batch of every destination (optionally one audience)."""
         delivery = Delivery()
         for name, destination in self.destinations.items():
+            capabilities = destination.capabilities
             kinds: Sequence[str] = [
                 kind
                 for kind, takes in (
-                    (CHANGES, destination.audiences),
-                    (CONVERSIONS, destination.conversions and audience is None),
+                    (CHANGES, capabilities.audiences),
+                    (CONVERSIONS, capabilities.conversions and audience is None),
                 )
                 if takes
             ]
@@ -270,7 +271,9 @@ class Deliverer:
     ) -> None:
         sent = failed = 0
         while max_batches is None or sent < max_batches:
-            batch = self.outbox.claim(name, kind, destination.max_batch, self.clock(), audience)
+            batch = self.outbox.claim(
+                name, kind, destination.capabilities.max_batch, self.clock(), audience
+            )
             if batch is None:
                 return
             sent += 1
@@ -324,7 +327,7 @@ class Deliverer:
         if batch.kind != CHANGES:
             return destination.send_conversions(to_conversions(batch))
         refused = unmatchable(batch, destination, self.identifiers)
-        kept = to_batch(batch, self.identifiers, destination.ad_platform, refused)
+        kept = to_batch(batch, self.identifiers, destination.capabilities.ad_platform, refused)
         result = destination.apply(kept) if kept.changes else BatchResult()
         return BatchResult({**refused, **result.rejected}, result.retry, result.stats)
 

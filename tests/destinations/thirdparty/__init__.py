@@ -1,0 +1,1 @@
+"""A destination written outside cohortsync, as a third-party package would ship it."""
