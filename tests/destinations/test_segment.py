@@ -367,7 +367,7 @@ class SegmentSubject(Subject):
 
     def __init__(self, fake: SegmentFake, http: httpx.Client, tmp_path: Path) -> None:
         self.fake = fake
-        config = SegmentConfig.model_validate({"url": fake.url, "write_key": WRITE_KEY})
+        config = SegmentConfig.model_validate({"url": fake.url, "write_key": fake.write_key})
         context = DestinationContext("seg", tmp_path, http, lambda: CLOCK_AT)
         self.destination = SegmentDestination(config, context)
 
