@@ -39,9 +39,9 @@ from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import now_micros
 from cohortsync.events.validate import content_message_id, validate_message
+from cohortsync.store.duckdb_schema import MIGRATIONS
 from cohortsync.store.message_table import messages_table
 from cohortsync.store.records import Message
-from cohortsync.store.schema import MIGRATIONS
 from rawclient import RawClient
 from serving import stop_gracefully
 

@@ -30,7 +30,7 @@ from cohortsync.realtime.cadence import CadenceScheduler, Schedule
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.realtime.runner import RealtimeLoop
-from cohortsync.realtime.service import Delivery, ServeWorkers
+from cohortsync.realtime.service import DeliveryLoop, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
@@ -251,7 +251,7 @@ class Engine:
         loop = RealtimeLoop(self.store, processor, clock)
         self.on_stored(loop.submit)
         cadence = CadenceScheduler(self.store, self.segments, index, setup.routes)
-        delivery = Delivery(
+        delivery = DeliveryLoop(
             self.store,
             setup,
             self.loaded.root,

@@ -24,7 +24,7 @@ from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
 from cohortsync.sync.run import SyncReport
-from cohortsync.sync.worker import Delivery
+from cohortsync.sync.worker import DeliveryReport
 
 _STATUS_FIGURES = ("desired", "acked", "pending", "retrying", "failed", "dead", "match")
 _UNBOUNDED = 10_000  # columns: wide enough to measure any table at its natural width
@@ -335,7 +335,7 @@ def demo_table(
     report: ComputeReport,
     status: Sequence[RouteStatus],
     dry: set[str],
-    delivery: Delivery | None = None,
+    delivery: DeliveryReport | None = None,
 ) -> Table:
     """Each audience: its size and holdout, and what each destination holds of it now (for a
     dry-run destination, what was written as a dry run); each conversion stream below, with

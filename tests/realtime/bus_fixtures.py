@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from cohortsync.realtime.bus import Consumer, Delivery, open_bus
+from cohortsync.realtime.bus import BusMessage, Consumer, open_bus
 from cohortsync.store.records import Message
 
 URLS = {
@@ -69,13 +69,13 @@ def collect(
     ack: bool = True,
     limit: float = 30.0,
     batch: int = 200,
-) -> dict[str, list[Delivery]]:
+) -> dict[str, list[BusMessage]]:
     """Fetch (and ack) from each consumer in turn until `until(received)` holds.
 
     `received` maps each consumer's name to its deliveries in order; fails after `limit` s.
     """
     members = list(consumers)
-    received: dict[str, list[Delivery]] = {c.name: [] for c in members}
+    received: dict[str, list[BusMessage]] = {c.name: [] for c in members}
     deadline = time.monotonic() + limit
     while not until(received):
         if time.monotonic() > deadline:
@@ -89,7 +89,7 @@ def collect(
     return received
 
 
-def ids(deliveries: Iterable[Delivery]) -> list[str]:
+def ids(deliveries: Iterable[BusMessage]) -> list[str]:
     """The message ids of deliveries, in order."""
     return [d.message.message_id for d in deliveries]
 
@@ -99,7 +99,7 @@ def _victim(argv: list[str]) -> None:
     url, prefix, partitions, visibility, group, name, want = argv
     bus = open_bus(url, prefix, int(partitions), float(visibility))
     consumer = bus.consumer(group, name)
-    got: list[Delivery] = []
+    got: list[BusMessage] = []
     while len(got) < int(want):
         got.extend(consumer.fetch(50, timeout=0.2))
     print(" ".join(ids(got)), flush=True)

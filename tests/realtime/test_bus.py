@@ -25,7 +25,7 @@ import pytest
 from cohortsync.realtime.bus import (
     Bus,
     BusError,
-    Delivery,
+    BusMessage,
     decode,
     encode,
     open_bus,
@@ -74,7 +74,7 @@ def make_server_bus(request: pytest.FixtureRequest) -> Iterator[MakeBus]:
     yield from _bus_factory(request.param)
 
 
-def everything(count: int) -> Callable[[dict[str, list[Delivery]]], bool]:
+def everything(count: int) -> Callable[[dict[str, list[BusMessage]]], bool]:
     """Until: `count` distinct messages were received, by any consumer."""
     return lambda got: len({d.message.message_id for ds in got.values() for d in ds}) >= count
 
@@ -348,7 +348,7 @@ def test_a_joining_member_knows_partitions_are_coming_and_the_giver_knows_it_giv
     assert not any(s.handing_over for s in settled.values())
 
 
-def _seqs_by_key(deliveries: list[Delivery]) -> dict[str, list[int]]:
+def _seqs_by_key(deliveries: list[BusMessage]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for delivery in deliveries:
         properties = delivery.message.properties or {}

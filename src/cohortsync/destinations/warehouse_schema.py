@@ -81,11 +81,6 @@ def q(name: str) -> str:
     return f'"{name}"'
 
 
-def columns_sql(columns: tuple[Column, ...], dialect: Dialect) -> str:
-    """`"name" TYPE, ...` for a staging table."""
-    return ", ".join(f"{q(c.name)} {dialect.types[c.type]}" for c in columns)
-
-
 def column_list(columns: tuple[Column, ...] | tuple[str, ...]) -> str:
     """`"a", "b", ...` for INSERT and COPY column lists."""
     names = [c.name if isinstance(c, Column) else c for c in columns]

@@ -5,7 +5,7 @@ Messages are partitioned by the strongest identifier known before resolution (`u
 `anonymous_id`), so one person's messages stay in order. Within a group each partition is read by
 one consumer at a time (a lease); a consumer that stops renewing its leases for the visibility
 timeout loses them, and whoever takes a partition over gets its unacked messages again, before
-anything newer. Delivery is at least once: processing must be idempotent (the message id).
+anything newer. BusMessage is at least once: processing must be idempotent (the message id).
 
 Implementations: `InProcessBus` (bus_memory), `RedisBus` (Redis Streams), `NatsBus` (NATS
 JetStream); `open_bus(url)` picks one by URL scheme.
@@ -38,7 +38,7 @@ class BusError(CohortsyncError):
     """The bus cannot do what was asked: unreachable, misconfigured, or refused a message."""
 
 
-class Delivery(NamedTuple):
+class BusMessage(NamedTuple):
     """One message handed to a consumer; ack its `id` once processed."""
 
     id: str
@@ -62,7 +62,7 @@ class Consumer(Protocol):
         """The partitions this consumer reads now."""
         ...
 
-    def fetch(self, max_messages: int = 1000, timeout: float = 1.0) -> list[Delivery]:
+    def fetch(self, max_messages: int = 1000, timeout: float = 1.0) -> list[BusMessage]:
         """About `max_messages` deliveries in partition order; waits up to `timeout` for one."""
         ...
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from cohortsync.identity.log_scrub import scrubbed_logger
-from cohortsync.realtime.bus import BusError, Delivery, check_name
+from cohortsync.realtime.bus import BusError, BusMessage, check_name
 
 log = scrubbed_logger("cohortsync.bus")
 State = dict[str, Any]
@@ -148,7 +148,7 @@ class LeasedConsumer(ABC):
         """Apply `change` to the group document atomically (retrying on conflict)."""
 
     @abstractmethod
-    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[Delivery]:
+    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[BusMessage]:
         """Deliveries ready now or within `wait`: leftovers first, then new ones of `readable`."""
 
     @abstractmethod
@@ -182,7 +182,7 @@ class LeasedConsumer(ABC):
         """The partitions this consumer reads now."""
         return self._assignment.readable
 
-    def fetch(self, max_messages: int = 1000, timeout: float = 1.0) -> list[Delivery]:
+    def fetch(self, max_messages: int = 1000, timeout: float = 1.0) -> list[BusMessage]:
         """About `max_messages` deliveries in partition order; waits up to `timeout` for one."""
         if self._closed:
             raise BusError(f"consumer {self.name!r} of group {self.group!r} is closed")

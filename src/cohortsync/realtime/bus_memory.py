@@ -16,7 +16,7 @@ from cohortsync.realtime.bus import (
     DEFAULT_PARTITIONS,
     DEFAULT_PREFIX,
     DEFAULT_VISIBILITY,
-    Delivery,
+    BusMessage,
     check_name,
     check_settings,
     partition_for,
@@ -126,7 +126,7 @@ class InProcessConsumer(LeasedConsumer):
     def _cursor(self, partition: int) -> _Cursor:
         return self._bus._logs[partition].groups.setdefault(self.group, _Cursor())
 
-    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[Delivery]:
+    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[BusMessage]:
         deadline = time.monotonic() + wait
         with self._bus._changed:
             while True:
@@ -136,14 +136,14 @@ class InProcessConsumer(LeasedConsumer):
                     return got
                 self._bus._changed.wait(remaining)
 
-    def _take(self, readable: Sequence[int], max_messages: int) -> list[Delivery]:
-        got: list[Delivery] = []
+    def _take(self, readable: Sequence[int], max_messages: int) -> list[BusMessage]:
+        got: list[BusMessage] = []
         for partition, offsets in self._claimed.items():
             cursor, entries = self._cursor(partition), self._bus._logs[partition].entries
             while offsets and len(got) < max_messages:
                 offset = offsets.popleft()
                 if offset in cursor.pending:
-                    got.append(Delivery(f"{partition}:{offset}", partition, entries[offset]))
+                    got.append(BusMessage(f"{partition}:{offset}", partition, entries[offset]))
         if got or not readable:
             return got
         each = -(-max_messages // len(readable))
@@ -152,7 +152,7 @@ class InProcessConsumer(LeasedConsumer):
             end = min(len(entries), cursor.next + each)
             for offset in range(cursor.next, end):
                 cursor.pending[offset] = self.name
-                got.append(Delivery(f"{partition}:{offset}", partition, entries[offset]))
+                got.append(BusMessage(f"{partition}:{offset}", partition, entries[offset]))
             cursor.next = end
         return got
 

@@ -49,7 +49,7 @@ from cohortsync.realtime.bus import (
     DEFAULT_PREFIX,
     DEFAULT_VISIBILITY,
     BusError,
-    Delivery,
+    BusMessage,
     check_name,
     check_settings,
     decode,
@@ -392,9 +392,9 @@ class NatsConsumer(LeasedConsumer):
                 reply=f"{self._inbox}.{partition}",
             )
 
-    def _take(self, max_messages: int) -> tuple[list[Delivery], list[str]]:
+    def _take(self, max_messages: int) -> tuple[list[BusMessage], list[str]]:
         """Buffered deliveries, and the reply subjects of messages that could not be decoded."""
-        got: list[Delivery] = []
+        got: list[BusMessage] = []
         broken: list[str] = []
         waiting = [(p, buffer) for p, buffer in self._buffers.items() if buffer]
         share = -(-max_messages // max(1, len(waiting)))  # every partition gets its turn
@@ -402,7 +402,7 @@ class NatsConsumer(LeasedConsumer):
             for _ in range(min(share, len(buffer), max_messages - len(got))):
                 msg = buffer.popleft()
                 try:
-                    got.append(Delivery(f"{partition}:{msg.reply}", partition, decode(msg.data)))
+                    got.append(BusMessage(f"{partition}:{msg.reply}", partition, decode(msg.data)))
                     self._unacked[msg.reply] = msg
                 except (TypeError, ValueError):
                     # Not a message: report and ack, never block the partition behind it.
@@ -413,7 +413,7 @@ class NatsConsumer(LeasedConsumer):
 
     async def _read_async(
         self, readable: Sequence[int], max_messages: int, wait: float
-    ) -> list[Delivery]:
+    ) -> list[BusMessage]:
         deadline = time.monotonic() + wait
         while True:
             await self._pull(readable)
@@ -429,7 +429,7 @@ class NatsConsumer(LeasedConsumer):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._ready.wait(), remaining)
 
-    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[Delivery]:
+    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[BusMessage]:
         return self._bus.run("read messages", self._read_async(readable, max_messages, wait))
 
     def _quiet(self, held: Collection[int]) -> set[int]:

@@ -23,7 +23,7 @@ from cohortsync.realtime.bus import (
     DEFAULT_PREFIX,
     DEFAULT_VISIBILITY,
     BusError,
-    Delivery,
+    BusMessage,
     check_name,
     check_settings,
     decode,
@@ -201,7 +201,7 @@ class RedisConsumer(LeasedConsumer):
                     raise
             self._grouped.add(partition)
 
-    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[Delivery]:
+    def _read(self, readable: Sequence[int], max_messages: int, wait: float) -> list[BusMessage]:
         leftovers = self._leftovers(max_messages)
         if leftovers or not readable:
             if not leftovers and wait > 0:
@@ -221,14 +221,14 @@ class RedisConsumer(LeasedConsumer):
                 self._grouped.clear()  # the streams were deleted: recreate the groups, read again
                 self._ensure_groups(readable)
                 reply = self._redis.xreadgroup(self.group, self.name, streams, each, block)
-        got: list[Delivery] = []
+        got: list[BusMessage] = []
         for stream, entries in reply or []:
             partition = int(stream.rsplit(b":", 1)[1])
             got.extend(self._deliveries(partition, entries))
         return got
 
-    def _leftovers(self, max_messages: int) -> list[Delivery]:
-        got: list[Delivery] = []
+    def _leftovers(self, max_messages: int) -> list[BusMessage]:
+        got: list[BusMessage] = []
         for partition, entries in self._claimed.items():
             batch: list[tuple[bytes, Any]] = []
             while entries and len(got) + len(batch) < max_messages:
@@ -236,13 +236,13 @@ class RedisConsumer(LeasedConsumer):
             got.extend(self._deliveries(partition, batch))
         return got
 
-    def _deliveries(self, partition: int, entries: Sequence[tuple[bytes, Any]]) -> list[Delivery]:
-        got: list[Delivery] = []
+    def _deliveries(self, partition: int, entries: Sequence[tuple[bytes, Any]]) -> list[BusMessage]:
+        got: list[BusMessage] = []
         broken: list[str] = []
         for entry_id, fields in entries:
             native = entry_id.decode()
             try:
-                got.append(Delivery(f"{partition}:{native}", partition, decode(fields[_FIELD])))
+                got.append(BusMessage(f"{partition}:{native}", partition, decode(fields[_FIELD])))
             except (TypeError, KeyError, ValueError):
                 # Deleted while pending, or not a message: report and ack, never block the rest.
                 self.undecodable += 1

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from cohortsync.config.models import Project
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.identity.log_scrub import scrubbed_logger
-from cohortsync.realtime.bus import Bus, Consumer, Delivery
+from cohortsync.realtime.bus import Bus, BusMessage, Consumer
 from cohortsync.store.records import Message, Rejection
 
 log = scrubbed_logger("cohortsync.worker")
@@ -127,7 +127,7 @@ class BusWorker:
         self._stop.set()
         self._thread.join(timeout=30)
 
-    def _gather(self, consumer: Consumer) -> list[Delivery]:
+    def _gather(self, consumer: Consumer) -> list[BusMessage]:
         """One fetch, then what else arrives within the linger, up to the batch size."""
         deliveries = consumer.fetch(self.batch, timeout=0.5)
         deadline = time.monotonic() + self.linger

@@ -1,7 +1,7 @@
 """Everything `cohortsync serve` runs beside ingest: real-time evaluation, scheduled refreshes,
 and delivery, each in its own thread over the one store.
 
-Delivery is woken the moment evaluation records a change (no polling interval between the
+The delivery loop is woken the moment evaluation records a change (no polling interval between the
 outbox and the destination); it also wakes every few seconds for retries that come due, and
 plans conversions. Destinations set `dry_run: true` are delivered as `cohortsync sync` delivers
 them: each batch written once under the dry-run folder and resolved as a dry run.
@@ -63,7 +63,7 @@ class _Worker:
             self._wake.clear()
 
 
-class Delivery:
+class DeliveryLoop:
     """Drains the outbox of every destination (writing dry runs for those set `dry_run: true`);
     plans conversions now and then."""
 
@@ -110,7 +110,7 @@ class ServeWorkers:
         self,
         loop: RealtimeLoop,
         cadence: CadenceScheduler,
-        delivery: Delivery,
+        delivery: DeliveryLoop,
         clock: Callable[[], datetime],
     ) -> None:
         self.loop = loop

@@ -30,12 +30,12 @@ from cohortsync.store.duckdb_compute import flagged_members
 from cohortsync.store.duckdb_memberships import record_compute
 from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
+from cohortsync.store.duckdb_schema import MIGRATIONS
 from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.message_table import MessageTable, messages_table, remap_profiles
 from cohortsync.store.outbox import OutboxStore, Route
 from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
-from cohortsync.store.schema import MIGRATIONS
 
 _TS = pa.timestamp("us", tz="UTC")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from cohortsync.destinations.base import AnyDestination
 from cohortsync.store.outbox import CHANGES, CONVERSIONS, OutboxStore
 from cohortsync.sync.dry_run_files import DryRunFolder
-from cohortsync.sync.worker import Delivery, preview
+from cohortsync.sync.worker import DeliveryReport, preview
 
 
 def write_dry_run(
@@ -22,10 +22,10 @@ def write_dry_run(
     folder: Path,
     identifiers: Mapping[str, tuple[str, ...]],
     audience: str | None = None,
-) -> Delivery:
+) -> DeliveryReport:
     """Write what each destination would be sent now, claiming nothing; count per route the
     batches, the records that would be sent and those that would be refused, by reason."""
-    delivery = Delivery()
+    delivery = DeliveryReport()
     for name, destination in destinations.items():
         target = DryRunFolder(folder / name, fresh=True)
         kinds = [CHANGES] if destination.capabilities.audiences else []

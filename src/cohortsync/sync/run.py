@@ -16,7 +16,7 @@ from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.dry_run import write_dry_run
 from cohortsync.sync.dry_run_files import DryRunFolder
 from cohortsync.sync.retry import RetryPolicy
-from cohortsync.sync.worker import Clock, Deliverer, Delivery, elapsed_ms
+from cohortsync.sync.worker import Clock, Deliverer, DeliveryReport, elapsed_ms
 
 HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
@@ -28,7 +28,7 @@ class SyncReport:
     started_at: datetime
     duration_ms: float
     planned: PlanCounts
-    delivery: Delivery
+    delivery: DeliveryReport
     dry_run_folder: Path | None
 
 

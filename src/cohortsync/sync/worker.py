@@ -106,7 +106,7 @@ def reason_kind(reason: str) -> str:
 
 
 @dataclass
-class Delivery:
+class DeliveryReport:
     """Per (destination, audience or None for conversions), the tally of a run."""
 
     tallies: dict[tuple[str, str | None], Tally] = field(default_factory=dict)
@@ -243,9 +243,9 @@ class Deliverer:
         self.identifiers = identifiers or {}
         self.dry_runs = dry_runs or {}
 
-    def run(self, audience: str | None = None, max_batches: int | None = None) -> Delivery:
+    def run(self, audience: str | None = None, max_batches: int | None = None) -> DeliveryReport:
         """Deliver every due batch of every destination (optionally one audience)."""
-        delivery = Delivery()
+        delivery = DeliveryReport()
         for name, destination in self.destinations.items():
             capabilities = destination.capabilities
             kinds: Sequence[str] = [
@@ -266,7 +266,7 @@ class Deliverer:
         destination: AnyDestination,
         kind: str,
         audience: str | None,
-        delivery: Delivery,
+        delivery: DeliveryReport,
         max_batches: int | None,
     ) -> None:
         sent = failed = 0
@@ -285,7 +285,7 @@ class Deliverer:
                 return  # the destination is failing: send it nothing more this run
 
     def deliver(
-        self, destination: AnyDestination, batch: ClaimedBatch, delivery: Delivery
+        self, destination: AnyDestination, batch: ClaimedBatch, delivery: DeliveryReport
     ) -> Outcome:
         """Send one batch (or write it as a dry run) and record the outcome."""
         tally = delivery.tally(batch.destination, batch.audience)
