@@ -43,6 +43,7 @@ from cohortsync.render import (
     status_table,
     sync_table,
 )
+from cohortsync.server.limits import ServeLimits
 from cohortsync.store.locations import is_postgres_url, redact
 
 app = typer.Typer(
@@ -368,11 +369,27 @@ def serve(
             "X-Forwarded-For names the client for context.ip; by default no header is believed.",
         ),
     ] = "",
+    max_connections: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Open connections at most; one more closes the one idle longest (or is refused "
+            "when all are busy).",
+        ),
+    ] = ServeLimits.max_connections,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0.1, help="Seconds a connection may take to send complete request headers."
+        ),
+    ] = ServeLimits.header_timeout,
+    body_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a request may take to send its whole body (408)."),
+    ] = ServeLimits.body_timeout,
 ) -> None:
     """Run the Segment-compatible ingest API (POST /v1/track, /v1/batch, …) and, beside it,
     real-time evaluation, scheduled refreshes and delivery."""
-    import uvicorn
-
     from cohortsync.server.app import create_app
     from cohortsync.server.client_ip import parse_trusted_proxies
 
@@ -381,6 +398,9 @@ def serve(
     except ValueError as exc:
         raise InputError(str(exc)) from None
 
+    from cohortsync.server.limits import run_server
+
+    limits = ServeLimits(max_connections, header_timeout, body_timeout)
     if role is not Role.all and not bus:
         raise InputError(
             f"--role {role.value} needs --bus URL: redis://127.0.0.1:6379/0 or "
@@ -394,9 +414,12 @@ def serve(
         channel = open_bus(str(bus), prefix=bus_stream)
         gateway = BusGateway(load_project(project).project, channel, now_micros)
         console.print(f"cohortsync ingest on http://{host}:{port}, publishing to the bus")
-        app = create_app(gateway, trusted_proxies=proxies)
-        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1
-        uvicorn.run(app, host=host, port=port, log_level="warning", proxy_headers=False)
+        run_server(
+            create_app(gateway, trusted_proxies=proxies, body_timeout=body_timeout),
+            host,
+            port,
+            limits,
+        )
         return
     if role is Role.worker:
         _work(project, str(bus), bus_stream, name)
@@ -406,13 +429,11 @@ def serve(
             f"cohortsync listening on http://{host}:{port} "
             f"(store {redact(engine.loaded.store_location())})"
         )
-        uvicorn.run(
-            create_app(engine, trusted_proxies=proxies),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            proxy_headers=False,
+        run_server(
+            create_app(engine, trusted_proxies=proxies, body_timeout=body_timeout),
+            host,
+            port,
+            limits,
         )
 
 

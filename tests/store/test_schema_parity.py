@@ -1,8 +1,9 @@
 """The DuckDB and Postgres stores declare the same tables, columns, types, nullability and keys.
 
-Both schemas are written out per engine today (`store/duckdb_schema.py`, `store/postgres_schema.py`);
-this test keeps them in step. What one engine has and the other lacks is listed below with the
-reason, so a column added to one schema alone fails here until it is added to both or listed.
+Both schemas are written out per engine today (`store/duckdb_schema.py`,
+`store/postgres_schema.py`); this test keeps them in step. What one engine has and the other
+lacks is listed below with the reason, so a column added to one schema alone fails here until
+it is added to both or listed.
 """
 
 from __future__ import annotations

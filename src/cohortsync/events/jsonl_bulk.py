@@ -1,7 +1,8 @@
 """Validate JSON Lines in bulk: DuckDB parses a chunk of lines and applies Segment's rules as SQL.
 
 A line takes the bulk path only when SQL can prove the per-message validator would accept it
-unchanged: a JSON object of at most 7,000 bytes that orjson reads the same way (no NaN, Infinity,
+unchanged: a JSON object of at most 7,000 bytes and `MAX_DEPTH` opening brackets (so it cannot
+nest deeper than the validator allows) that orjson reads the same way (no NaN, Infinity,
 trailing commas or out-of-range numbers, which DuckDB's reader tolerates), a track, page, screen
 or group call with a string messageId, string ids, and strict ISO-8601 times in range. Every other
 line — blank, broken, rejected, an identify or alias call, a message carrying person traits or
@@ -27,12 +28,13 @@ import pyarrow.compute as pc
 from cohortsync.events.columnar import ColumnarBatch, int64s, python_rows
 from cohortsync.events.readers import BadRow, parse_jsonl_line
 from cohortsync.events.timestamps import MAX_US, MIN_US
-from cohortsync.events.validate import content_message_id, validate_message
+from cohortsync.events.validate import MAX_DEPTH, content_message_id, validate_message
 from cohortsync.segments.names import event_key
 from cohortsync.store.records import Message, Rejection
 
 BULK_MAX_LINE_BYTES = 7_000  # orjson re-serialises at most 4.5× larger (1e15 → 1000000000000000.0)
 _SCAN_BYTES = 1 << 23
+_BRACKET_SCAN_BYTES = 1 << 20
 _SCAN_ROWS = 16_384
 _FIELDS = (
     "type", "messageId", "userId", "anonymousId", "event", "name", "groupId", "timestamp",
@@ -64,8 +66,7 @@ _MACROS = (
 _PARSE = f"""
 SELECT n, unnest(CASE
     WHEN strlen(line) <= {BULK_MAX_LINE_BYTES}
-     AND (strlen(line) <= 508 OR strlen(line) - strlen(replace(replace(line, '{{', ''), '[', ''))
-          <= 254)
+     AND shallow
      AND NOT regexp_matches(line, ':{_ODD_VALUE}')
      AND NOT regexp_matches(line, ',(\\s*[\\]}}]|{_ODD_VALUE})')
      AND NOT regexp_matches(line, '\\[{_ODD_VALUE}')
@@ -180,7 +181,8 @@ class BulkValidator:
     ) -> ColumnarBatch:
         """Validate every line of `chunk`; bad lines become rejections at `path:LINE`."""
         numbers = int64s(np.arange(chunk.first_line, chunk.first_line + len(chunk)))
-        lines = pa.table({"n": numbers, "line": _text(chunk)})
+        shallow = _bracket_counts(chunk) <= MAX_DEPTH
+        lines = pa.table({"n": numbers, "line": _text(chunk), "shallow": shallow})
         # Several record batches let DuckDB scan them on all its threads.
         self._con.register("lines", pa.Table.from_batches(lines.to_batches(_SCAN_ROWS)))
         try:
@@ -212,6 +214,18 @@ def _text(chunk: LineChunk) -> pa.Array:
         texts = [_utf8_or_empty(chunk.line(i)) for i in range(len(chunk))]
         return pa.array(texts, pa.large_string())
     return lines
+
+
+def _bracket_counts(chunk: LineChunk) -> np.ndarray:
+    """How many `{` and `[` each line holds: no line nests deeper (one vectorised pass)."""
+    view = np.frombuffer(chunk.data, np.uint8)
+    found = [
+        # "[" (0x5B) and "{" (0x7B) differ in one bit, which no other byte pair maps onto 0x7B
+        np.flatnonzero((view[start : start + _BRACKET_SCAN_BYTES] | 0x20) == 0x7B) + start
+        for start in range(0, len(view), _BRACKET_SCAN_BYTES)
+    ]
+    where = np.concatenate(found) if found else np.empty(0, np.int64)
+    return np.diff(np.searchsorted(where, chunk.bounds))
 
 
 def _utf8_or_empty(line: bytes) -> str:

@@ -2,7 +2,8 @@
 
 Rules follow the Segment HTTP Tracking API: every message needs `userId` or `anonymousId`,
 `track` needs `event`, `group` needs `groupId`, `alias` needs `previousId` and `userId`,
-a message is at most 32 KB and a batch at most 500 KB.
+a message is at most 32 KB and a batch at most 500 KB. Ours on top: objects and arrays nest at
+most `MAX_DEPTH` levels, the message itself being the first (`too_deep` above).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from cohortsync.events.timestamps import TimestampError, correct_skew, parse_tim
 from cohortsync.segments.names import event_key
 
 MAX_PAYLOAD_KEPT = 64 * 1024
+MAX_DEPTH = 64
+_TOO_DEEP = f"objects and arrays may nest at most {MAX_DEPTH} levels: flatten the deep values"
 
 
 class _InvalidError(Exception):
@@ -102,12 +105,17 @@ def _build(
     new_id: Callable[[Mapping[str, Any]], str],
 ) -> Message:
     try:
-        size = len(orjson.dumps(raw))  # also proves the message can be stored as JSON
-    except orjson.JSONEncodeError:
+        data = orjson.dumps(raw)  # also proves the message can be stored as JSON
+    except orjson.JSONEncodeError:  # orjson refuses 255+ levels: the deep case lands here too
+        if _deeper_than(raw, MAX_DEPTH):
+            raise _InvalidError("too_deep", _TOO_DEEP) from None
         raise _InvalidError(
-            "invalid_message", "the message is nested too deeply or holds unstorable values"
+            "invalid_message", "the message holds values JSON cannot store"
         ) from None
-    if check_size and size > MAX_MESSAGE_BYTES:
+    # Each level opens a bracket: one C pass counting them spares almost every message the walk.
+    if len(data) - len(data.translate(None, b"{[")) > MAX_DEPTH and _deeper_than(raw, MAX_DEPTH):
+        raise _InvalidError("too_deep", _TOO_DEEP)
+    if check_size and len(data) > MAX_MESSAGE_BYTES:
         raise _InvalidError(
             "message_too_large",
             f"a message may be at most {MAX_MESSAGE_BYTES} bytes: move large data out of it",
@@ -140,9 +148,13 @@ def _build(
     if defaults:
         shared = defaults.get("context")
         if shared.__class__ is dict and shared:
+            if _deeper_than(shared, MAX_DEPTH - 1):  # the batch's context, one level down
+                raise _InvalidError("too_deep", _TOO_DEEP)
             context = {**shared, **(context or {})}
         shared = defaults.get("integrations")
         if shared.__class__ is dict and shared:
+            if _deeper_than(shared, MAX_DEPTH - 1):
+                raise _InvalidError("too_deep", _TOO_DEEP)
             integrations = {**shared, **(integrations or {})}
     message_id = get("messageId")
     if message_id is None:
@@ -172,26 +184,14 @@ def _build(
     except TimestampError as exc:
         raise _InvalidError("invalid_timestamp", f"timestamp corrected by sentAt {exc}") from None
     name = get("name")
+    track = kind == "track"
+    # In field order: a NamedTuple is built ~1 µs faster from positions than from keywords.
     return Message(
-        message_id=message_id,
-        type=kind,
-        source=source,
-        timestamp_us=corrected,
-        original_timestamp_us=original,
-        received_at_us=received,
-        sent_at_us=sent,
-        event=event if kind == "track" else None,
-        event_key=event_key(event) if kind == "track" else None,
-        name=name if name.__class__ is str else None,
-        user_id=user_id,
-        anonymous_id=anonymous_id,
-        previous_id=previous_id,
-        group_id=group_id,
-        properties=properties,
-        traits=traits,
-        context=context,
-        integrations=integrations,
-    )
+        message_id, kind, source, corrected, original, received, sent,
+        event if track else None, event_key(event) if track else None,
+        name if name.__class__ is str else None,
+        user_id, anonymous_id, previous_id, group_id, properties, traits, context, integrations,
+    )  # fmt: skip
 
 
 def _sid(value: Any, field: str) -> str | None:
@@ -228,9 +228,37 @@ def _time(value: Any, field: str, default: int | None) -> Any:
         raise _InvalidError("invalid_timestamp", f"{field} {exc}") from None
 
 
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether objects and arrays in `value` nest more than `limit` levels. A loop, not
+    recursion: JSON parsers accept ~1,000 levels, past what Python's recursion allows."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, level = stack.pop()
+        if level > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _pruned(value: Any, levels: int = MAX_DEPTH) -> Any:
+    """`value` with what nests below `levels` levels replaced by "…" (kept in quarantine)."""
+    if not isinstance(value, dict | list):
+        return value
+    if levels <= 0:
+        return "…"
+    if isinstance(value, dict):
+        return {key: _pruned(item, levels - 1) for key, item in value.items()}
+    return [_pruned(item, levels - 1) for item in value]
+
+
 def _payload(raw: Any) -> str:
     try:
         text = orjson.dumps(raw).decode()
-    except TypeError:
-        text = repr(raw)
+    except TypeError:  # too deep for orjson, or values JSON cannot hold
+        kept = _pruned(raw)
+        try:
+            text = orjson.dumps(kept).decode()
+        except TypeError:
+            text = repr(kept)
     return text[:MAX_PAYLOAD_KEPT]

@@ -9,19 +9,24 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Protocol
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from cohortsync import __version__
 from cohortsync.config.models import Project
 from cohortsync.engine import Engine
 from cohortsync.events.pipeline import IngestResult
+from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.server.client_ip import TrustedProxies
 from cohortsync.server.cors import CorsMiddleware, OriginPolicy
 from cohortsync.server.group_commit import GroupCommitter
-from cohortsync.server.ingest import INGEST_PATHS, json_response
+from cohortsync.server.ingest import INGEST_PATHS, error, json_response
 from cohortsync.server.ingest import router as ingest_router
+from cohortsync.server.limits import BodyDeadline, BodyTimeoutError, ServeLimits
 from cohortsync.store.records import Message, Rejection
+
+log = scrubbed_logger("cohortsync.server")
 
 
 class IngestTarget(Protocol):
@@ -42,13 +47,15 @@ def create_app(
     background: bool = True,
     clock: Callable[[], datetime] | None = None,
     trusted_proxies: TrustedProxies = (),
+    body_timeout: float = ServeLimits.body_timeout,
 ) -> FastAPI:
     """Build the app around an open engine (the app never opens or closes the store itself).
 
     With `background` (the default) and an engine, real-time evaluation, scheduled refreshes
     and delivery run beside ingest; `clock` replaces the wall clock (tests move time). In the
     ingest role the target is a bus gateway: no store, no background work. `trusted_proxies`
-    are the reverse proxies whose X-Forwarded-For names the client (`serve --trusted-proxies`).
+    are the reverse proxies whose X-Forwarded-For names the client (`serve --trusted-proxies`). A
+    request body must arrive within `body_timeout` seconds (408 otherwise).
     """
 
     @asynccontextmanager
@@ -75,6 +82,9 @@ def create_app(
     app.state.trusted_proxies = trusted_proxies
     app.state.origin_policy = policy = OriginPolicy.of(engine.project)
     app.include_router(ingest_router)
+    app.add_middleware(BodyDeadline, seconds=body_timeout)
+    app.add_exception_handler(BodyTimeoutError, _body_timeout)
+    app.add_exception_handler(ClientDisconnect, _client_disconnected)
     app.add_middleware(CorsMiddleware, policy=policy, paths=INGEST_PATHS)
 
     @app.get("/health", tags=["ops"])
@@ -83,3 +93,23 @@ def create_app(
         return json_response({"status": "ok"})
 
     return app
+
+
+async def _body_timeout(request: Request, exc: Exception) -> Response:
+    """A client too slow to send its body: one log line, 408, and the connection closed."""
+    log.warning("%s: %s (serve --body-timeout)", _request_line(request), exc)
+    response = error(408, "body_timeout", f"{exc}: send it faster or in smaller batches")
+    response.headers["connection"] = "close"
+    return response
+
+
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    """A client gone before its body ended (an aborted upload): one log line, no traceback."""
+    log.warning("%s: the client disconnected before sending the whole body", _request_line(request))
+    return Response(status_code=400)  # nobody is there to read it
+
+
+def _request_line(request: Request) -> str:
+    client = request.client
+    peer = f"{client.host}:{client.port}" if client else "unknown client"
+    return f"{request.method} {request.url.path} from {peer}"

@@ -73,6 +73,9 @@ def _authenticate(request: Request, body: Any) -> str | None:
 
 async def _authenticated_body(request: Request, limit: int, too_large: str) -> tuple[Any, str]:
     """The parsed JSON body and the source its write key names; `BodyError` otherwise."""
+    key = _basic_key(request)
+    if key is not None and request.app.state.engine.project.source_for_key(key) is None:
+        raise _wrong_key()  # before reading a body a stranger may have made large and slow
     raw = await read_body(request, limit, too_large)
     try:
         body = orjson.loads(raw)
@@ -80,9 +83,13 @@ async def _authenticated_body(request: Request, limit: int, too_large: str) -> t
         raise BodyError(400, "invalid_json", f"the body is not valid JSON ({exc.msg})") from None
     source = _authenticate(request, body)
     if source is None:
-        raise BodyError(401, "invalid_write_key", "send a valid write key as the Basic user name")
+        raise _wrong_key()
     check_origin(request, source)
     return body, source
+
+
+def _wrong_key() -> BodyError:
+    return BodyError(401, "invalid_write_key", "send a valid write key as the Basic user name")
 
 
 async def _store(
