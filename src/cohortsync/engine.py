@@ -248,7 +248,7 @@ class Engine:
         setup = self.sync_setup
         index = build_index(self.segments)
         processor = ProfileProcessor(self.store, self.segments, index, setup.routes)
-        loop = RealtimeLoop(self.store, processor, clock)
+        loop = RealtimeLoop(self.store, processor, clock, identity=self.project.identity)
         self.on_stored(loop.submit)
         cadence = CadenceScheduler(self.store, self.segments, index, setup.routes)
         delivery = DeliveryLoop(

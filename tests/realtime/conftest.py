@@ -91,7 +91,7 @@ def live(realtime_dir: Path, clock: Clock) -> Iterator[tuple[Engine, RealtimeLoo
     with Engine.open(realtime_dir) as engine:
         index = build_index(engine.segments)
         processor = ProfileProcessor(engine.store, engine.segments, index, engine.sync_setup.routes)
-        loop = RealtimeLoop(engine.store, processor, clock)
+        loop = RealtimeLoop(engine.store, processor, clock, identity=engine.project.identity)
         engine.on_stored(loop.submit)
         yield engine, loop
 

@@ -132,3 +132,28 @@ def test_an_event_dated_after_the_evaluation_counts_from_its_timestamp(
     assert len(engine.store.membership("audience", "rt_purchase_suppress")) == 1
     assert engine.store.membership("audience", "rt_cart_abandon_6h") == []
     check(engine, loop, clock.now)
+
+
+def test_an_identify_whose_email_names_another_profile_evaluates_that_profile(
+    realtime_dir: Path, clock: Clock
+) -> None:
+    """A shared device: visitor anon-1 was identified as u1 with ann's email; someone else then
+    identifies on it with another email and no user id. The email limit keeps that email apart,
+    in a profile of its own, which `serve` must evaluate at once (it used to look up only the
+    message's user and anonymous ids, which name u1's profile)."""
+    device = {"anonymousId": "anon-1"}
+    with Engine.open(realtime_dir) as engine:
+        workers = engine.serve_workers(clock)
+        try:
+            engine.ingest_messages(
+                [{**message("identify", "u1", clock.now, traits={"email": "ann@x.com"}), **device}]
+            )
+            workers.loop.step()
+            other = {**message("identify", "", clock.now, traits={"email": "bo@x.com"}), **device}
+            del other["userId"]
+            engine.ingest_messages([other])
+            workers.loop.step()
+            assert len(engine.store.membership("audience", "rt_emailable")) == 2
+            check(engine, workers.loop, clock.now)
+        finally:
+            workers.delivery.close()

@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from cohortsync.config.models import IdentityConfig
+from cohortsync.identity.graph import extract_identifiers
 from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.moments import to_micros
 from cohortsync.realtime.index import RealtimeIndex
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.store.base import Store
-from cohortsync.store.records import Message
+from cohortsync.store.records import IdentityChanges, Message
 
 log = scrubbed_logger("cohortsync.realtime")
 CURSOR_SLACK_US = 5_000_000
@@ -59,8 +61,10 @@ class RealtimeLoop:
         processor: ProfileProcessor,
         clock: Callable[[], datetime],
         on_change: Callable[[], None] | None = None,
+        identity: IdentityConfig | None = None,
     ) -> None:
         self.store = store
+        self.identity = identity
         self.processor = processor
         self.index: RealtimeIndex = processor.index
         self.clock = clock
@@ -169,8 +173,13 @@ class RealtimeLoop:
             self._queue[:0] = queued
 
     def _profiles(self, messages: Sequence[Message]) -> list[str]:
+        """The profiles holding any identifier of the messages: the one each was stored under
+        among them (an identify's email may name another profile than its anonymous id does,
+        so with the project's `identity` the trait identifiers are looked up too)."""
         keys: set[tuple[str, str]] = set()
         for m in messages:
+            if self.identity is not None:
+                keys.update(extract_identifiers(m, self.identity, IdentityChanges()))
             if m.user_id:
                 keys.add(("user_id", m.user_id))
             if m.anonymous_id:
