@@ -10,7 +10,7 @@ import pytest
 
 import cohortsync.engine as engine_module
 from cohortsync.engine import Engine
-from cohortsync.store import postgres_schema, schema
+from cohortsync.store import duckdb_schema, postgres_schema
 from tests.conftest import PROJECT_YAML
 
 
@@ -78,7 +78,7 @@ def test_everything_survives_closing_and_reopening_the_project(project_on_both: 
 def test_reopening_applies_each_migration_once(project_on_both: Path) -> None:
     with Engine.open(project_on_both) as first:
         postgres = first.store.dialect == "postgres"
-        latest = postgres_schema.LATEST_VERSION if postgres else schema.LATEST_VERSION
+        latest = postgres_schema.LATEST_VERSION if postgres else duckdb_schema.LATEST_VERSION
         assert first.store.migrate() == latest
     with Engine.open(project_on_both) as again:
         rows = again.store.query(  # type: ignore[attr-defined]
