@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -88,7 +89,11 @@ def run_server(app: ASGIApp, host: str, port: int, limits: ServeLimits) -> None:
         access_log=False,
         proxy_headers=False,  # else uvicorn believes X-Forwarded-For from 127.0.0.1
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
+        server.run()
+    if not server.started:
+        raise SystemExit(3)  # as uvicorn.run: the server never started (port taken, …)
 
 
 def raise_open_file_limit(wanted: int) -> None:
