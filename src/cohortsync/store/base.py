@@ -16,6 +16,7 @@ from cohortsync.store.outbox import OutboxStore, Route
 if TYPE_CHECKING:
     from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
+from cohortsync.store.sql import SqlStore
 
 SummaryCoverageSets = tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]
 """Events read from the log, (event, property) pairs read from the log, summarised pairs."""
@@ -137,6 +138,9 @@ class Store(ABC):
 
     dialect: str = "duckdb"
     """The SQL dialect that `profile_ids` runs (the segment compiler targets it)."""
+
+    sql: SqlStore
+    """Transactions the sync state machine (outbox, memberships) runs its statements in."""
 
     @abstractmethod
     def migrate(self) -> int:

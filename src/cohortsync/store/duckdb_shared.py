@@ -1,14 +1,17 @@
-"""What the DuckDB stores share: the connection view, Arrow tables registered for a block."""
+"""What the DuckDB store's parts share: the connection view, Arrow tables registered for a
+block, and the `SqlStore` the sync state machine runs on."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+
+from cohortsync.store.sql import Dialect, SqlType, columns_of, render
 
 Transaction = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -43,3 +46,97 @@ class Registered:
 def first_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
     """The first row of a fully fetched result (DuckDB keeps unfinished results open)."""
     return rows[0] if rows else None
+
+
+_ARROW: dict[str, pa.DataType] = {
+    "text": pa.string(),
+    "bigint": pa.int64(),
+    "boolean": pa.bool_(),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
+    "double": pa.float64(),
+}
+
+
+class DuckDBTx:
+    """`Tx` over the store's connection inside one of its transactions."""
+
+    dialect: Dialect = "duckdb"
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+        self._registered: list[str] = []
+
+    def _execute(
+        self, template: str, params: Mapping[str, Any] | None, fill: Mapping[str, str]
+    ) -> duckdb.DuckDBPyConnection:
+        sql, names = render(template, "duckdb", **fill)
+        given = params or {}
+        return self.con.execute(sql, {n: given[n] for n in names} if names else None)
+
+    def run(
+        self, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> list[tuple[Any, ...]]:
+        result = self._execute(template, params, fill)
+        return result.fetchall() if result.description else []
+
+    def changed(self, template: str, params: Mapping[str, Any] | None = None, **fill: str) -> int:
+        rows = self._execute(template, params, fill).fetchall()
+        return int(rows[0][0]) if rows else 0
+
+    def rows(
+        self, name: str, columns: Sequence[tuple[str, SqlType]], data: Sequence[Sequence[Any]]
+    ) -> str:
+        table = pa.table({c: pa.array(list(v), _ARROW[t]) for c, t, v in columns_of(columns, data)})
+        if name in self._registered:
+            self.con.unregister(name)
+        self.con.register(name, table)
+        self._registered.append(name)
+        return name
+
+    def lock(self, *keys: str, shared: bool = False) -> None:
+        """One process writes a DuckDB file, under the store's lock: nothing more to hold."""
+
+    def hold(self, key: str) -> bool:
+        return True
+
+    def number(self, counter: str, order: str) -> str:
+        return (
+            f"(SELECT coalesce(max(value), 0) FROM counters WHERE name = '{counter}') "
+            f"+ row_number() OVER (ORDER BY {order})"
+        )
+
+    def numbered(self, counter: str, count: int) -> None:
+        if count:
+            self.con.execute(
+                "INSERT OR REPLACE INTO counters SELECT ?, coalesce(max(value), 0) + ? "
+                "FROM counters WHERE name = ?",
+                [counter, count, counter],
+            )
+
+    def close(self) -> None:
+        """Unregister the rows lent to this transaction."""
+        for name in dict.fromkeys(self._registered):
+            self.con.unregister(name)
+        self._registered.clear()
+
+
+class DuckDBSql:
+    """`SqlStore` over the store's one connection, its lock and its transactions."""
+
+    dialect: Dialect = "duckdb"
+
+    def __init__(self, lock: threading.RLock, transaction: Transaction) -> None:
+        self._lock = lock
+        self._transaction = transaction
+
+    @contextmanager
+    def transaction(self) -> Iterator[DuckDBTx]:
+        with self._transaction() as con:
+            tx = DuckDBTx(con)
+            try:
+                yield tx
+            finally:
+                tx.close()
+
+    def release(self, key: str) -> None:
+        """Nothing is held past a transaction on DuckDB."""

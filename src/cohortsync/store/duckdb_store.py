@@ -31,6 +31,7 @@ from cohortsync.store.duckdb_memberships import record_compute
 from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.duckdb_schema import MIGRATIONS
+from cohortsync.store.duckdb_shared import DuckDBSql
 from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.message_table import MessageTable, messages_table, remap_profiles
 from cohortsync.store.outbox import OutboxStore, Route
@@ -59,6 +60,7 @@ class DuckDBStore(Store):
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
         self._outbox = DuckDBOutbox(self._con, self._lock, self._transaction)  # keeps its cursor
+        self.sql = DuckDBSql(self._lock, self._transaction)
         self._identities: IdentityCache | None = None
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
         self._summary_pending = 0  # rows appended since

@@ -9,7 +9,7 @@ mode), so a block either commits whole or not at all.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -17,6 +17,7 @@ import psycopg
 
 from cohortsync.errors import StoreError
 from cohortsync.store.locations import redact
+from cohortsync.store.sql import Dialect, SqlType, columns_of, render
 
 CONNECT_TIMEOUT = 10
 
@@ -142,3 +143,107 @@ def advisory_lock(cur: psycopg.Cursor[Any], *keys: str) -> None:
         "FROM unnest(%s::text[]) k) l ORDER BY h",  # type: ignore[arg-type]
         (list(keys),),
     )
+
+
+_PG_TYPES: dict[str, str] = {
+    "text": "text",
+    "bigint": "bigint",
+    "boolean": "boolean",
+    "timestamptz": "timestamptz",
+    "double": "double precision",
+}
+
+_SEQUENCES = {
+    "change_id": "change_ids",
+    "conversion_id": "conversion_ids",
+    "sync_run": "sync_run_ids",
+}
+
+_HOLD = """
+WITH k AS (SELECT {key} AS h)
+SELECT CASE
+    WHEN EXISTS (SELECT 1 FROM pg_locks l, k
+                 WHERE l.locktype = 'advisory' AND l.pid = pg_backend_pid() AND l.granted
+                   AND l.objsubid = 1 AND l.classid::bigint = (k.h >> 32) & 4294967295
+                   AND l.objid::bigint = k.h & 4294967295) THEN true
+    ELSE pg_try_advisory_lock(k.h) END
+FROM k
+""".format(key=lock_key("%(key)s"))
+
+_UNLOCK = f"SELECT pg_advisory_unlock({lock_key()})"
+
+
+class PgTx:
+    """`Tx` over one cursor inside one Postgres transaction."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, cur: psycopg.Cursor[Any]) -> None:
+        self.cur = cur
+        self._lent: dict[str, Any] = {}  # the arrays behind `rows` relations
+
+    def _execute(
+        self, template: str, params: Mapping[str, Any] | None, fill: Mapping[str, str]
+    ) -> None:
+        sql, names = render(template, "postgres", **fill)
+        given = {**self._lent, **(params or {})}
+        # No prepared plans: the best plan of `= ANY(array)` depends on the batch in hand.
+        self.cur.execute(sql.encode(), {n: given[n] for n in names}, prepare=False)
+
+    def run(
+        self, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> list[tuple[Any, ...]]:
+        self._execute(template, params, fill)
+        return self.cur.fetchall() if self.cur.description else []
+
+    def changed(self, template: str, params: Mapping[str, Any] | None = None, **fill: str) -> int:
+        self._execute(template, params, fill)
+        return max(self.cur.rowcount, 0)
+
+    def rows(
+        self, name: str, columns: Sequence[tuple[str, SqlType]], data: Sequence[Sequence[Any]]
+    ) -> str:
+        arrays = []
+        for column, kind, values in columns_of(columns, data):
+            self._lent[f"{name}_{column}"] = list(values)
+            arrays.append(f"${name}_{column}::{_PG_TYPES[kind]}[]")
+        names = ", ".join(c for c, _ in columns)
+        return f"unnest({', '.join(arrays)}) AS {name}({names})"
+
+    def lock(self, *keys: str, shared: bool = False) -> None:
+        if shared:
+            for key in sorted(set(keys)):
+                self.cur.execute(
+                    f"SELECT pg_advisory_xact_lock_shared({lock_key()})",  # type: ignore[arg-type]
+                    (key,),
+                )
+            return
+        advisory_lock(self.cur, *keys)
+
+    def hold(self, key: str) -> bool:
+        self.cur.execute(_HOLD, {"key": key})  # type: ignore[arg-type]
+        row = self.cur.fetchone()
+        return bool(row and row[0])
+
+    def number(self, counter: str, order: str) -> str:
+        return f"nextval('{_SEQUENCES[counter]}')"
+
+    def numbered(self, counter: str, count: int) -> None:
+        """Sequences number themselves."""
+
+
+class PgSql:
+    """`SqlStore` over the store's per-thread connections."""
+
+    dialect: Dialect = "postgres"
+
+    def __init__(self, db: PgConnections) -> None:
+        self._db = db
+
+    @contextmanager
+    def transaction(self) -> Iterator[PgTx]:
+        with self._db.transaction() as cur:
+            yield PgTx(cur)
+
+    def release(self, key: str) -> None:
+        self._db.query(_UNLOCK, (key,))

@@ -34,7 +34,7 @@ from cohortsync.store.postgres_memberships import record_compute
 from cohortsync.store.postgres_outbox import PostgresOutbox
 from cohortsync.store.postgres_realtime import PostgresRealtime
 from cohortsync.store.postgres_schema import MIGRATIONS
-from cohortsync.store.postgres_shared import PgConnections, advisory_lock
+from cohortsync.store.postgres_shared import PgConnections, PgSql, advisory_lock
 from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
 
@@ -47,6 +47,7 @@ class PostgresStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._db = PgConnections(url)
+        self.sql = PgSql(self._db)
         self._outbox = PostgresOutbox(self._db)
         self._realtime = PostgresRealtime(self._db)
         self._reads = threading.local()  # what this thread's next batch was resolved against
