@@ -38,6 +38,7 @@ from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
 from cohortsync.sync.configure import SyncSetup, sync_setup
+from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
 from cohortsync.sync.worker import Clock
@@ -226,7 +227,7 @@ class Engine:
             known = ", ".join(sorted(setup.classes)) or "none"
             raise InputError(f"no destination named {destination!r}: known destinations: {known}")
         return run_sync(
-            self.store.outbox,
+            ledger_for(self.store),
             setup,
             self.loaded.root,
             policy or self.retry_policy(),
@@ -270,16 +271,18 @@ class Engine:
         """Per audience × destination (and conversion stream): desired, delivered, waiting."""
         setup = self.sync_setup
         conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
-        found = self.store.outbox.status(setup.routes, conversion_destinations, setup.accepts())
+        found = ledger_for(self.store).status(
+            setup.routes, conversion_destinations, setup.accepts()
+        )
         return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
         """The latest sync runs, newest first."""
-        return self.store.outbox.runs(limit)
+        return ledger_for(self.store).runs(limit)
 
     def retry_dead(self, audience: str | None = None, destination: str | None = None) -> int:
         """Queue dead letters again on the next sync; return how many."""
-        return self.store.outbox.retry_dead(destination, audience, _utc_now())
+        return ledger_for(self.store).retry_dead(destination, audience, _utc_now())
 
     def members(self, name: str, at: datetime | None = None) -> list[Member]:
         """Members of a segment or audience now, or as of `at` replayed from history."""

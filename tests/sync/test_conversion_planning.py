@@ -10,6 +10,7 @@ import pytest
 
 from cohortsync.engine import Engine
 from cohortsync.store.outbox import CONVERSIONS, ConversionRoute
+from cohortsync.sync.ledger import ledger_for
 from tests.sync.conftest import MIN, SYNC_YAML, T0, track
 from tests.sync.scripted import Remote
 
@@ -35,7 +36,7 @@ def queued(engine: Engine) -> list[tuple[str, str]]:
 
 
 def plan(engine: Engine, routes: Sequence[ConversionRoute], minutes: int = 0) -> int:
-    return engine.store.outbox.plan_conversions(routes, T0 + minutes * MIN).conversions
+    return ledger_for(engine.store).plan_conversions(routes, T0 + minutes * MIN).conversions
 
 
 def test_events_stored_after_a_planning_are_planned_next_and_none_twice(shop: Engine) -> None:
@@ -64,7 +65,7 @@ def test_retried_dead_conversions_are_planned_again(shop: Engine) -> None:
     routes = shop.sync_setup.conversion_routes
     orders(shop, range(3))
     assert plan(shop, routes) == 3
-    outbox, now = shop.store.outbox, T0 + MIN
+    outbox, now = ledger_for(shop.store), T0 + MIN
     batch = outbox.claim("ads", CONVERSIONS, 10, now)
     assert batch is not None and len(batch.records) == 3
     outbox.dead_letter(batch, "refused by the platform", now)

@@ -27,8 +27,9 @@ from cohortsync.store.outbox import (
     Resolution,
     Route,
 )
-from cohortsync.store.postgres_outbox import PostgresOutbox, plan_changes
 from cohortsync.store.postgres_store import PostgresStore
+from cohortsync.sync.ledger import Ledger, ledger_for
+from cohortsync.sync.planner import plan_changes
 from tests.postgres import postgres_schema
 
 T0 = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -45,10 +46,8 @@ class Shop:
     sql: psycopg.Connection[Any]
 
     @property
-    def outbox(self) -> PostgresOutbox:
-        outbox = self.store.outbox
-        assert isinstance(outbox, PostgresOutbox)
-        return outbox
+    def outbox(self) -> Ledger:
+        return ledger_for(self.store)
 
     def enter(self, profiles: Sequence[str], audience: str = "cart", holdout: bool = False) -> None:
         for p in profiles:
@@ -226,8 +225,8 @@ def test_a_failing_destination_gets_nothing_new_before_its_retry_time(shop: Shop
 
 def test_per_profile_plans_touch_only_their_profiles(shop: Shop) -> None:
     shop.enter(["a", "b"])
-    with shop.store._db.transaction() as cur:  # the caller's transaction
-        counts = plan_changes(cur, [ADS], T0, profiles=["b"])
+    with shop.store.sql.transaction() as tx:  # the caller's transaction
+        counts = plan_changes(tx, [ADS], T0, profiles=["b"])
     assert counts.adds == 1
     assert sent(claim(shop)) == [("b", "add")]
 
@@ -282,7 +281,7 @@ def drain(url: str, stop_at: float, log: list[tuple[int, str, int, str, str, str
     'settling' is logged before the answer is committed, 'claimed' after the claim was.
     """
     store = PostgresStore(url)
-    outbox = store.outbox
+    outbox = ledger_for(store)
     idle = 0
     try:
         while time.time() < stop_at or idle < 3:

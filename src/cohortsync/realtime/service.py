@@ -22,6 +22,7 @@ from cohortsync.realtime.cadence import CadenceScheduler
 from cohortsync.realtime.runner import RealtimeLoop
 from cohortsync.store.base import Store
 from cohortsync.sync.configure import SyncSetup
+from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import HTTP_TIMEOUT, dry_run_folders
 from cohortsync.sync.worker import Deliverer
@@ -83,7 +84,7 @@ class DeliveryLoop:
         self.destinations = setup.open(root, self.http, clock)
         folders = dry_run_folders(dry_run_folder, self.destinations)
         self.deliverer = Deliverer(
-            store.outbox, self.destinations, policy, clock, setup.identifiers, dry_runs=folders
+            ledger_for(store), self.destinations, policy, clock, setup.identifiers, dry_runs=folders
         )
         self._planned_at = 0.0
         self.rounds = 0
@@ -92,7 +93,7 @@ class DeliveryLoop:
         """Plan conversions if it is time, then deliver everything due."""
         now = self.clock()
         if now.timestamp() - self._planned_at >= CONVERSIONS_EVERY:
-            self.store.outbox.plan_conversions(self.setup.conversion_routes, now)
+            ledger_for(self.store).plan_conversions(self.setup.conversion_routes, now)
             self._planned_at = now.timestamp()
         self.deliverer.run()
         self.rounds += 1

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from cohortsync.store.outbox import OutboxStore, Route
+from cohortsync.store.outbox import Route
 
 if TYPE_CHECKING:
     from cohortsync.store.realtime import RealtimeStore
@@ -214,11 +214,6 @@ class Store(ABC):
     @abstractmethod
     def realtime(self) -> RealtimeStore:
         """Per-profile evaluation state: histories, scoped membership diffs, timers, cursor."""
-
-    @property
-    @abstractmethod
-    def outbox(self) -> OutboxStore:
-        """The sync state: outbox, claimed batches, what destinations acknowledged."""
 
     @abstractmethod
     def last_compute_as_of(self) -> int | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from typing import Any
 
 import duckdb
@@ -93,6 +93,19 @@ class DuckDBTx:
         self._registered.append(name)
         return name
 
+    def keep(
+        self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> str:
+        sql, names = render(template, "duckdb", **fill)
+        given = params or {}
+        table = self.con.sql(sql, params={n: given[n] for n in names} if names else None)
+        table = table.to_arrow_table()
+        if name in self._registered:
+            self.con.unregister(name)
+        self.con.register(name, table)
+        self._registered.append(name)
+        return name
+
     def lock(self, *keys: str, shared: bool = False) -> None:
         """One process writes a DuckDB file, under the store's lock: nothing more to hold."""
 
@@ -116,7 +129,8 @@ class DuckDBTx:
     def close(self) -> None:
         """Unregister the rows lent to this transaction."""
         for name in dict.fromkeys(self._registered):
-            self.con.unregister(name)
+            with suppress(duckdb.Error):  # a failed statement's result: the rollback ends it
+                self.con.unregister(name)
         self._registered.clear()
 
 

@@ -28,13 +28,12 @@ from cohortsync.store.base import (
 )
 from cohortsync.store.duckdb_compute import flagged_members
 from cohortsync.store.duckdb_memberships import record_compute
-from cohortsync.store.duckdb_outbox import DuckDBOutbox
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.duckdb_schema import MIGRATIONS
 from cohortsync.store.duckdb_shared import DuckDBSql
 from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.message_table import MessageTable, messages_table, remap_profiles
-from cohortsync.store.outbox import OutboxStore, Route
+from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
 
@@ -59,7 +58,6 @@ class DuckDBStore(Store):
         # of a longer WAL replay after a crash (~1 s) and rarer but longer checkpoint pauses.
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
-        self._outbox = DuckDBOutbox(self._con, self._lock, self._transaction)  # keeps its cursor
         self.sql = DuckDBSql(self._lock, self._transaction)
         self._identities: IdentityCache | None = None
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
@@ -460,10 +458,6 @@ class DuckDBStore(Store):
         """Every segment's sorted members from one query of per-profile flags."""
         with self._lock:
             return flagged_members(self._con, sql, columns)
-
-    @property
-    def outbox(self) -> OutboxStore:
-        return self._outbox
 
     @property
     def realtime(self) -> RealtimeStore:

@@ -210,6 +210,13 @@ class PgTx:
         names = ", ".join(c for c, _ in columns)
         return f"unnest({', '.join(arrays)}) AS {name}({names})"
 
+    def keep(
+        self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> str:
+        self.cur.execute(f"DROP TABLE IF EXISTS {name}")  # type: ignore[arg-type]
+        self._execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {template}", params, fill)
+        return name
+
     def lock(self, *keys: str, shared: bool = False) -> None:
         if shared:
             for key in sorted(set(keys)):

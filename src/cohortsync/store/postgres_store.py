@@ -29,9 +29,8 @@ from cohortsync.store.base import (
     count_stats,
     final_targets,
 )
-from cohortsync.store.outbox import OutboxStore, Route
+from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_memberships import record_compute
-from cohortsync.store.postgres_outbox import PostgresOutbox
 from cohortsync.store.postgres_realtime import PostgresRealtime
 from cohortsync.store.postgres_schema import MIGRATIONS
 from cohortsync.store.postgres_shared import PgConnections, PgSql, advisory_lock
@@ -48,7 +47,6 @@ class PostgresStore(Store):
         self.url = url
         self._db = PgConnections(url)
         self.sql = PgSql(self._db)
-        self._outbox = PostgresOutbox(self._db)
         self._realtime = PostgresRealtime(self._db)
         self._reads = threading.local()  # what this thread's next batch was resolved against
 
@@ -202,10 +200,6 @@ class PostgresStore(Store):
         for profile_id, kind, value in rows:
             found.setdefault(str(profile_id), {})[str(kind)] = str(value)
         return found
-
-    @property
-    def outbox(self) -> OutboxStore:
-        return self._outbox
 
     @property
     def realtime(self) -> RealtimeStore:

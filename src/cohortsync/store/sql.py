@@ -44,7 +44,7 @@ class Words:
 
 WORDS: dict[str, Words] = {
     "duckdb": Words(
-        json="VARCHAR",
+        json="JSON",
         json_object_agg="json_group_object",
         json_object="json_object",
         json_text="::VARCHAR",
@@ -110,6 +110,13 @@ class Tx(Protocol):
         """Rows from Python as a relation the transaction's next statements can read as `name`:
         SQL for a FROM clause, which names it `name` (give it no other alias); `data` holds one
         list per column."""
+        ...
+
+    def keep(
+        self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> str:
+        """The rows of a SELECT kept for the transaction's next statements under `name` (a
+        relation name for a FROM clause), for engines that cannot write from a CTE."""
         ...
 
     def lock(self, *keys: str, shared: bool = False) -> None:
