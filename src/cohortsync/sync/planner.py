@@ -203,7 +203,7 @@ def plan_changes(
         if profiles is None
         else tx.rows("planned", [("profile_id", "text")], [list(dict.fromkeys(profiles))])
     )
-    fill = {"routes": _route_rows(tx, routes), **_scopes(planned)}
+    fill = {"routes": route_rows(tx, routes), **_scopes(planned)}
     params = {"now": now}
     if tx.dialect == "postgres":
         tx.run(_LOCK_WAITING, params, **fill)
@@ -216,7 +216,8 @@ def plan_changes(
     return PlanCounts(adds=adds, removes=removes)
 
 
-def _route_rows(tx: Tx, routes: Sequence[Route]) -> str:
+def route_rows(tx: Tx, routes: Sequence[Route]) -> str:
+    """The routes as the relation `routes` (destination, audience, include_holdout, dry_run)."""
     return tx.rows(
         "routes",
         [
