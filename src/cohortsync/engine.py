@@ -68,7 +68,7 @@ class Engine:
         # its profile, which is still correct.
         if self.store.realtime.tracks_pending:
             with suppress(ConfigError):
-                self.store.realtime.watch(build_index(self.segments).relevant)
+                self.store.realtime.watch(build_index(self.segments).interest)
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:
