@@ -100,3 +100,44 @@ def test_the_check_sees_an_upward_import_inside_a_function(tmp_path: Path) -> No
     assert _upward(tmp_path) == [
         "segments/probe.py:3: segments imports engine, which sits above it"
     ]
+
+
+# What the skins may import from cohortsync: the CLI and the server hold no logic of their own,
+# so they reach everything else through the facade. Each entry says why it is there.
+SKIN_IMPORTS = {
+    "engine": "the facade: every command and route calls it",
+    "config": "the project file: `init` writes it, commands find it, routes read its write keys",
+    "errors": "the error classes a command raises for a bad option",
+    "cli_errors": "how the CLI words a failure",
+    "render": "the CLI's pictures of what the engine returns",
+    "server": "the app `serve` runs, and its limits",
+    "events.models": "the message records and the size limits the ingest routes enforce",
+    "identity.log_scrub": "the logger that keeps identifiers and secrets out of every log line",
+}
+
+
+def _skin_imports(root: Path = SOURCE) -> list[tuple[str, int, str]]:
+    """(file, line, module) for every cohortsync module that cli.py or server/ imports."""
+    found = []
+    for path in [root / "cli.py", *sorted((root / "server").rglob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found += [(str(path.relative_to(root)), node.lineno, n) for n in names]
+    return found
+
+
+def test_the_cli_and_the_server_import_only_the_facade_and_what_it_speaks() -> None:
+    def allowed(module: str) -> bool:
+        pieces = module.split(".")
+        if pieces[0] != "cohortsync" or len(pieces) < 2:
+            return True  # another library, or the package root (`__version__`)
+        inside = ".".join(pieces[1:])
+        return any(inside == a or inside.startswith(a + ".") for a in SKIN_IMPORTS)
+
+    wrong = [f"{f}:{line}: {m}" for f, line, m in _skin_imports() if not allowed(m)]
+    assert wrong == [], "go through cohortsync.engine instead"

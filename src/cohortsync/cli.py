@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -21,19 +20,22 @@ from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cohortsync.audiences.members import Member
 from cohortsync.cli_errors import describe
 from cohortsync.config.loader import PROJECT_FILE, find_project_dir
 from cohortsync.config.scaffold import scaffold_project
-from cohortsync.engine import Engine
+from cohortsync.engine import (
+    Engine,
+    bus_gateway,
+    file_size,
+    parse_instant,
+    platform_identifier,
+)
 from cohortsync.errors import InputError
-from cohortsync.events.readers import file_size
-from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
-from cohortsync.moments import to_datetime
 from cohortsync.render import (
     compute_table,
     demo_table,
     ingest_table,
+    member_rows,
     members_table,
     overlap_table,
     preview_group,
@@ -44,7 +46,6 @@ from cohortsync.render import (
     sync_table,
 )
 from cohortsync.server.limits import ServeLimits
-from cohortsync.store.locations import is_postgres_url, redact
 
 app = typer.Typer(
     help="cohortsync: segments kept true as events arrive, synced where they act.",
@@ -101,10 +102,9 @@ def _at(text: str | None) -> datetime | None:
     if text is None:
         return None
     try:
-        micros = parse_timestamp(text)
-    except TimestampError as exc:
-        raise InputError(f"--at {text!r} {exc}") from None
-    return to_datetime(micros)
+        return parse_instant(text)
+    except InputError as exc:
+        raise InputError(f"--at {exc}") from None
 
 
 @contextmanager
@@ -297,8 +297,7 @@ def members(
         _print_json([dataclasses.asdict(m) for m in found])
     elif output is Format.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow([f.name for f in dataclasses.fields(Member)])
-        writer.writerows(dataclasses.astuple(m) for m in found)
+        writer.writerows(member_rows(found))
     else:
         when = f"as of {moment.isoformat()}" if moment else "now"
         console.print(members_table(found, f"{name}: {len(found):,} members {when}"))
@@ -407,12 +406,7 @@ def serve(
             "nats://127.0.0.1:4222 (or set COHORTSYNC_BUS)"
         )
     if role is Role.ingest:
-        from cohortsync.config.loader import load_project
-        from cohortsync.realtime.bus import open_bus
-        from cohortsync.realtime.roles import BusGateway
-
-        channel = open_bus(str(bus), prefix=bus_stream)
-        gateway = BusGateway(load_project(project).project, channel, now_micros)
+        gateway = bus_gateway(project, str(bus), bus_stream)
         console.print(f"cohortsync ingest on http://{host}:{port}, publishing to the bus")
         run_server(
             create_app(gateway, trusted_proxies=proxies, body_timeout=body_timeout),
@@ -426,8 +420,7 @@ def serve(
         return
     with Engine.open(project) as engine:
         console.print(
-            f"cohortsync listening on http://{host}:{port} "
-            f"(store {redact(engine.loaded.store_location())})"
+            f"cohortsync listening on http://{host}:{port} (store {engine.store_shown()})"
         )
         run_server(
             create_app(engine, trusted_proxies=proxies, body_timeout=body_timeout),
@@ -442,38 +435,17 @@ def _work(project: Path | None, bus_url: str, stream: str, name: str | None) -> 
     import signal
     import threading
 
-    from cohortsync.realtime.bus import open_bus
-    from cohortsync.realtime.roles import BusWorker
-
     done = threading.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, lambda *_: done.set())
     with Engine.open(project) as engine:
-        shown = redact(engine.loaded.store_location())
-        workers = engine.serve_workers()
-        engine.warm_up()
-        consumer = BusWorker(
-            engine.commit, open_bus(bus_url, prefix=stream), name=name or _worker_name(engine)
+        member = engine.join_bus(bus_url, stream, name)
+        member.start()
+        console.print(
+            f"cohortsync worker {member.name} consuming the bus (store {engine.store_shown()})"
         )
-        workers.start()
-        consumer.start()
-        console.print(f"cohortsync worker {consumer.name} consuming the bus (store {shown})")
         done.wait()
-        consumer.stop()
-        workers.stop()
-
-
-def _worker_name(engine: Engine) -> str:
-    """A DuckDB store has one writer, so its worker is named after the store: a restarted
-    worker takes its partitions back at once instead of waiting out the dead one's leases.
-    A Postgres store has several workers, each named after its host and process."""
-    import os
-    import socket
-
-    location = engine.loaded.store_location()
-    if is_postgres_url(location):
-        return f"worker-{socket.gethostname()}-{os.getpid()}"
-    return "worker-" + hashlib.sha256(location.encode()).hexdigest()[:12]
+        member.stop()
 
 
 @app.command()
@@ -580,22 +552,7 @@ def normalize(
     as_json: JsonOption = False,
 ) -> None:
     """Print an identifier as a platform receives it: normalised, then SHA-256 (match debugging)."""
-    from cohortsync.destinations.hashing import hash_identifier, is_hashed
-    from cohortsync.destinations.hashing import normalize as normal_form
-
-    try:
-        normal = (
-            value.strip().lower()
-            if is_hashed(value)
-            else normal_form(kind, value, platform.value, region)
-        )
-        hashed = hash_identifier(kind, value, platform.value, region)
-    except ValueError as exc:
-        raise InputError(str(exc)) from None
-    if normal is None:
-        raise InputError(
-            f"{kind} value is blank or not valid for {platform.value}: nothing would be sent"
-        )
+    normal, hashed = platform_identifier(kind, value, platform.value, region)
     result = {"kind": kind, "platform": platform.value, "normalized": normal, "sha256": hashed}
     if as_json:
         _print_json(result)

@@ -5,7 +5,7 @@ The CLI, the HTTP server and the dashboard call this and hold no logic of their 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -22,18 +22,23 @@ from cohortsync.audiences.members import Member, Preview
 from cohortsync.config.loader import LoadedProject, load_project, parse_segments
 from cohortsync.errors import ConfigError, InputError, NotFoundError
 from cohortsync.events.pipeline import IngestResult, PipelinedWriter, store_messages
-from cohortsync.events.readers import BadRow, read_rows
-from cohortsync.events.timestamps import now_micros, to_micros
+from cohortsync.events.readers import BadRow, file_size, read_rows
+from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp, to_micros
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
+from cohortsync.moments import to_datetime
+from cohortsync.realtime.bus import open_bus
+from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.cadence import CadenceScheduler, Schedule
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.processor import ProfileProcessor
+from cohortsync.realtime.roles import BusGateway, BusWorker
 from cohortsync.realtime.runner import RealtimeLoop
 from cohortsync.realtime.service import DeliveryLoop, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
+from cohortsync.store.locations import redact
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
@@ -69,7 +74,7 @@ class Engine:
         # its profile, which is still correct.
         if self.store.realtime.tracks_pending:
             with suppress(ConfigError):
-                self.store.realtime.watch(build_index(self.segments).relevant)
+                self.store.realtime.watch(build_index(self.segments).interest)
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:
@@ -85,6 +90,10 @@ class Engine:
     def close(self) -> None:
         """Close the store."""
         self.store.close()
+
+    def store_shown(self) -> str:
+        """Where the store is, any password hidden: fit for a terminal or a log line."""
+        return redact(self.loaded.store_location())
 
     def warm_up(self) -> None:
         """Load what the first ingest would otherwise load (the identity graph, Arrow paths)."""
@@ -262,6 +271,18 @@ class Engine:
         )
         return ServeWorkers(loop, cadence, delivery, clock)
 
+    def join_bus(self, bus_url: str, stream: str, name: str | None = None) -> BusMember:
+        """A worker of `serve --role worker`, ready to `start`: it consumes the bus's streams
+        named `stream` as `name` (by default one name per DuckDB store, one per process with
+        Postgres), stores what it fetches, and evaluates and delivers as `serve` does."""
+        workers = self.serve_workers()
+        self.warm_up()
+        bus = open_bus(bus_url, prefix=stream)
+        consumer = BusWorker(
+            self.commit, bus, name=name or member_name(self.loaded.store_location())
+        )
+        return BusMember(consumer, workers)
+
     def schedules(self) -> list[Schedule]:
         """Each audience's refresh: `realtime`, or its cadence with last and next run."""
         index = build_index(self.segments)
@@ -320,6 +341,90 @@ class Engine:
         return self.ingest_messages(counted(), source="demo", origin="demo")
 
 
+def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
+    """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
+    bus = open_bus(bus_url, prefix=stream)
+    return BusGateway(load_project(project_dir).project, bus, now_micros)
+
+
+@dataclass(frozen=True)
+class CheckedBatch:
+    """A batch of raw messages validated: the messages to store, the rejections to quarantine,
+    and each rejection's index in the batch."""
+
+    messages: list[Message]
+    rejections: list[Rejection]
+    rejected_at: list[int]
+
+
+def validate_batch(
+    batch: Sequence[Any], defaults: Mapping[str, Any], *, source: str, origin: str
+) -> CheckedBatch:
+    """Validate a batch received now; `defaults` (the batch's body) lends every message its
+    `sentAt` and shared fields. A bad `sentAt` is an InputError naming it."""
+    try:
+        sent_at = parse_timestamp(defaults["sentAt"]) if defaults.get("sentAt") else None
+    except TimestampError as exc:
+        raise InputError(f"sentAt {exc}") from None
+    received = now_micros()
+    checked = CheckedBatch([], [], [])
+    for index, raw in enumerate(batch):
+        one = validate_message(
+            raw,
+            source=source,
+            received_at_us=received,
+            origin=f"{origin}#{index}",
+            sent_at_us=sent_at,
+            defaults=defaults,
+        )
+        if isinstance(one, Message):
+            checked.messages.append(one)
+        else:
+            checked.rejections.append(one)
+            checked.rejected_at.append(index)
+    return checked
+
+
+def validate_one(raw: Any, *, source: str, origin: str, message_type: str) -> Message | Rejection:
+    """Validate one message of `message_type` received now (a single-type endpoint's body)."""
+    return validate_message(
+        raw, source=source, received_at_us=now_micros(), origin=origin, message_type=message_type
+    )
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO-8601 instant (no zone means UTC) as an aware datetime; InputError saying why not."""
+    try:
+        micros = parse_timestamp(text)
+    except TimestampError as exc:
+        raise InputError(f"{text!r} {exc}") from None
+    return to_datetime(micros)
+
+
+def platform_identifier(
+    kind: str, value: str, platform: str, region: str
+) -> tuple[str, str | None]:
+    """An identifier as an ad platform receives it: its normal form and SHA-256 (for debugging
+    matches). A value that is blank or not valid for the platform is an InputError."""
+    from cohortsync.destinations.hashing import hash_identifier, is_hashed
+    from cohortsync.destinations.hashing import normalize as normal_form
+
+    try:
+        normal = (
+            value.strip().lower()
+            if is_hashed(value)
+            else normal_form(kind, value, platform, region)
+        )
+        hashed = hash_identifier(kind, value, platform, region)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    if normal is None:
+        raise InputError(
+            f"{kind} value is blank or not valid for {platform}: nothing would be sent"
+        )
+    return normal, hashed
+
+
 def parse_identifier(text: str, default_region: str = "US") -> tuple[str, str]:
     """Split `kind:value` and normalise the value; a bare value is a profile id."""
     kind, sep, value = text.partition(":")
@@ -352,4 +457,16 @@ def _mask(kind: str, value: str) -> str:
     return value
 
 
-__all__ = ["Engine", "FileReport", "parse_identifier"]
+__all__ = [
+    "CheckedBatch",
+    "Engine",
+    "FileReport",
+    "IngestResult",
+    "bus_gateway",
+    "file_size",
+    "parse_identifier",
+    "parse_instant",
+    "platform_identifier",
+    "validate_batch",
+    "validate_one",
+]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from itertools import groupby
@@ -166,6 +167,12 @@ def members_table(members: Sequence[Member], title: str) -> Table:
             cells.append("yes" if m.holdout else "")
         table.add_row(*cells)
     return table
+
+
+def member_rows(members: Sequence[Member]) -> list[tuple[Any, ...]]:
+    """`members --format csv`: a header of the member fields, then one row per member."""
+    header = tuple(f.name for f in dataclasses.fields(Member))
+    return [header, *(dataclasses.astuple(m) for m in members)]
 
 
 def preview_group(preview: Preview) -> Group:

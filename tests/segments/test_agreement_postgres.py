@@ -37,8 +37,7 @@ from cohortsync.segments.ast import (
     SegmentProject,
     TraitCondition,
 )
-from cohortsync.segments.compile import Compiler, DuckDBCompiler
-from cohortsync.segments.compile_postgres import PostgresCompiler, compiler_for
+from cohortsync.segments.compile import Compiler, DuckDBCompiler, PostgresCompiler, compiler_for
 from cohortsync.segments.evaluate import compute_trait, evaluate
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.postgres_schema import MIGRATIONS

@@ -22,8 +22,7 @@ from cohortsync.segments.ast import (
     TraitCondition,
     Within,
 )
-from cohortsync.segments.compile import DuckDBCompiler
-from cohortsync.segments.compile_postgres import PostgresCompiler
+from cohortsync.segments.compile import DuckDBCompiler, PostgresCompiler
 from tests.segments.test_compile import dur
 
 A = frozenset({"a0"})

@@ -25,7 +25,7 @@ from cohortsync.events.pipeline import IngestResult, store_messages
 from cohortsync.events.validate import validate_message
 from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, StaleIdentityError
 from cohortsync.store.postgres_store import PostgresStore
-from cohortsync.store.records import IdentityChanges, Message, Rejection
+from cohortsync.store.records import IdentityChanges, Message, RealtimeInterest, Rejection
 from tests.conftest import PROJECT_YAML
 from tests.postgres import postgres_schema
 from tests.store.test_duckdb_store import history
@@ -251,7 +251,8 @@ def test_stored_messages_mark_their_profiles_pending_once_per_profile_a_version_
     assert marks[u1] > first[u1]  # a new event moves the version on
     assert len(set(marks.values())) == 2  # versions never repeat, across profiles too
 
-    store.realtime.watch(lambda m: m.event == "Only this")  # irrelevant events mark nothing
+    # irrelevant events mark nothing
+    store.realtime.watch(RealtimeInterest(frozenset({"only_this"})))
     ingest(store, [{"type": "track", "messageId": "5", "userId": "u2", "event": "A"}])
     assert dict(store.query("SELECT profile_id, version FROM realtime_pending"))[u2] == marks[u2]
 

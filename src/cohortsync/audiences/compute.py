@@ -15,8 +15,7 @@ from cohortsync.audiences.rule import audience_members
 from cohortsync.errors import InputError
 from cohortsync.moments import to_datetime
 from cohortsync.segments.ast import SegmentProject
-from cohortsync.segments.compile import Compiler, with_summaries
-from cohortsync.segments.compile_postgres import compiler_for
+from cohortsync.segments.compile import Compiler, compiler_for, with_summaries
 from cohortsync.store.base import HistoryAheadError, MembershipChanges, Store
 from cohortsync.store.outbox import Route
 

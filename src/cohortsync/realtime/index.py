@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 from cohortsync.segments.ast import (
     All,
@@ -22,7 +23,7 @@ from cohortsync.segments.ast import (
     Since,
     TraitCondition,
 )
-from cohortsync.store.records import Message
+from cohortsync.store.records import Message, RealtimeInterest
 
 REALTIME = "realtime"
 
@@ -41,17 +42,18 @@ class RealtimeIndex:
         """Every (kind, name) the real-time path keeps: its audiences and their segments."""
         return [("segment", s) for s in self.segments] + [("audience", a) for a in self.audiences]
 
-    def relevant(self, message: Message) -> bool:
-        """Whether storing `message` may change a real-time audience of its profile.
+    @cached_property
+    def interest(self) -> RealtimeInterest:
+        """Which stored messages may change a real-time audience, as data a store checks.
 
         Identify and alias calls always may (they can merge profiles); a track only when a
-        segment reads its event.
+        segment reads its event; nothing when no audience is real-time.
         """
-        if not self.audiences:
-            return False
-        if message.type in ("identify", "alias"):
-            return True
-        return message.type == "track" and message.event_key in self.events
+        return RealtimeInterest(self.events, profile_changes=bool(self.audiences))
+
+    def relevant(self, message: Message) -> bool:
+        """Whether storing `message` may change a real-time audience of its profile."""
+        return self.interest.covers(message)
 
 
 def build_index(project: SegmentProject) -> RealtimeIndex:

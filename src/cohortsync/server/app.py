@@ -15,8 +15,8 @@ from starlette.requests import ClientDisconnect
 
 from cohortsync import __version__
 from cohortsync.config.models import Project
-from cohortsync.engine import Engine
-from cohortsync.events.pipeline import IngestResult
+from cohortsync.engine import Engine, IngestResult
+from cohortsync.events.models import Message, Rejection
 from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.server.client_ip import TrustedProxies
 from cohortsync.server.cors import CorsMiddleware, OriginPolicy
@@ -24,7 +24,6 @@ from cohortsync.server.group_commit import GroupCommitter
 from cohortsync.server.ingest import INGEST_PATHS, error, json_response
 from cohortsync.server.ingest import router as ingest_router
 from cohortsync.server.limits import BodyDeadline, BodyTimeoutError, ServeLimits
-from cohortsync.store.records import Message, Rejection
 
 log = scrubbed_logger("cohortsync.server")
 

@@ -14,7 +14,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 
 from starlette.requests import Request
 
-from cohortsync.store.records import Message
+from cohortsync.events.models import Message
 
 Address = IPv4Address | IPv6Address
 TrustedProxies = tuple[IPv4Network | IPv6Network, ...]

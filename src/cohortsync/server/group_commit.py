@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from cohortsync.events.pipeline import Commit
-from cohortsync.store.records import Message, Rejection
+from cohortsync.events.models import Message, Rejection
+
+Commit = Callable[[Sequence[Message], Sequence[Rejection]], object]
+"""Durably store messages and quarantine rejections (what it returns is not read)."""
 
 _Item = tuple[list[Message], list[Rejection], "asyncio.Future[None]"]
 

@@ -22,6 +22,8 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from cohortsync.config.models import Project
+from cohortsync.engine import validate_batch, validate_one
+from cohortsync.errors import InputError
 from cohortsync.events.models import (
     MAX_BATCH_BYTES,
     MAX_BATCH_MESSAGES,
@@ -30,8 +32,6 @@ from cohortsync.events.models import (
     Message,
     Rejection,
 )
-from cohortsync.events.timestamps import TimestampError, now_micros, parse_timestamp
-from cohortsync.events.validate import validate_message
 from cohortsync.server.body import BodyError, read_body
 from cohortsync.server.client_ip import request_client_ip, with_client_ip
 from cohortsync.server.cors import check_origin
@@ -119,28 +119,11 @@ async def ingest_batch(request: Request) -> Response:
     if len(batch) > MAX_BATCH_MESSAGES:
         return error(400, "batch_too_large", f"a batch holds at most {MAX_BATCH_MESSAGES} messages")
     try:
-        sent_at = parse_timestamp(body["sentAt"]) if body.get("sentAt") else None
-    except TimestampError as exc:
-        return error(400, "invalid_timestamp", f"sentAt {exc}")
-    received = now_micros()
-    messages: list[Message] = []
-    rejections: list[Rejection] = []
-    rejected_at: list[int] = []
-    for index, raw in enumerate(batch):
-        checked = validate_message(
-            raw,
-            source=source,
-            received_at_us=received,
-            origin=f"http:/v1/batch#{index}",
-            sent_at_us=sent_at,
-            defaults=body,
-        )
-        if isinstance(checked, Message):
-            messages.append(checked)
-        else:
-            rejections.append(checked)
-            rejected_at.append(index)
-    messages = with_client_ip(messages, _client_ip(request))
+        checked = validate_batch(batch, body, source=source, origin="http:/v1/batch")
+    except InputError as exc:  # a bad sentAt
+        return error(400, "invalid_timestamp", str(exc))
+    rejections, rejected_at = checked.rejections, checked.rejected_at
+    messages = with_client_ip(checked.messages, _client_ip(request))
     failure = await _store(request, messages, rejections)
     if failure is not None:
         return failure
@@ -166,13 +149,7 @@ def _single(kind: str) -> Any:
             )
         except BodyError as exc:
             return error(exc.status, exc.code, exc.message)
-        checked = validate_message(
-            body,
-            source=source,
-            received_at_us=now_micros(),
-            origin=f"http:/v1/{kind}",
-            message_type=kind,
-        )
+        checked = validate_one(body, source=source, origin=f"http:/v1/{kind}", message_type=kind)
         if isinstance(checked, Message):
             failure = await _store(request, with_client_ip([checked], _client_ip(request)), [])
             return failure or Response(_OK, media_type="application/json")

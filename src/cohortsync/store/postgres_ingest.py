@@ -12,7 +12,7 @@ its primary key, and the second is resolved again.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,7 +34,7 @@ from cohortsync.store.message_table import (
 )
 from cohortsync.store.message_table import remap_profiles as _remap
 from cohortsync.store.postgres_shared import copy_rows, temp_table
-from cohortsync.store.records import Key, Message, ProfileState, Rejection
+from cohortsync.store.records import Key, ProfileState, RealtimeInterest, Rejection
 
 _CSV = pa_csv.WriteOptions(include_header=False, quoting_style="all_valid")
 _EVENT_COPY = "COPY events ({}) FROM STDIN (FORMAT csv)".format(
@@ -315,15 +315,17 @@ def mark_pending(
     cur: psycopg.Cursor[Any],
     batch: ResolvedBatch,
     events: pa.Table,
-    relevant: Callable[[Message], bool] | None,
+    interest: RealtimeInterest | None,
     now: datetime,
 ) -> None:
     """Mark the profile of every relevant stored message as pending real-time evaluation."""
-    if relevant is None:
+    if interest is None:
         profiles = {str(p) for p in pc.unique(events.column("profile_id")).to_pylist()}
     else:
         final = events.column("profile_id").to_pylist()
-        profiles = {str(p) for m, p in zip(batch.messages, final, strict=True) if relevant(m)}
+        profiles = {
+            str(p) for m, p in zip(batch.messages, final, strict=True) if interest.covers(m)
+        }
     if not profiles:
         return
     cur.execute(

@@ -17,7 +17,7 @@ writer and a receive-time cursor:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from cohortsync.store.postgres_memberships import COMPUTED_COLUMNS, REALTIME_RUN
 from cohortsync.store.postgres_outbox import plan_changes
 from cohortsync.store.postgres_shared import PgConnections, PgView, advisory_lock, temp_table
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome, RealtimeStore
-from cohortsync.store.records import Message
+from cohortsync.store.records import RealtimeInterest
 
 TIMER_LEASE = timedelta(seconds=30)
 """How long a taken timer is hidden from other workers before it may be taken again."""
@@ -80,11 +80,11 @@ class PostgresRealtime(PgView, RealtimeStore):
 
     def __init__(self, db: PgConnections) -> None:
         super().__init__(db)
-        self.relevant: Callable[[Message], bool] | None = None
+        self.interest: RealtimeInterest | None = None
         """Stored messages that mark their profile pending (None: every message)."""
 
-    def watch(self, relevant: Callable[[Message], bool]) -> None:
-        self.relevant = relevant
+    def watch(self, interest: RealtimeInterest) -> None:
+        self.interest = interest
 
     # -- profiles -----------------------------------------------------------------------------
     def canonical(self, profile_ids: Iterable[str]) -> dict[str, str]:

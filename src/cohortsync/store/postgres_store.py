@@ -102,7 +102,7 @@ class PostgresStore(Store):
                 ingest.write_traits(cur, batch, final)
                 ingest.write_rejections(cur, batch, rejections, now)
                 if events.num_rows:
-                    ingest.mark_pending(cur, batch, events, self._realtime.relevant, now)
+                    ingest.mark_pending(cur, batch, events, self._realtime.interest, now)
         except errors.UniqueViolation as exc:
             if ingest.unique_violation(exc) != "events":
                 raise StaleIdentityError from None  # another writer claimed an identifier first

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cohortsync.store.base import MembershipChanges
 from cohortsync.store.outbox import Route
-from cohortsync.store.records import Message
+from cohortsync.store.records import RealtimeInterest
 
 
 @dataclass(frozen=True)
@@ -95,8 +95,8 @@ class RealtimeStore(ABC):
     def record_audience_runs(self, audiences: Sequence[str], at_us: int, run_id: int) -> None:
         """Note that `audiences` were computed at `at_us` by compute run `run_id`."""
 
-    def watch(self, relevant: Callable[[Message], bool]) -> None:
-        """Which stored messages mark their profile as pending evaluation.
+    def watch(self, interest: RealtimeInterest) -> None:
+        """Which stored messages mark their profile as pending evaluation (`interest.covers`).
 
         Only a store that tracks pending profiles (several writers, no single cursor) uses it.
         """

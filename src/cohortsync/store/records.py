@@ -36,6 +36,24 @@ class Message(NamedTuple):
     integrations: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class RealtimeInterest:
+    """Which stored messages may change a real-time audience, as data a store checks itself
+    (one that several workers write marks the profiles of these messages pending)."""
+
+    events: frozenset[str] = frozenset()
+    """Event keys of the tracks that real-time segments read."""
+    profile_changes: bool = False
+    """Whether identify and alias calls count (they can merge profiles and set traits): true
+    while any audience is real-time."""
+
+    def covers(self, message: Message) -> bool:
+        """Whether storing `message` may change a real-time audience of its profile."""
+        if message.type in ("identify", "alias"):
+            return self.profile_changes
+        return message.type == "track" and message.event_key in self.events
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """A message that failed validation: it goes to quarantine with its reason, never dropped."""

@@ -1,4 +1,4 @@
-"""The Postgres back end of the segment compiler, and the choice of compiler for a store.
+"""The Postgres back end of the segment compiler.
 
 Postgres keeps properties and traits as JSONB: a path is a `text[]` (`doc #> ARRAY['meta',
 'channel']`), types come from `jsonb_typeof`, and a value is a number only when its JSON type
@@ -16,9 +16,9 @@ from typing import Any, ClassVar
 from sqlglot import exp
 from sqlglot.dialects.postgres import Postgres
 
-from cohortsync.errors import InputError
 from cohortsync.segments.ast import ComputedTrait
-from cohortsync.segments.compile import TS, Compiler, DuckDBCompiler
+from cohortsync.segments.compile.compiler import Compiler
+from cohortsync.segments.compile.terms import TS
 from cohortsync.segments.scan import col, sql_type
 
 # jsonb_typeof names as the base compiler's type checks spell them (DuckDB's json_type).
@@ -199,12 +199,3 @@ def _one_per_profile(query: exp.Select, pid: exp.Expr, keys: list[exp.Ordered]) 
     """`SELECT DISTINCT ON (pid) … ORDER BY pid, keys`: each profile's first row by `keys`."""
     first = exp.Ordered(this=pid.copy(), nulls_first=False)
     return query.distinct(pid.copy(), copy=False).order_by(first, *keys, copy=False)
-
-
-def compiler_for(dialect: str) -> Compiler:
-    """The segment compiler for a store's SQL dialect (`Store.dialect`)."""
-    if dialect == "duckdb":
-        return DuckDBCompiler()
-    if dialect == "postgres":
-        return PostgresCompiler()
-    raise InputError(f"no segment compiler for the SQL dialect {dialect!r} (duckdb, postgres)")
