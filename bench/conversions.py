@@ -43,6 +43,7 @@ from cohortsync.store.base import Store
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import ConversionRoute
+from cohortsync.sync.ledger import ledger_for
 from segments import EVENTS_PER_PROFILE, NOW, _store_file, best_of, ensure_store
 
 console = Console(width=120)
@@ -66,7 +67,7 @@ def measure(
     store = opened()
 
     def plan() -> int:
-        return store.outbox.plan_conversions(ROUTES, datetime.now(UTC)).conversions
+        return ledger_for(store).plan_conversions(ROUTES, datetime.now(UTC)).conversions
 
     rows: list[tuple[str, float, int]] = []
     ms, n = best_of(1, plan)

@@ -46,6 +46,7 @@ from tests.fakes.webhook import WebhookFake
 
 from cohortsync.destinations.signing import sign
 from cohortsync.engine import Engine
+from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.worker import Deliverer
 
@@ -177,7 +178,7 @@ def run(n: int) -> list[tuple[str, float, int]]:
             with Engine.open(folder) as engine:
                 seed_members(engine, n)
                 setup = engine.sync_setup
-                outbox = engine.store.outbox
+                outbox = ledger_for(engine.store)
                 now = datetime.now(UTC)
                 seconds, planned = timed("plan both routes", lambda: outbox.plan(setup.routes, now))
                 rows.append(("plan (both routes)", seconds, planned.total))

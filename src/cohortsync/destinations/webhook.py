@@ -209,11 +209,18 @@ def _iso(at: datetime) -> str:
     """UTC ISO-8601 with microseconds and `Z`; naive times are taken as UTC."""
     if at.tzinfo is None:
         at = at.replace(tzinfo=UTC)
-    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    elif at.utcoffset():
+        at = at.astimezone(UTC)
+    return at.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _latest(records: Sequence[Change] | Sequence[Conversion]) -> str | None:
-    return max((_iso(record.at) for record in records), default=None)
+    latest = max((_utc(record.at) for record in records), default=None)
+    return None if latest is None else _iso(latest)
+
+
+def _utc(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
 def _change(change: Change) -> dict[str, Any]:

@@ -259,6 +259,27 @@ class OutboxStore(ABC):
         """Record the destination's answer and release the batch's rows, atomically."""
 
     @abstractmethod
+    def claim_ahead(
+        self,
+        destination: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None = None,
+        batches: int = 1,
+    ) -> list[ClaimedBatch]:
+        """Up to `batches` batches of changes claimed in one transaction (a due retry alone)."""
+
+    @abstractmethod
+    def resolve_many(
+        self, answered: Sequence[tuple[ClaimedBatch, Resolution]], now: datetime
+    ) -> None:
+        """Record several batches' answers in one transaction."""
+
+    @abstractmethod
+    def release(self, batches: Sequence[ClaimedBatch]) -> None:
+        """Give back claimed batches that were not sent; they stay due."""
+
+    @abstractmethod
     def defer(
         self,
         batch: ClaimedBatch,

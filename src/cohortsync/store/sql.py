@@ -80,7 +80,7 @@ def as_json(value: Any) -> dict[str, Any]:
         return {}
     if isinstance(value, str | bytes):
         loaded = orjson.loads(value)
-        return dict(loaded) if loaded else {}
+        return loaded if isinstance(loaded, dict) else {}
     return dict(value)
 
 

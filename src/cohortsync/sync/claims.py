@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from cohortsync.store.outbox import (
     CHANGES,
@@ -86,17 +87,18 @@ _IDENTIFIERS = """
 """
 
 
-def record(row: Sequence[object], found: Mapping[int, object]) -> OutboxRecord:
+def record(row: Sequence[Any], found: Mapping[int, object]) -> OutboxRecord:
+    """An outbox row as a record; `found` holds identifiers looked up for rows without."""
     record_id, profile_id, op, holdout, at, fixed, conversion = row
-    identifiers = fixed if fixed is not None else found.get(int(str(record_id)))
+    identifiers = fixed if fixed is not None else found.get(record_id)
     return OutboxRecord(
-        int(str(record_id)),
-        str(profile_id),
-        str(op),
-        bool(holdout),
-        at,  # type: ignore[arg-type]
+        record_id,
+        profile_id,
+        op,
+        holdout,
+        at,
         as_json(identifiers),
-        as_json(conversion),
+        as_json(conversion) if conversion is not None else {},
     )
 
 
@@ -283,3 +285,73 @@ def form_batches(
     for (aud, op), ids in sorted(groups.items(), key=lambda item: item[1][0]):
         formed += [(aud, op, ids[i : i + max_records]) for i in range(0, len(ids), max_records)]
     return formed
+
+
+def claim_changes_ahead(
+    tx: Tx, destination: str, max_records: int, now: datetime, audience: str | None, batches: int
+) -> list[ClaimedBatch]:
+    """Up to `batches` batches at once, formed as that many claims in turn would form them
+    from the oldest claimable changes (one scan, one update, one insert, whatever their
+    number). The waiting rows hold at most one change per profile and route, so no two of
+    them touch the same profile."""
+    flight = flight_keys(tx, destination)
+    rows = tx.run(
+        "SELECT o.change_id, o.profile_id, o.op, o.holdout, o.changed_at, o.identifiers, "
+        f"NULL, o.audience {_CLAIMABLE} ORDER BY o.change_id LIMIT $limit{{skip_locked}}",
+        {"destination": destination, "audience": audience, "limit": max_records * batches},
+        flight=flight,
+    )
+    groups: dict[tuple[str, str], list[OutboxRecord]] = {}
+    for row in rows:
+        groups.setdefault((str(row[7]), str(row[2])), []).append(record(row[:7], {}))
+    chunks = [
+        (aud, op, found[i : i + max_records])
+        for (aud, op), found in groups.items()
+        for i in range(0, len(found), max_records)
+    ]
+    chunks = sorted(chunks, key=lambda chunk: chunk[2][0].record_id)[:batches]
+    claimed = [
+        ClaimedBatch(
+            stable_batch_id(CHANGES, destination, [r.record_id for r in records]),
+            destination,
+            aud,
+            CHANGES,
+            op,
+            0,
+            None,
+            tuple(records),
+        )
+        for aud, op, records in chunks
+    ]
+    if not claimed:
+        return []
+    taken = [(b.batch_id, r.record_id) for b in claimed for r in b.records]
+    tx.run(
+        "UPDATE outbox SET batch_id = taken.batch_id FROM {taken} "
+        "WHERE outbox.change_id = taken.record_id",
+        taken=tx.rows(
+            "taken",
+            [("batch_id", "text"), ("record_id", "bigint")],
+            [[t[0] for t in taken], [t[1] for t in taken]],
+        ),
+    )
+    tx.run(
+        "INSERT INTO sync_batches (batch_id, destination, audience, kind, op, records, "
+        "created_at, attempts, first_attempt_at, next_attempt_at, last_error) "
+        "SELECT batch_id, $destination, audience, 'changes', op, records, $now, 0, NULL, $now, "
+        "NULL FROM {formed}",
+        {"destination": destination, "now": now},
+        formed=tx.rows(
+            "formed",
+            [("batch_id", "text"), ("audience", "text"), ("op", "text"), ("records", "bigint")],
+            [
+                [b.batch_id for b in claimed],
+                [b.audience for b in claimed],
+                [b.op for b in claimed],
+                [len(b.records) for b in claimed],
+            ],
+        ),
+    )
+    for batch in claimed:
+        tx.hold(held_key(batch.batch_id))
+    return claimed

@@ -86,13 +86,8 @@ class Ledger(OutboxStore):
         try:
             with self.sql.transaction() as tx:
                 tx.lock("claim:" + destination)
-                held = tx.run(
-                    "SELECT count(*) FROM sync_batches WHERE destination = $destination "
-                    "AND attempts > 0 AND next_attempt_at > $now AND holds_destination",
-                    {"destination": destination, "now": now},
-                )
-                if held[0][0]:
-                    return None  # the destination said when (Retry-After) or is paused: wait
+                if _held(tx, destination, now):
+                    return None
                 claimed = claims.due_batch(self.sql, tx, destination, kind, now, audience)
                 if claimed is None and kind == CHANGES:
                     claimed = claims.claim_changes(tx, destination, max_records, now, audience)
@@ -140,42 +135,85 @@ class Ledger(OutboxStore):
 
     def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
         with self._settling(batch) as tx:
-            if tx is None:
-                return
-            if batch.kind == CHANGES:
-                settle.settle_changes(tx, batch, resolution, now)
-            else:
-                settle.settle_conversions(tx, batch, resolution, now)
-            rejected = sum(1 for r in batch.records if r.record_id in resolution.rejected)
-            retried = sum(1 for r in batch.records if r.record_id in resolution.retry)
-            tx.run(
-                "INSERT INTO batch_results (batch_id, destination, audience, kind, op, records, "
-                "acknowledged, rejected, attempts, resolved_at, stats) VALUES ($batch, "
-                "$destination, $audience, $kind, $op, $records, $acknowledged, $rejected, "
-                "$attempts, $now, $stats) "
-                "ON CONFLICT (batch_id) DO UPDATE SET records = excluded.records, "
-                "acknowledged = excluded.acknowledged, rejected = excluded.rejected, "
-                "attempts = excluded.attempts, resolved_at = excluded.resolved_at, "
-                "stats = excluded.stats",
-                {
-                    "batch": batch.batch_id,
-                    "destination": batch.destination,
-                    "audience": batch.audience,
-                    "kind": batch.kind,
-                    "op": batch.op,
-                    "records": len(batch.records),
-                    "acknowledged": len(batch.records) - rejected - retried,
-                    "rejected": rejected,
-                    "attempts": batch.attempts + 1,
-                    "now": now,
-                    "stats": json_text(resolution.stats),
-                },
-            )
-            tx.run("DELETE FROM sync_batches WHERE batch_id = $batch", {"batch": batch.batch_id})
-            if resolution.recovered_by is not None:
-                settle.restart_backoff(tx, batch.destination, resolution.recovered_by)
-            if resolution.retry:
-                settle.split_retries(tx, batch, resolution, now)
+            if tx is not None:
+                _settle_one(tx, batch, resolution, now)
+
+    def claim_ahead(
+        self,
+        destination: str,
+        max_records: int,
+        now: datetime,
+        audience: str | None = None,
+        batches: int = 1,
+    ) -> list[ClaimedBatch]:
+        """Up to `batches` batches of changes in one transaction: a due one alone if any (a
+        retry goes first), else new ones formed as successive claims would form them."""
+        claimed: list[ClaimedBatch] = []
+        try:
+            with self.sql.transaction() as tx:
+                tx.lock("claim:" + destination)
+                if _held(tx, destination, now):
+                    return []
+                due = claims.due_batch(self.sql, tx, destination, CHANGES, now, audience)
+                if due is not None:
+                    claimed = [due]
+                elif batches == 1:
+                    one = claims.claim_changes(tx, destination, max_records, now, audience)
+                    claimed = [] if one is None else [one]
+                else:
+                    claimed = claims.claim_changes_ahead(
+                        tx, destination, max_records, now, audience, batches
+                    )
+                return claimed
+        except BaseException:
+            self.release(claimed)
+            raise
+
+    def release(self, batches: Sequence[ClaimedBatch]) -> None:
+        """Give back claimed batches unsent: they stay due, for the next claim to take."""
+        for batch in batches:
+            self.sql.release(claims.held_key(batch.batch_id))
+
+    def resolve_many(
+        self, answered: Sequence[tuple[ClaimedBatch, Resolution]], now: datetime
+    ) -> None:
+        """Record several answers in one transaction (those of batches still there)."""
+        if not answered:
+            return
+        try:
+            with self.sql.transaction() as tx:
+                there = {
+                    str(row[0])
+                    for row in tx.run(
+                        "SELECT batch_id FROM sync_batches "
+                        "WHERE batch_id IN (SELECT batch_id FROM {mine}) ORDER BY batch_id"
+                        "{for_update}",
+                        mine=tx.rows(
+                            "mine", [("batch_id", "text")], [[b.batch_id for b, _ in answered]]
+                        ),
+                    )
+                }
+                present = [(b, r) for b, r in answered if b.batch_id in there]
+                whole = [
+                    (b, r)
+                    for b, r in present
+                    if b.kind == CHANGES and not r.retry and not (r.dry_run and b.op == "remove")
+                ]
+                if whole:
+                    settle.settle_answered(tx, whole, now)
+                recovered: dict[str, datetime] = {}
+                for batch, resolution in present:
+                    if resolution.recovered_by is not None:
+                        at = recovered.get(batch.destination, resolution.recovered_by)
+                        recovered[batch.destination] = min(at, resolution.recovered_by)
+                for destination, by in sorted(recovered.items()):  # before retries split off
+                    settle.restart_backoff(tx, destination, by)
+                settled = {b.batch_id for b, _ in whole}
+                for batch, resolution in present:
+                    if batch.batch_id not in settled:
+                        _settle_one(tx, batch, resolution, now, restart=False)
+        finally:
+            self.release([b for b, _ in answered])
 
     def defer(
         self,
@@ -318,6 +356,57 @@ class Ledger(OutboxStore):
                 {"destination": destination, "audience": audience},
             )
         return {str(p): bool(h) for p, h in rows}
+
+
+def _held(tx: Tx, destination: str, now: datetime) -> bool:
+    """Whether a failed batch holding the whole destination waits for its retry time (the
+    destination said when, Retry-After, or is paused)."""
+    rows = tx.run(
+        "SELECT count(*) FROM sync_batches WHERE destination = $destination "
+        "AND attempts > 0 AND next_attempt_at > $now AND holds_destination",
+        {"destination": destination, "now": now},
+    )
+    return bool(rows[0][0])
+
+
+def _settle_one(
+    tx: Tx, batch: ClaimedBatch, resolution: Resolution, now: datetime, restart: bool = True
+) -> None:
+    """Record one batch's answer (`restart`: and start its destination's backoff over)."""
+    if batch.kind == CHANGES:
+        settle.settle_changes(tx, batch, resolution, now)
+    else:
+        settle.settle_conversions(tx, batch, resolution, now)
+    rejected = sum(1 for r in batch.records if r.record_id in resolution.rejected)
+    retried = sum(1 for r in batch.records if r.record_id in resolution.retry)
+    tx.run(
+        "INSERT INTO batch_results (batch_id, destination, audience, kind, op, records, "
+        "acknowledged, rejected, attempts, resolved_at, stats) VALUES ($batch, "
+        "$destination, $audience, $kind, $op, $records, $acknowledged, $rejected, "
+        "$attempts, $now, $stats) "
+        "ON CONFLICT (batch_id) DO UPDATE SET records = excluded.records, "
+        "acknowledged = excluded.acknowledged, rejected = excluded.rejected, "
+        "attempts = excluded.attempts, resolved_at = excluded.resolved_at, "
+        "stats = excluded.stats",
+        {
+            "batch": batch.batch_id,
+            "destination": batch.destination,
+            "audience": batch.audience,
+            "kind": batch.kind,
+            "op": batch.op,
+            "records": len(batch.records),
+            "acknowledged": len(batch.records) - rejected - retried,
+            "rejected": rejected,
+            "attempts": batch.attempts + 1,
+            "now": now,
+            "stats": json_text(resolution.stats),
+        },
+    )
+    tx.run("DELETE FROM sync_batches WHERE batch_id = $batch", {"batch": batch.batch_id})
+    if restart and resolution.recovered_by is not None:
+        settle.restart_backoff(tx, batch.destination, resolution.recovered_by)
+    if resolution.retry:
+        settle.split_retries(tx, batch, resolution, now)
 
 
 _STATUS_SQL = f"""

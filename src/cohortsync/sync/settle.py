@@ -259,3 +259,98 @@ def restart_backoff(tx: Tx, destination: str, by: datetime) -> None:
         "$destination AND attempts > 0 AND NOT holds_destination{skip_locked})",
         {"by": by, "destination": destination},
     )
+
+
+def settle_answered(
+    tx: Tx, answered: Sequence[tuple[ClaimedBatch, Resolution]], now: datetime
+) -> None:
+    """Several batches of changes answered whole (nothing to retry, no dry-run removal),
+    recorded in one statement per table whatever their number: what delivery costs the store
+    per batch is then a share of a transaction, not two of them."""
+    done = [(b, res, r) for b, res in answered for r in b.records]
+    log = tx.rows(
+        "log",
+        [
+            ("record_id", "bigint"),
+            ("batch_id", "text"),
+            ("destination", "text"),
+            ("audience", "text"),
+            ("profile_id", "text"),
+            ("op", "text"),
+            ("outcome", "text"),
+            ("reason", "text"),
+            ("attempts", "bigint"),
+            ("status", "text"),
+            ("holdout", "boolean"),
+        ],
+        [
+            [r.record_id for _, _, r in done],
+            [b.batch_id for b, _, _ in done],
+            [b.destination for b, _, _ in done],
+            [b.audience for b, _, _ in done],
+            [r.profile_id for _, _, r in done],
+            [r.op for _, _, r in done],
+            [res.outcome(r.record_id) for _, res, r in done],
+            [res.rejected.get(r.record_id) for _, res, r in done],
+            [b.attempts + 1 for b, _, _ in done],
+            [res.state(r.record_id) for _, res, r in done],
+            [r.holdout for _, _, r in done],
+        ],
+    )
+    statements = (
+        "INSERT INTO delivery_log (record_id, kind, batch_id, destination, audience, "
+        "profile_id, op, outcome, reason, attempts, resolved_at) SELECT record_id, 'changes', "
+        "batch_id, destination, audience, profile_id, op, outcome, reason, attempts, $now "
+        "FROM {log}",
+        "DELETE FROM destination_state WHERE EXISTS (SELECT 1 FROM {log} "
+        f"WHERE {key_match('log', 'destination_state')})",
+        # what an add sent is what its outbox row holds (fixed at planning)
+        "INSERT INTO destination_state (destination, audience, profile_id, status, holdout, "
+        "identifiers, reason, change_id, batch_id, updated_at) SELECT log.destination, "
+        "log.audience, log.profile_id, log.status, log.holdout, "
+        "coalesce(o.identifiers, '{{}}'::{json}), log.reason, log.record_id, log.batch_id, $now "
+        "FROM {log} JOIN outbox o ON o.change_id = log.record_id WHERE log.op = 'add'",
+        "DELETE FROM outbox WHERE change_id IN (SELECT record_id FROM {log})",
+    )
+    for statement in statements:
+        tx.run(statement, {"now": now}, log=log)
+    results = [
+        (b, res, sum(1 for r in b.records if r.record_id in res.rejected)) for b, res in answered
+    ]
+    tx.run(
+        "INSERT INTO batch_results (batch_id, destination, audience, kind, op, records, "
+        "acknowledged, rejected, attempts, resolved_at, stats) SELECT batch_id, destination, "
+        "audience, 'changes', op, records, records - rejected, rejected, attempts, $now, "
+        "stats::{json} FROM {results} ON CONFLICT (batch_id) DO UPDATE SET "
+        "records = excluded.records, acknowledged = excluded.acknowledged, "
+        "rejected = excluded.rejected, attempts = excluded.attempts, "
+        "resolved_at = excluded.resolved_at, stats = excluded.stats",
+        {"now": now},
+        results=tx.rows(
+            "results",
+            [
+                ("batch_id", "text"),
+                ("destination", "text"),
+                ("audience", "text"),
+                ("op", "text"),
+                ("records", "bigint"),
+                ("rejected", "bigint"),
+                ("attempts", "bigint"),
+                ("stats", "text"),
+            ],
+            [
+                [b.batch_id for b, _, _ in results],
+                [b.destination for b, _, _ in results],
+                [b.audience for b, _, _ in results],
+                [b.op for b, _, _ in results],
+                [len(b.records) for b, _, _ in results],
+                [n for _, _, n in results],
+                [b.attempts + 1 for b, _, _ in results],
+                [json_text(res.stats) for _, res, _ in results],
+            ],
+        ),
+    )
+    tx.run(
+        "DELETE FROM sync_batches WHERE batch_id IN (SELECT batch_id FROM {gone})",
+        gone=tx.rows("gone", [("batch_id", "text")], [[b.batch_id for b, _ in answered]]),
+    )
