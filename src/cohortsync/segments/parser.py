@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
-from datetime import date
 from typing import Any
 
 from cohortsync.errors import ConfigError
@@ -37,6 +35,7 @@ from cohortsync.segments.ast import (
 )
 from cohortsync.segments.names import IDENTIFIER_KINDS, event_key
 from cohortsync.segments.schedule import valid_refresh
+from cohortsync.segments.yaml_lines import item_line, key_line, node_line, plain, suggest
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
@@ -55,47 +54,6 @@ _FIX_DURATION = "use <n>m, <n>h, <n>d or <n>w, e.g. 6h"
 def parse_document(document: Any, file_display: str) -> SegmentProject:
     """Parse and bind from a ruamel round-trip document (a `CommentedMap`)."""
     return _Parser(document, file_display).run()
-
-
-def _node_line(node: Any, fallback: int) -> int:
-    lc = getattr(node, "lc", None)
-    return lc.line + 1 if lc is not None and lc.line is not None else fallback
-
-
-def _key_line(node: Any, key: Any, fallback: int) -> int:
-    try:
-        return int(node.lc.key(key)[0]) + 1
-    except (AttributeError, KeyError, TypeError):
-        return fallback
-
-
-def _item_line(node: Any, index: int, fallback: int) -> int:
-    try:
-        return int(node.lc.item(index)[0]) + 1
-    except (AttributeError, KeyError, TypeError, IndexError):
-        return fallback
-
-
-def _plain(value: Any) -> Any:
-    """A ruamel scalar or sequence as a plain, hashable Python value."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
-
-
-def _suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 class _Parser:
@@ -121,7 +79,7 @@ class _Parser:
     def section(self, key: str) -> tuple[Mapping[str, Any], int]:
         """A top-level mapping (empty when absent) and the line of its key."""
         value = self.doc.get(key)
-        line = _key_line(self.doc, key, 1)
+        line = key_line(self.doc, key, 1)
         if value is None:
             return {}, line
         if not isinstance(value, Mapping):
@@ -143,13 +101,13 @@ class _Parser:
         traits_map, _ = self.section("traits")
         traits: dict[str, ComputedTrait] = {}
         for key, node in traits_map.items():
-            line = _key_line(traits_map, key, 1)
+            line = key_line(traits_map, key, 1)
             name = self.name("trait", key, line)
             traits[name] = self.trait(name, node, line)
         segments_map, _ = self.section("segments")
         segments: dict[str, Segment] = {}
         for key, node in segments_map.items():
-            line = _key_line(segments_map, key, 1)
+            line = key_line(segments_map, key, 1)
             name = self.name("segment", key, line)
             self.refs[name] = []
             self.current = name
@@ -158,7 +116,7 @@ class _Parser:
         audiences_map, _ = self.section("audiences")
         audiences: dict[str, Audience] = {}
         for key, node in audiences_map.items():
-            line = _key_line(audiences_map, key, 1)
+            line = key_line(audiences_map, key, 1)
             name = self.name("audience", key, line)
             audiences[name] = self.audience(name, node, line, segments)
         return SegmentProject(traits=traits, segments=segments, audiences=audiences)
@@ -172,7 +130,7 @@ class _Parser:
             for ref in refs:
                 if ref.name not in segments:
                     raise self.fail(
-                        f"unknown segment {ref.name!r}{_suggest(ref.name, known)}: "
+                        f"unknown segment {ref.name!r}{suggest(ref.name, known)}: "
                         "define it under segments: or fix the name",
                         ref.position.line if ref.position else None,
                     )
@@ -212,7 +170,7 @@ class _Parser:
                 raise self.fail(f"segment {name} has a description but no condition", line)
         return Segment(
             name=name,
-            condition=self.condition(node, _node_line(node, line), skip=("description",)),
+            condition=self.condition(node, node_line(node, line), skip=("description",)),
             description=description,
             position=Position(self.file, line),
         )
@@ -225,7 +183,7 @@ class _Parser:
                 "e.g. {event: order_completed, within: 30d}",
                 line,
             )
-        line = _node_line(node, line)
+        line = node_line(node, line)
         kinds = [k for k in node if k in _KINDS]
         if not kinds:
             keys = ", ".join(str(k) for k in node if k not in skip)
@@ -236,7 +194,7 @@ class _Parser:
             raise self.fail(
                 f"a condition has one of {', '.join(_KINDS)} but this one has "
                 f"{' and '.join(kinds)}: combine them with all: [...] or any: [...]",
-                _key_line(node, kinds[1], line),
+                key_line(node, kinds[1], line),
             )
         kind = kinds[0]
         pos = Position(self.file, line)
@@ -246,7 +204,7 @@ class _Parser:
             return self.trait_condition(node, line, skip)
         self.only(node, (kind, *skip), line, f"a {kind}: condition")
         value = node[kind]
-        vline = _key_line(node, kind, line)
+        vline = key_line(node, kind, line)
         if kind == "has":
             if value not in self.kinds:
                 raise self.fail(
@@ -266,7 +224,7 @@ class _Parser:
             raise self.fail(
                 f"{kind}: takes a non-empty list of conditions, e.g. {kind}: [...]", vline
             )
-        parts = tuple(self.condition(v, _item_line(value, i, vline)) for i, v in enumerate(value))
+        parts = tuple(self.condition(v, item_line(value, i, vline)) for i, v in enumerate(value))
         return All(parts, pos) if kind == "all" else AnyOf(parts, pos)
 
     def only(self, node: Mapping[str, Any], allowed: tuple[str, ...], line: int, what: str) -> None:
@@ -276,14 +234,14 @@ class _Parser:
                 raise self.fail(
                     f"unknown key {key!r} in {what}: remove or rename it; "
                     f"allowed here: {', '.join(allowed)}",
-                    _key_line(node, key, line),
+                    key_line(node, key, line),
                 )
 
     def text(self, node: Mapping[str, Any], key: str, line: int) -> str:
         """A required string value."""
         value = node[key]
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(f"{key}: must be a non-empty text", _key_line(node, key, line))
+            raise self.fail(f"{key}: must be a non-empty text", key_line(node, key, line))
         return str(value)
 
     def event_name(self, node: Mapping[str, Any], key: str, line: int) -> str:
@@ -293,7 +251,7 @@ class _Parser:
         if not name:
             raise self.fail(
                 f"{key}: takes an event name, e.g. {key}: order_completed",
-                _key_line(node, key, line),
+                key_line(node, key, line),
             )
         return name
 
@@ -305,11 +263,11 @@ class _Parser:
         if isinstance(window, Since) and window.event == name:
             raise self.fail(
                 f"since: names the event itself ({name}): use within: or between: instead",
-                _key_line(node, "since", line),
+                key_line(node, "since", line),
             )
         count_op, count = "gte", 1
         if "count" in node:
-            count_op, count = self.count(node["count"], _key_line(node, "count", line))
+            count_op, count = self.count(node["count"], key_line(node, "count", line))
         return EventCondition(
             event=name,
             where=self.where(node, line),
@@ -331,12 +289,12 @@ class _Parser:
         if op not in _COUNT_OPS:
             raise self.fail(
                 f"unknown count operator {op!r}: use one of {', '.join(_COUNT_OPS)}",
-                _key_line(value, op, line),
+                key_line(value, op, line),
             )
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise self.fail(
                 f"count: {op}: takes a whole number of events (0 or more), got {n!r}",
-                _key_line(value, op, line),
+                key_line(value, op, line),
             )
         return str(op), int(n)
 
@@ -344,19 +302,19 @@ class _Parser:
         """`where: {PROP: VALUE}` or `{PROP: {OP: VALUE}}`; several props and ops are ANDed."""
         if "where" not in node:
             return ()
-        value, wline = node["where"], _key_line(node, "where", line)
+        value, wline = node["where"], key_line(node, "where", line)
         if not isinstance(value, Mapping) or not value:
             raise self.fail("where: takes a mapping of property: value, e.g. {plan: pro}", wline)
         out: list[Comparison] = []
         for prop, test in value.items():
-            pline = _key_line(value, prop, wline)
+            pline = key_line(value, prop, wline)
             if not isinstance(prop, str) or not prop:
                 raise self.fail(f"where: property name {prop!r} must be text", pline)
             if isinstance(test, Mapping):
                 if not test:
                     raise self.fail(f"where: {prop}: needs an operator, e.g. {{gte: 10}}", pline)
                 for op, operand in test.items():
-                    out.append(self.comparison(prop, op, operand, _key_line(test, op, pline)))
+                    out.append(self.comparison(prop, op, operand, key_line(test, op, pline)))
             else:
                 out.append(self.comparison(prop, "eq", test, pline))
         return tuple(out)
@@ -388,7 +346,7 @@ class _Parser:
             )
         if not ok:
             raise self.fail(f"bad value {value!r} for {field}: {hint}", line)
-        return Comparison(field=field, op=str(op), value=_plain(value))
+        return Comparison(field=field, op=str(op), value=plain(value))
 
     def trait_condition(
         self, node: Mapping[str, Any], line: int, skip: tuple[str, ...]
@@ -403,10 +361,10 @@ class _Parser:
             raise self.fail(
                 f"a trait condition takes exactly one operator (found {len(ops)}), e.g. "
                 "{trait: ltv, gte: 500}; combine several with all: [...]",
-                _key_line(node, ops[1], line) if ops else line,
+                key_line(node, ops[1], line) if ops else line,
             )
         op = ops[0]
-        comparison = self.comparison(str(name), op, node[op], _key_line(node, op, line))
+        comparison = self.comparison(str(name), op, node[op], key_line(node, op, line))
         return TraitCondition(comparison=comparison, position=Position(self.file, line))
 
     # -- windows and durations -------------------------------------------------------------
@@ -418,12 +376,12 @@ class _Parser:
             raise self.fail(
                 f"one window per event: found {' and '.join(found)}; keep one, "
                 "or split into all: [...] of two conditions",
-                _key_line(node, found[1], line),
+                key_line(node, found[1], line),
             )
         if not found:
             return Ever()
         key = found[0]
-        kline = _key_line(node, key, line)
+        kline = key_line(node, key, line)
         if key not in allowed:
             raise self.fail(f"{key}: is not allowed here: use one of {', '.join(allowed)}", kline)
         value = node[key]
@@ -476,7 +434,7 @@ class _Parser:
                 "e.g. {event: order_completed, sum: revenue}",
                 line,
             )
-        line = _node_line(node, line)
+        line = node_line(node, line)
         aggs = [k for k in node if k in AGGREGATIONS]
         allowed = ("event", "where", "within", "between", "before", *AGGREGATIONS)
         unknown = [k for k in node if k not in allowed]
@@ -484,17 +442,17 @@ class _Parser:
             raise self.fail(
                 f"unknown aggregation {unknown[0]!r} in trait {name}: use one of "
                 f"{', '.join(AGGREGATIONS)}",
-                _key_line(node, unknown[0], line),
+                key_line(node, unknown[0], line),
             )
         self.only(node, allowed, line, f"computed trait {name}")
         if len(aggs) != 1:
             raise self.fail(
                 f"computed trait {name} takes exactly one aggregation "
                 f"({', '.join(AGGREGATIONS)}), found {len(aggs)}",
-                _key_line(node, aggs[1], line) if aggs else line,
+                key_line(node, aggs[1], line) if aggs else line,
             )
         agg = aggs[0]
-        value, aline = node[agg], _key_line(node, agg, line)
+        value, aline = node[agg], key_line(node, agg, line)
         prop: str | None
         if agg == "count":
             if value is not True:
@@ -521,25 +479,25 @@ class _Parser:
         if not isinstance(node, Mapping) or "segment" not in node:
             raise self.fail(f"audience {name} needs segment: NAME, e.g. segment: lapsed", line)
         self.only(node, _AUDIENCE_KEYS, line, f"audience {name}")
-        segment = self.segment_name(node["segment"], _key_line(node, "segment", line), segments)
+        segment = self.segment_name(node["segment"], key_line(node, "segment", line), segments)
         exclude = self.names(node, "exclude", line)
         for i, excluded in enumerate(exclude):
-            eline = _item_line(node["exclude"], i, _key_line(node, "exclude", line))
+            eline = item_line(node["exclude"], i, key_line(node, "exclude", line))
             self.segment_name(excluded, eline, segments)
             if excluded == segment:
                 raise self.fail(f"audience {name} excludes its own segment {segment}", eline)
         holdout = None
         if "holdout" in node:
-            holdout = self.holdout(node["holdout"], _key_line(node, "holdout", line))
+            holdout = self.holdout(node["holdout"], key_line(node, "holdout", line))
         refresh = "1h"
         if "refresh" in node:
-            refresh = self.refresh(node["refresh"], _key_line(node, "refresh", line))
+            refresh = self.refresh(node["refresh"], key_line(node, "refresh", line))
         identifiers = self.names(node, "identifiers", line)
         for kind in identifiers:
             if kind not in self.kinds:
                 raise self.fail(
                     f"unknown identifier kind {kind!r}: use one of {', '.join(self.kinds)}",
-                    _key_line(node, "identifiers", line),
+                    key_line(node, "identifiers", line),
                 )
         return Audience(
             name=name,
@@ -558,7 +516,7 @@ class _Parser:
         """A reference to a defined segment."""
         if not isinstance(value, str) or value not in segments:
             raise self.fail(
-                f"unknown segment {value!r}{_suggest(str(value), list(segments))}: "
+                f"unknown segment {value!r}{suggest(str(value), list(segments))}: "
                 "define it under segments: or fix the name",
                 line,
             )
@@ -572,7 +530,7 @@ class _Parser:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
             raise self.fail(
-                f"{key}: takes a list of names, e.g. {key}: [a, b]", _key_line(node, key, line)
+                f"{key}: takes a list of names, e.g. {key}: [a, b]", key_line(node, key, line)
             )
         return tuple(str(v) for v in items)
 
@@ -582,7 +540,7 @@ class _Parser:
             raise self.fail("holdout: takes {percent: P}, e.g. holdout: {percent: 10}", line)
         self.only(value, ("percent",), line, "holdout")
         percent = value["percent"]
-        pline = _key_line(value, "percent", line)
+        pline = key_line(value, "percent", line)
         if isinstance(percent, bool) or not isinstance(percent, int | float):
             raise self.fail(f"holdout percent must be a number, got {percent!r}", pline)
         if not 0 < percent < 100:
