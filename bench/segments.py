@@ -1,6 +1,7 @@
 """Segments benchmark: the example project's audiences, ours vs hand-written SQL vs pandas.
 
 Run:  .venv/bin/python bench/segments.py [--events N ...] [--repeat R] [--quick]
+          [--breakdown no|yes|only] [--memory-limit 4GB]
 
 For each size, a store is built once and cached under bench/out/segments-<N>-by-time/ (a
 project made by `scaffold_project`, i.e. the very template `cohortsync init` writes):
@@ -12,8 +13,8 @@ project made by `scaffold_project`, i.e. the very template `cohortsync init` wri
   suffix on profiles, aliases, identities and identify traits), so each copy is a distinct set
   of profiles with the same shape of history. 10M = the 1M base x 10.
 
-Then, on the same store and in the same process, every audience of the example project is
-computed as of NOW three ways, each the best of --repeat runs (taken in turn, round after
+Then, on the same store, every audience of the example project is computed as of NOW three
+ways, each the best of --repeat runs (taken in turn, round after
 round, so that load from other processes falls on all three alike):
 - ours: `with_summaries(DuckDBCompiler(), store, ...)` (asks the store which of its per-profile
   event and property summaries are exact as of NOW, summarising the project's properties the
@@ -21,17 +22,20 @@ round, so that load from other processes falls on all three alike):
   one query), rendered and run; the coverage check and compile time included;
 - hand SQL: one query per audience written by hand against `profile_events` / `profiles`
   (below, `HAND_SQL`), the way an analyst would write it: one scan, FILTER aggregates;
-- pandas: the events (track events only) read into a DataFrame first, with the properties the
+- pandas, in a process of its own (so its DataFrame is not counted in this process's memory):
+  the events (track events only) read into a DataFrame first, with the properties the
   audiences use already extracted into typed columns (favourable to pandas: it never parses
-  JSON); only the computation is timed.
+  JSON); only the computation is timed, there.
 The three member sets must be equal (asserted). Then the whole project is computed the way
-`cohortsync compute` does it (`compute_members`: every segment in one query, then audiences),
-against the sum of the hand-written queries. Peak memory is the process's max RSS.
+`cohortsync compute` does it (`compute_members`: segments, audience rules and holdouts in one
+query), against the sum of the hand-written queries. Peak memory is each process's max RSS.
+With --breakdown, one recorded compute run is timed step by step on a copy of the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import platform
 import resource
@@ -40,9 +44,10 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from multiprocessing.connection import Connection
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -51,19 +56,30 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from cohortsync.audiences.compute import AUDIENCE, compute_members
-from cohortsync.config.loader import load_project
+from cohortsync.audiences.compute import (
+    AUDIENCE,
+    MEMBERSHIPS,
+    Computed,
+    _report,
+    compute_members,
+    members_query,
+)
+from cohortsync.config.loader import LoadedProject, load_project, parse_segments
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.demo.shop import generate_shop
+from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.compile import DuckDBCompiler, with_summaries
 from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
-from cohortsync.segments.parser import parse_segments
 from cohortsync.store.duckdb_store import DuckDBStore
+from cohortsync.sync.configure import sync_setup
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # fixed, so stores are reproducible and cacheable
 AT_US = int(NOW.timestamp()) * 1_000_000
 EVENTS_PER_PROFILE = 31.8  # what generate_shop yields on average (measured at 5k profiles)
 OUT = Path(__file__).parent / "out"
+# DuckDB's memory while building a multiplied store (the sort by time spills to disk beyond
+# it); left to DuckDB's default (80 % of RAM), building the 50M store peaked at 20 GB.
+BUILD_MEMORY = "6GB"
 console = Console(width=150)
 
 
@@ -97,7 +113,7 @@ def build_multiplied(base: Path, directory: Path, factor: int) -> None:
     _store_file(directory).parent.mkdir(parents=True, exist_ok=True)
     partial = _store_file(directory).with_suffix(".partial")
     shutil.copyfile(_store_file(base), partial)
-    con = duckdb.connect(str(partial))
+    con = duckdb.connect(str(partial), config={"memory_limit": BUILD_MEMORY})
     s = "|| '~' || k"  # the suffix of copy k
     copies = f"range(1, {factor}) AS r(k)"
     con.execute(
@@ -124,7 +140,7 @@ def build_multiplied(base: Path, directory: Path, factor: int) -> None:
     )
     con.execute("CHECKPOINT")
     con.close()
-    store = DuckDBStore(partial)  # events were written in SQL: summarise them again
+    store = DuckDBStore(partial, memory_limit=BUILD_MEMORY)  # written in SQL: summarise again
     store.migrate()
     store.rebuild_summaries()
     store.close()
@@ -399,6 +415,69 @@ class PandasAudiences:
         raise KeyError(name)
 
 
+# -- the pandas side, in a process of its own -----------------------------------------------
+
+
+class Timed(NamedTuple):
+    """A result with the time its computation took where it ran (not counting the pipe)."""
+
+    ms: float
+    value: Any
+
+
+def _pandas_worker(store_file: str, conn: Connection) -> None:
+    """Load the DataFrame, then answer ("run", audience) with the members' profile ids until
+    ("stop",), which answers with this process's peak RSS in MB. The store is opened read-only
+    and closed before the first answer, so the parent can then open it for writing."""
+    started = time.perf_counter()
+    con = duckdb.connect(store_file, read_only=True)
+    df = con.execute(DF_SQL).df()
+    pids = df["pid"].astype("category")
+    names = pids.cat.categories  # profile ids; the DataFrame holds their integer codes
+    df["pid"] = pids.cat.codes.astype(np.int64)
+    df["ev"] = df["ev"].astype("category")
+    live_ids = [r[0] for r in con.execute(LIVE).fetchall()]
+    con.close()
+    codes = names.get_indexer(live_ids)
+    live = np.sort(codes[codes >= 0])  # profiles without track events are in no audience
+    side = PandasAudiences(df, live, AT_US)
+    conn.send((time.perf_counter() - started, len(df)))
+    while True:
+        command = conn.recv()
+        if command[0] == "stop":
+            conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+            return
+        begun = time.perf_counter()
+        found = side.run(command[1])
+        ms = (time.perf_counter() - begun) * 1000
+        conn.send(Timed(ms, [str(p) for p in names[found]]))
+
+
+class PandasProcess:
+    """The pandas baseline in a child process, so that its DataFrame (most of the memory at
+    50M events) is not counted in the peak RSS of the process that runs ours."""
+
+    def __init__(self, store_file: Path) -> None:
+        self._conn, child = mp.get_context("spawn").Pipe()
+        self._process = mp.get_context("spawn").Process(
+            target=_pandas_worker, args=(str(store_file), child), daemon=True
+        )
+        self._process.start()
+        self.load_s, self.rows = self._conn.recv()
+
+    def run(self, name: str) -> Timed:
+        self._conn.send(("run", name))
+        timed: Timed = self._conn.recv()
+        return timed
+
+    def stop(self) -> float:
+        """Stop the process; its peak RSS in MB."""
+        self._conn.send(("stop",))
+        peak: float = self._conn.recv()
+        self._process.join()
+        return peak
+
+
 # -- running ------------------------------------------------------------------------------
 
 
@@ -414,40 +493,60 @@ def best_of(repeat: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def best_of_each(repeat: int, fns: list[Callable[[], Any]]) -> list[tuple[float, Any]]:
     """`best_of` for several functions run in turn, round after round, so that a burst of load
-    from other processes falls on all of them alike."""
+    from other processes falls on all of them alike. A function returning `Timed` is credited
+    with the time it reports."""
     best = [float("inf")] * len(fns)
     results: list[Any] = [None] * len(fns)
     for _ in range(repeat):
         for i, fn in enumerate(fns):
             started = time.perf_counter()
             results[i] = fn()
-            best[i] = min(best[i], (time.perf_counter() - started) * 1000)
+            ms = (time.perf_counter() - started) * 1000
+            if isinstance(results[i], Timed):
+                ms, results[i] = results[i].ms, results[i].value
+            best[i] = min(best[i], ms)
     return list(zip(best, results, strict=True))
 
 
-def run_size(events: int, base_events: int, repeat: int) -> None:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def open_store(directory: Path, memory_limit: str | None) -> DuckDBStore:
+    """The bench store of `directory`, migrated (a store cached before event summaries gets
+    them here)."""
+    store = DuckDBStore(_store_file(directory), memory_limit=memory_limit)
+    store.migrate()
+    return store
+
+
+def run_size(
+    events: int, base_events: int, repeat: int, memory_limit: str | None, breakdown: str
+) -> None:
     directory = ensure_store(events, base_events)
     loaded = load_project(directory)
     project = parse_segments(loaded)
-    store = DuckDBStore(_store_file(directory))
-    store.migrate()  # a store cached before event summaries gets them here
+    open_store(directory, memory_limit).close()  # migrated before the pandas side reads it
+    if breakdown != "only":
+        audiences_and_compute(directory, project, repeat, memory_limit)
+    if breakdown != "no":
+        console.print(compute_breakdown(directory, loaded, project, repeat, memory_limit))
+    console.print(f"  peak RSS of this process so far: {peak_rss_mb():,.0f} MB")
+
+
+def audiences_and_compute(
+    directory: Path, project: SegmentProject, repeat: int, memory_limit: str | None
+) -> None:
+    """Every audience three ways (ours, hand SQL, pandas), then one compute run."""
+    pandas_side = PandasProcess(_store_file(directory))
+    store = open_store(directory, memory_limit)
     # The same database instance as the store's (one process may open a file once).
     con = duckdb.connect(str(_store_file(directory)))
     n_events = con.execute("SELECT count(*) FROM events").fetchone()[0]
     n_profiles = con.execute("SELECT count(*) FROM profiles WHERE merged_into IS NULL").fetchone()[
         0
     ]
-    started = time.perf_counter()
-    df = con.execute(DF_SQL).df()
-    pids = df["pid"].astype("category")
-    names = pids.cat.categories  # profile ids; the DataFrame holds their integer codes
-    df["pid"] = pids.cat.codes.astype(np.int64)
-    df["ev"] = df["ev"].astype("category")
-    live_ids = [r[0] for r in con.execute(LIVE).fetchall()]
-    codes = names.get_indexer(live_ids)
-    live = np.sort(codes[codes >= 0])  # profiles without track events are in no audience
-    load_s = time.perf_counter() - started
-    pandas_side = PandasAudiences(df, live, AT_US)
 
     def compile_only(name: str) -> str:
         compiler = with_summaries(DuckDBCompiler(), store, project, AT_US)
@@ -473,7 +572,7 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
                 lambda n=name: pandas_side.run(n),
             ],
         )
-        a, b, c = {r[0] for r in r_ours}, {r[0] for r in r_hand}, set(names[r_pd])
+        a, b, c = {r[0] for r in r_ours}, {r[0] for r in r_hand}, set(r_pd)
         assert a == b == c, (name, len(a), len(b), len(c))
         members[name] = a
         totals = [totals[0] + t_ours, totals[1] + t_hand, totals[2] + t_pd]
@@ -487,7 +586,12 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
         f"{totals[0] / totals[1]:.2f}x", f"{totals[2] / totals[0]:.1f}x",
     )  # fmt: skip
     console.print(table)
-    console.print(f"  pandas DataFrame load (not timed above): {load_s:.1f} s, {len(df):,} rows")
+    console.print(f"  peak RSS of this process after the audiences: {peak_rss_mb():,.0f} MB")
+    pandas_peak = pandas_side.stop()
+    console.print(
+        f"  pandas (own process): DataFrame load, not timed above, {pandas_side.load_s:.1f} s, "
+        f"{pandas_side.rows:,} rows; its peak RSS {pandas_peak:,.0f} MB"
+    )
     t_run, computed = best_of(repeat, lambda: compute_members(store, project, AT_US))
     store.close()
     for name, expected in members.items():
@@ -496,12 +600,84 @@ def run_size(events: int, base_events: int, repeat: int) -> None:
         f"  one compute run (compute_members: {len(project.segments)} segments and "
         f"{len(project.audiences)} audiences, as `cohortsync compute` does): [b]{t_run:.0f} ms[/b]"
         f" against {totals[1]:.0f} ms for the {len(members)} hand-written queries "
-        f"({t_run / totals[1]:.2f}x) and {totals[2]:.0f} ms in pandas"
+        f"({t_run / totals[1]:.2f}x) and {totals[2]:.0f} ms in pandas; peak RSS of this "
+        f"process after it {peak_rss_mb():,.0f} MB"
     )
     console.print(evaluator_cost(con, project))
     con.close()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    console.print(f"  peak RSS of the process so far: {peak_mb:,.0f} MB")
+
+
+def compute_breakdown(
+    directory: Path,
+    loaded: LoadedProject,
+    project: SegmentProject,
+    repeat: int,
+    memory_limit: str | None,
+) -> Table:
+    """Where one recorded compute run spends its time, step by step (best of `repeat`).
+
+    Each repeat records into a fresh copy of the store: a first run as of NOW (every member
+    enters) and a next run an hour later (a few enter and exit), with the project's routes, as
+    `cohortsync compute` does."""
+    routes = sync_setup(loaded, project).routes
+    copy = directory / "breakdown.duckdb"
+    best: dict[tuple[str, str], float] = {}
+    sizes: dict[str, str] = {}
+
+    def took(step: str, label: str, since: float) -> float:
+        now = time.perf_counter()
+        best[(step, label)] = min(best.get((step, label), float("inf")), (now - since) * 1000)
+        return now
+
+    for _ in range(repeat):
+        shutil.copyfile(_store_file(directory), copy)
+        store = DuckDBStore(copy, memory_limit=memory_limit)
+        try:
+            for label, at in (("first", AT_US), ("next", AT_US + H)):
+                started = t = time.perf_counter()
+                compiler = with_summaries(DuckDBCompiler(), store, project, at)
+                sql = compiler.render(members_query(compiler, project, at))
+                t = took("compile (coverage check, SQL of segments, audiences, holdout)", label, t)
+                result = store.query_arrow(sql)
+                t = took("query: flags, audience rules, holdout hash; Arrow out", label, t)
+                table = result.select(MEMBERSHIPS.names).cast(MEMBERSHIPS)
+                computed = Computed(at, table, tuple(project.segments), tuple(project.audiences))
+                t = took("membership table (Arrow)", label, t)
+                changes = store.record_memberships(table, at, started, routes)
+                t = took("record_memberships: diff + outbox plan (store)", label, t)
+                report = _report(computed, changes, started)
+                t = took("report (sizes, holdout counts)", label, t)
+                best[("total", label)] = min(
+                    best.get(("total", label), float("inf")), (t - started) * 1000
+                )
+                entered, exited = sum(changes.entered.values()), sum(changes.exited.values())
+                sizes[label] = (
+                    f"{table.num_rows:,} memberships, {entered:,} entered, {exited:,} exited, "
+                    f"{sum(r.holdout for r in report.rows):,} held out"
+                )
+            t = time.perf_counter()
+            plan = compiler.compile_members(project, list(project.segments), AT_US + H)
+            store.query_arrow(compiler.render(plan.query))
+            took("(for reference: the flags query alone)", "next", t)
+        finally:
+            store.close()
+            copy.unlink()
+            copy.with_suffix(".duckdb.wal").unlink(missing_ok=True)
+    table = Table(
+        title=f"One recorded compute run, step by step (best of {repeat}): first run "
+        f"({sizes['first']}); next run an hour later ({sizes['next']})"
+    )
+    for col in ("step", "first run ms", "next run ms"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    steps = dict.fromkeys(step for step, _ in best)
+    for step in steps:
+        first, next_ = best.get((step, "first")), best.get((step, "next"))
+        table.add_row(
+            f"[b]{step}[/b]" if step == "total" else step,
+            "" if first is None else f"{first:.1f}",
+            "" if next_ is None else f"{next_:.1f}",
+        )
+    return table
 
 
 def histories(con: duckdb.DuckDBPyConnection, sample: int) -> list[ProfileHistory]:
@@ -558,6 +734,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--base", type=int, default=1_000_000, help="largest engine-built store")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one 100k-event store, 1 repeat")
+    parser.add_argument(
+        "--breakdown",
+        choices=["no", "yes", "only"],
+        default="no",
+        help="also (or only) time each step of a recorded compute run",
+    )
+    parser.add_argument(
+        "--memory-limit", default=None, help="the store's DuckDB memory limit (default: its own)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.events, args.repeat, args.base = [100_000], 1, 100_000
@@ -569,10 +754,10 @@ def main(argv: list[str] | None = None) -> None:
         f"pandas {pd.__version__}, {os.cpu_count()} CPUs ({cpu}), best of {args.repeat}"
     )
     for events in args.events:
-        run_size(events, args.base, args.repeat)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        run_size(events, args.base, args.repeat, args.memory_limit, args.breakdown)
     console.print(
-        f"total wall time {time.perf_counter() - started:.1f} s, peak RSS {peak_mb:,.0f} MB"
+        f"total wall time {time.perf_counter() - started:.1f} s, peak RSS of this process "
+        f"{peak_rss_mb():,.0f} MB (the pandas side ran in its own process)"
     )
 
 

@@ -7,11 +7,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from sqlglot import exp
 
-from cohortsync.audiences.rule import audience_members
+from cohortsync.audiences.holdout import holdout_sql
+from cohortsync.audiences.rule import rule_sql
 from cohortsync.errors import InputError
 from cohortsync.moments import to_datetime
 from cohortsync.segments.ast import SegmentProject
@@ -21,25 +24,69 @@ from cohortsync.store.outbox import Route
 
 SEGMENT = "segment"
 AUDIENCE = "audience"
-_MEMBERSHIPS = pa.schema(
+MEMBERSHIPS = pa.schema(
     [("kind", pa.string()), ("name", pa.string()), ("profile_id", pa.string()),
      ("holdout", pa.bool_())]
 )  # fmt: skip
+"""One row per membership of a compute: what `Store.record_memberships` diffs."""
+_FLAGS = "cohortsync_flags"
 
 
 @dataclass(frozen=True)
 class Computed:
-    """Members of every segment and audience at one instant: sorted (profile_id, holdout)."""
+    """Members of every segment and audience at one instant, as one Arrow table of
+    (kind, name, profile_id, holdout) (`MEMBERSHIPS`), in no particular order; `segment_names`
+    and `audience_names` list every name, members or not, in the project's order."""
 
     at_us: int
-    segments: dict[str, list[str]]
-    audiences: dict[str, list[tuple[str, bool]]]
+    table: pa.Table
+    segment_names: tuple[str, ...]
+    audience_names: tuple[str, ...]
+
+    def members(self, kind: str, name: str) -> pa.Table:
+        """The rows of one segment or audience, sorted by profile id."""
+        rows = self.table.filter(
+            pc.and_(pc.equal(self.table["kind"], kind), pc.equal(self.table["name"], name))
+        )
+        return rows.sort_by("profile_id")
+
+    @cached_property
+    def segments(self) -> dict[str, list[str]]:
+        """Sorted member ids of every segment, as Python lists (built when first asked)."""
+        return {
+            name: self.members(SEGMENT, name)["profile_id"].to_pylist()
+            for name in self.segment_names
+        }
+
+    @cached_property
+    def audiences(self) -> dict[str, list[tuple[str, bool]]]:
+        """(profile_id, holdout) of every audience, sorted by id (built when first asked)."""
+        found: dict[str, list[tuple[str, bool]]] = {}
+        for name in self.audience_names:
+            rows = self.members(AUDIENCE, name)
+            ids, flags = rows["profile_id"].to_pylist(), rows["holdout"].to_pylist()
+            found[name] = list(zip(ids, flags, strict=True))
+        return found
 
     def ids(self, kind: str, name: str) -> set[str]:
         """The member ids of one segment or audience."""
-        if kind == SEGMENT:
-            return set(self.segments[name])
-        return {p for p, _ in self.audiences[name]}
+        return set(self.members(kind, name)["profile_id"].to_pylist())
+
+    def sizes(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(members, holdout members) of every (kind, name) with a member."""
+        counts = self.table.group_by(["kind", "name"]).aggregate(
+            [("profile_id", "count"), ("holdout", "sum")]
+        )
+        return {
+            (str(k), str(n)): (int(c), int(h or 0))
+            for k, n, c, h in zip(
+                counts["kind"].to_pylist(),
+                counts["name"].to_pylist(),
+                counts["profile_id_count"].to_pylist(),
+                counts["holdout_sum"].to_pylist(),
+                strict=True,
+            )
+        }
 
 
 @dataclass(frozen=True)
@@ -81,15 +128,48 @@ def compute_members(
 ) -> Computed:
     """Members of every segment and audience as of `at_us`, computed on the store; no writes.
 
-    Every segment is computed by one query (one scan of the events, each trait once) into a
-    temporary table of per-profile flags, then each segment's members are read from it.
+    One query does it all in the engine: every segment's per-profile flag (one scan of the
+    events, each trait once), each audience's rule over those flags and its holdout hash,
+    returned as one Arrow table of memberships.
     """
     compiler = compiler or with_summaries(compiler_for(store.dialect), store, project, at_us)
-    segments = _segment_members(store, project, at_us, compiler) if project.segments else {}
-    audiences = {
-        name: audience_members(audience, segments) for name, audience in project.audiences.items()
-    }
-    return Computed(at_us, segments, audiences)
+    if project.segments:
+        sql = compiler.render(members_query(compiler, project, at_us))
+        table = store.query_arrow(sql).select(MEMBERSHIPS.names).cast(MEMBERSHIPS)
+    else:
+        table = MEMBERSHIPS.empty_table()
+    return Computed(at_us, table, tuple(project.segments), tuple(project.audiences))
+
+
+def members_query(compiler: Compiler, project: SegmentProject, at_us: int) -> exp.Query:
+    """One query of (kind, name, profile_id, holdout): a row per member of every segment and
+    audience. The segments' per-profile flags are computed once (a materialised CTE); each
+    segment and audience selects its members from them, audiences flagging their holdout."""
+    plan = compiler.compile_members(project, list(project.segments), at_us)
+    profile_id = exp.column("profile_id", quoted=True)
+    parts: list[exp.Select] = []
+
+    def part(kind: str, name: str, where: exp.Expr, holdout: exp.Expr) -> None:
+        columns = [
+            exp.alias_(exp.Literal.string(kind), "kind", copy=False),
+            exp.alias_(exp.Literal.string(name), "name", copy=False),
+            profile_id.copy(),
+            exp.alias_(holdout, "holdout", copy=False),
+        ]
+        parts.append(exp.select(*columns).from_(_FLAGS).where(where, copy=False))
+
+    for name, column in plan.columns.items():
+        part(SEGMENT, name, exp.column(column, quoted=True), exp.false())
+    for name, audience in project.audiences.items():
+        holdout = holdout_sql(name, profile_id.copy(), audience.holdout_percent, compiler.dialect)
+        part(AUDIENCE, name, rule_sql(audience.condition, plan.columns), holdout)
+    union: exp.Query = parts[0]
+    for other in parts[1:]:
+        union = exp.union(union, other, distinct=False, copy=False)
+    flags = exp.select("*").from_(
+        exp.Subquery(this=union, alias=exp.TableAlias(this=exp.to_identifier("m")))
+    )
+    return flags.with_(_FLAGS, as_=plan.query, materialized=True, copy=False)
 
 
 def _segment_members(
@@ -100,10 +180,11 @@ def _segment_members(
     *,
     through_table: bool = False,
 ) -> dict[str, list[str]]:
-    """Sorted members of every segment, from one query of per-profile flags.
+    """Sorted members of every segment, from one query of per-profile flags (a cross-check of
+    `compute_members`, which does this and the audiences in one query).
 
     The store reads the query's flags in one go (`Store.flagged_members`); `through_table`
-    instead fills a temporary table and reads each segment's column (kept as a cross-check).
+    instead fills a temporary table and reads each segment's column.
     """
     plan = compiler.compile_members(project, list(project.segments), at_us)
     if not through_table:
@@ -137,25 +218,6 @@ def _segment_members(
             f"{compiler.render(drop)};\n{compiler.render(nothing.where(exp.false()))}"
         )
     return segments
-
-
-def _table(computed: Computed) -> pa.Table:
-    """One Arrow table (kind, name, profile_id, holdout) of every membership, built a name at
-    a time (repeated kinds and names as Arrow repeats, not Python lists)."""
-    parts: list[pa.Table] = []
-
-    def add(kind: str, name: str, ids: list[str], holdout: pa.Array) -> None:
-        n = len(ids)
-        columns = [pa.repeat(kind, n), pa.repeat(name, n), pa.array(ids, pa.string()), holdout]
-        parts.append(pa.Table.from_arrays(columns, schema=_MEMBERSHIPS))
-
-    for name, members in computed.segments.items():
-        add(SEGMENT, name, members, pa.repeat(False, len(members)))
-    for name, flagged in computed.audiences.items():
-        add(AUDIENCE, name, [p for p, _ in flagged], pa.array([h for _, h in flagged], pa.bool_()))
-    if not parts:
-        return _MEMBERSHIPS.empty_table()
-    return pa.concat_tables(parts)
 
 
 BEFORE_HISTORY = "before the recorded history"
@@ -247,7 +309,7 @@ def _record(
     """Record `computed` (only `scope` when given) and report what changed."""
     if scope is not None:
         computed = _within(computed, set(scope))
-    changes = store.record_memberships(_table(computed), computed.at_us, started, routes, scope)
+    changes = store.record_memberships(computed.table, computed.at_us, started, routes, scope)
     return _report(computed, changes, started)
 
 
@@ -264,24 +326,13 @@ def _report(
 
     entered = {} if changes is None else changes.entered
     exited = {} if changes is None else changes.exited
+    sizes = computed.sizes()
     rows: list[NameReport] = []
-    for name, members in computed.segments.items():
-        key = (SEGMENT, name)
-        rows.append(
-            NameReport(SEGMENT, name, len(members), moved(entered, key), moved(exited, key))
-        )
-    for name, flagged in computed.audiences.items():
-        key = (AUDIENCE, name)
-        rows.append(
-            NameReport(
-                AUDIENCE,
-                name,
-                len(flagged),
-                moved(entered, key),
-                moved(exited, key),
-                sum(1 for _, h in flagged if h),
-            )
-        )
+    for kind, names in ((SEGMENT, computed.segment_names), (AUDIENCE, computed.audience_names)):
+        for name in names:
+            key = (kind, name)
+            size, held = sizes.get(key, (0, 0))
+            rows.append(NameReport(kind, name, size, moved(entered, key), moved(exited, key), held))
     known = {(r.kind, r.name) for r in rows}
     for kind, name in sorted(set(exited) - known):  # removed from the project file
         rows.append(NameReport(kind, name, 0, 0, exited[(kind, name)]))
@@ -293,8 +344,14 @@ def _report(
 
 def _within(computed: Computed, scope: set[tuple[str, str]]) -> Computed:
     """Only the names of `scope`."""
+    table = computed.table
+    keep = pc.is_in(
+        pc.binary_join_element_wise(table["kind"], table["name"], "\x00"),
+        value_set=pa.array([f"{k}\x00{n}" for k, n in sorted(scope)], pa.string()),
+    )
     return Computed(
         computed.at_us,
-        {n: m for n, m in computed.segments.items() if (SEGMENT, n) in scope},
-        {n: m for n, m in computed.audiences.items() if (AUDIENCE, n) in scope},
+        table.filter(keep),
+        tuple(n for n in computed.segment_names if (SEGMENT, n) in scope),
+        tuple(n for n in computed.audience_names if (AUDIENCE, n) in scope),
     )

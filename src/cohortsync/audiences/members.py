@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
+import pyarrow.compute as pc
+
 from cohortsync.audiences.compute import AUDIENCE, SEGMENT, compute_members
 from cohortsync.errors import InputError
 from cohortsync.segments.ast import SegmentProject
@@ -100,22 +102,25 @@ def preview(store: Store, project: SegmentProject, name: str, at_us: int) -> Pre
     """Compute `name` and every audience live as of `at_us` (nothing recorded)."""
     kind = resolve(project, name)
     computed = compute_members(store, project, at_us)
-    if kind == AUDIENCE:
-        flagged = computed.audiences[name]
-    else:
-        flagged = [(p, False) for p in computed.segments[name]]
-    ids = {p for p, _ in flagged}
+    rows = computed.members(kind, name)
+    ids = rows["profile_id"]
     overlap = {
-        other: len(ids & computed.ids(AUDIENCE, other))
-        for other in computed.audiences
+        other: int(
+            pc.sum(pc.is_in(computed.members(AUDIENCE, other)["profile_id"], ids)).as_py() or 0
+        )
+        for other in computed.audience_names
         if not (kind == AUDIENCE and other == name)
     }
+    sample = rows.slice(0, SAMPLE)
+    flagged = list(
+        zip(sample["profile_id"].to_pylist(), sample["holdout"].to_pylist(), strict=True)
+    )
     return Preview(
         kind,
         name,
-        len(flagged),
-        sum(1 for _, h in flagged if h),
-        with_identifiers(store, kind, flagged[:SAMPLE]),
+        rows.num_rows,
+        int(pc.sum(rows["holdout"]).as_py() or 0),
+        with_identifiers(store, kind, flagged),
         overlap,
         explain(project, name),
     )

@@ -1,13 +1,15 @@
 """Who is in an audience: the members of the segments its rule names, by that one rule.
 
-Batch compute passes every segment's members; real time passes the one profile it evaluates
-(in each segment it is inside). Both read `Audience.condition`, the rule the SQL compiler
-compiles too, so the three paths cannot drift apart.
+Real time passes the one profile it evaluates (in each segment it is inside); batch compute
+applies the rule in SQL to the per-profile segment flags (`rule_sql`). Both read
+`Audience.condition`, the rule the SQL compiler compiles too, so the paths cannot drift apart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+
+from sqlglot import exp
 
 from cohortsync.audiences.holdout import holdout_flags
 from cohortsync.segments.ast import All, Audience, Condition, Not, SegmentRef
@@ -23,6 +25,22 @@ def audience_members(
     ids = [p for p in segments.get(audience.segment, ()) if _holds(condition, sets, p)]
     flags = holdout_flags(audience.name, ids, audience.holdout_percent)
     return list(zip(ids, flags, strict=True))
+
+
+def rule_sql(condition: Condition, columns: Mapping[str, str]) -> exp.Expr:
+    """The rule as a boolean SQL expression over per-profile segment flags (`columns` maps a
+    segment to its flag column; a segment without one has no members)."""
+    if isinstance(condition, SegmentRef):
+        column = columns.get(condition.name)
+        if column is None:
+            return exp.false()
+        return exp.Is(this=exp.column(column, quoted=True), expression=exp.true())
+    if isinstance(condition, All):
+        parts = [rule_sql(c, columns) for c in condition.conditions]
+        return exp.and_(*parts, copy=False) if parts else exp.true()
+    if isinstance(condition, Not):
+        return exp.not_(rule_sql(condition.condition, columns), copy=False)
+    raise TypeError(f"an audience rule holds segments, all and not; not {condition!r}")
 
 
 def _holds(condition: Condition, sets: Mapping[str, frozenset[str]], profile_id: str) -> bool:

@@ -178,6 +178,10 @@ class Store(ABC):
         """Run a compiled membership query (one `profile_id` column); the ids it returns."""
 
     @abstractmethod
+    def query_arrow(self, sql: str) -> pa.Table:
+        """Run a compiled read-only query (the last statement's rows) as one Arrow table."""
+
+    @abstractmethod
     def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
         """Every segment's sorted members from one query of per-profile flags: `columns` maps
         each segment to the query's boolean column holding its flag."""

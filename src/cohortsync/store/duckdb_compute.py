@@ -1,10 +1,17 @@
-"""Reading a compute's per-profile segment flags from DuckDB: one query, read as Arrow."""
+"""Reading a compute's results from DuckDB: one query, read as Arrow."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import duckdb
+import pyarrow as pa
+
+
+def query_arrow(con: duckdb.DuckDBPyConnection, sql: str) -> pa.Table:
+    """Run `sql` (its last statement's rows) as one Arrow table."""
+    result = con.sql(sql)
+    return pa.table({}) if result is None else result.to_arrow_table()
 
 
 def flagged_members(

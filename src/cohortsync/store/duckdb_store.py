@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from cohortsync.store.base import (
     count_stats,
     final_targets,
 )
-from cohortsync.store.duckdb_compute import flagged_members
+from cohortsync.store.duckdb_compute import flagged_members, query_arrow
 from cohortsync.store.duckdb_memberships import record_compute
 from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.duckdb_schema import MIGRATIONS
@@ -38,6 +39,23 @@ from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
 
 _TS = pa.timestamp("us", tz="UTC")
+MEMORY_LIMIT_ENV = "COHORTSYNC_DUCKDB_MEMORY_LIMIT"
+THREADS_ENV = "COHORTSYNC_DUCKDB_THREADS"
+
+
+def engine_settings(
+    memory_limit: str | None, threads: int | None
+) -> dict[str, str | bool | int | float | list[str]]:
+    """DuckDB settings of the store: given ones first, else `$COHORTSYNC_DUCKDB_MEMORY_LIMIT`
+    and `$COHORTSYNC_DUCKDB_THREADS`, else DuckDB's own (80 % of RAM; one thread a core)."""
+    settings: dict[str, str | bool | int | float | list[str]] = {}
+    limit = memory_limit or os.environ.get(MEMORY_LIMIT_ENV)
+    if limit:
+        settings["memory_limit"] = limit
+    count = threads or os.environ.get(THREADS_ENV)
+    if count:
+        settings["threads"] = str(count)
+    return settings
 
 
 class _SomeAlreadyStoredError(Exception):
@@ -47,10 +65,12 @@ class _SomeAlreadyStoredError(Exception):
 class DuckDBStore(Store):
     """A `Store` in one DuckDB file; one writer at a time, guarded by a lock."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self, path: str | Path, *, memory_limit: str | None = None, threads: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(str(self.path))
+        self._con = duckdb.connect(str(self.path), config=engine_settings(memory_limit, threads))
         # Rows committed in small batches wait in the WAL until a checkpoint merges them into the
         # table, rewriting its last, partial row group each time. At the default 16 MB that
         # happens every ~35k events and rewrites most rows twice; at 64 MB (more than a row
@@ -453,6 +473,10 @@ class DuckDBStore(Store):
         with self._lock:
             table = self._con.sql(sql).to_arrow_table()
         return [] if table is None else [str(v) for v in table.column(0).to_pylist()]
+
+    def query_arrow(self, sql: str) -> pa.Table:
+        with self._lock:
+            return query_arrow(self._con, sql)
 
     def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
         """Every segment's sorted members from one query of per-profile flags."""

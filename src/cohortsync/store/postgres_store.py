@@ -140,6 +140,16 @@ class PostgresStore(Store):
             rows = cur.fetchall() if cur.description else []
         return [str(r[0]) for r in rows]
 
+    def query_arrow(self, sql: str) -> pa.Table:
+        with self._db.transaction() as cur:
+            _last_result(cur, sql)
+            names = [d.name for d in cur.description or ()]
+            rows = cur.fetchall() if cur.description else []
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        return pa.table(
+            {name: pa.array(values) for name, values in zip(names, columns, strict=True)}
+        )
+
     def flagged_members(self, sql: str, columns: Mapping[str, str]) -> dict[str, list[str]]:
         """Every segment's sorted members from one query of per-profile flags."""
         with self._db.transaction() as cur:
