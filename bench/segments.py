@@ -72,6 +72,7 @@ from cohortsync.segments.compile import DuckDBCompiler, with_summaries
 from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
 from cohortsync.store.duckdb_store import DuckDBStore
 from cohortsync.sync.configure import sync_setup
+from cohortsync.sync.memberships import record_compute
 
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)  # fixed, so stores are reproducible and cacheable
 AT_US = int(NOW.timestamp()) * 1_000_000
@@ -643,8 +644,8 @@ def compute_breakdown(
                 table = result.select(MEMBERSHIPS.names).cast(MEMBERSHIPS)
                 computed = Computed(at, table, tuple(project.segments), tuple(project.audiences))
                 t = took("membership table (Arrow)", label, t)
-                changes = store.record_memberships(table, at, started, routes)
-                t = took("record_memberships: diff + outbox plan (store)", label, t)
+                changes = record_compute(store.sql, table, at, started, routes)
+                t = took("record_compute: diff + outbox plan (store)", label, t)
                 report = _report(computed, changes, started)
                 t = took("report (sizes, holdout counts)", label, t)
                 best[("total", label)] = min(

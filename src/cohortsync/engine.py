@@ -72,9 +72,9 @@ class Engine:
         # A store shared by several workers marks what real time must evaluate (parsing the
         # segments at open only there); segments that do not parse leave every message marking
         # its profile, which is still correct.
-        if self.store.realtime.tracks_pending:
+        if self.store.tracks_pending:
             with suppress(ConfigError):
-                self.store.realtime.watch(build_index(self.segments).interest)
+                self.store.watch(build_index(self.segments).interest)
 
     @classmethod
     def open(cls, project_dir: str | Path | None = None) -> Engine:

@@ -15,6 +15,7 @@ import pytest
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import to_micros
 from cohortsync.store.base import HistoryAheadError
+from cohortsync.sync.memberships import record_compute
 from tests.audiences.conftest import AUDIENCE_YAML, H, T, track
 
 CART = "cio_cart_abandon_6h"
@@ -91,5 +92,5 @@ def test_recording_behind_the_history_is_refused_by_the_store(shop: Engine) -> N
     )
     before = recorded(shop)
     with pytest.raises(HistoryAheadError):
-        shop.store.record_memberships(nobody, to_micros(T), 0.0)
+        record_compute(shop.store.sql, nobody, to_micros(T), 0.0)
     assert recorded(shop) == before  # nobody exited at T

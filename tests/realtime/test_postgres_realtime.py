@@ -24,11 +24,11 @@ from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.realtime.runner import RealtimeLoop
 from cohortsync.store.base import Store
 from cohortsync.store.outbox import Route
-from cohortsync.store.postgres_realtime import TIMER_LEASE, PostgresRealtime
 from cohortsync.store.postgres_schema import MIGRATIONS
-from cohortsync.store.postgres_shared import PgConnections
+from cohortsync.store.postgres_shared import PgConnections, PgSql
 from cohortsync.store.realtime import ProfileOutcome
 from cohortsync.store.records import Message
+from cohortsync.sync.realtime_state import TIMER_LEASE, RealtimeState, realtime_for
 from tests.postgres import postgres_schema
 from tests.realtime.conftest import T0, Clock, message
 from tests.realtime.test_consistency import stream
@@ -52,7 +52,8 @@ def pg() -> Iterator[PgConnections]:
 class RealtimeOnly:
     """The part of a store the real-time loop and processor use."""
 
-    realtime: PostgresRealtime
+    sql: PgSql
+    tracks_pending: bool = True
 
 
 class Mirror:
@@ -141,7 +142,7 @@ def current(db: PgConnections, kind: str, name: str) -> dict[str, bool]:
 class Setup:
     engine: Engine
     db: PgConnections
-    realtime: PostgresRealtime
+    realtime: RealtimeState
     processor: ProfileProcessor
     mirror: Mirror
 
@@ -157,8 +158,8 @@ class Setup:
 def setup(realtime_dir: Path, pg: PgConnections) -> Iterator[Setup]:
     with Engine.open(realtime_dir) as engine:
         index = build_index(engine.segments)
-        realtime = PostgresRealtime(pg)
-        store = cast(Store, RealtimeOnly(realtime))
+        realtime = RealtimeState(PgSql(pg), tracks_pending=True)
+        store = cast(Store, RealtimeOnly(PgSql(pg)))
         processor = ProfileProcessor(store, engine.segments, index, [ROUTE])
         yield Setup(engine, pg, realtime, processor, Mirror(engine, pg, index))
 
@@ -401,7 +402,7 @@ def test_a_mark_cleared_and_made_again_is_never_mistaken_for_the_one_read(
     engine = engine_on_postgres
     index = build_index(engine.segments)
     processor = ProfileProcessor(engine.store, engine.segments, index, [])
-    realtime, at_us = engine.store.realtime, to_micros(clock.now)
+    realtime, at_us = realtime_for(engine.store), to_micros(clock.now)
     engine.ingest_messages([message("track", "u1", clock.now, event="Added To Cart")])
     [profile] = realtime.pending(2**62)
     [slow_read] = realtime.histories([profile], index.events)  # a slow worker reads

@@ -26,6 +26,7 @@ from cohortsync.events.validate import validate_message
 from cohortsync.store.base import AlreadyStoredError, ResolvedBatch, StaleIdentityError
 from cohortsync.store.postgres_store import PostgresStore
 from cohortsync.store.records import IdentityChanges, Message, RealtimeInterest, Rejection
+from cohortsync.sync.memberships import record_compute
 from tests.conftest import PROJECT_YAML
 from tests.postgres import postgres_schema
 from tests.store.test_duckdb_store import history
@@ -252,7 +253,7 @@ def test_stored_messages_mark_their_profiles_pending_once_per_profile_a_version_
     assert len(set(marks.values())) == 2  # versions never repeat, across profiles too
 
     # irrelevant events mark nothing
-    store.realtime.watch(RealtimeInterest(frozenset({"only_this"})))
+    store.watch(RealtimeInterest(frozenset({"only_this"})))
     ingest(store, [{"type": "track", "messageId": "5", "userId": "u2", "event": "A"}])
     assert dict(store.query("SELECT profile_id, version FROM realtime_pending"))[u2] == marks[u2]
 
@@ -277,13 +278,14 @@ def test_membership_history_records_entries_exits_reentries_and_holdout_changes(
 ) -> None:
     t1, t2, t3 = T0, T0 + MINUTE, T0 + 2 * MINUTE
     assert store.last_compute_as_of() is None
-    one = store.record_memberships(
-        computed(("vip", "a", False), ("vip", "b", False)), t1, time.perf_counter()
+    one = record_compute(
+        store.sql, computed(("vip", "a", False), ("vip", "b", False)), t1, time.perf_counter()
     )
-    two = store.record_memberships(
-        computed(("vip", "b", True), ("vip", "c", False)), t2, time.perf_counter()
+    two = record_compute(
+        store.sql, computed(("vip", "b", True), ("vip", "c", False)), t2, time.perf_counter()
     )
-    three = store.record_memberships(
+    three = record_compute(
+        store.sql,
         computed(("vip", "a", False), ("vip", "b", True), ("vip", "c", False)),
         t3,
         time.perf_counter(),
@@ -309,11 +311,15 @@ def test_membership_history_records_entries_exits_reentries_and_holdout_changes(
 
 
 def test_a_scoped_compute_exits_members_of_its_own_names_only(store: PostgresStore) -> None:
-    store.record_memberships(
-        computed(("vip", "a", False), ("churned", "a", False)), T0, time.perf_counter()
+    record_compute(
+        store.sql, computed(("vip", "a", False), ("churned", "a", False)), T0, time.perf_counter()
     )
-    scoped = store.record_memberships(
-        computed(("vip", "b", False)), T0 + MINUTE, time.perf_counter(), scope=[("segment", "vip")]
+    scoped = record_compute(
+        store.sql,
+        computed(("vip", "b", False)),
+        T0 + MINUTE,
+        time.perf_counter(),
+        scope=[("segment", "vip")],
     )
 
     assert scoped.exited == {("segment", "vip"): 1}

@@ -41,7 +41,6 @@ POSTGRES_ONLY = {
     "conversion_cursors": "several planners: each remembers the snapshot it planned below",
     "realtime_pending": "several workers: profiles marked pending by the storing transaction",
     "events.written_by": "the transaction that stored an event, for incremental planning",
-    "timers.leased_until": "several workers lease timers",
 }
 # The same logical type under each engine's name.
 SAME_TYPE = {

@@ -21,6 +21,7 @@ from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.compile import Compiler, compiler_for, with_summaries
 from cohortsync.store.base import HistoryAheadError, MembershipChanges, Store
 from cohortsync.store.outbox import Route
+from cohortsync.sync.memberships import record_compute
 
 SEGMENT = "segment"
 AUDIENCE = "audience"
@@ -28,7 +29,7 @@ MEMBERSHIPS = pa.schema(
     [("kind", pa.string()), ("name", pa.string()), ("profile_id", pa.string()),
      ("holdout", pa.bool_())]
 )  # fmt: skip
-"""One row per membership of a compute: what `Store.record_memberships` diffs."""
+"""One row per membership of a compute: what `sync.memberships.record_compute` diffs."""
 _FLAGS = "cohortsync_flags"
 
 
@@ -309,7 +310,7 @@ def _record(
     """Record `computed` (only `scope` when given) and report what changed."""
     if scope is not None:
         computed = _within(computed, set(scope))
-    changes = store.record_memberships(computed.table, computed.at_us, started, routes, scope)
+    changes = record_compute(store.sql, computed.table, computed.at_us, started, routes, scope)
     return _report(computed, changes, started)
 
 

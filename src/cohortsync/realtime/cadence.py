@@ -19,6 +19,7 @@ from cohortsync.realtime.index import REALTIME, RealtimeIndex
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.store.base import Store
 from cohortsync.store.outbox import Route
+from cohortsync.sync.realtime_state import realtime_for
 
 EVERY = {"15m": timedelta(minutes=15), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
 
@@ -62,7 +63,7 @@ class CadenceScheduler:
 
     def schedules(self) -> list[Schedule]:
         """Every audience's cadence, last and next run."""
-        runs = self.store.realtime.audience_runs()
+        runs = realtime_for(self.store).audience_runs()
         return [
             Schedule(name, a.refresh, runs.get(name), next_run(a.refresh, runs.get(name)))
             for name, a in sorted(self.project.audiences.items())
@@ -88,5 +89,5 @@ class CadenceScheduler:
         routes = [r for r in self.routes if r.audience in due]
         report = compute(self.store, self.project, now_us, routes=routes, scope=scope)
         assert report.run_id is not None  # `compute` records, or raises
-        self.store.realtime.record_audience_runs(due, now_us, report.run_id)
+        realtime_for(self.store).record_audience_runs(due, now_us, report.run_id)
         return report

@@ -19,6 +19,7 @@ from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, 
 from cohortsync.store.base import MembershipChanges, Store
 from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome
+from cohortsync.sync.realtime_state import realtime_for
 
 LATER_EVENT = "*later-event*"
 """The timer of a profile whose stored history holds events dated after the evaluation."""
@@ -62,7 +63,7 @@ class ProfileProcessor:
     ) -> Processed:
         """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes
         (and move the evaluation cursor to `cursor_us` in the same transaction)."""
-        realtime = self.store.realtime
+        realtime = realtime_for(self.store)
         canonical = sorted(set(realtime.canonical(profile_ids).values()))
         if not canonical or not self.index.audiences:
             if cursor_us is not None:

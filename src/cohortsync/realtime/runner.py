@@ -24,6 +24,7 @@ from cohortsync.realtime.index import RealtimeIndex
 from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.store.base import Store
 from cohortsync.store.records import IdentityChanges, Message
+from cohortsync.sync.realtime_state import realtime_for
 
 log = scrubbed_logger("cohortsync.realtime")
 CURSOR_SLACK_US = 5_000_000
@@ -64,6 +65,7 @@ class RealtimeLoop:
         identity: IdentityConfig | None = None,
     ) -> None:
         self.store = store
+        self.realtime = realtime_for(store)
         self.identity = identity
         self.processor = processor
         self.index: RealtimeIndex = processor.index
@@ -95,7 +97,7 @@ class RealtimeLoop:
         """
         if not self.index.audiences:
             return 0
-        realtime = self.store.realtime
+        realtime = self.realtime
         cursor = realtime.cursor()
         now = to_micros(self.clock())
         since = 0 if cursor is None else cursor - CURSOR_SLACK_US
@@ -136,7 +138,7 @@ class RealtimeLoop:
 
     def _fire_timers(self, now_us: int, report: RoundReport) -> None:
         while True:
-            due = self.store.realtime.due_timers(now_us)
+            due = self.realtime.due_timers(now_us)
             if not due:
                 return
             # Timers due within the same second are evaluated together at the latest of them:
@@ -159,7 +161,7 @@ class RealtimeLoop:
             return
         self._swept_at = time.monotonic()
         for _ in range(SWEEP_CHUNKS):  # bounded: a round never turns into a backfill
-            missed = self.store.realtime.pending(now_us - SWEEP_AGE_US, SWEEP_CHUNK)
+            missed = self.realtime.pending(now_us - SWEEP_AGE_US, SWEEP_CHUNK)
             if missed:
                 done = self.processor.process(missed, now_us)
                 report.event_profiles += done.profiles
@@ -187,7 +189,7 @@ class RealtimeLoop:
             if m.previous_id:
                 keys.add(("user_id", m.previous_id))
                 keys.add(("anonymous_id", m.previous_id))
-        return sorted(set(self.store.realtime.owners(keys).values()))
+        return sorted(set(self.realtime.owners(keys).values()))
 
     # -- the thread ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -220,7 +222,7 @@ class RealtimeLoop:
                 time.sleep(0.5)
 
     def _idle_wait(self) -> float:
-        due = self.store.realtime.next_timer()
+        due = self.realtime.next_timer()
         if due is None:
             return IDLE_WAIT
         return max(0.0, min(IDLE_WAIT, (due - to_micros(self.clock())) / 1_000_000))

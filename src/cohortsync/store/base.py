@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pyarrow as pa
 
-from cohortsync.store.outbox import Route
-
-if TYPE_CHECKING:
-    from cohortsync.store.realtime import RealtimeStore
-from cohortsync.store.records import IdentityChanges, Key, Message, ProfileState, Rejection
+from cohortsync.store.records import (
+    IdentityChanges,
+    Key,
+    Message,
+    ProfileState,
+    RealtimeInterest,
+    Rejection,
+)
 from cohortsync.store.sql import SqlStore
 
 SummaryCoverageSets = tuple[set[str], set[tuple[str, str]], set[tuple[str, str]]]
@@ -93,22 +94,6 @@ class MembershipChanges:
     run_id: int
     entered: dict[tuple[str, str], int]
     exited: dict[tuple[str, str], int]
-
-
-def compute_run_row(
-    changes: MembershipChanges, at: datetime, started: float, kinds: Sequence[str]
-) -> tuple[Any, ...]:
-    """The `compute_runs` row of one recorded compute (`started`: a `time.perf_counter()`)."""
-    return (
-        changes.run_id,
-        datetime.now(UTC),
-        at,
-        (time.perf_counter() - started) * 1000,
-        sum(1 for k in kinds if k == "segment"),
-        sum(1 for k in kinds if k == "audience"),
-        sum(changes.entered.values()),
-        sum(changes.exited.values()),
-    )
 
 
 class HistoryAheadError(Exception):
@@ -194,30 +179,13 @@ class Store(ABC):
         key, property, JSON pointer); None for a store that keeps no summaries."""
         return None
 
-    @abstractmethod
-    def record_memberships(
-        self,
-        computed: pa.Table,
-        at_us: int,
-        started: float,
-        routes: Sequence[Route] = (),
-        scope: Sequence[tuple[str, str]] | None = None,
-    ) -> MembershipChanges:
-        """Record one compute in one transaction: diff, entries, exits, a compute_runs row.
+    tracks_pending: bool = False
+    """Whether stored events mark their profiles pending real-time evaluation (a store several
+    workers write, `watch`); a store with one writer follows a receive-time cursor instead."""
 
-        `computed` holds (kind, name, profile_id, holdout). Current members absent from it exit
-        at `at_us`; new ones enter as new rows; the run's duration counts from `started` (a
-        `time.perf_counter()` value). The changes each of `routes` needs are queued in the
-        outbox in the same transaction, so no membership change is ever lost on its way out.
-        With `scope`, only members of those (kind, name) may exit. An `at_us` before the latest
-        recorded instant raises `HistoryAheadError` and records nothing (checked in the
-        transaction, so two computes racing cannot record history out of order).
-        """
-
-    @property
-    @abstractmethod
-    def realtime(self) -> RealtimeStore:
-        """Per-profile evaluation state: histories, scoped membership diffs, timers, cursor."""
+    def watch(self, interest: RealtimeInterest) -> None:
+        """Which stored messages mark their profile pending (only where `tracks_pending`)."""
+        return None
 
     @abstractmethod
     def last_compute_as_of(self) -> int | None:

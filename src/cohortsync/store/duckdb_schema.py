@@ -320,6 +320,17 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         UPDATE sync_batches SET backoff_attempts = attempts;
         """,
     ),
+    (
+        9,
+        "timers leased while evaluated; compute run ids from the counters",
+        """
+        -- A taken timer is hidden until its profile's outcome is recorded (which replaces it),
+        -- or until the lease runs out if the evaluation failed.
+        ALTER TABLE timers ADD COLUMN leased_until TIMESTAMPTZ;
+        INSERT OR REPLACE INTO counters
+            SELECT 'compute_run', coalesce(max(run_id), 0) FROM compute_runs;
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

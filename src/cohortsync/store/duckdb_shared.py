@@ -87,6 +87,10 @@ class DuckDBTx:
         self, name: str, columns: Sequence[tuple[str, SqlType]], data: Sequence[Sequence[Any]]
     ) -> str:
         table = pa.table({c: pa.array(list(v), _ARROW[t]) for c, t, v in columns_of(columns, data)})
+        return self._lend(name, table)
+
+    def _lend(self, name: str, table: pa.Table) -> str:
+        """Register `table` as `name` until the transaction ends."""
         if name in self._registered:
             self.con.unregister(name)
         self.con.register(name, table)
@@ -99,12 +103,39 @@ class DuckDBTx:
         sql, names = render(template, "duckdb", **fill)
         given = params or {}
         table = self.con.sql(sql, params={n: given[n] for n in names} if names else None)
-        table = table.to_arrow_table()
-        if name in self._registered:
-            self.con.unregister(name)
-        self.con.register(name, table)
-        self._registered.append(name)
-        return name
+        return self._lend(name, table.to_arrow_table())
+
+    def table(self, name: str, columns: Sequence[tuple[str, SqlType]], data: pa.Table) -> str:
+        wanted = pa.schema([(c, _ARROW[t]) for c, t in columns])
+        return self._lend(name, data.select(wanted.names).cast(wanted))
+
+    def counted(
+        self, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> dict[tuple[Any, ...], int]:
+        sql, names = render(template, "duckdb", **fill)
+        given = params or {}
+        # `sql()` runs a writing statement at once and keeps its RETURNING rows as a relation.
+        returned = self.con.sql(sql, params={n: given[n] for n in names} if names else None)
+        if returned is None:
+            return {}
+        table = returned.to_arrow_table()
+        if not table.num_rows:
+            return {}
+        groups = table.group_by(table.column_names).aggregate([([], "count_all")])
+        keys = [groups.column(c).to_pylist() for c in table.column_names]
+        counts = groups.column("count_all").to_pylist()
+        return {tuple(k): int(n) for *k, n in zip(*keys, counts, strict=True)}
+
+    def snapshot(self) -> None:
+        """Every DuckDB transaction reads one snapshot."""
+
+    def next_id(self, counter: str) -> int:
+        rows = self.con.execute(
+            "INSERT OR REPLACE INTO counters SELECT ?, coalesce(max(value), 0) + 1 "
+            "FROM counters WHERE name = ? RETURNING value",
+            [counter, counter],
+        ).fetchall()
+        return int(rows[0][0])
 
     def lock(self, *keys: str, shared: bool = False) -> None:
         """One process writes a DuckDB file, under the store's lock: nothing more to hold."""

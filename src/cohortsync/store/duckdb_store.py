@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 from cohortsync.store import duckdb_summaries as summaries
 from cohortsync.store.base import (
     AlreadyStoredError,
-    MembershipChanges,
     ProfileView,
     ResolvedBatch,
     Store,
@@ -28,14 +27,10 @@ from cohortsync.store.base import (
     final_targets,
 )
 from cohortsync.store.duckdb_compute import flagged_members, query_arrow
-from cohortsync.store.duckdb_memberships import record_compute
-from cohortsync.store.duckdb_realtime import DuckDBRealtime
 from cohortsync.store.duckdb_schema import MIGRATIONS
 from cohortsync.store.duckdb_shared import DuckDBSql
 from cohortsync.store.identity_cache import IdentityCache
 from cohortsync.store.message_table import MessageTable, messages_table, remap_profiles
-from cohortsync.store.outbox import Route
-from cohortsync.store.realtime import RealtimeStore
 from cohortsync.store.records import Key, ProfileState, Rejection
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -482,23 +477,6 @@ class DuckDBStore(Store):
         """Every segment's sorted members from one query of per-profile flags."""
         with self._lock:
             return flagged_members(self._con, sql, columns)
-
-    @property
-    def realtime(self) -> RealtimeStore:
-        return DuckDBRealtime(self._con, self._lock, self._transaction)
-
-    def record_memberships(
-        self,
-        computed: pa.Table,
-        at_us: int,
-        started: float,
-        routes: Sequence[Route] = (),
-        scope: Sequence[tuple[str, str]] | None = None,
-    ) -> MembershipChanges:
-        with self._lock:
-            return record_compute(
-                self._con, self._transaction, computed, at_us, started, routes, scope
-            )
 
     def last_compute_as_of(self) -> int | None:
         rows = self.query("SELECT epoch_us(max(as_of)) FROM compute_runs")

@@ -309,6 +309,15 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         UPDATE sync_batches SET backoff_attempts = attempts;
         """,
     ),
+    (
+        5,
+        "epoch_us(): an instant as microseconds since the epoch, as DuckDB names it",
+        """
+        CREATE OR REPLACE FUNCTION epoch_us(t timestamptz) RETURNS bigint
+            LANGUAGE sql IMMUTABLE PARALLEL SAFE
+            AS 'SELECT (extract(epoch from t) * 1000000)::bigint';
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -13,7 +13,10 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 import psycopg
+import pyarrow as pa
+from psycopg.types.json import set_json_loads
 
 from cohortsync.errors import StoreError
 from cohortsync.store.locations import redact
@@ -157,6 +160,7 @@ _SEQUENCES = {
     "change_id": "change_ids",
     "conversion_id": "conversion_ids",
     "sync_run": "sync_run_ids",
+    "compute_run": "compute_run_ids",
 }
 
 _HOLD = """
@@ -180,6 +184,7 @@ class PgTx:
 
     def __init__(self, cur: psycopg.Cursor[Any]) -> None:
         self.cur = cur
+        set_json_loads(orjson.loads, cur)  # several times faster than json.loads
         self._lent: dict[str, Any] = {}  # the arrays behind `rows` relations
 
     def _execute(
@@ -216,6 +221,36 @@ class PgTx:
         self.cur.execute(f"DROP TABLE IF EXISTS {name}")  # type: ignore[arg-type]
         self._execute(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {template}", params, fill)
         return name
+
+    def table(self, name: str, columns: Sequence[tuple[str, SqlType]], data: pa.Table) -> str:
+        spec = [(c, _PG_TYPES[t]) for c, t in columns]
+        self.cur.execute(f"DROP TABLE IF EXISTS {name}")  # type: ignore[arg-type]
+        values = [data.column(c).to_pylist() for c, _ in columns]
+        temp_table(self.cur, name, spec, zip(*values, strict=True))
+        self.cur.execute(f"ANALYZE {name}")  # type: ignore[arg-type]  # no statistics until then
+        return name
+
+    def counted(
+        self, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> dict[tuple[Any, ...], int]:
+        sql, names = render(template, "postgres", **fill)
+        returning = sql[sql.rindex("RETURNING") + len("RETURNING") :].strip()
+        given = {**self._lent, **(params or {})}
+        self.cur.execute(
+            f"WITH changed AS ({sql}) SELECT {returning}, count(*) FROM changed "  # type: ignore[arg-type]
+            f"GROUP BY {returning}",
+            {n: given[n] for n in names},
+            prepare=False,
+        )
+        return {tuple(row[:-1]): int(row[-1]) for row in self.cur.fetchall()}
+
+    def snapshot(self) -> None:
+        self.cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+    def next_id(self, counter: str) -> int:
+        self.cur.execute(f"SELECT nextval('{_SEQUENCES[counter]}')")  # type: ignore[arg-type]
+        row = self.cur.fetchone()
+        return int(row[0]) if row else 1
 
     def lock(self, *keys: str, shared: bool = False) -> None:
         if shared:

@@ -21,7 +21,6 @@ from cohortsync.moments import to_datetime, to_micros
 from cohortsync.store import postgres_ingest as ingest
 from cohortsync.store.base import (
     AlreadyStoredError,
-    MembershipChanges,
     ProfileView,
     ResolvedBatch,
     StaleIdentityError,
@@ -29,17 +28,15 @@ from cohortsync.store.base import (
     count_stats,
     final_targets,
 )
-from cohortsync.store.outbox import Route
-from cohortsync.store.postgres_memberships import record_compute
-from cohortsync.store.postgres_realtime import PostgresRealtime
 from cohortsync.store.postgres_schema import MIGRATIONS
 from cohortsync.store.postgres_shared import PgConnections, PgSql, advisory_lock
-from cohortsync.store.realtime import RealtimeStore
-from cohortsync.store.records import Key, ProfileState, Rejection
+from cohortsync.store.records import Key, ProfileState, RealtimeInterest, Rejection
 
 
 class PostgresStore(Store):
     """A `Store` in one Postgres database (or schema: set `options=-csearch_path=…`)."""
+
+    tracks_pending = True
 
     dialect = "postgres"
 
@@ -47,7 +44,8 @@ class PostgresStore(Store):
         self.url = url
         self._db = PgConnections(url)
         self.sql = PgSql(self._db)
-        self._realtime = PostgresRealtime(self._db)
+        self.interest: RealtimeInterest | None = None
+        """Stored messages that mark their profile pending (None: every message)."""
         self._reads = threading.local()  # what this thread's next batch was resolved against
 
     def migrate(self) -> int:
@@ -102,7 +100,7 @@ class PostgresStore(Store):
                 ingest.write_traits(cur, batch, final)
                 ingest.write_rejections(cur, batch, rejections, now)
                 if events.num_rows:
-                    ingest.mark_pending(cur, batch, events, self._realtime.interest, now)
+                    ingest.mark_pending(cur, batch, events, self.interest, now)
         except errors.UniqueViolation as exc:
             if ingest.unique_violation(exc) != "events":
                 raise StaleIdentityError from None  # another writer claimed an identifier first
@@ -163,16 +161,6 @@ class PostgresStore(Store):
             found[name] = sorted(str(r[ids]) for r in rows if r[flag])
         return found
 
-    def record_memberships(
-        self,
-        computed: pa.Table,
-        at_us: int,
-        started: float,
-        routes: Sequence[Route] = (),
-        scope: Sequence[tuple[str, str]] | None = None,
-    ) -> MembershipChanges:
-        return record_compute(self._db, computed, at_us, started, routes, scope)
-
     def last_compute_as_of(self) -> int | None:
         rows = self._db.query("SELECT max(as_of) FROM compute_runs")
         return to_micros(rows[0][0]) if rows and rows[0][0] is not None else None
@@ -211,9 +199,8 @@ class PostgresStore(Store):
             found.setdefault(str(profile_id), {})[str(kind)] = str(value)
         return found
 
-    @property
-    def realtime(self) -> RealtimeStore:
-        return self._realtime
+    def watch(self, interest: RealtimeInterest) -> None:
+        self.interest = interest
 
     def close(self) -> None:
         self._db.close()

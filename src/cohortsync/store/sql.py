@@ -10,13 +10,14 @@ and the locks several Postgres processes need and one DuckDB process does not.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
 import orjson
+import pyarrow as pa
 
 Dialect = Literal["duckdb", "postgres"]
 SqlType = Literal["text", "bigint", "boolean", "timestamptz", "double"]
@@ -119,6 +120,27 @@ class Tx(Protocol):
         relation name for a FROM clause), for engines that cannot write from a CTE."""
         ...
 
+    def table(self, name: str, columns: Sequence[tuple[str, SqlType]], data: pa.Table) -> str:
+        """An Arrow table as a relation named `name` for the transaction's next statements
+        (the bulk path: scanned in place on DuckDB, copied into an analysed temp table on
+        Postgres); returns the relation's name."""
+        ...
+
+    def counted(
+        self, template: str, params: Mapping[str, Any] | None = None, **fill: str
+    ) -> dict[tuple[Any, ...], int]:
+        """Run one writing statement ending in `RETURNING cols`: how many rows it changed per
+        distinct value of those columns (what was written, not what was meant to be)."""
+        ...
+
+    def snapshot(self) -> None:
+        """Make the transaction read one snapshot and write nothing (its first statement)."""
+        ...
+
+    def next_id(self, counter: str) -> int:
+        """The next id of `counter` (ids only grow)."""
+        ...
+
     def lock(self, *keys: str, shared: bool = False) -> None:
         """Hold named locks until the transaction ends (other processes wait on the same names)."""
         ...
@@ -159,3 +181,12 @@ def columns_of(
         raise ValueError(f"{len(columns)} columns named, {len(data)} given")
     for (name, kind), values in zip(columns, data, strict=True):
         yield name, kind, values
+
+
+def transposed(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column, for `Tx.rows` (`width` columns, also when no rows)."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    return columns
