@@ -29,12 +29,12 @@ from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.moments import to_datetime
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
+from cohortsync.realtime.bus_roles import BusGateway, BusWorker
 from cohortsync.realtime.cadence import CadenceScheduler, Schedule
+from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.processor import ProfileProcessor
-from cohortsync.realtime.roles import BusGateway, BusWorker
-from cohortsync.realtime.runner import RealtimeLoop
-from cohortsync.realtime.service import DeliveryLoop, ServeWorkers
+from cohortsync.realtime.loop import RealtimeLoop
+from cohortsync.realtime.serve_workers import DeliveryLoop, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from cohortsync.engine import Engine
+from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.processor import ProfileProcessor
-from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop
 from tests.conftest import PROJECT_YAML
 
 T0 = datetime(2026, 4, 1, 9, tzinfo=UTC)

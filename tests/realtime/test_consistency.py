@@ -19,7 +19,7 @@ import pytest
 from cohortsync.audiences.compute import compute_members
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import to_micros
-from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop
 from tests.realtime.conftest import REALTIME_YAML, T0, Clock, message
 
 PEOPLE = 14

@@ -19,9 +19,9 @@ import pytest
 from cohortsync.audiences.compute import compute_members
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import to_micros
+from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import RealtimeIndex, build_index
-from cohortsync.realtime.processor import ProfileProcessor
-from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop
 from cohortsync.store.base import Store
 from cohortsync.store.outbox import Route
 from cohortsync.store.postgres_schema import MIGRATIONS

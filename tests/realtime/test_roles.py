@@ -22,8 +22,8 @@ from cohortsync.audiences.compute import compute_members
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import now_micros, to_micros
 from cohortsync.realtime.bus import BusError, open_bus
+from cohortsync.realtime.bus_roles import GROUP, BusGateway, BusWorker
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.roles import GROUP, BusGateway, BusWorker
 from tests.conftest import PROJECT_YAML, WRITE_KEY, LiveServer, free_port, wait_until_healthy
 from tests.realtime.conftest import REALTIME_YAML, message
 from tests.realtime.test_crash_realtime import random_event

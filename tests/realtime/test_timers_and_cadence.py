@@ -10,9 +10,9 @@ import pytest
 from cohortsync.engine import Engine
 from cohortsync.moments import to_micros
 from cohortsync.realtime.cadence import CadenceScheduler
+from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.processor import ProfileProcessor
-from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop
 from tests.realtime.conftest import REALTIME_YAML, Clock, message
 
 

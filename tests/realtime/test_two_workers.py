@@ -22,7 +22,7 @@ import pytest
 
 from cohortsync.engine import Engine
 from cohortsync.realtime.bus import open_bus
-from cohortsync.realtime.roles import GROUP
+from cohortsync.realtime.bus_roles import GROUP
 from tests.conftest import PROJECT_YAML, free_port
 from tests.fakes.webhook import WebhookFake
 from tests.postgres import postgres_schema

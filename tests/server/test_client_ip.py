@@ -23,7 +23,7 @@ import uvicorn
 from cohortsync.engine import Engine
 from cohortsync.events.timestamps import now_micros
 from cohortsync.realtime.bus import decode, encode, open_bus
-from cohortsync.realtime.roles import BusGateway
+from cohortsync.realtime.bus_roles import BusGateway
 from cohortsync.server.client_ip import (
     TrustedProxies,
     client_address,

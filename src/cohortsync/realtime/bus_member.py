@@ -10,8 +10,8 @@ import hashlib
 import os
 import socket
 
-from cohortsync.realtime.roles import BusWorker
-from cohortsync.realtime.service import ServeWorkers
+from cohortsync.realtime.bus_roles import BusWorker
+from cohortsync.realtime.serve_workers import ServeWorkers
 from cohortsync.store.locations import is_postgres_url
 
 

@@ -19,7 +19,7 @@ import httpx
 from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.moments import to_micros
 from cohortsync.realtime.cadence import CadenceScheduler
-from cohortsync.realtime.runner import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop
 from cohortsync.store.base import Store
 from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.ledger import ledger_for

@@ -20,8 +20,8 @@ from cohortsync.config.models import IdentityConfig
 from cohortsync.identity.graph import extract_identifiers
 from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.moments import to_micros
+from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import RealtimeIndex
-from cohortsync.realtime.processor import ProfileProcessor
 from cohortsync.store.base import Store
 from cohortsync.store.records import IdentityChanges, Message
 from cohortsync.sync.realtime_state import realtime_for
