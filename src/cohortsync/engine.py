@@ -48,6 +48,9 @@ from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
 from cohortsync.sync.worker import Clock
 
+Listener = Callable[[Sequence[Message], Mapping[str, tuple[str, ...]]], None]
+"""Called with the messages of a commit and the profiles each stored one touched."""
+
 FILE_BATCH = 50_000
 IDENTIFIER_PREFIXES = (*IDENTIFIER_KINDS, "profile_id")
 
@@ -68,7 +71,7 @@ class Engine:
         self.project = loaded.project
         self.store: Store = store or open_store(loaded.store_location())
         self.store.migrate()
-        self._listeners: list[Callable[[Sequence[Message]], None]] = []
+        self._listeners: list[Listener] = []
         # A store shared by several workers marks what real time must evaluate (parsing the
         # segments at open only there); segments that do not parse leave every message marking
         # its profile, which is still correct.
@@ -106,13 +109,20 @@ class Engine:
 
         Once they are stored, every listener (the real-time loop) is handed the messages.
         """
-        result = store_messages(self.store, self.project.identity, messages, rejections)
+        result = store_messages(
+            self.store,
+            self.project.identity,
+            messages,
+            rejections,
+            with_profiles=bool(self._listeners),
+        )
         for listener in self._listeners:
-            listener(messages)
+            listener(messages, result.profiles)
         return result
 
-    def on_stored(self, listener: Callable[[Sequence[Message]], None]) -> None:
-        """Call `listener` with the messages of every commit, after they are durable."""
+    def on_stored(self, listener: Listener) -> None:
+        """Call `listener` with the messages of every commit, after they are durable, and the
+        profiles each stored one touched (`IngestResult.profiles`)."""
         self._listeners.append(listener)
 
     def ingest_messages(

@@ -65,7 +65,7 @@ class Mirror:
         self.index = index
         self.copied: set[str] = set()
         self.stored: list[Message] = []
-        engine.on_stored(self.stored.extend)
+        engine.on_stored(lambda messages, _profiles: self.stored.extend(messages))
 
     def ingest(self, raws: Sequence[dict[str, Any]]) -> list[Message]:
         """Ingest into the engine, copy to Postgres; the stored messages."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cohortsync.config.models import IdentityConfig
 from cohortsync.identity.graph import (
@@ -20,8 +20,9 @@ from cohortsync.store.base import (
     ResolvedBatch,
     StaleIdentityError,
     Store,
+    final_targets,
 )
-from cohortsync.store.records import IdentityChanges, Message, Rejection
+from cohortsync.store.records import IdentityChanges, Key, Message, Rejection
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,9 @@ class IngestResult:
     stored: int
     duplicates: int
     quarantined: int
+    profiles: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    """Per stored message id (when asked for), the profiles holding any of its identifiers
+    once the batch was resolved, merges followed: what real-time evaluation looks at."""
 
     def __add__(self, other: IngestResult) -> IngestResult:
         return IngestResult(
@@ -39,6 +43,7 @@ class IngestResult:
             self.stored + other.stored,
             self.duplicates + other.duplicates,
             self.quarantined + other.quarantined,
+            {**self.profiles, **other.profiles},
         )
 
 
@@ -51,19 +56,23 @@ def store_messages(
     identity: IdentityConfig,
     messages: Sequence[Message],
     rejections: Sequence[Rejection] = (),
+    *,
+    with_profiles: bool = False,
 ) -> IngestResult:
     """Resolve and durably store `messages` and quarantine `rejections`, in one transaction.
 
     Messages already stored are left out (found by the insert itself, which is cheap through
     the primary key; the batch is then resolved again without them). A batch resolved against
-    identities another writer changed meanwhile is resolved again, too.
+    identities another writer changed meanwhile is resolved again, too. `with_profiles`: the
+    result says which profiles each stored message touched (`IngestResult.profiles`).
     """
     unique = list({m.message_id: m for m in reversed(messages)}.values())[::-1]
     unique.sort(key=lambda m: m.timestamp_us)
     stale = 0
     while True:
         try:
-            stored = store.commit_batch(_resolve(identity, store, unique), rejections)
+            batch, graph, keyed = _resolve(identity, store, unique)
+            stored = store.commit_batch(batch, rejections)
             break
         except AlreadyStoredError as exc:
             unique = [m for m in unique if m.message_id not in exc.message_ids]
@@ -76,10 +85,33 @@ def store_messages(
         stored=stored,
         duplicates=len(messages) - stored,
         quarantined=len(rejections),
+        profiles=_touched(batch, graph, keyed) if with_profiles else {},
     )
 
 
-def _resolve(identity: IdentityConfig, store: Store, messages: list[Message]) -> ResolvedBatch:
+def _touched(
+    batch: ResolvedBatch, graph: IdentityGraph, keyed: Sequence[list[Key]]
+) -> dict[str, tuple[str, ...]]:
+    """Per message, the profile it was stored under and those holding its identifiers (an
+    identify's email may belong to another profile; an alias's previous id too), each
+    followed to its survivor of the batch's merges."""
+    final = final_targets(batch)
+    owners = graph.owners
+    touched: dict[str, tuple[str, ...]] = {}
+    for message, profile_id, keys in zip(batch.messages, batch.profile_ids, keyed, strict=True):
+        found = {profile_id, *(owners[k] for k in keys if k in owners)}
+        if message.previous_id is not None:
+            for kind in ("user_id", "anonymous_id"):
+                owner = owners.get((kind, message.previous_id))
+                if owner is not None:
+                    found.add(owner)
+        touched[message.message_id] = tuple({final.get(p, p) for p in found})
+    return touched
+
+
+def _resolve(
+    identity: IdentityConfig, store: Store, messages: list[Message]
+) -> tuple[ResolvedBatch, IdentityGraph, list[list[Key]]]:
     changes = IdentityChanges()
     kinds = trait_identifier_kinds(identity)
     keyed = [extract_identifiers(m, identity, changes, kinds) for m in messages]
@@ -87,7 +119,7 @@ def _resolve(identity: IdentityConfig, store: Store, messages: list[Message]) ->
     owners, profiles = store.load_identity_state(wanted, limited_kinds(identity))
     graph = IdentityGraph(identity, owners, profiles, changes)
     profile_ids = graph.resolve_all(messages, keyed)
-    return ResolvedBatch(messages, profile_ids, graph.changes, graph.profiles)
+    return ResolvedBatch(messages, profile_ids, graph.changes, graph.profiles), graph, keyed
 
 
 class PipelinedWriter:

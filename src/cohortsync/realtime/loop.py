@@ -1,7 +1,7 @@
 """The real-time loop inside `cohortsync serve`: evaluate as events arrive, fire timers on time.
 
 Stored messages that may change a real-time audience are handed over by the engine (after
-their commit); the loop resolves them to profiles in one lookup, fires every timer that is due
+their commit) with the profiles ingest resolved them to; the loop fires every timer that is due
 (each profile evaluated at its own due instant, so an exit is recorded when it happened), then
 evaluates the queued profiles at now. After each round that changed something, delivery is
 woken at once. The receive-time cursor moves only past work that is recorded, so after a crash
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -72,6 +72,7 @@ class RealtimeLoop:
         self.clock = clock
         self.on_change = on_change
         self._queue: list[Message] = []
+        self._touched: dict[str, tuple[str, ...]] = {}  # message id → profiles, from ingest
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -79,13 +80,23 @@ class RealtimeLoop:
         self.rounds = 0
 
     # -- input --------------------------------------------------------------------------------
-    def submit(self, messages: Sequence[Message]) -> None:
-        """Queue the stored messages that may change a real-time audience (cheap, any thread)."""
+    def submit(
+        self,
+        messages: Sequence[Message],
+        profiles: Mapping[str, tuple[str, ...]] | None = None,
+    ) -> None:
+        """Queue the stored messages that may change a real-time audience (cheap, any thread);
+        `profiles`: those each touched, as ingest resolved them (else looked up in the store)."""
         relevant = [m for m in messages if self.index.relevant(m)]
         if not relevant:
             return
         with self._wake:
             self._queue.extend(relevant)
+            if profiles:
+                for m in relevant:
+                    touched = profiles.get(m.message_id)
+                    if touched is not None:
+                        self._touched[m.message_id] = touched
             self._wake.notify()
 
     def catch_up(self, chunk: int = 5_000) -> int:
@@ -113,6 +124,7 @@ class RealtimeLoop:
         """Fire due timers (each at its instant), then evaluate queued profiles at now."""
         with self._wake:
             queued, self._queue = self._queue, []
+            touched, self._touched = self._touched, {}
         # The clock is read after the queue is taken, so every queued event was stored before.
         now_us = to_micros(self.clock()) if now_us is None else now_us
         report = RoundReport()
@@ -120,12 +132,12 @@ class RealtimeLoop:
             self._fire_timers(now_us, report)
             self._sweep(now_us, report)
             if queued:
-                profiles = self._profiles(queued)
+                profiles = self._profiles(queued, touched)
                 # Everything received up to the newest queued message is recorded with it.
                 newest = max(m.received_at_us for m in queued)
                 done = self.processor.process(profiles, now_us, cursor_us=newest)
         except BaseException:
-            self._requeue(queued)  # evaluated again next round: nothing is dropped
+            self._requeue(queued, touched)  # evaluated again next round: nothing is dropped
             raise
         if queued:
             report.event_profiles += done.profiles
@@ -170,16 +182,23 @@ class RealtimeLoop:
             if len(missed) < SWEEP_CHUNK:
                 return
 
-    def _requeue(self, queued: list[Message]) -> None:
+    def _requeue(self, queued: list[Message], touched: dict[str, tuple[str, ...]]) -> None:
         with self._wake:
             self._queue[:0] = queued
+            self._touched.update(touched)
 
-    def _profiles(self, messages: Sequence[Message]) -> list[str]:
+    def _profiles(
+        self, messages: Sequence[Message], touched: Mapping[str, tuple[str, ...]]
+    ) -> list[str]:
         """The profiles holding any identifier of the messages: the one each was stored under
         among them (an identify's email may name another profile than its anonymous id does,
-        so with the project's `identity` the trait identifiers are looked up too)."""
+        so with the project's `identity` the trait identifiers are looked up too). Ingest
+        says so for what it stored; the others are looked up in the store."""
+        found = {p for m in messages for p in touched.get(m.message_id, ())}
         keys: set[tuple[str, str]] = set()
         for m in messages:
+            if m.message_id in touched:
+                continue
             if self.identity is not None:
                 keys.update(extract_identifiers(m, self.identity, IdentityChanges()))
             if m.user_id:
@@ -189,7 +208,9 @@ class RealtimeLoop:
             if m.previous_id:
                 keys.add(("user_id", m.previous_id))
                 keys.add(("anonymous_id", m.previous_id))
-        return sorted(set(self.realtime.owners(keys).values()))
+        if keys:
+            found.update(self.realtime.owners(keys).values())
+        return sorted(found)
 
     # -- the thread ---------------------------------------------------------------------------
     def start(self) -> None:
