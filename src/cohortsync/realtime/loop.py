@@ -29,6 +29,8 @@ from cohortsync.sync.realtime_state import realtime_for
 log = scrubbed_logger("cohortsync.realtime")
 CURSOR_SLACK_US = 5_000_000
 """Receive times of concurrent requests may commit out of order by this much at most."""
+CURSOR_EVERY_US = 1_000_000
+"""How often a round moves the receive-time cursor (one write less for most rounds)."""
 IDLE_WAIT = 1.0
 SWEEP_EVERY = 5.0
 """How often (s) the loop looks for profiles another worker stored but never evaluated."""
@@ -77,6 +79,7 @@ class RealtimeLoop:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._swept_at = time.monotonic()
+        self._cursor_moved = 0
         self.rounds = 0
 
     # -- input --------------------------------------------------------------------------------
@@ -135,7 +138,14 @@ class RealtimeLoop:
                 profiles = self._profiles(queued, touched)
                 # Everything received up to the newest queued message is recorded with it.
                 newest = max(m.received_at_us for m in queued)
-                done = self.processor.process(profiles, now_us, cursor_us=newest)
+                # The cursor may lag (a restart evaluates a little more again), never lead: it
+                # moves with a recorded round, at most once per CURSOR_EVERY_US.
+                moves = newest - self._cursor_moved >= CURSOR_EVERY_US
+                done = self.processor.process(
+                    profiles, now_us, cursor_us=newest if moves else None
+                )
+                if moves:
+                    self._cursor_moved = newest
         except BaseException:
             self._requeue(queued, touched)  # evaluated again next round: nothing is dropped
             raise

@@ -147,18 +147,21 @@ def diff_memberships(
     run: int,
     within: str = "",
     params: dict[str, Any] | None = None,
+    steps: frozenset[str] = frozenset({"exits", "holdouts", "enters"}),
 ) -> MembershipChanges:
     """Exit absent members, enter new ones, update holdout flags; count per (kind, name).
 
     `c` is the relation (named `c`) of who should be a member. `within` (SQL starting with
     AND, over `memberships`, its values in `params`) limits which current members may exit:
     the real-time path diffs a few profiles and names, a full compute diffs everything.
+    `steps` leaves out those the caller knows change nothing.
     """
     values = {"at": at, "run": run, **(params or {})}
     fill = {"c": c, "within": within, "conflict": _CURRENT_CONFLICT[tx.dialect]}
-    exited = tx.counted(_EXITS, values, **fill)
-    tx.run(_HOLDOUTS, values, **fill)
-    entered = tx.counted(_ENTERS, values, **fill)
+    exited = tx.counted(_EXITS, values, **fill) if "exits" in steps else {}
+    if "holdouts" in steps:
+        tx.run(_HOLDOUTS, values, **fill)
+    entered = tx.counted(_ENTERS, values, **fill) if "enters" in steps else {}
     return MembershipChanges(run, _names(entered), _names(exited))
 
 
@@ -171,8 +174,12 @@ def _names(counts: dict[tuple[Any, ...], int]) -> dict[tuple[str, str], int]:
 _MERGED = """SELECT a.profile_id, a.canonical_id FROM profile_aliases a
 JOIN {ids} ON ids.profile_id = a.canonical_id"""
 
-_HELD = """SELECT m.kind, m.name, m.profile_id, m.holdout FROM memberships m
-JOIN {everyone} ON everyone.profile_id = m.profile_id WHERE m.exited_at IS NULL"""
+# The current memberships and timers of the recorded profiles, in one read.
+_HELD = """SELECT 'member', m.kind, m.name, m.profile_id, m.holdout, NULL FROM memberships m
+JOIN {everyone} ON everyone.profile_id = m.profile_id WHERE m.exited_at IS NULL
+UNION ALL
+SELECT 'timer', t.segment, NULL, t.profile_id, t.leased_until IS NOT NULL, epoch_us(t.due_at)
+FROM timers t JOIN {everyone} ON everyone.profile_id = t.profile_id"""
 
 _MARKS = """SELECT p.profile_id, p.version FROM realtime_pending p
 JOIN {ids} ON ids.profile_id = p.profile_id"""
@@ -253,11 +260,15 @@ def _record(
         for (kind, name), holdout in o.members.items()
     }
     names = set(scope)
-    held = {
-        (str(k), str(n), str(p)): bool(h)
-        for k, n, p, h in tx.run(_HELD, everyone=who)
-        if (str(k), str(n)) in names
-    }
+    held: dict[tuple[str, str, str], bool] = {}
+    timers_held: set[tuple[str, str, int]] = set()
+    leased = False
+    for what, k, n, p, flag, due in tx.run(_HELD, everyone=who):
+        if what == "timer":
+            timers_held.add((str(p), str(k), int(due)))
+            leased = leased or bool(flag)
+        elif (str(k), str(n)) in names:
+            held[(str(k), str(n), str(p))] = bool(flag)
     if held == wanted:  # most evaluations change nothing: no diff, no plan
         changes = MembershipChanges(REALTIME_RUN, {}, {})
     else:
@@ -268,16 +279,26 @@ def _record(
             f" AND EXISTS (SELECT 1 FROM {s} WHERE s.kind = memberships.kind"
             " AND s.name = memberships.name)"
         )
-        changes = diff_memberships(tx, c, at, REALTIME_RUN, within)
+        steps = frozenset(
+            step
+            for step, needed in (
+                ("exits", any(k not in wanted for k in held)),
+                ("holdouts", any(k in held and held[k] != h for k, h in wanted.items())),
+                ("enters", any(k not in held for k in wanted)),
+            )
+            if needed
+        )
+        changes = diff_memberships(tx, c, at, REALTIME_RUN, within, steps=steps)
         plan_changes(tx, routes, datetime.now(UTC), profiles=everyone)
-    timers = [(o.profile_id, s, at_most_last(t)) for o in kept for s, t in o.timers.items()]
-    fresh = tx.rows(
-        "fresh",
-        (("profile_id", "text"), ("segment", "text"), ("due_at", "timestamptz")),
-        transposed(timers, 3),
-    )
-    tx.run(_DROP_TIMERS, everyone=who)
-    tx.run(_ADD_TIMERS, fresh=fresh)
+    due = {(o.profile_id, s, min(t, _LAST_US)) for o in kept for s, t in o.timers.items()}
+    if leased or due != timers_held:  # recording a timer also ends its lease
+        fresh = tx.rows(
+            "fresh",
+            (("profile_id", "text"), ("segment", "text"), ("due_at", "timestamptz")),
+            transposed(((p, s, to_datetime(t)) for p, s, t in sorted(due)), 3),
+        )
+        tx.run(_DROP_TIMERS, everyone=who)
+        tx.run(_ADD_TIMERS, fresh=fresh)
     if tracks_pending:
         # Ids merged into a recorded profile had their events folded into its history: their
         # marks (left from before the merge, which marked the survivor) go too.

@@ -212,7 +212,7 @@ def plan_changes(
         if adds + removes >= ANALYZE_AFTER:
             tx.run("ANALYZE outbox")
     else:
-        adds, removes = _plan_in_steps(tx, params, fill)
+        adds, removes = _plan_in_steps(tx, params, fill, scoped=profiles is not None)
     return PlanCounts(adds=adds, removes=removes)
 
 
@@ -251,22 +251,45 @@ def _plan_in_one_statement(tx: Tx, params: dict[str, Any], fill: dict[str, str])
     return int(row[0]), int(row[1])
 
 
-def _plan_in_steps(tx: Tx, params: dict[str, Any], fill: dict[str, str]) -> tuple[int, int]:
-    kept = dict(fill)
-    for name, sql in _STEPS[:5]:
+_GUARDS = f"""SELECT
+    (SELECT count(*) FROM {{fresh}} WHERE op = 'add'),
+    (SELECT count(*) FROM {{fresh}} WHERE op = 'remove'),
+    EXISTS (SELECT 1 FROM destination_state WHERE status = 'rejected'{{scope_state}}),
+    EXISTS (SELECT 1 FROM destination_state WHERE status = '{DRY_RUN}'{{scope_state}}),
+    EXISTS (SELECT 1 FROM outbox WHERE batch_id IS NULL{{scope_outbox}})"""
+"""What the steps found, and which writes have anything to change (a DuckDB write costs
+milliseconds even when it changes nothing; a read of the same rows, a fraction)."""
+
+
+class _Kept(dict[str, str]):
+    """Fill values for `str.format_map` that leave unknown names as they are."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _plan_in_steps(
+    tx: Tx, params: dict[str, Any], fill: dict[str, str], scoped: bool
+) -> tuple[int, int]:
+    """The steps one after the other. A plan of a few profiles reads the first four steps as
+    subqueries of the fifth rather than keeping each (fewer statements, each costing more
+    than its few rows); a whole plan keeps each step once."""
+    kept = _Kept(fill)
+    for name, sql in _STEPS[:4]:
+        kept[name] = (
+            f"({sql.format_map(kept)})" if scoped else tx.keep(f"_{name}", sql, params, **kept)
+        )
+    for name, sql in _STEPS[4:6]:
         kept[name] = tx.keep(f"_{name}", sql, params, **kept)
-    for name, sql in _STEPS[5:]:
-        kept[name] = tx.keep(f"_{name}", sql, params, **kept)
-    row = tx.run(
-        "SELECT count(*) FILTER (WHERE op = 'add'), count(*) FILTER (WHERE op = 'remove') "
-        "FROM {fresh}",
-        None,
-        **kept,
-    )[0]
+    row = tx.run(_GUARDS, None, **kept)[0]
     adds, removes = int(row[0]), int(row[1])
-    for _, sql in _WRITES:
-        tx.run(sql, params, **kept)
+    rejected, dry_run, waiting = bool(row[2]), bool(row[3]), bool(row[4])
+    for (_, sql), needed in zip(_WRITES, (rejected, dry_run, waiting), strict=True):
+        if needed:
+            tx.run(sql, params, **kept)
     if adds + removes:
+        name, sql = _STEPS[6]
+        kept[name] = tx.keep(f"_{name}", sql, params, **kept)
         tx.run(_QUEUE, params, change_id=tx.number("change_id", _ORDER), **kept)
         tx.numbered("change_id", adds + removes)
     return adds, removes
