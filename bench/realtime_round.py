@@ -6,8 +6,9 @@ Run:  .venv/bin/python bench/realtime_round.py [--profiles 5000] [--rounds 300]
 A fresh project per store with the three real-time audiences of bench/realtime.py (cart
 abandon, browse abandon, purchase suppression) routed to a webhook (its outbox rows are
 planned; nothing is delivered). The store holds `--profiles` known profiles with a few old
-events each. Then, `--rounds` times: one event (cart add, product view or purchase, in turn)
-for a random profile is committed through the engine, and the loop's round that evaluates it
+events each. Then, `--rounds` times: `--per-round` events (cart adds, product views or
+purchases, in turn) for distinct random profiles are committed through the engine, and the
+loop's round that evaluates them
 (`ServeWorkers.loop.step()`, no thread) is timed alone. Ingest and delivery are not timed.
 
 With `--baseline REV`, the same measurement runs first on that commit (checked out in a
@@ -113,7 +114,7 @@ def pg_schema(url: str) -> Any:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")  # type: ignore[arg-type]
 
 
-def measure(store: str, profiles: int, rounds: int) -> dict[str, Any]:
+def measure(store: str, profiles: int, rounds: int, per_round: int = 1) -> dict[str, Any]:
     """Round times (ms) of one store, in this process (whichever cohortsync it imports)."""
     from cohortsync.engine import Engine
 
@@ -134,22 +135,23 @@ def measure(store: str, profiles: int, rounds: int) -> dict[str, Any]:
                 took: dict[str, list[float]] = {e: [] for e in EVENTS}
                 for r in range(rounds):
                     event = EVENTS[r % len(EVENTS)]
-                    user = f"u{rng.randrange(profiles):06d}"
+                    users = rng.sample(range(profiles), per_round)
                     engine.ingest_messages(
                         [
                             {
                                 "type": "track",
-                                "messageId": f"r-{r}",
-                                "userId": user,
+                                "messageId": f"r-{r}-{u}",
+                                "userId": f"u{u:06d}",
                                 "event": event,
                                 "timestamp": stamp(datetime.now(UTC)),
                             }
+                            for u in users
                         ]
                     )
                     start = time.perf_counter()
                     report = loop.step()
                     took[event].append((time.perf_counter() - start) * 1000)
-                    if report.event_profiles != 1:
+                    if report.event_profiles != per_round:
                         raise SystemExit(f"round {r} evaluated {report.event_profiles} profiles")
             finally:
                 workers.delivery.close()
@@ -177,7 +179,7 @@ def worktree(rev: str) -> Any:
         )
 
 
-def run_child(src: Path, store: str, profiles: int, rounds: int) -> dict[str, Any]:
+def run_child(src: Path, store: str, profiles: int, rounds: int, per_round: int) -> dict[str, Any]:
     """`measure` in a child process importing cohortsync from `src`."""
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run(
@@ -190,6 +192,8 @@ def run_child(src: Path, store: str, profiles: int, rounds: int) -> dict[str, An
             str(profiles),
             "--rounds",
             str(rounds),
+            "--per-round",
+            str(per_round),
         ],
         env=env,
         check=True,
@@ -203,12 +207,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--per-round", type=int, default=1, help="events (profiles) per round")
     parser.add_argument("--postgres", help="also measure a Postgres store on this server URL")
     parser.add_argument("--baseline", help="measure this commit too, side by side")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(measure(args.child, args.profiles, args.rounds)))
+        print(json.dumps(measure(args.child, args.profiles, args.rounds, args.per_round)))
         return
     head = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
@@ -231,10 +236,15 @@ def main() -> None:
                         else ".cohortsync/store.duckdb"
                     )
                     results.append(
-                        (kind, rev, run_child(src, location, args.profiles, args.rounds))
+                        (
+                            kind,
+                            rev,
+                            run_child(src, location, args.profiles, args.rounds, args.per_round),
+                        )
                     )
     table = Table(
-        title=f"one real-time round, {args.profiles:,} profiles, {args.rounds} rounds "
+        title=f"one real-time round of {args.per_round} events, {args.profiles:,} profiles, "
+        f"{args.rounds} rounds "
         f"(load {os.getloadavg()[0]:.1f})"
     )
     for column in ("store", "commit", "p50 ms", "p95 ms", "mean ms", *EVENTS):

@@ -57,6 +57,18 @@ _ARROW: dict[str, pa.DataType] = {
 }
 
 
+UNNEST_AT_MOST = 20_000
+"""`rows` of at most this many values are bound as lists; more are registered as Arrow."""
+
+_DUCK_TYPES: dict[str, str] = {
+    "text": "VARCHAR",
+    "bigint": "BIGINT",
+    "boolean": "BOOLEAN",
+    "timestamptz": "TIMESTAMPTZ",
+    "double": "DOUBLE",
+}
+
+
 class DuckDBTx:
     """`Tx` over the store's connection inside one of its transactions."""
 
@@ -65,13 +77,17 @@ class DuckDBTx:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con
         self._registered: list[str] = []
+        self._lent: dict[str, Any] = {}  # the lists behind small `rows` relations
+
+    def _bound(self, names: Sequence[str], params: Mapping[str, Any] | None) -> dict[str, Any]:
+        given = {**self._lent, **(params or {})} if self._lent else (params or {})
+        return {n: given[n] for n in names}
 
     def _execute(
         self, template: str, params: Mapping[str, Any] | None, fill: Mapping[str, str]
     ) -> duckdb.DuckDBPyConnection:
         sql, names = render(template, "duckdb", **fill)
-        given = params or {}
-        return self.con.execute(sql, {n: given[n] for n in names} if names else None)
+        return self.con.execute(sql, self._bound(names, params) if names else None)
 
     def run(
         self, template: str, params: Mapping[str, Any] | None = None, **fill: str
@@ -86,8 +102,17 @@ class DuckDBTx:
     def rows(
         self, name: str, columns: Sequence[tuple[str, SqlType]], data: Sequence[Sequence[Any]]
     ) -> str:
-        table = pa.table({c: pa.array(list(v), _ARROW[t]) for c, t, v in columns_of(columns, data)})
-        return self._lend(name, table)
+        if sum(len(v) for v in data) > UNNEST_AT_MOST:
+            table = pa.table(
+                {c: pa.array(list(v), _ARROW[t]) for c, t, v in columns_of(columns, data)}
+            )
+            return self._lend(name, table)
+        # A few values: bound as lists and unnested (registering a table costs ~0.5 ms).
+        lists = []
+        for column, kind, values in columns_of(columns, data):
+            self._lent[f"{name}_{column}"] = list(values)
+            lists.append(f"unnest(${name}_{column}::{_DUCK_TYPES[kind]}[]) AS {column}")
+        return f"(SELECT {', '.join(lists)}) AS {name}"
 
     def _lend(self, name: str, table: pa.Table) -> str:
         """Register `table` as `name` until the transaction ends."""
@@ -101,8 +126,7 @@ class DuckDBTx:
         self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
     ) -> str:
         sql, names = render(template, "duckdb", **fill)
-        given = params or {}
-        table = self.con.sql(sql, params={n: given[n] for n in names} if names else None)
+        table = self.con.sql(sql, params=self._bound(names, params) if names else None)
         return self._lend(name, table.to_arrow_table())
 
     def table(self, name: str, columns: Sequence[tuple[str, SqlType]], data: pa.Table) -> str:
@@ -113,9 +137,8 @@ class DuckDBTx:
         self, template: str, params: Mapping[str, Any] | None = None, **fill: str
     ) -> dict[tuple[Any, ...], int]:
         sql, names = render(template, "duckdb", **fill)
-        given = params or {}
         # `sql()` runs a writing statement at once and keeps its RETURNING rows as a relation.
-        returned = self.con.sql(sql, params={n: given[n] for n in names} if names else None)
+        returned = self.con.sql(sql, params=self._bound(names, params) if names else None)
         if returned is None:
             return {}
         table = returned.to_arrow_table()
@@ -163,6 +186,7 @@ class DuckDBTx:
             with suppress(duckdb.Error):  # a failed statement's result: the rollback ends it
                 self.con.unregister(name)
         self._registered.clear()
+        self._lent.clear()
 
 
 class DuckDBSql:

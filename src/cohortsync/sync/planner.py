@@ -271,16 +271,21 @@ class _Kept(dict[str, str]):
 def _plan_in_steps(
     tx: Tx, params: dict[str, Any], fill: dict[str, str], scoped: bool
 ) -> tuple[int, int]:
-    """The steps one after the other. A plan of a few profiles reads the first four steps as
-    subqueries of the fifth rather than keeping each (fewer statements, each costing more
-    than its few rows); a whole plan keeps each step once."""
+    """The steps one after the other. A plan of a few profiles runs the first four steps as
+    common table expressions of the fifth rather than keeping each (fewer statements, each
+    costing more than its few rows); a whole plan keeps each step once."""
     kept = _Kept(fill)
-    for name, sql in _STEPS[:4]:
-        kept[name] = (
-            f"({sql.format_map(kept)})" if scoped else tx.keep(f"_{name}", sql, params, **kept)
-        )
-    for name, sql in _STEPS[4:6]:
-        kept[name] = tx.keep(f"_{name}", sql, params, **kept)
+    if scoped:
+        named = _Kept(fill, **{name: name for name, _ in _STEPS[:4]})
+        ctes = ", ".join(f"{name} AS ({sql.format_map(named)})" for name, sql in _STEPS[:4])
+        name, sql = _STEPS[4]
+        kept[name] = tx.keep(f"_{name}", f"WITH {ctes} {sql}", params, **named)
+        kept["desired"] = f"({_STEPS[0][1].format_map(kept)})"  # for a rejection to forget
+    else:
+        for name, sql in _STEPS[:5]:
+            kept[name] = tx.keep(f"_{name}", sql, params, **kept)
+    name, sql = _STEPS[5]
+    kept[name] = tx.keep(f"_{name}", sql, params, **kept)
     row = tx.run(_GUARDS, None, **kept)[0]
     adds, removes = int(row[0]), int(row[1])
     rejected, dry_run, waiting = bool(row[2]), bool(row[3]), bool(row[4])
