@@ -141,9 +141,7 @@ class RealtimeLoop:
                 # The cursor may lag (a restart evaluates a little more again), never lead: it
                 # moves with a recorded round, at most once per CURSOR_EVERY_US.
                 moves = newest - self._cursor_moved >= CURSOR_EVERY_US
-                done = self.processor.process(
-                    profiles, now_us, cursor_us=newest if moves else None
-                )
+                done = self.processor.process(profiles, now_us, cursor_us=newest if moves else None)
                 if moves:
                     self._cursor_moved = newest
         except BaseException:
