@@ -3,9 +3,9 @@
 Run:  .venv/bin/python bench/realtime_round.py [--profiles 5000] [--rounds 300]
       [--postgres postgresql://postgres@127.0.0.1:5432/test] [--baseline REV]
 
-A fresh project per store with the three real-time audiences of bench/realtime.py (cart
-abandon, browse abandon, purchase suppression) routed to a webhook (its outbox rows are
-planned; nothing is delivered). The store holds `--profiles` known profiles with a few old
+A fresh project per store: bench/realtime.py's, three real-time audiences (cart abandon, browse
+abandon, purchase suppression) routed to a webhook (its outbox rows are planned; nothing is
+delivered). The store holds `--profiles` known profiles with a few old
 events each. Then, `--rounds` times: `--per-round` events (cart adds, product views or
 purchases, in turn) for distinct random profiles are committed through the engine, and the
 loop's round that evaluates them
@@ -36,33 +36,16 @@ from urllib.parse import quote
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from realtime import project_yaml  # the project of bench/realtime.py
+
 ROOT = Path(__file__).resolve().parent.parent
 console = Console(width=120)
 
-PROJECT = """\
-store: {store}
-identity: {{primary: email, secondary: [phone], default_region: US}}
-sources:
-  web: {{write_key: wk_round_0123456789}}
-segments:
-  cart_6h:
-    all:
-      - {{event: added_to_cart, within: 6h}}
-      - {{not: {{event: order_completed, since: added_to_cart}}}}
-  browse_24h:
-    all:
-      - {{event: product_viewed, within: 24h}}
-      - {{not: {{event: added_to_cart, within: 24h}}}}
-      - {{not: {{event: order_completed, within: 24h}}}}
-  bought_7d: {{event: order_completed, within: 7d}}
-audiences:
-  cart: {{segment: cart_6h, exclude: [bought_7d], refresh: realtime, destinations: [hook]}}
-  browse: {{segment: browse_24h, exclude: [bought_7d], refresh: realtime, destinations: [hook]}}
-  suppress: {{segment: bought_7d, refresh: realtime, destinations: [hook]}}
-destinations:
-  hook: {{type: webhook, url: "http://127.0.0.1:9/hook", secret: "whsec_{secret}"}}
-"""
-SECRET = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
+SECRET = "whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA=="
+HOOK = "http://127.0.0.1:9/hook"
+"""Nothing listens there: the rounds plan the webhook's outbox rows; nothing is delivered."""
 EVENTS = ("Added To Cart", "Product Viewed", "Order Completed")
 
 
@@ -120,9 +103,7 @@ def measure(store: str, profiles: int, rounds: int, per_round: int = 1) -> dict[
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        (folder / "cohortsync.yml").write_text(
-            PROJECT.format(store=store, secret=SECRET), encoding="utf-8"
-        )
+        (folder / "cohortsync.yml").write_text(project_yaml(HOOK, SECRET, store), encoding="utf-8")
         now = datetime.now(UTC)
         with Engine.open(folder) as engine:
             engine.ingest_messages(history(profiles, now))
