@@ -114,6 +114,10 @@ class DuckDBTx:
             lists.append(f"unnest(${name}_{column}::{_DUCK_TYPES[kind]}[]) AS {column}")
         return f"(SELECT {', '.join(lists)}) AS {name}"
 
+    def among(self, name: str, values: Sequence[Any], kind: SqlType = "text") -> str:
+        self._lent[name] = list(values)
+        return f"IN (SELECT unnest(${name}::{_DUCK_TYPES[kind]}[]))"
+
     def _lend(self, name: str, table: pa.Table) -> str:
         """Register `table` as `name` until the transaction ends."""
         if name in self._registered:

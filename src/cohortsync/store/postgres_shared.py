@@ -215,6 +215,10 @@ class PgTx:
         names = ", ".join(c for c, _ in columns)
         return f"unnest({', '.join(arrays)}) AS {name}({names})"
 
+    def among(self, name: str, values: Sequence[Any], kind: SqlType = "text") -> str:
+        self._lent[name] = list(values)
+        return f"= ANY(${name}::{_PG_TYPES[kind]}[])"
+
     def keep(
         self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
     ) -> str:

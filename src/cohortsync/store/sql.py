@@ -113,6 +113,11 @@ class Tx(Protocol):
         list per column."""
         ...
 
+    def among(self, name: str, values: Sequence[Any], kind: SqlType = "text") -> str:
+        """SQL completing `expr …`: true where expr is one of `values` (bound as `$name`), in
+        the form each engine plans best (an index probe per value on Postgres)."""
+        ...
+
     def keep(
         self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
     ) -> str:

@@ -171,25 +171,23 @@ def _names(counts: dict[tuple[Any, ...], int]) -> dict[tuple[str, str], int]:
 
 # -- real time ---------------------------------------------------------------------------------
 
-_MERGED = """SELECT a.profile_id, a.canonical_id FROM profile_aliases a
-JOIN {ids} ON ids.profile_id = a.canonical_id"""
+MERGED = """SELECT a.profile_id, a.canonical_id FROM profile_aliases a
+WHERE a.canonical_id {ids}"""
 
 # The current memberships and timers of the recorded profiles, in one read.
 _HELD = """SELECT 'member', m.kind, m.name, m.profile_id, m.holdout, NULL FROM memberships m
-JOIN {everyone} ON everyone.profile_id = m.profile_id WHERE m.exited_at IS NULL
+WHERE m.profile_id {everyone} AND m.exited_at IS NULL
 UNION ALL
 SELECT 'timer', t.segment, NULL, t.profile_id, t.leased_until IS NOT NULL, epoch_us(t.due_at)
-FROM timers t JOIN {everyone} ON everyone.profile_id = t.profile_id"""
+FROM timers t WHERE t.profile_id {everyone}"""
 
-_MARKS = """SELECT p.profile_id, p.version FROM realtime_pending p
-JOIN {ids} ON ids.profile_id = p.profile_id"""
+MARKS = """SELECT p.profile_id, p.version FROM realtime_pending p WHERE p.profile_id {ids}"""
 
-_CLEAR_MARKS = """DELETE FROM realtime_pending
+_CLEARMARKS = """DELETE FROM realtime_pending
 WHERE EXISTS (SELECT 1 FROM {marks} WHERE marks.profile_id = realtime_pending.profile_id
               AND (marks.version IS NULL OR marks.version = realtime_pending.version))"""
 
-_DROP_TIMERS = """DELETE FROM timers
-WHERE EXISTS (SELECT 1 FROM {everyone} WHERE everyone.profile_id = timers.profile_id)"""
+_DROP_TIMERS = "DELETE FROM timers WHERE profile_id {everyone}"
 
 _ADD_TIMERS = """INSERT INTO timers (profile_id, segment, due_at)
 SELECT profile_id, segment, due_at FROM {fresh}"""
@@ -225,12 +223,12 @@ def record_profiles(
     if not ids:
         return MembershipChanges(REALTIME_RUN, {}, {})
     with sql.transaction() as tx:
-        id_rows = tx.rows("ids", (("profile_id", "text"),), [ids])
-        merged = [(str(p), str(c)) for p, c in tx.run(_MERGED, ids=id_rows)]
+        id_rows = tx.among("ids", ids)
+        merged = [(str(p), str(c)) for p, c in tx.run(MERGED, ids=id_rows)]
         tx.lock(*(LOCK_PREFIX + p for p in [*ids, *(p for p, _ in merged)]))
         kept = list(outcomes)
         if tracks_pending:
-            marks = {str(p): int(v) for p, v in tx.run(_MARKS, ids=id_rows)}
+            marks = {str(p): int(v) for p, v in tx.run(MARKS, ids=id_rows)}
             kept = [o for o in outcomes if marks.get(o.profile_id, 0) == o.version]
             if not kept:
                 return MembershipChanges(REALTIME_RUN, {}, {})
@@ -253,7 +251,7 @@ def _record(
     evaluated = {o.profile_id for o in kept}
     aliases = [p for p, c in merged if c in evaluated]
     everyone = sorted(evaluated | set(aliases))
-    who = tx.rows("everyone", (("profile_id", "text"),), [everyone])
+    who = tx.among("everyone", everyone)
     wanted = {
         (kind, name, o.profile_id): holdout
         for o in kept
@@ -275,7 +273,7 @@ def _record(
         c = tx.rows("c", COMPUTED, transposed(((*k, h) for k, h in wanted.items()), 4))
         s = tx.rows("s", _NAMES, transposed(scope, 2))
         within = (
-            f" AND EXISTS (SELECT 1 FROM {who} WHERE everyone.profile_id = memberships.profile_id)"
+            f" AND memberships.profile_id {who}"
             f" AND EXISTS (SELECT 1 FROM {s} WHERE s.kind = memberships.kind"
             " AND s.name = memberships.name)"
         )
@@ -310,5 +308,5 @@ def _record(
                 [o.version for o in kept] + [None] * len(aliases),
             ],
         )
-        tx.run(_CLEAR_MARKS, marks=marks)
+        tx.run(_CLEARMARKS, marks=marks)
     return changes

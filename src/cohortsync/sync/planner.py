@@ -173,15 +173,13 @@ _LOCK_WAITING = """SELECT o.change_id FROM outbox o
 
 
 def _scopes(planned: str | None) -> dict[str, str]:
-    """SQL conditions limiting each alias to the planned profiles (none: every profile)."""
+    """SQL conditions limiting each alias to the planned profiles (none: every profile);
+    `planned` completes `profile_id …` (`Tx.among`)."""
     aliases = ("m", "o", "s", "state", "outbox")
     if planned is None:
         return {f"scope_{a}": "" for a in aliases}
     table = {"state": "destination_state", "outbox": "outbox"}
-    return {
-        f"scope_{a}": f" AND {table.get(a, a)}.profile_id IN (SELECT profile_id FROM {planned})"
-        for a in aliases
-    }
+    return {f"scope_{a}": f" AND {table.get(a, a)}.profile_id {planned}" for a in aliases}
 
 
 def plan_changes(
@@ -198,11 +196,7 @@ def plan_changes(
     else:  # per-profile plans exclude each other per profile
         tx.lock(PLAN_ALL, shared=True)
         tx.lock(*("plan:" + p for p in profiles))
-    planned = (
-        None
-        if profiles is None
-        else tx.rows("planned", [("profile_id", "text")], [list(dict.fromkeys(profiles))])
-    )
+    planned = None if profiles is None else tx.among("planned", list(dict.fromkeys(profiles)))
     fill = {"routes": route_rows(tx, routes), **_scopes(planned)}
     params = {"now": now}
     if tx.dialect == "postgres":

@@ -22,28 +22,24 @@ from cohortsync.store.base import MembershipChanges, Store
 from cohortsync.store.outbox import Route
 from cohortsync.store.realtime import HistoryRows, ProfileOutcome
 from cohortsync.store.sql import SqlStore, SqlType, as_json, transposed
-from cohortsync.sync.memberships import MOVE_CURSOR, at_most_last, record_profiles
+from cohortsync.sync.memberships import (
+    MARKS,
+    MERGED,
+    MOVE_CURSOR,
+    at_most_last,
+    record_profiles,
+)
 
 TIMER_LEASE = timedelta(seconds=30)
 """How long a taken timer is hidden from other workers before it may be taken again."""
 
-_FOLDED = """SELECT ids.profile_id, ids.profile_id AS owner FROM {ids}
-UNION ALL
-SELECT a.profile_id, a.canonical_id FROM profile_aliases a
-JOIN {ids} ON ids.profile_id = a.canonical_id"""
-
-_EVENTS = f"""SELECT w.owner, e.message_id, e.event_key, epoch_us(e."timestamp"), e.properties
-FROM events e JOIN ({_FOLDED}) w ON w.profile_id = e.profile_id
-WHERE e.event_key IN (SELECT keys.name FROM {{keys}})"""
+_EVENTS = """SELECT e.profile_id, e.message_id, e.event_key, epoch_us(e."timestamp"), e.properties
+FROM events e WHERE e.profile_id {folded} AND e.event_key {keys}"""
 
 _TRAITS = """SELECT t.profile_id, t.name, CAST(t.value AS VARCHAR) FROM profile_traits t
-JOIN {ids} ON ids.profile_id = t.profile_id"""
+WHERE t.profile_id {ids}"""
 
-_IDENTIFIERS = """SELECT x.profile_id, x.kind, x.value FROM identities x
-JOIN {ids} ON ids.profile_id = x.profile_id"""
-
-_MARKS = """SELECT p.profile_id, p.version FROM realtime_pending p
-JOIN {ids} ON ids.profile_id = p.profile_id"""
+_IDENTIFIERS = """SELECT x.profile_id, x.kind, x.value FROM identities x WHERE x.profile_id {ids}"""
 
 _CANONICAL = """SELECT ids.profile_id, coalesce(a.canonical_id, ids.profile_id) FROM {ids}
 LEFT JOIN profile_aliases a ON a.profile_id = ids.profile_id"""
@@ -67,8 +63,7 @@ LEFT JOIN profile_aliases a ON a.profile_id = p.profile_id
 WHERE p.marked_at < $before GROUP BY 1 ORDER BY min(p.marked_at), 1{limit}"""
 
 _RECEIVED = """SELECT DISTINCT canonical_profile_id FROM profile_events
-WHERE received_at >= $since
-  AND (type IN ('identify', 'alias') OR event_key IN (SELECT keys.name FROM {keys}))"""
+WHERE received_at >= $since AND (type IN ('identify', 'alias') OR event_key {keys})"""
 
 _AUDIENCE_RUNS = """INSERT INTO audience_runs (audience, last_run_at, run_id)
 SELECT runs.audience, $at, $run FROM {runs}
@@ -108,16 +103,22 @@ class RealtimeState:
         ids = list(dict.fromkeys(profile_ids))
         with self.sql.transaction() as tx:
             tx.snapshot()
-            relation = tx.rows("ids", (("profile_id", "text"),), [ids])
-            keys = tx.rows("keys", (("name", "text"),), [sorted(set(events))])
-            event_rows = tx.run(_EVENTS, ids=relation, keys=keys)
-            trait_rows = tx.run(_TRAITS, ids=relation)
-            identity_rows = tx.run(_IDENTIFIERS, ids=relation)
-            marks = tx.run(_MARKS, ids=relation) if self.tracks_pending else []
+            among = tx.among("ids", ids)
+            # Every id that folds into a wanted profile: itself and the ids merged into it.
+            owner = {str(p): str(c) for p, c in tx.run(MERGED, ids=among)}
+            owner.update((p, p) for p in ids)
+            folded = tx.among("folded", list(owner))
+            keys = tx.among("keys", sorted(set(events)))
+            event_rows = tx.run(_EVENTS, folded=folded, keys=keys)
+            trait_rows = tx.run(_TRAITS, ids=among)
+            identity_rows = tx.run(_IDENTIFIERS, ids=among)
+            marks = tx.run(MARKS, ids=among) if self.tracks_pending else []
         versions = {str(p): int(v) for p, v in marks}
         found = {p: HistoryRows(p, version=versions.get(p, 0)) for p in ids}
-        for owner, message_id, key, ts, props in event_rows:
-            found[str(owner)].events.append((str(message_id), str(key), int(ts), as_json(props)))
+        for profile_id, message_id, key, ts, props in event_rows:
+            found[owner[str(profile_id)]].events.append(
+                (str(message_id), str(key), int(ts), as_json(props))
+            )
         for profile_id, name, value in trait_rows:
             traits = found[str(profile_id)].traits
             traits[str(name)] = None if value is None else orjson.loads(value)
@@ -193,7 +194,7 @@ class RealtimeState:
         if self.tracks_pending and received_at_us > 0:
             return self._marked(2**62, None)
         with self.sql.transaction() as tx:
-            keys = tx.rows("keys", (("name", "text"),), [sorted(set(events))])
+            keys = tx.among("keys", sorted(set(events)))
             rows = tx.run(_RECEIVED, {"since": at_most_last(received_at_us)}, keys=keys)
         return [str(r[0]) for r in rows]
 
