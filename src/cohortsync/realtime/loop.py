@@ -32,6 +32,8 @@ CURSOR_SLACK_US = 5_000_000
 CURSOR_EVERY_US = 1_000_000
 """How often a round moves the receive-time cursor (one write less for most rounds)."""
 IDLE_WAIT = 1.0
+ROUND_GAP = 0.05
+"""The least time (s) between the end of one round and the start of the next."""
 SWEEP_EVERY = 5.0
 """How often (s) the loop looks for profiles another worker stored but never evaluated."""
 SWEEP_AGE_US = 5_000_000
@@ -236,6 +238,7 @@ class RealtimeLoop:
             self._thread.join(timeout=30)
 
     def _run(self) -> None:
+        ended = 0.0
         while True:
             with self._wake:
                 if self._stop:
@@ -244,11 +247,17 @@ class RealtimeLoop:
                     self._wake.wait(timeout=self._idle_wait())
                 if self._stop:
                     return
+            # Under load, events arriving within ROUND_GAP of the last round join the next one:
+            # fewer, larger rounds leave the store to ingest and delivery in between.
+            gap = ROUND_GAP - (time.monotonic() - ended)
+            if gap > 0:
+                time.sleep(gap)
             try:
                 self.step()
             except Exception:  # keep evaluating; the cursor makes the next round redo this one
                 log.exception("real-time round failed; retrying")
                 time.sleep(0.5)
+            ended = time.monotonic()
 
     def _idle_wait(self) -> float:
         due = self.realtime.next_timer()

@@ -153,9 +153,6 @@ class DuckDBTx:
         counts = groups.column("count_all").to_pylist()
         return {tuple(k): int(n) for *k, n in zip(*keys, counts, strict=True)}
 
-    def snapshot(self) -> None:
-        """Every DuckDB transaction reads one snapshot."""
-
     def next_id(self, counter: str) -> int:
         rows = self.con.execute(
             "INSERT OR REPLACE INTO counters SELECT ?, coalesce(max(value), 0) + 1 "
@@ -198,9 +195,15 @@ class DuckDBSql:
 
     dialect: Dialect = "duckdb"
 
-    def __init__(self, lock: threading.RLock, transaction: Transaction) -> None:
+    def __init__(
+        self,
+        lock: threading.RLock,
+        transaction: Transaction,
+        reader: Callable[[], duckdb.DuckDBPyConnection],
+    ) -> None:
         self._lock = lock
         self._transaction = transaction
+        self._reader = reader
 
     @contextmanager
     def transaction(self) -> Iterator[DuckDBTx]:
@@ -213,3 +216,14 @@ class DuckDBSql:
 
     def release(self, key: str) -> None:
         """Nothing is held past a transaction on DuckDB."""
+
+    @contextmanager
+    def reading(self) -> Iterator[DuckDBTx]:
+        con = self._reader()
+        con.execute("BEGIN TRANSACTION")
+        tx = DuckDBTx(con)
+        try:
+            yield tx
+        finally:
+            tx.close()
+            con.execute("ROLLBACK")  # it wrote nothing

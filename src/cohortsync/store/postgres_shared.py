@@ -248,9 +248,6 @@ class PgTx:
         )
         return {tuple(row[:-1]): int(row[-1]) for row in self.cur.fetchall()}
 
-    def snapshot(self) -> None:
-        self.cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-
     def next_id(self, counter: str) -> int:
         self.cur.execute(f"SELECT nextval('{_SEQUENCES[counter]}')")  # type: ignore[arg-type]
         row = self.cur.fetchone()
@@ -293,3 +290,9 @@ class PgSql:
 
     def release(self, key: str) -> None:
         self._db.query(_UNLOCK, (key,))
+
+    @contextmanager
+    def reading(self) -> Iterator[PgTx]:
+        with self._db.transaction() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield PgTx(cur)

@@ -138,10 +138,6 @@ class Tx(Protocol):
         distinct value of those columns (what was written, not what was meant to be)."""
         ...
 
-    def snapshot(self) -> None:
-        """Make the transaction read one snapshot and write nothing (its first statement)."""
-        ...
-
     def next_id(self, counter: str) -> int:
         """The next id of `counter` (ids only grow)."""
         ...
@@ -175,6 +171,11 @@ class SqlStore(Protocol):
 
     def release(self, key: str) -> None:
         """Let go of what `Tx.hold` took (after the new state is committed)."""
+        ...
+
+    def reading(self) -> AbstractContextManager[Tx]:
+        """A read-only transaction over one snapshot, which waits for no writer (on DuckDB a
+        connection of the reading thread's own, outside the store's lock)."""
         ...
 
 

@@ -83,7 +83,7 @@ class RealtimeState:
     def canonical(self, profile_ids: Iterable[str]) -> dict[str, str]:
         """Each id's surviving profile (itself unless merged away)."""
         ids = list(dict.fromkeys(profile_ids))
-        with self.sql.transaction() as tx:
+        with self.sql.reading() as tx:
             rows = tx.run(_CANONICAL, ids=tx.rows("ids", (("profile_id", "text"),), [ids]))
         return {str(p): str(c) for p, c in rows}
 
@@ -91,7 +91,7 @@ class RealtimeState:
         """The canonical profile holding each (kind, value) identifier, where one does."""
         wanted = list(dict.fromkeys(keys))
         columns: tuple[tuple[str, SqlType], ...] = (("kind", "text"), ("value", "text"))
-        with self.sql.transaction() as tx:
+        with self.sql.reading() as tx:
             relation = tx.rows("keys", columns, transposed(wanted, 2))
             rows = tx.run(_OWNERS, keys=relation)
         return {(str(k), str(v)): str(p) for k, v, p in rows}
@@ -101,8 +101,7 @@ class RealtimeState:
         canonical profiles (merged-away ids folded in), read in one snapshot so a version
         belongs to exactly these events."""
         ids = list(dict.fromkeys(profile_ids))
-        with self.sql.transaction() as tx:
-            tx.snapshot()
+        with self.sql.reading() as tx:
             among = tx.among("ids", ids)
             # Every id that folds into a wanted profile: itself and the ids merged into it.
             owner = {str(p): str(c) for p, c in tx.run(MERGED, ids=among)}
@@ -149,9 +148,9 @@ class RealtimeState:
         (and so ends the lease), and a worker that dies first leaves the timer to be taken again.
         """
         now = at_most_last(now_us)
+        if not self._read(_ANY_DUE, {"now": now}):  # most rounds find none due
+            return []
         with self.sql.transaction() as tx:
-            if not tx.run(_ANY_DUE, {"now": now}):  # a read: most rounds find none due
-                return []
             rows = tx.run(_LEASE_DUE, {"now": now, "until": now + TIMER_LEASE, "limit": limit})
         earliest: dict[str, int] = {}
         for profile_id, due in rows:
@@ -193,7 +192,7 @@ class RealtimeState:
         every pending profile, whenever received."""
         if self.tracks_pending and received_at_us > 0:
             return self._marked(2**62, None)
-        with self.sql.transaction() as tx:
+        with self.sql.reading() as tx:
             keys = tx.among("keys", sorted(set(events)))
             rows = tx.run(_RECEIVED, {"since": at_most_last(received_at_us)}, keys=keys)
         return [str(r[0]) for r in rows]
@@ -214,7 +213,7 @@ class RealtimeState:
     def _read(
         self, template: str, params: dict[str, Any] | None = None, limit: str = ""
     ) -> list[tuple[Any, ...]]:
-        with self.sql.transaction() as tx:
+        with self.sql.reading() as tx:
             return tx.run(template, params, limit=limit)
 
 
