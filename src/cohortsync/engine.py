@@ -48,8 +48,9 @@ from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
 from cohortsync.sync.worker import Clock
 
-Listener = Callable[[Sequence[Message], Mapping[str, tuple[str, ...]]], None]
-"""Called with the messages of a commit and the profiles each stored one touched."""
+Listener = Callable[[Sequence[Message], IngestResult], None]
+"""Called with the messages of a commit and what storing them did (`IngestResult.profiles`,
+`.merged`: the profiles they touched)."""
 
 FILE_BATCH = 50_000
 IDENTIFIER_PREFIXES = (*IDENTIFIER_KINDS, "profile_id")
@@ -117,12 +118,12 @@ class Engine:
             with_profiles=bool(self._listeners),
         )
         for listener in self._listeners:
-            listener(messages, result.profiles)
+            listener(messages, result)
         return result
 
     def on_stored(self, listener: Listener) -> None:
         """Call `listener` with the messages of every commit, after they are durable, and the
-        profiles each stored one touched (`IngestResult.profiles`)."""
+        result (`IngestResult.profiles` and `.merged`: the profiles they touched)."""
         self._listeners.append(listener)
 
     def ingest_messages(

@@ -7,11 +7,12 @@ names when the email limit keeps it apart.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cohortsync.engine import Engine
+from cohortsync.events.pipeline import IngestResult
 from cohortsync.store.records import Message
 
 
@@ -20,11 +21,11 @@ class Heard:
 
     def __init__(self) -> None:
         self.profiles: dict[str, tuple[str, ...]] = {}
+        self.merged: set[str] = set()
 
-    def __call__(
-        self, messages: Sequence[Message], profiles: Mapping[str, tuple[str, ...]]
-    ) -> None:
-        self.profiles.update(profiles)
+    def __call__(self, messages: Sequence[Message], stored: IngestResult) -> None:
+        self.profiles.update(stored.profiles)
+        self.merged |= stored.merged
 
 
 def msg(message_id: str, kind: str, **fields: Any) -> dict[str, Any]:
@@ -47,6 +48,7 @@ def test_each_stored_message_names_the_survivors_of_its_batch(project_dir: Path)
         )
         assert engine.store.find_profile("anonymous_id", "anon-1") == u1
         assert heard.profiles["a1"] == (u1,) and heard.profiles["a2"] == (u1,)
+        assert heard.merged == {u1}  # the survivor is evaluated whatever message merged it
 
         # A second visitor on the shared device identifies with another email and no user id:
         # the email limit keeps it in a profile of its own, which the message touched too.

@@ -36,6 +36,9 @@ class IngestResult:
     profiles: Mapping[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     """Per stored message id (when asked for), the profiles holding any of its identifiers
     once the batch was resolved, merges followed: what real-time evaluation looks at."""
+    merged: frozenset[str] = field(default_factory=frozenset, compare=False)
+    """Survivors of the merges the stored messages made (when asked for): evaluated in real
+    time whatever message made them, since each history now holds the merged profile's."""
 
     def __add__(self, other: IngestResult) -> IngestResult:
         return IngestResult(
@@ -44,6 +47,7 @@ class IngestResult:
             self.duplicates + other.duplicates,
             self.quarantined + other.quarantined,
             {**self.profiles, **other.profiles},
+            self.merged | other.merged,
         )
 
 
@@ -86,6 +90,7 @@ def store_messages(
         duplicates=len(messages) - stored,
         quarantined=len(rejections),
         profiles=_touched(batch, graph, keyed) if with_profiles else {},
+        merged=frozenset(final_targets(batch).values()) if with_profiles else frozenset(),
     )
 
 

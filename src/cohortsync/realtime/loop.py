@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cohortsync.config.models import IdentityConfig
+from cohortsync.events.pipeline import IngestResult
 from cohortsync.identity.graph import extract_identifiers
 from cohortsync.identity.log_scrub import scrubbed_logger
 from cohortsync.moments import to_micros
@@ -77,6 +78,7 @@ class RealtimeLoop:
         self.on_change = on_change
         self._queue: list[Message] = []
         self._touched: dict[str, tuple[str, ...]] = {}  # message id → profiles, from ingest
+        self._merged: set[str] = set()  # survivors of merges stored since the last round
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -85,21 +87,22 @@ class RealtimeLoop:
         self.rounds = 0
 
     # -- input --------------------------------------------------------------------------------
-    def submit(
-        self,
-        messages: Sequence[Message],
-        profiles: Mapping[str, tuple[str, ...]] | None = None,
-    ) -> None:
-        """Queue the stored messages that may change a real-time audience (cheap, any thread);
-        `profiles`: those each touched, as ingest resolved them (else looked up in the store)."""
+    def submit(self, messages: Sequence[Message], stored: IngestResult | None = None) -> None:
+        """Queue the stored messages that may change a real-time audience (cheap, any thread).
+
+        `stored` says which profiles each message touched, as ingest resolved them (else they
+        are looked up in the store), and which survived a merge: those are evaluated whatever
+        message made the merge."""
         relevant = [m for m in messages if self.index.relevant(m)]
-        if not relevant:
+        merged = stored.merged if stored is not None and self.index.audiences else frozenset()
+        if not relevant and not merged:
             return
         with self._wake:
             self._queue.extend(relevant)
-            if profiles:
+            self._merged.update(merged)
+            if stored is not None and stored.profiles:
                 for m in relevant:
-                    touched = profiles.get(m.message_id)
+                    touched = stored.profiles.get(m.message_id)
                     if touched is not None:
                         self._touched[m.message_id] = touched
             self._wake.notify()
@@ -130,26 +133,27 @@ class RealtimeLoop:
         with self._wake:
             queued, self._queue = self._queue, []
             touched, self._touched = self._touched, {}
+            merged, self._merged = self._merged, set()
         # The clock is read after the queue is taken, so every queued event was stored before.
         now_us = to_micros(self.clock()) if now_us is None else now_us
         report = RoundReport()
         try:
             self._fire_timers(now_us, report)
             self._sweep(now_us, report)
-            if queued:
-                profiles = self._profiles(queued, touched)
+            if queued or merged:
+                profiles = sorted(set(self._profiles(queued, touched)) | merged)
                 # Everything received up to the newest queued message is recorded with it.
-                newest = max(m.received_at_us for m in queued)
+                newest = max((m.received_at_us for m in queued), default=0)
                 # The cursor may lag (a restart evaluates a little more again), never lead: it
                 # moves with a recorded round, at most once per CURSOR_EVERY_US.
-                moves = newest - self._cursor_moved >= CURSOR_EVERY_US
+                moves = queued and newest - self._cursor_moved >= CURSOR_EVERY_US
                 done = self.processor.process(profiles, now_us, cursor_us=newest if moves else None)
                 if moves:
                     self._cursor_moved = newest
         except BaseException:
-            self._requeue(queued, touched)  # evaluated again next round: nothing is dropped
+            self._requeue(queued, touched, merged)  # evaluated again next round: none dropped
             raise
-        if queued:
+        if queued or merged:
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
@@ -192,10 +196,13 @@ class RealtimeLoop:
             if len(missed) < SWEEP_CHUNK:
                 return
 
-    def _requeue(self, queued: list[Message], touched: dict[str, tuple[str, ...]]) -> None:
+    def _requeue(
+        self, queued: list[Message], touched: dict[str, tuple[str, ...]], merged: set[str]
+    ) -> None:
         with self._wake:
             self._queue[:0] = queued
             self._touched.update(touched)
+            self._merged.update(merged)
 
     def _profiles(
         self, messages: Sequence[Message], touched: Mapping[str, tuple[str, ...]]

@@ -25,7 +25,7 @@ import pyarrow.csv as pa_csv
 from psycopg import errors
 
 from cohortsync.moments import to_datetime
-from cohortsync.store.base import ResolvedBatch, StaleIdentityError
+from cohortsync.store.base import ResolvedBatch, StaleIdentityError, final_targets
 from cohortsync.store.message_table import (
     EVENT_COLUMNS,
     JSON_COLUMNS,
@@ -318,7 +318,8 @@ def mark_pending(
     interest: RealtimeInterest | None,
     now: datetime,
 ) -> None:
-    """Mark the profile of every relevant stored message as pending real-time evaluation."""
+    """Mark the profile of every relevant stored message as pending real-time evaluation, and
+    every survivor of a merge the batch made (its history now holds the merged profile's)."""
     if interest is None:
         profiles = {str(p) for p in pc.unique(events.column("profile_id")).to_pylist()}
     else:
@@ -326,6 +327,7 @@ def mark_pending(
         profiles = {
             str(p) for m, p in zip(batch.messages, final, strict=True) if interest.covers(m)
         }
+        profiles.update(final_targets(batch).values())
     if not profiles:
         return
     cur.execute(
