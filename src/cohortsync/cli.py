@@ -222,7 +222,7 @@ def ingest(
             task = bar.add_task(path.name, total=file_size(path))
             report = engine.ingest_file(path, partial(bar.advance, task))
             rows.append((str(path), report.result))
-    _show({name: dataclasses.asdict(r) for name, r in rows}, as_json, lambda: ingest_table(rows))
+    _show({name: r.counts() for name, r in rows}, as_json, lambda: ingest_table(rows))
 
 
 def _check_files(files: list[Path]) -> None:

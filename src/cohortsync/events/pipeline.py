@@ -40,6 +40,15 @@ class IngestResult:
     """Survivors of the merges the stored messages made (when asked for): evaluated in real
     time whatever message made them, since each history now holds the merged profile's."""
 
+    def counts(self) -> dict[str, int]:
+        """What the batch did, as `ingest --json` reports it."""
+        return {
+            "received": self.received,
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "quarantined": self.quarantined,
+        }
+
     def __add__(self, other: IngestResult) -> IngestResult:
         return IngestResult(
             self.received + other.received,
