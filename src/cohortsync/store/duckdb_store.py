@@ -73,9 +73,7 @@ class DuckDBStore(Store):
         # of a longer WAL replay after a crash (~1 s) and rarer but longer checkpoint pauses.
         self._con.execute("SET checkpoint_threshold = '64MB'")
         self._lock = threading.RLock()
-        self._readers: list[duckdb.DuckDBPyConnection] = []
-        self._reader_of = threading.local()
-        self.sql = DuckDBSql(self._lock, self._transaction, self._reader)
+        self.sql = DuckDBSql(self._lock, self._transaction)
         self._identities: IdentityCache | None = None
         self._summary_rows: int | None = None  # rows after the last compaction (None: unread)
         self._summary_pending = 0  # rows appended since
@@ -94,16 +92,6 @@ class DuckDBStore(Store):
                 self._con.execute("ROLLBACK")
                 raise
             self._con.execute("COMMIT")
-
-    def _reader(self) -> duckdb.DuckDBPyConnection:
-        """This thread's own connection to the store, for reads that wait for no writer."""
-        con: duckdb.DuckDBPyConnection | None = getattr(self._reader_of, "con", None)
-        if con is None:
-            with self._lock:
-                con = self._con.cursor()
-                self._readers.append(con)
-            self._reader_of.con = con
-        return con
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query with bound parameters (never user values spliced into SQL)."""
@@ -535,9 +523,6 @@ class DuckDBStore(Store):
 
     def close(self) -> None:
         with self._lock:
-            for reader in self._readers:
-                reader.close()
-            self._readers.clear()
             self._con.close()
 
 
