@@ -93,22 +93,24 @@ def store_messages(
             stale += 1
             if stale > STALE_RETRIES:
                 raise
+    profiles, merged = _touched(batch, graph, keyed) if with_profiles else ({}, frozenset())
     return IngestResult(
         received=len(messages) + len(rejections),
         stored=stored,
         duplicates=len(messages) - stored,
         quarantined=len(rejections),
-        profiles=_touched(batch, graph, keyed) if with_profiles else {},
-        merged=frozenset(final_targets(batch).values()) if with_profiles else frozenset(),
+        profiles=profiles,
+        merged=merged,
     )
 
 
 def _touched(
     batch: ResolvedBatch, graph: IdentityGraph, keyed: Sequence[list[Key]]
-) -> dict[str, tuple[str, ...]]:
-    """Per message, the profile it was stored under and those holding its identifiers (an
-    identify's email may belong to another profile; an alias's previous id too), each
-    followed to its survivor of the batch's merges."""
+) -> tuple[dict[str, tuple[str, ...]], frozenset[str]]:
+    """`IngestResult.profiles` and `.merged`: per message, the profile it was stored under and
+    those holding its identifiers (an identify's email may belong to another profile; an
+    alias's previous id too), each followed to its survivor of the batch's merges; and those
+    survivors."""
     final = final_targets(batch)
     owners = graph.owners
     touched: dict[str, tuple[str, ...]] = {}
@@ -120,7 +122,7 @@ def _touched(
                 if owner is not None:
                     found.add(owner)
         touched[message.message_id] = tuple({final.get(p, p) for p in found})
-    return touched
+    return touched, frozenset(final.values())
 
 
 def _resolve(

@@ -60,10 +60,11 @@ class CadenceScheduler:
         self.project = project
         self.index = index
         self.routes = routes
+        self.realtime = realtime_for(store)
 
     def schedules(self) -> list[Schedule]:
         """Every audience's cadence, last and next run."""
-        runs = realtime_for(self.store).audience_runs()
+        runs = self.realtime.audience_runs()
         return [
             Schedule(name, a.refresh, runs.get(name), next_run(a.refresh, runs.get(name)))
             for name, a in sorted(self.project.audiences.items())
@@ -89,5 +90,5 @@ class CadenceScheduler:
         routes = [r for r in self.routes if r.audience in due]
         report = compute(self.store, self.project, now_us, routes=routes, scope=scope)
         assert report.run_id is not None  # `compute` records, or raises
-        realtime_for(self.store).record_audience_runs(due, now_us, report.run_id)
+        self.realtime.record_audience_runs(due, now_us, report.run_id)
         return report

@@ -57,13 +57,14 @@ class ProfileProcessor:
         self.project = project
         self.index = index
         self.routes = [r for r in routes if r.audience in index.audiences]
+        self.realtime = realtime_for(store)
 
     def process(
         self, profile_ids: Iterable[str], at_us: int, cursor_us: int | None = None
     ) -> Processed:
         """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes
         (and move the evaluation cursor to `cursor_us` in the same transaction)."""
-        realtime = realtime_for(self.store)
+        realtime = self.realtime
         canonical = sorted(set(realtime.canonical(profile_ids).values()))
         if not canonical or not self.index.audiences:
             if cursor_us is not None:

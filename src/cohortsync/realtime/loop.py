@@ -146,7 +146,7 @@ class RealtimeLoop:
                 newest = max((m.received_at_us for m in queued), default=0)
                 # The cursor may lag (a restart evaluates a little more again), never lead: it
                 # moves with a recorded round, at most once per CURSOR_EVERY_US.
-                moves = queued and newest - self._cursor_moved >= CURSOR_EVERY_US
+                moves = bool(queued) and newest - self._cursor_moved >= CURSOR_EVERY_US
                 done = self.processor.process(profiles, now_us, cursor_us=newest if moves else None)
                 if moves:
                     self._cursor_moved = newest

@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from cohortsync.store.sql import Dialect, SqlType, columns_of, render
+from cohortsync.store.sql import Dialect, SqlType, bound, columns_of, render
 
 Transaction = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -79,15 +79,11 @@ class DuckDBTx:
         self._registered: list[str] = []
         self._lent: dict[str, Any] = {}  # the lists behind small `rows` relations
 
-    def _bound(self, names: Sequence[str], params: Mapping[str, Any] | None) -> dict[str, Any]:
-        given = {**self._lent, **(params or {})} if self._lent else (params or {})
-        return {n: given[n] for n in names}
-
     def _execute(
         self, template: str, params: Mapping[str, Any] | None, fill: Mapping[str, str]
     ) -> duckdb.DuckDBPyConnection:
         sql, names = render(template, "duckdb", **fill)
-        return self.con.execute(sql, self._bound(names, params) if names else None)
+        return self.con.execute(sql, bound(names, self._lent, params) if names else None)
 
     def run(
         self, template: str, params: Mapping[str, Any] | None = None, **fill: str
@@ -130,7 +126,7 @@ class DuckDBTx:
         self, name: str, template: str, params: Mapping[str, Any] | None = None, **fill: str
     ) -> str:
         sql, names = render(template, "duckdb", **fill)
-        table = self.con.sql(sql, params=self._bound(names, params) if names else None)
+        table = self.con.sql(sql, params=bound(names, self._lent, params) if names else None)
         return self._lend(name, table.to_arrow_table())
 
     def table(self, name: str, columns: Sequence[tuple[str, SqlType]], data: pa.Table) -> str:
@@ -142,7 +138,7 @@ class DuckDBTx:
     ) -> dict[tuple[Any, ...], int]:
         sql, names = render(template, "duckdb", **fill)
         # `sql()` runs a writing statement at once and keeps its RETURNING rows as a relation.
-        returned = self.con.sql(sql, params=self._bound(names, params) if names else None)
+        returned = self.con.sql(sql, params=bound(names, self._lent, params) if names else None)
         if returned is None:
             return {}
         table = returned.to_arrow_table()

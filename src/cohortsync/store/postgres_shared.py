@@ -20,7 +20,7 @@ from psycopg.types.json import set_json_loads
 
 from cohortsync.errors import StoreError
 from cohortsync.store.locations import redact
-from cohortsync.store.sql import Dialect, SqlType, columns_of, render
+from cohortsync.store.sql import Dialect, SqlType, bound, columns_of, render
 
 CONNECT_TIMEOUT = 10
 
@@ -191,9 +191,8 @@ class PgTx:
         self, template: str, params: Mapping[str, Any] | None, fill: Mapping[str, str]
     ) -> None:
         sql, names = render(template, "postgres", **fill)
-        given = {**self._lent, **(params or {})}
         # No prepared plans: the best plan of `= ANY(array)` depends on the batch in hand.
-        self.cur.execute(sql.encode(), {n: given[n] for n in names}, prepare=False)
+        self.cur.execute(sql.encode(), bound(names, self._lent, params), prepare=False)
 
     def run(
         self, template: str, params: Mapping[str, Any] | None = None, **fill: str
@@ -239,11 +238,10 @@ class PgTx:
     ) -> dict[tuple[Any, ...], int]:
         sql, names = render(template, "postgres", **fill)
         returning = sql[sql.rindex("RETURNING") + len("RETURNING") :].strip()
-        given = {**self._lent, **(params or {})}
         self.cur.execute(
             f"WITH changed AS ({sql}) SELECT {returning}, count(*) FROM changed "  # type: ignore[arg-type]
             f"GROUP BY {returning}",
-            {n: given[n] for n in names},
+            bound(names, self._lent, params),
             prepare=False,
         )
         return {tuple(row[:-1]): int(row[-1]) for row in self.cur.fetchall()}

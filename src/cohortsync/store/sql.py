@@ -174,8 +174,8 @@ class SqlStore(Protocol):
         ...
 
     def reading(self) -> AbstractContextManager[Tx]:
-        """A read-only transaction over one snapshot, which waits for no writer (on DuckDB a
-        connection of the reading thread's own, outside the store's lock)."""
+        """A transaction that reads one snapshot and writes nothing (on Postgres REPEATABLE
+        READ, READ ONLY; on DuckDB a transaction under the store's lock like any other)."""
         ...
 
 
@@ -187,6 +187,15 @@ def columns_of(
         raise ValueError(f"{len(columns)} columns named, {len(data)} given")
     for (name, kind), values in zip(columns, data, strict=True):
         yield name, kind, values
+
+
+def bound(
+    names: Sequence[str], lent: Mapping[str, Any], params: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The values of a statement's `$names`: from `params`, else from what the transaction
+    lent its `rows` and `among` relations."""
+    given = {**lent, **(params or {})} if lent else (params or {})
+    return {n: given[n] for n in names}
 
 
 def transposed(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:

@@ -60,7 +60,7 @@ RETURNING timers.profile_id, epoch_us(timers.due_at)"""
 
 _MARKED = """SELECT coalesce(a.canonical_id, p.profile_id) AS id FROM realtime_pending p
 LEFT JOIN profile_aliases a ON a.profile_id = p.profile_id
-WHERE p.marked_at < $before GROUP BY 1 ORDER BY min(p.marked_at), 1{limit}"""
+WHERE p.marked_at < $before GROUP BY 1 ORDER BY min(p.marked_at), 1"""
 
 _RECEIVED = """SELECT DISTINCT canonical_profile_id FROM profile_events
 WHERE received_at >= $since AND (type IN ('identify', 'alias') OR event_key {keys})"""
@@ -182,8 +182,8 @@ class RealtimeState:
         return self._marked(marked_before_us, limit) if self.tracks_pending else []
 
     def _marked(self, before_us: int, limit: int | None) -> list[str]:
-        clause = "" if limit is None else " LIMIT $limit"
-        rows = self._read(_MARKED, {"before": at_most_last(before_us), "limit": limit}, clause)
+        template = _MARKED if limit is None else _MARKED + " LIMIT $limit"
+        rows = self._read(template, {"before": at_most_last(before_us), "limit": limit})
         return [str(r[0]) for r in rows]
 
     def profiles_received_since(self, received_at_us: int, events: Iterable[str]) -> list[str]:
@@ -210,11 +210,9 @@ class RealtimeState:
             runs = tx.rows("runs", (("audience", "text"),), [names])
             tx.run(_AUDIENCE_RUNS, {"at": at_most_last(at_us), "run": run_id}, runs=runs)
 
-    def _read(
-        self, template: str, params: dict[str, Any] | None = None, limit: str = ""
-    ) -> list[tuple[Any, ...]]:
+    def _read(self, template: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         with self.sql.reading() as tx:
-            return tx.run(template, params, limit=limit)
+            return tx.run(template, params)
 
 
 def realtime_for(store: Store) -> RealtimeState:
