@@ -198,8 +198,12 @@ def test_browser_sdk_events_are_all_stored(
     deadline = time.monotonic() + 30
     anonymous_ids: set[str] = set()
     events = _events(ingest.engine, anonymous_ids, user)  # type: ignore[arg-type]
-    while len(events) < 4 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # page.wait_for_timeout, not time.sleep: Playwright's sync API delivers the "response"
+    # events only while it is called, and a stored event can come before its response.
+    while (
+        len(events) < 4 or not PATHS[sdk, mode] <= {path for path, _ in posted}
+    ) and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
         events = _events(ingest.engine, anonymous_ids, user)  # type: ignore[arg-type]
     context.close()
 
