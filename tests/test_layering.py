@@ -21,6 +21,7 @@ SOURCE = Path(cohortsync.__file__).parent
 RANK = {
     "cli": 0,
     "cli_errors": 0,  # how the CLI words a failure
+    "commands": 0,  # the commands beyond cli.py, one module per family
     "server": 0,
     "render": 0,  # the CLI's pictures
     "engine": 1,  # the facade
@@ -109,6 +110,7 @@ SKIN_IMPORTS = {
     "config": "the project file: `init` writes it, commands find it, routes read its write keys",
     "errors": "the error classes a command raises for a bad option",
     "cli_errors": "how the CLI words a failure",
+    "commands": "the commands beyond cli.py, themselves skin",
     "render": "the CLI's pictures of what the engine returns",
     "server": "the app `serve` runs, and its limits",
     "events.models": "the message records and the size limits the ingest routes enforce",
@@ -117,9 +119,10 @@ SKIN_IMPORTS = {
 
 
 def _skin_imports(root: Path = SOURCE) -> list[tuple[str, int, str]]:
-    """(file, line, module) for every cohortsync module that cli.py or server/ imports."""
+    """(file, line, module) for every cohortsync module that cli.py, commands/ or server/ imports."""
     found = []
-    for path in [root / "cli.py", *sorted((root / "server").rglob("*.py"))]:
+    skin = [root / "cli.py", *sorted((root / "commands").rglob("*.py"))]
+    for path in [*skin, *sorted((root / "server").rglob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]

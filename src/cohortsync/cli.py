@@ -6,28 +6,35 @@ import csv
 import dataclasses
 import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cohortsync.cli_errors import describe
+from cohortsync.commands.shared import (
+    AtOption,
+    JsonOption,
+    ProjectOption,
+    app,
+    console,
+    err,
+    parse_at,
+    print_json,
+    progress_bar,
+    show,
+)
 from cohortsync.config.loader import PROJECT_FILE, find_project_dir
 from cohortsync.config.scaffold import scaffold_project
 from cohortsync.engine import (
     Engine,
     bus_gateway,
     file_size,
-    parse_instant,
     platform_identifier,
 )
 from cohortsync.errors import InputError
@@ -47,47 +54,6 @@ from cohortsync.render import (
 )
 from cohortsync.server.limits import ServeLimits
 
-app = typer.Typer(
-    help="cohortsync: segments kept true as events arrive, synced where they act.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-console = Console()
-err = Console(stderr=True)
-
-_PROJECT_KEY = "cohortsync.project"  # ctx.meta: `-p DIR` given before the command
-
-
-def _project(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    """`--project` after the command, else `-p DIR` before it, else $COHORTSYNC_PROJECT."""
-    source = ctx.get_parameter_source(param.name) if param.name else None
-    if source is not None and source.name == "COMMANDLINE":
-        return value
-    given: Path | None = ctx.meta.get(_PROJECT_KEY)
-    return given or value
-
-
-ProjectOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--project",
-        "-p",
-        envvar="COHORTSYNC_PROJECT",
-        help="Project folder holding cohortsync.yml (default: the current folder).",
-        show_default=False,
-        callback=_project,
-    ),
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
-AtOption = Annotated[
-    str | None,
-    typer.Option(
-        "--at",
-        help="An ISO-8601 instant, e.g. 2026-05-01T12:00:00Z (no zone means UTC; default now).",
-        show_default=False,
-    ),
-]
-
 
 class Format(StrEnum):
     """Output formats of `cohortsync members`."""
@@ -95,67 +61,6 @@ class Format(StrEnum):
     table = "table"
     json = "json"
     csv = "csv"
-
-
-def _at(text: str | None) -> datetime | None:
-    """The `--at` option as an aware datetime; a bad value is an InputError."""
-    if text is None:
-        return None
-    try:
-        return parse_instant(text)
-    except InputError as exc:
-        raise InputError(f"--at {exc}") from None
-
-
-@contextmanager
-def _progress() -> Iterator[Progress]:
-    """A progress bar on stderr that stays when its work is done, and goes when the work
-    fails, so that the error is the first line a user reads."""
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=False,
-    )
-    bar.start()
-    try:
-        yield bar
-    except BaseException:
-        bar.live.transient = True
-        bar.live.stop()  # not bar.stop(): that ends with a blank line when not on a terminal
-        raise
-    bar.stop()
-
-
-def _show(value: Any, as_json: bool, picture: Callable[[], RenderableType]) -> None:
-    """Print `value` as JSON, or the terminal picture of it."""
-    if as_json:
-        _print_json(value)
-    else:
-        console.print(picture())
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-@app.callback()
-def _before_the_command(
-    ctx: typer.Context,
-    project: Annotated[
-        Path | None,
-        typer.Option(
-            "--project",
-            "-p",
-            help="Project folder for the command that follows (as its own --project does).",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
-    if project is not None:
-        ctx.meta[_PROJECT_KEY] = project
 
 
 @app.command()
@@ -177,7 +82,7 @@ def demo(
 ) -> None:
     """Build a synthetic D2C shop's 180 days of events up to --at (default now), compute its
     audiences as of that instant, sync them."""
-    now = _at(at) or datetime.now(UTC)
+    now = parse_at(at) or datetime.now(UTC)
     if now > datetime.now(UTC):
         raise InputError(
             f"--at {at} is in the future: the demo shop's events end at an instant "
@@ -187,7 +92,7 @@ def demo(
     if not (directory / PROJECT_FILE).exists():
         scaffold_project(directory)
         console.print(f"created {directory / PROJECT_FILE}")
-    with Engine.open(directory) as engine, _progress() as bar:
+    with Engine.open(directory) as engine, progress_bar() as bar:
         task = bar.add_task("generating and ingesting the demo shop", total=None)
         result = engine.load_demo(profiles, seed, now, lambda n: bar.advance(task, n))
         bar.update(task, total=result.received)
@@ -217,12 +122,12 @@ def ingest(
     """Ingest Segment messages from files; bad rows are quarantined; re-ingesting is a no-op."""
     _check_files(files)
     rows = []
-    with Engine.open(project) as engine, _progress() as bar:
+    with Engine.open(project) as engine, progress_bar() as bar:
         for path in files:
             task = bar.add_task(path.name, total=file_size(path))
             report = engine.ingest_file(path, partial(bar.advance, task))
             rows.append((str(path), report.result))
-    _show({name: r.counts() for name, r in rows}, as_json, lambda: ingest_table(rows))
+    show({name: r.counts() for name, r in rows}, as_json, lambda: ingest_table(rows))
 
 
 def _check_files(files: list[Path]) -> None:
@@ -245,7 +150,7 @@ def profile(
     """Show one profile: identifiers, traits, merges and recent events."""
     with Engine.open(project) as engine:
         view = engine.find_profile(identifier)
-    _show(dataclasses.asdict(view), as_json, lambda: profile_group(view))
+    show(dataclasses.asdict(view), as_json, lambda: profile_group(view))
 
 
 @app.command()
@@ -253,7 +158,7 @@ def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     """Counts: events by type, profiles, identifiers by kind, quarantined rows by reason."""
     with Engine.open(project) as engine:
         counts = engine.stats()
-    _show(counts, as_json, lambda: stats_tables(counts))
+    show(counts, as_json, lambda: stats_tables(counts))
 
 
 @app.command()
@@ -274,10 +179,10 @@ def compute(
 
     An --at before the recorded history, or in the future, is evaluated and not recorded.
     """
-    moment = _at(at)
+    moment = parse_at(at)
     with Engine.open(project) as engine:
         report = engine.compute(moment, record_future=record_future)
-    _show(dataclasses.asdict(report), as_json, lambda: compute_table(report))
+    show(dataclasses.asdict(report), as_json, lambda: compute_table(report))
 
 
 @app.command()
@@ -290,11 +195,11 @@ def members(
     ] = Format.table,
 ) -> None:
     """List the members of a segment or audience: now, or as of --at from the recorded history."""
-    moment = _at(at)
+    moment = parse_at(at)
     with Engine.open(project) as engine:
         found = engine.members(name, moment)
     if output is Format.json:
-        _print_json([dataclasses.asdict(m) for m in found])
+        print_json([dataclasses.asdict(m) for m in found])
     elif output is Format.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerows(member_rows(found))
@@ -312,7 +217,7 @@ def preview(
     """Compute one segment or audience now (nothing recorded): size, sample, overlaps, rules."""
     with Engine.open(project) as engine:
         shown = engine.preview(name)
-    _show(dataclasses.asdict(shown), as_json, lambda: preview_group(shown))
+    show(dataclasses.asdict(shown), as_json, lambda: preview_group(shown))
 
 
 class Role(StrEnum):
@@ -473,14 +378,14 @@ def sync(
         if retry_dead:
             requeued = engine.retry_dead(audience, destination)
             err.print(f"{requeued:,} dead-lettered records queued again")
-        with _progress() as bar:
+        with progress_bar() as bar:
             task = bar.add_task("delivering", total=None)
             report = engine.sync(
                 audience, destination, dry_run, progress=lambda n: bar.advance(task, n)
             )
     if report.dry_run_folder is not None:
         err.print(f"dry-run requests written under {report.dry_run_folder}")
-    _show(_sync_json(report), as_json, lambda: sync_table(report))
+    show(_sync_json(report), as_json, lambda: sync_table(report))
 
 
 def _sync_json(report: Any) -> dict[str, Any]:
@@ -518,7 +423,7 @@ def status(
     }
     picture = Group(status_table(rows, wide), schedule_table(schedules, wide))
     if as_json:
-        _print_json(value)
+        print_json(value)
     elif wide:
         _print_unwrapped(picture)
     else:
@@ -555,7 +460,7 @@ def normalize(
     normal, hashed = platform_identifier(kind, value, platform.value, region)
     result = {"kind": kind, "platform": platform.value, "normalized": normal, "sha256": hashed}
     if as_json:
-        _print_json(result)
+        print_json(result)
     else:
         console.print(f"normalized  {escape(normal)}\nsha256      {hashed}")
 

@@ -122,6 +122,33 @@ class ConversionRule(_Strict):
     destinations: tuple[str, ...] = Field(min_length=1)
 
 
+class LintConfig(_Strict):
+    """Thresholds and severities of `cohortsync lint`."""
+
+    max_audiences_per_destination: int = Field(default=10, ge=1)
+    """More ad-platform audiences than this on one destination is a lint finding."""
+    min_identifier_coverage: float = Field(default=0.8, ge=0, le=1)
+    """Least share of members holding the identifier a destination matches on."""
+    max_anonymous_share: float = Field(default=0.2, ge=0, le=1)
+    """Most share of members with no identifier an audience may send."""
+    near_duplicate_overlap: float = Field(default=0.8, gt=0, le=1)
+    """Jaccard overlap above which two audiences on one destination are near duplicates."""
+    no_discount_segments: tuple[str, ...] = ()
+    """Owned segments told "no discount": a discount audience must not overlap them."""
+    severity: dict[str, str] = Field(default_factory=dict)
+    """Per code: `error`, `warning` or `off`."""
+
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, value: dict[str, str]) -> dict[str, str]:
+        for code, level in value.items():
+            if level not in ("error", "warning", "off"):
+                raise ValueError(
+                    f"lint severity for {code} must be error, warning or off, got {level!r}"
+                )
+        return value
+
+
 class Project(_Strict):
     """The whole project file."""
 
@@ -134,6 +161,7 @@ class Project(_Strict):
     destinations: dict[str, Any] = Field(default_factory=dict)
     conversions: list[ConversionRule] = Field(default_factory=list)
     sync: SyncConfig = SyncConfig()
+    lint: LintConfig = LintConfig()
 
     @field_validator("sources")
     @classmethod

@@ -207,6 +207,16 @@ class Audience:
     destinations: tuple[str, ...] = ()
     owner: str | None = None
     description: str | None = None
+    version: int = 1
+    """Raised by hand when the logic changes on purpose (`cohortsync.lock` holds the last)."""
+    retired: bool = False
+    """Kept only to be emptied downstream; then it can be removed from the project."""
+    exits: str = "cadence"
+    """`realtime`: members leave the moment an event makes the rule false, whatever `refresh`."""
+    offer: str | None = None
+    """What the audience is shown (`none`, `free_shipping`, `discount_15`, …), for the lint."""
+    lint_ignore: tuple[str, ...] = ()
+    """Lint codes not reported for this audience (`lint: {ignore: [CODE]}`)."""
     position: Position | None = None
 
     @property

@@ -46,8 +46,9 @@ _EVENT_KEYS = ("event", "where", *_WINDOWS, "count")
 _COUNT_OPS = ("eq", "ne", "gt", "gte", "lt", "lte")
 _AUDIENCE_KEYS = (
     "segment", "exclude", "holdout", "refresh", "identifiers", "destinations", "owner",
-    "description",
+    "description", "version", "retired", "exits", "offer", "lint",
 )  # fmt: skip
+_EXITS = ("cadence", "realtime")
 _FIX_DURATION = "use <n>m, <n>h, <n>d or <n>w, e.g. 6h"
 
 
@@ -509,8 +510,61 @@ class _Parser:
             destinations=self.names(node, "destinations", line),
             owner=self.text(node, "owner", line) if "owner" in node else None,
             description=self.text(node, "description", line) if "description" in node else None,
+            version=self.version(node, line),
+            retired=self.flag(node, "retired", line),
+            exits=self.exits(node, refresh, line),
+            offer=self.text(node, "offer", line) if "offer" in node else None,
+            lint_ignore=self.lint_ignore(node, line),
             position=Position(self.file, line),
         )
+
+    def version(self, node: Mapping[str, Any], line: int) -> int:
+        """`version: N`, a positive whole number (1 when absent)."""
+        value = node.get("version", 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise self.fail(
+                f"version must be a whole number from 1, got {value!r}: raise it by one when "
+                "the audience's logic changes on purpose",
+                key_line(node, "version", line),
+            )
+        return value
+
+    def flag(self, node: Mapping[str, Any], key: str, line: int) -> bool:
+        """`KEY: true|false` (false when absent)."""
+        value = node.get(key, False)
+        if not isinstance(value, bool):
+            raise self.fail(
+                f"{key} must be true or false, got {value!r}", key_line(node, key, line)
+            )
+        return value
+
+    def exits(self, node: Mapping[str, Any], refresh: str, line: int) -> str:
+        """`exits: realtime|cadence`; real-time audiences exit in real time anyway."""
+        value = node.get("exits", "realtime" if refresh == "realtime" else "cadence")
+        if value not in _EXITS:
+            raise self.fail(
+                f"exits must be realtime or cadence, got {value!r}: realtime makes members "
+                "leave the moment an event makes the rule false",
+                key_line(node, "exits", line),
+            )
+        if refresh == "realtime" and value != "realtime":
+            raise self.fail(
+                "exits: cadence on an audience with refresh: realtime: its exits are real time "
+                "already; remove exits:",
+                key_line(node, "exits", line),
+            )
+        return str(value)
+
+    def lint_ignore(self, node: Mapping[str, Any], line: int) -> tuple[str, ...]:
+        """`lint: {ignore: [CODE, ...]}`."""
+        if "lint" not in node:
+            return ()
+        value = node["lint"]
+        lline = key_line(node, "lint", line)
+        if not isinstance(value, Mapping):
+            raise self.fail("lint: takes {ignore: [CODE]}, e.g. lint: {ignore: [CS104]}", lline)
+        self.only(value, ("ignore",), lline, "lint")
+        return self.names(value, "ignore", lline)
 
     def segment_name(self, value: Any, line: int, segments: dict[str, Segment]) -> str:
         """A reference to a defined segment."""
