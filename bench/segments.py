@@ -277,17 +277,20 @@ HAND_SQL: dict[str, str] = {
     "cio_ltv_mid": f"SELECT pid FROM ({ORDERS}) WHERE ltv >= 50 AND ltv < 150 INTERSECT {LIVE}",
     "cio_ltv_low": f"SELECT pid FROM ({ORDERS}) WHERE ltv > 0 AND ltv < 50 INTERSECT {LIVE}",
     "cio_nonconverter_msg1": f"""
-        SELECT canonical_profile_id FROM profile_events
-        WHERE event_key IN ('email_delivered', 'order_completed')
-          AND timestamp >= {AT} - INTERVAL 7 DAY AND timestamp <= {AT}
-        GROUP BY 1
-        HAVING count(*) FILTER (event_key = 'email_delivered'
-                   AND timestamp <= {AT} - INTERVAL 24 HOUR
-                   AND json_extract_string(properties, '$.campaign_id')
-                       IN ('cmp_welcome_1', 'cmp_cart_recovery_1')) > 0
-           AND count(*) FILTER (event_key = 'order_completed'
-                   AND timestamp > {AT} - INTERVAL 7 DAY) = 0
-        INTERSECT {LIVE}
+        SELECT d.pid FROM (
+            SELECT canonical_profile_id AS pid, max(timestamp) AS last_m1
+            FROM profile_events
+            WHERE event_key = 'email_delivered' AND timestamp <= {AT}
+              AND json_extract_string(properties, '$.campaign_id')
+                  IN ('cmp_welcome_1', 'cmp_cart_recovery_1')
+            GROUP BY 1
+            HAVING max(timestamp) BETWEEN {AT} - INTERVAL 7 DAY AND {AT} - INTERVAL 24 HOUR
+        ) d
+        WHERE d.pid IN ({LIVE}) AND NOT EXISTS (
+            SELECT 1 FROM profile_events o
+            WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = d.pid
+              AND o.timestamp > d.last_m1 AND o.timestamp <= d.last_m1 + INTERVAL 24 HOUR)
+          AND d.pid NOT IN ({RECENT_BUYERS})
     """,
 }
 
@@ -407,12 +410,17 @@ class PandasAudiences:
                 chosen = ltv.index[(ltv > 0) & (ltv < 50)]
             return np.intersect1d(np.asarray(chosen), self.live)
         if name == "cio_nonconverter_msg1":
-            mask = self._ev("email_delivered", at - 7 * D, at - 24 * H) & df["campaign_id"].isin(
-                ["cmp_welcome_1", "cmp_cart_recovery_1"]
-            )
-            delivered = self._ids(mask)
-            ordered = self._ids(self._ev("order_completed", at - 7 * D + 1))
-            return np.setdiff1d(delivered, ordered)
+            message_1 = df["campaign_id"].isin(["cmp_welcome_1", "cmp_cart_recovery_1"])
+            deliveries = df[self._ev("email_delivered") & message_1]
+            latest = deliveries.groupby("pid", observed=True)["ts"].max()
+            waited = latest[(latest >= at - 7 * D) & (latest <= at - 24 * H)]
+            orders = df.loc[self._ev("order_completed"), ["pid", "ts"]]
+            after = orders.merge(waited.rename("anchor").reset_index(), on="pid")
+            within = (after["ts"] > after["anchor"]) & (after["ts"] <= after["anchor"] + 24 * H)
+            converted = after.loc[within, "pid"].unique()
+            recent = self._ids(self._ev("order_completed", at - 7 * D + 1))
+            quiet = np.setdiff1d(np.asarray(waited.index), converted)
+            return np.setdiff1d(np.intersect1d(quiet, self.live), recent)
         raise KeyError(name)
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlglot import exp
@@ -12,6 +14,7 @@ from cohortsync.config.loader import PROJECT_FILE, load_project, parse_project, 
 from cohortsync.config.scaffold import WRITE_KEY_PLACEHOLDER, render_template, scaffold_project
 from cohortsync.demo.shop import generate_shop
 from cohortsync.engine import Engine
+from cohortsync.segments.ast import After, All, Comparison, Duration, EventCondition
 from cohortsync.segments.compile import DuckDBCompiler
 from cohortsync.sync.configure import sync_setup
 
@@ -93,3 +96,62 @@ def test_every_audience_runs_on_the_demo_shop(tmp_path: Path) -> None:
         assert sizes[name] > 0, sizes
     assert sizes["cio_lapsed_high_aov"] <= sizes["cio_lapsed_75d"]
     assert sizes["cio_lapsed_price_sensitive"] <= sizes["cio_lapsed_75d"]
+
+
+def test_nonconverters_after_message_1_count_orders_in_the_24h_after_its_latest_delivery(
+    tmp_path: Path,
+) -> None:
+    """`nonconverter_msg1` ties the 24h to the delivery: no order within 24h after the latest
+    message 1, once those 24h are over; the audience also drops recent buyers."""
+    scaffold_project(tmp_path)
+    now = datetime(2026, 6, 1, 12, tzinfo=UTC)
+    h = timedelta(hours=1)
+
+    def track(user: str, event: str, ago: timedelta, **props: Any) -> dict[str, Any]:
+        stamp = (now - ago).isoformat().replace("+00:00", "Z")
+        return {"type": "track", "messageId": f"{user}-{event}-{ago}", "userId": user,
+                "event": event, "timestamp": stamp, "properties": props}  # fmt: skip
+
+    def delivered(user: str, campaign: str, ago: timedelta) -> dict[str, Any]:
+        return track(user, "Email Delivered", ago, campaign_id=campaign)
+
+    with Engine.open(tmp_path) as engine:
+        engine.ingest_messages(
+            [
+                delivered("quiet", "cmp_welcome_1", 48 * h),
+                delivered("converted", "cmp_welcome_1", 48 * h),
+                track("converted", "Order Completed", 45 * h, revenue=30),
+                delivered("late_buyer", "cmp_cart_recovery_1", 72 * h),
+                track("late_buyer", "Order Completed", 40 * h, revenue=30),
+                delivered("waiting", "cmp_welcome_1", 120 * h),
+                delivered("waiting", "cmp_cart_recovery_1", 2 * h),
+                delivered("newsletter", "cmp_newsletter_weekly", 48 * h),
+            ]
+        )
+        project = parse_segments(engine.loaded)
+        at_us = int(now.timestamp() * 1_000_000)
+        compiler = DuckDBCompiler()
+        users = dict(
+            engine.store.query(
+                "SELECT profile_id, value FROM identities WHERE kind = 'user_id'", ()
+            )
+        )
+
+        def members(query: exp.Select) -> set[str]:
+            return {users[row[0]] for row in engine.store.query(compiler.render(query))}
+
+        segment = members(compiler.compile_segment("nonconverter_msg1", project, at_us))
+        audience = members(compiler.compile_audience("cio_nonconverter_msg1", project, at_us))
+    assert segment == {"quiet", "late_buyer"}
+    assert audience == {"quiet"}
+
+    rule = project.segments["nonconverter_msg1"].condition
+    assert isinstance(rule, All)
+    message_1 = (Comparison("campaign_id", "in", ("cmp_welcome_1", "cmp_cart_recovery_1")),)
+    none_after = EventCondition(
+        "order_completed",
+        window=After("email_delivered", message_1, Duration("24h", 24 * 3_600_000_000)),
+        count_op="eq",
+        count=0,
+    )
+    assert replace(rule.conditions[-1], position=None) == none_after

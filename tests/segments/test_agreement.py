@@ -26,6 +26,7 @@ from cohortsync.engine import Engine
 from cohortsync.segments.ast import (
     AGGREGATIONS,
     OPERATORS,
+    After,
     All,
     AnyOf,
     Before,
@@ -84,9 +85,14 @@ durations = st.sampled_from(sorted(DURATIONS)).map(lambda t: Duration(t, DURATIO
 
 @st.composite
 def windows(draw: st.DrawFn) -> Window:
-    kind = draw(st.sampled_from(["ever", "within", "within", "between", "before", "since"]))
+    kinds = ["ever", "within", "within", "between", "before", "since", "after", "after"]
+    kind = draw(st.sampled_from(kinds))
     if kind == "ever":
         return Ever()
+    if kind == "after":
+        return After(
+            draw(st.sampled_from(EVENTS)), draw(wheres), draw(st.one_of(st.none(), durations))
+        )
     if kind == "within":
         return Within(draw(durations))
     if kind == "before":
@@ -200,6 +206,12 @@ def profiles(draw: st.DrawFn) -> list[dict[str, Any]]:
         events = draw(
             st.lists(st.tuples(st.sampled_from(EVENTS), offsets, properties()), max_size=8)
         )
+        # Events a window's length (give or take 1 µs) after another: on the bound of `within`
+        # after an anchor.
+        for _, off, _ in draw(st.lists(st.sampled_from(events), max_size=2)) if events else ():
+            later = off - draw(st.sampled_from(sorted(DURATIONS.values())))
+            later += draw(st.sampled_from([-1, 0, 0, 1]))
+            events.append((draw(st.sampled_from(EVENTS)), later, draw(properties())))
         out.append(
             {"user": f"u{i}", "traits": traits, "email": draw(st.booleans()), "events": events}
         )
@@ -225,6 +237,33 @@ def last_between(draw: st.DrawFn) -> Condition:
         *draw(st.lists(event_conditions(), max_size=1)),
     ]
     return All(tuple(draw(st.permutations(parts))))
+
+
+@st.composite
+def non_converters(draw: st.DrawFn) -> Condition:
+    """ "The latest anchor event X to Y ago, and no (or some) event within D after it" (the
+    example project's non-converters after message 1): the anchor filtered like its wait."""
+    anchor, where = draw(st.sampled_from(EVENTS)), draw(wheres)
+    a, b = draw(st.lists(durations, min_size=2, max_size=2, unique_by=lambda d: d.micros))
+    older, newer = (a, b) if a.micros > b.micros else (b, a)
+    op, count = draw(st.sampled_from([("eq", 0), ("eq", 0), ("gte", 1), ("lt", 2), ("gte", 0)]))
+    after = After(anchor, where, draw(st.one_of(durations, durations, st.none())))
+    parts = [
+        EventCondition(anchor, where, Between(older, newer)),
+        Not(EventCondition(anchor, where, Within(newer))),
+        EventCondition(draw(st.sampled_from(EVENTS)), draw(wheres), after, op, count),
+    ]
+    return All(tuple(draw(st.permutations(parts))))
+
+
+@st.composite
+def anchored_projects(draw: st.DrawFn) -> SegmentProject:
+    traits = {name: draw(computed_traits(name)) for name in TRAITS}
+    s0, s1 = draw(non_converters()), draw(non_converters())
+    s2 = draw(st.sampled_from([SegmentRef("s0"), All((SegmentRef("s0"), Not(SegmentRef("s1"))))]))
+    return SegmentProject(
+        traits, {n: Segment(n, c) for n, c in zip(SEGMENTS, (s0, s1, s2), strict=True)}, {}
+    )
 
 
 @st.composite
@@ -422,9 +461,14 @@ EXAMPLES = settings(
 )
 
 
-# Segments of every form; and "an event between X and Y ago and none in the last Z" (the lapsed
-# pattern), which the compiler reads from one latest timestamp.
-PROJECTS = {"every form": None, "lapsed pattern": lapsed_projects()}
+# Segments of every form; "an event between X and Y ago and none in the last Z" (the lapsed
+# pattern), which the compiler reads from one latest timestamp; and "none within D after the
+# latest anchor, which is X to Y old" (the non-converters after message 1).
+PROJECTS = {
+    "every form": None,
+    "lapsed pattern": lapsed_projects(),
+    "after an anchor": anchored_projects(),
+}
 
 
 @pytest.mark.parametrize("projects", PROJECTS.values(), ids=PROJECTS.keys())
@@ -508,6 +552,40 @@ def test_most_frequent_keeps_5_and_string_5_apart_and_breaks_ties_by_typed_value
     project = one_segment(TraitCondition(Comparison("ct0", "eq", 1.5)), trait)
     prefix = check(shared_engine, people, project, ANCHOR_US)
     assert user_members(shared_engine, project, prefix) == {"u0"}
+
+
+AFTER_SHOES_CART = EventCondition(
+    "order_completed",
+    window=After("added_to_cart", (Comparison("category", "eq", "shoes"),), Duration("1d", D)),
+    count_op="eq",
+    count=0,
+)
+AFTER_EDGES = [
+    # An order exactly 1d after the anchor counts; 1 µs later it does not; at the anchor's
+    # instant it is not after it; a later cart that fails the anchor's filter moves nothing.
+    {"user": "u0", "traits": {}, "email": False,
+     "events": [("added_to_cart", 2 * D, {"category": "shoes"}), ("order_completed", D, {})]},
+    {"user": "u1", "traits": {}, "email": False,
+     "events": [("added_to_cart", 2 * D, {"category": "shoes"}),
+                ("order_completed", D - 1, {})]},
+    {"user": "u2", "traits": {}, "email": False,
+     "events": [("added_to_cart", 2 * D, {"category": "shoes"}),
+                ("order_completed", 2 * D, {})]},
+    {"user": "u3", "traits": {}, "email": False,
+     "events": [("added_to_cart", 2 * D, {"category": "shoes"}),
+                ("added_to_cart", D + H, {"category": "bags"}), ("order_completed", D, {})]},
+    {"user": "u4", "traits": {}, "email": False,
+     "events": [("added_to_cart", 2 * D, {"category": "bags"})]},
+]  # fmt: skip
+
+
+def test_after_counts_up_to_its_bound_from_the_latest_matching_anchor(
+    shared_engine: Engine,
+) -> None:
+    """The edges of `after:` with `within:` that the property draws only now and then."""
+    project = one_segment(AFTER_SHOES_CART)
+    prefix = check(shared_engine, AFTER_EDGES, project, ANCHOR_US)
+    assert user_members(shared_engine, project, prefix) == {"u1", "u2"}
 
 
 def check_next_change(

@@ -44,6 +44,8 @@ from cohortsync.store.postgres_schema import MIGRATIONS
 from tests.postgres import postgres_schema
 from tests.segments import test_compile, test_members
 from tests.segments.test_agreement import (
+    AFTER_EDGES,
+    AFTER_SHOES_CART,
     ANCHOR_US,
     PROJECTS,
     H,
@@ -283,6 +285,17 @@ def test_first_and_last_break_timestamp_ties_by_message_id_code_point(
     assert (pg.trait(first, ANCHOR_US)[pid], pg.trait(last, ANCHOR_US)[pid]) == ("a", "b")
 
 
+def test_after_counts_up_to_its_bound_from_the_latest_matching_anchor(
+    shared_engine: Engine, pg: PgSegments
+) -> None:
+    """The edges of `after:` with `within:` (see the DuckDB test of the same name)."""
+    project = one_segment(AFTER_SHOES_CART)
+    prefix = check_pg(shared_engine, pg, AFTER_EDGES, project, ANCHOR_US)
+    users = _users(shared_engine, prefix)
+    found = {users[p] for p in pg.members(project, "s2", ANCHOR_US) if p in users}
+    assert found == {"u1", "u2"}
+
+
 # --- golden cases ---------------------------------------------------------------------------
 
 GOLDEN_SEGMENTS: dict[str, Condition] = dict(test_compile.GOLDEN_SEGMENTS)  # type: ignore[arg-type]
@@ -309,6 +322,9 @@ def _golden_history(engine: Engine) -> None:
             *(track("g5", "Product Viewed", k * h, category="shoes", price=30) for k in (1, 2, 3)),
             identify("g5", email="g5@example.com"),
             track("g6", "Product Viewed", 1 * h, category="hats", price=30),
+            test_compile.delivered("g7", "cmp_welcome_1", 2 * d),  # no order after it
+            test_compile.delivered("g8", "cmp_cart_recovery_1", 3 * d),
+            track("g8", "Order Completed", 3 * d - 2 * h),  # converted within 24h
         ]
     )
 
@@ -333,7 +349,12 @@ def test_golden_segments_have_the_same_members_on_postgres(
     pg.copy_from(engine, {t: "TRUE OR ? IS NULL" for t in TABLES}, "")
     duck = DuckDBCompiler()
     at = test_compile.AT_US
-    expected = {"cart_abandon": {"g1"}, "lapsed_vip": {"g3"}, "email_promo": {"g5", "g6"}}
+    expected = {
+        "cart_abandon": {"g1"},
+        "lapsed_vip": {"g3"},
+        "email_promo": {"g5", "g6", "g7", "g8"},  # no email
+        "nonconverter_msg1": {"g7"},
+    }
     for name in test_compile.GOLDEN_SEGMENTS:
         query = duck.compile_segment(name, GOLDEN_PROJECT, at)
         on_duckdb = {r[0] for r in duckdb_store(engine).query(duck.render(query), ())}

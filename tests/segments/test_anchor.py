@@ -8,6 +8,7 @@ from sqlglot import exp, parse_one
 
 from cohortsync.segments.anchor import rejects_nulls
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Comparison,
@@ -77,6 +78,15 @@ PROJECT = _project(
     ),
     recent_or_email=AnyOf((RECENT, HasIdentifier("email"))),
     small=TraitCondition(Comparison("ltv", "lt", 50)),
+    no_order_after_message_1=EventCondition(  # false without a message 1
+        "order_completed",
+        window=After("email_delivered", (Comparison("campaign_id", "eq", "c1"),), dur("24h")),
+        count_op="eq",
+        count=0,
+    ),
+    not_ordered_after_message_1=Not(  # true without a message 1
+        EventCondition("order_completed", window=After("email_delivered", (), dur("24h")))
+    ),
 )
 
 
@@ -84,7 +94,10 @@ PROJECT = _project(
 def test_a_query_walks_every_profile_only_when_a_profile_without_events_could_be_in(
     compiler: DuckDBCompiler,
 ) -> None:
-    starts = {"recent", "repeat", "big", "recent_not_big", "small", "never_cancelled"}
+    starts = {
+        "recent", "repeat", "big", "recent_not_big", "small", "never_cancelled",
+        "no_order_after_message_1",
+    }  # fmt: skip
     for name in PROJECT.segments:
         query = compiler.compile_segment(name, PROJECT, 1_780_000_000_000_000)
         source = query.args["from_"].this if "from_" in query.args else query.args["from"].this

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from cohortsync.engine import Engine
 from cohortsync.errors import InputError
 from cohortsync.segments.ast import (
     US_PER,
+    After,
     All,
     AnyOf,
     Before,
@@ -155,6 +157,69 @@ def test_cart_abandon_with_not_since(engine: Engine) -> None:
     expected = {"u1", "u4", "u6", "u7", "u8", "u9", "u10"}
     assert members(engine, later, "s", AT_US + US_PER["h"]) == expected
     assert members(engine, later, "s", AT_US + 3 * US_PER["h"]) == {"u1", "u6", "u7", "u8"}
+
+
+MESSAGE_1 = (Comparison("campaign_id", "in", ["cmp_welcome_1", "cmp_cart_recovery_1"]),)
+NO_ORDER_AFTER_MESSAGE_1 = EventCondition(
+    "order_completed",
+    window=After("email_delivered", MESSAGE_1, dur("24h")),
+    count_op="eq",
+    count=0,
+)
+NONCONVERTER_MSG1 = All(
+    (
+        EventCondition("email_delivered", MESSAGE_1, Between(dur("7d"), dur("24h"))),
+        Not(EventCondition("email_delivered", MESSAGE_1, Within(dur("24h")))),
+        NO_ORDER_AFTER_MESSAGE_1,
+    )
+)
+
+
+def delivered(user: str, campaign: str, ago: timedelta) -> dict[str, Any]:
+    """An email delivery of `campaign`, `ago` before AT."""
+    return track(user, "Email Delivered", ago, campaign_id=campaign)
+
+
+def test_after_an_anchor_counts_within_its_bound(engine: Engine) -> None:
+    """No order within 24h after the latest delivery of message 1, and the example project's
+    non-converters (that delivery 1 to 7 days old), against hand-checked histories."""
+    engine.ingest_messages(
+        [
+            delivered("u1", "cmp_welcome_1", 2 * D),  # no order: a non-converter
+            delivered("u2", "cmp_welcome_1", 2 * D),
+            track("u2", "Order Completed", 2 * D - 23 * H),  # converted within 24h
+            delivered("u3", "cmp_cart_recovery_1", 3 * D),
+            track("u3", "Order Completed", 3 * D - 30 * H),  # ordered, but after the 24h
+            delivered("u4", "cmp_welcome_1", 2 * D),
+            track("u4", "Order Completed", D),  # exactly 24h after: inside the bound
+            delivered("u5", "cmp_newsletter_weekly", 2 * D),  # not message 1: no anchor
+            delivered("u6", "cmp_welcome_1", 3 * D),
+            track("u6", "Order Completed", 3 * D - H),  # converted after the first message 1
+            delivered("u6", "cmp_cart_recovery_1", 2 * D),  # a later message 1 resets it
+            delivered("u7", "cmp_welcome_1", 2 * D),
+            delivered("u7", "cmp_newsletter_weekly", 2 * D - H),  # another campaign: no reset
+            track("u7", "Order Completed", 2 * D - 2 * H),
+            delivered("u8", "cmp_welcome_1", 10 * H),  # its 24h are not over yet
+            delivered("u9", "cmp_welcome_1", 8 * D),  # more than 7 days ago
+            delivered("u10", "cmp_welcome_1", 3 * D),
+            delivered("u10", "cmp_cart_recovery_1", 5 * H),  # the latest is still waiting
+            delivered("u11", "cmp_welcome_1", 2 * D),
+            track("u11", "Order Completed", 2 * D),  # same instant: not after it
+        ]
+    )
+    no_order = {"u1", "u3", "u6", "u8", "u9", "u10", "u11"}
+    assert cond_members(engine, NO_ORDER_AFTER_MESSAGE_1) == no_order
+    ordered = replace(NO_ORDER_AFTER_MESSAGE_1, count_op="gte", count=1)
+    assert cond_members(engine, ordered) == {"u2", "u4", "u7"}
+    twice = replace(NO_ORDER_AFTER_MESSAGE_1, count_op="lt", count=2)  # a count read on its own
+    assert cond_members(engine, twice) == no_order | {"u2", "u4", "u7"}
+    since = EventCondition("order_completed", window=After("email_delivered", MESSAGE_1))
+    assert cond_members(engine, since) == {"u2", "u3", "u4", "u7"}  # no bound
+    assert cond_members(engine, NONCONVERTER_MSG1) == {"u1", "u3", "u6", "u11"}
+    # 15 hours later u8's 24h are over.
+    later = project({"s": NONCONVERTER_MSG1})
+    then = AT_US + 15 * US_PER["h"]
+    assert members(engine, later, "s", then) == {"u1", "u3", "u6", "u8", "u11"}
 
 
 def test_between_and_before_windows(engine: Engine) -> None:
@@ -448,6 +513,7 @@ GOLDEN_SEGMENTS = {
             Not(HasIdentifier("email")),
         )
     ),
+    "nonconverter_msg1": NONCONVERTER_MSG1,
 }
 
 

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Before,
@@ -136,6 +137,65 @@ def test_since_with_and_without_reference() -> None:
     same_ts = hist(ev("purchase", T0), ev("page_view", T0))
     assert not evaluate(EventCondition("page_view", window=Since("purchase")), same_ts, T0, EMPTY)
     assert next_change(c, h, T0 + 2, EMPTY) is None
+
+
+M1 = (Comparison("campaign_id", "in", ("cart_1", "welcome_1")),)
+NO_ORDER_AFTER_M1 = EventCondition(
+    "order_completed", window=After("email_delivered", M1, dur(D)), count_op="eq", count=0
+)
+
+
+def m1(ts: int, campaign: str = "cart_1") -> EventRecord:
+    """A delivery of `campaign` (message 1 unless told otherwise)."""
+    return ev("email_delivered", ts, campaign_id=campaign)
+
+
+def test_after_counts_from_the_latest_matching_anchor_up_to_its_bound() -> None:
+    """No order within 24h after the latest delivery of message 1: the window is
+    (anchor, anchor + 24h], other campaigns are no anchor, and a later anchor resets it."""
+    c = NO_ORDER_AFTER_M1
+    assert not evaluate(c, hist(), T0, EMPTY)  # no anchor: false whatever the count
+    assert not evaluate(c, hist(m1(T0, "news")), T0 + H, EMPTY)
+    late = hist(m1(T0), ev("order_completed", T0 + D + 1))
+    assert evaluate(c, late, T0, EMPTY)
+    assert evaluate(c, late, T0 + 2 * D, EMPTY)  # ordered, but after the 24h
+    edge = hist(m1(T0), ev("order_completed", T0 + D))
+    assert evaluate(c, edge, T0 + D - 1, EMPTY)
+    assert not evaluate(c, edge, T0 + D, EMPTY)  # the bound is included
+    assert evaluate(c, hist(m1(T0), ev("order_completed", T0)), T0, EMPTY)  # not after it
+    bought = [m1(T0), ev("order_completed", T0 + H), m1(T0 + 2 * H, "news")]
+    assert not evaluate(c, hist(*bought), T0 + 3 * H, EMPTY)
+    assert evaluate(c, hist(*bought, m1(T0 + 3 * H, "welcome_1")), T0 + 3 * H, EMPTY)
+    # Without a bound: every order after the anchor counts.
+    since_m1 = EventCondition("order_completed", window=After("email_delivered", M1))
+    assert evaluate(since_m1, late, T0 + 2 * D, EMPTY)
+    assert not evaluate(since_m1, late, T0 + D, EMPTY)
+    # Time alone never changes it: events after `at` do not exist yet.
+    assert next_change(c, edge, T0 + 1, EMPTY) is None
+    assert next_change(since_m1, late, T0 + 1, EMPTY) is None
+
+
+def test_non_converter_after_message_1_enters_when_its_24h_are_over() -> None:
+    """The example project's rule: the latest message 1 is 24h to 7d old (the wait) and no
+    order came within 24h after it. It enters at delivery + 24h, leaves 7 days after it, and
+    a new message 1 starts a new wait."""
+    wait = [
+        EventCondition("email_delivered", M1, Between(dur(7 * D), dur(D))),
+        Not(EventCondition("email_delivered", M1, Within(dur(D)))),
+    ]
+    rule = All((*wait, NO_ORDER_AFTER_M1))
+    h = hist(m1(T0))
+    assert not evaluate(rule, h, T0 + D - 1, EMPTY)
+    assert next_change(rule, h, T0, EMPTY) == T0 + D
+    assert evaluate(rule, h, T0 + D, EMPTY)
+    assert next_change(rule, h, T0 + D, EMPTY) == T0 + 7 * D + 1
+    converted = hist(m1(T0), ev("order_completed", T0 + 23 * H))
+    assert not evaluate(rule, converted, T0 + 2 * D, EMPTY)
+    assert next_change(rule, converted, T0 + 23 * H, EMPTY) is None
+    again = hist(m1(T0), ev("order_completed", T0 + 23 * H), m1(T0 + 3 * D, "welcome_1"))
+    assert not evaluate(rule, again, T0 + 3 * D, EMPTY)
+    assert next_change(rule, again, T0 + 3 * D, EMPTY) == T0 + 4 * D
+    assert evaluate(rule, again, T0 + 4 * D, EMPTY)
 
 
 def test_counts_and_ever() -> None:
@@ -307,7 +367,11 @@ prop_values = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "y", "xy"]), s
 @st.composite
 def windows(draw: st.DrawFn) -> Window:
     """Any window form with small durations."""
-    kind = draw(st.sampled_from(["ever", "within", "between", "before", "since"]))
+    kind = draw(st.sampled_from(["ever", "within", "between", "before", "since", "after"]))
+    if kind == "after":
+        where = tuple(draw(st.lists(comparisons, max_size=1)))
+        within = draw(st.one_of(st.none(), st.integers(1, MAX_D).map(dur)))
+        return After(draw(st.sampled_from(NAMES)), where, within)
     if kind == "within":
         return Within(dur(draw(st.integers(1, MAX_D))))
     if kind == "between":

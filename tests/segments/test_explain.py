@@ -44,6 +44,19 @@ segments:
       - not: {any: [{segment: vip}, {trait: country, eq: FR}]}
   ever_bought: {event: order_completed}
   coupon_fans: {event: coupon_applied, where: {code: {exists: true}}, before: 2w}
+  nonconverter:
+    all:
+      - {event: email_delivered, where: {campaign_id: cart_1}, between: [7d, 24h]}
+      - not: {event: email_delivered, where: {campaign_id: cart_1}, within: 24h}
+      - event: order_completed
+        after: {event: email_delivered, where: {campaign_id: cart_1}}
+        within: 24h
+        count: {eq: 0}
+  opened_after: {event: email_opened, after: {event: email_delivered, where: {campaign_id: c2}}}
+  subscribed:
+    event: subscription_cancelled
+    since: subscription_started
+    count: {eq: 0}
 audiences:
   win_back:
     segment: lapsed
@@ -87,6 +100,16 @@ GOLDEN = {
     "ever_bought": "Enters when it has ordered. Never leaves once it has entered.",
     "coupon_fans": "Enters when it applied a coupon with code set more than 2 weeks ago. "
     "Never leaves once it has entered.",
+    "nonconverter": 'Enters when it received an email with campaign id "cart_1" between 7 days '
+    'and 24 hours ago, has not received an email with campaign id "cart_1" within the last 24 '
+    "hours and has not ordered within 24 hours after its latest email delivery with campaign id "
+    '"cart_1". Leaves when it receives an email with campaign id "cart_1", or when it orders '
+    'within 24 hours after its latest email delivery with campaign id "cart_1", or when it has '
+    'no email delivery with campaign id "cart_1" from between 7 days and 24 hours ago any more.',
+    "opened_after": "Enters when it opened an email after its latest email delivery with "
+    'campaign id "c2". Leaves when it receives an email with campaign id "c2" again.',
+    "subscribed": "Enters when it has not cancelled a subscription since its latest "
+    "subscription started event. Leaves when it cancels a subscription.",
 }
 
 

@@ -11,6 +11,7 @@ from ruamel.yaml import YAML
 from cohortsync.config.loader import load_project, parse_segments
 from cohortsync.errors import ConfigError
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Audience,
@@ -68,6 +69,22 @@ def test_event_forms() -> None:
     )
     assert condition("{event: x, since: Added To Cart}") == EventCondition(
         "x", window=Since("added_to_cart"), position=at(2)
+    )
+    assert condition("{event: x, after: {event: y}}") == EventCondition(
+        "x", window=After("y"), position=at(2)
+    )
+    assert Since("y") == After("y", where=(), within=None)  # since: E is after: {event: E}
+    assert condition(
+        "{event: Order Completed, after: {event: Email Delivered, where: {campaign_id: c1}}, "
+        "within: 24h, count: {eq: 0}}"
+    ) == EventCondition(
+        "order_completed",
+        window=After(
+            "email_delivered", (Comparison("campaign_id", "eq", "c1"),), Duration("24h", D)
+        ),
+        count_op="eq",
+        count=0,
+        position=at(2),
     )
     assert condition("{event: x, within: 30m, count: {lt: 3}}") == EventCondition(
         "x", window=Within(Duration("30m", 30 * 60_000_000)), count_op="lt", count=3,
@@ -210,6 +227,36 @@ audiences:
         ("segments:\n  a: {event: x, count: 3}\n", 2, "count: {gte: 3}"),
         ("segments:\n  a: {event: x, count: {most: 3}}\n", 2, "unknown count operator 'most'"),
         ("segments:\n  a: {event: x, since: x}\n", 2, "since: names the event itself"),
+        ("segments:\n  a: {event: x, since: y, within: 6h}\n", 2,
+         "for events at most 6h after the latest y, write after: {event: y} with within:"),
+        ("segments:\n  a:\n    event: x\n    after: {event: y}\n    between: [3d, 1d]\n", 5,
+         "after: and between: in one condition: after: takes only within: (how long after the "
+         "anchor events count); for a second window, split into all: [...]"),
+        ("segments:\n  a:\n    event: x\n    before: 1d\n    after: {event: y}\n", 4,
+         "after: and before: in one condition"),
+        ("segments:\n  a:\n    event: x\n    after: {event: y}\n    since: y\n", 5,
+         "after: and since: in one condition: both set the anchor; keep one"),
+        ("segments:\n  a:\n    event: x\n    after: email_delivered\n", 4,
+         "after: takes the anchor event and an optional filter, e.g. after: {event: "
+         "email_delivered, where: {campaign_id: cart_1}}"),
+        ("segments:\n  a:\n    event: x\n    after:\n      where: {c: 1}\n", 4,
+         "after: takes the anchor event"),
+        ("segments:\n  a:\n    event: x\n    after:\n      event: y\n      within: 24h\n", 6,
+         "within: goes beside after:, not inside its anchor"),
+        ("segments:\n  a:\n    event: x\n    after:\n      event: y\n      wher: {c: 1}\n", 6,
+         "unknown key 'wher' in the after: anchor: remove or rename it; allowed here: event, "
+         "where"),
+        ("segments:\n  a:\n    event: x\n    after: {event: y, where: {c: {over: 1}}}\n", 4,
+         "unknown operator 'over' for c"),
+        ("segments:\n  a:\n    event: x\n    after: {event: y}\n    within: 0m\n", 5,
+         "within: 0m is zero"),
+        ("segments:\n  a:\n    event: x\n    after: {event: y}\n    within: a day\n", 5,
+         "windows must be explicit durations such as 7d"),
+        ("segments:\n  a: {event: x, after: {event: x}}\n", 2,
+         "after: {event: x} is the latest x itself, so no x can follow it: give the anchor a "
+         "filter"),
+        ("traits:\n  t: {event: x, sum: a, after: {event: y}}\n", 2,
+         "unknown key 'after' in computed trait t"),
         ("segments:\n  a:\n    trait: ltv\n    above: 3\n", 4, "allowed here: trait, eq"),
         ("segments:\n  a: {trait: ltv, gte: 1, lte: 5}\n", 2, "exactly one operator"),
         ("segments:\n  a: {has: emial}\n", 2, "unknown identifier kind 'emial'"),

@@ -2,7 +2,8 @@
 
 The index walks the segments every `refresh: realtime` audience depends on (its segment, the
 segments it excludes, and every segment they reference) and collects the event names and trait
-names they read, computed traits included.
+names they read, computed traits included, and the anchor event of every `after:`/`since:`
+window (a new anchor moves the window).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Condition,
@@ -20,7 +22,6 @@ from cohortsync.segments.ast import (
     Not,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
 )
 from cohortsync.store.records import Message, RealtimeInterest
@@ -94,14 +95,14 @@ def _reads(
 ) -> None:
     if isinstance(condition, EventCondition):
         events.add(condition.event)
-        if isinstance(condition.window, Since):
+        if isinstance(condition.window, After):  # a new anchor moves the window
             events.add(condition.window.event)
     elif isinstance(condition, TraitCondition):
         name = condition.comparison.field
         computed = project.traits.get(name)
         if computed is not None:
             events.add(computed.event)
-            if isinstance(computed.window, Since):
+            if isinstance(computed.window, After):
                 events.add(computed.window.event)
         else:
             traits.add(name)

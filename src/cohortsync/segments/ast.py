@@ -7,8 +7,16 @@ Semantics, shared by every back end (the SQL compiler and the Python evaluator m
   `Within(d)`: at - d < ts <= at.
   `Between(older, newer)` (older > newer): at - older <= ts <= at - newer.
   `Before(d)`: ts < at - d.
-  `Since(event)`: ts > the latest `event` at or before `at`;
-  when `event` never happened the whole EventCondition is False, whatever its count.
+  `After(event, where, within)` (written `after: {event: E, where: …}` with an optional
+  `within: D`): the anchor is the latest event named E matching `where` with anchor_ts <= at;
+  counted are the events with anchor_ts < ts <= at, and with `within: D` also
+  ts <= anchor_ts + D, so anchor_ts < ts <= min(anchor_ts + D, at). When no such anchor exists
+  the whole EventCondition is False, whatever its count. As events after `at` do not exist,
+  its answer changes only with new events (a later anchor moves the window), never with time.
+  `Since(event)` (`since: E`) is `After(E)`: no filter on the anchor, no `within`.
+  In YAML, `within:` beside `after:` is that bound after the anchor, not "in the last D"; no
+  other window key goes with `after:` (`between`, `before`, `since` beside it are errors: two
+  windows are two conditions in `all: [...]`).
   `Ever()`: any ts <= at.
 - `where` filters compare an event property (top-level key of `properties`; dotted names reach
   into nested objects) with a literal. A missing property makes every operator False except
@@ -63,6 +71,15 @@ class Duration:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """`prop OP value` (or `trait OP value`)."""
+
+    field: str
+    op: str
+    value: Any
+
+
+@dataclass(frozen=True)
 class Ever:
     """No window: any time up to `at`."""
 
@@ -90,22 +107,19 @@ class Before:
 
 
 @dataclass(frozen=True)
-class Since:
-    """Strictly after the latest `event` (an event key) at or before `at`."""
+class After:
+    """Strictly after the anchor, the latest `event` matching `where` at or before `at`, and
+    with `within` at most that long after it: anchor_ts < ts <= min(anchor_ts + within, at)."""
 
     event: str
+    where: tuple[Comparison, ...] = ()
+    within: Duration | None = None
 
 
-Window = Ever | Within | Between | Before | Since
+Since = After
+"""`since: E` is the anchor with no filter and no bound: `After(E)`."""
 
-
-@dataclass(frozen=True)
-class Comparison:
-    """`prop OP value` (or `trait OP value`)."""
-
-    field: str
-    op: str
-    value: Any
+Window = Ever | Within | Between | Before | After
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Before,
@@ -22,7 +23,6 @@ from cohortsync.segments.ast import (
     Not,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
     Window,
     Within,
@@ -170,8 +170,20 @@ def _where_ok(e: EventRecord, where: tuple[Comparison, ...]) -> bool:
 # --- windows ------------------------------------------------------------------------------
 
 
+def _anchor(window: After, h: ProfileHistory, end: int) -> int | None:
+    """The timestamp of the latest anchor event (matching its `where`) at or before `end`."""
+    ref = h.series(window.event)
+    k = bisect_right(ref.times, end)
+    if not window.where:
+        return ref.times[k - 1] if k else None
+    for i in range(k - 1, -1, -1):
+        if _where_ok(ref.events[i], window.where):
+            return ref.times[i]
+    return None
+
+
 def _span(window: Window, s: _Series, h: ProfileHistory, t: int, cap: int) -> range | None:
-    """Indices of `s` in `window` as of `t`, ignoring events after `cap`; None: no Since ref."""
+    """Indices of `s` in `window` as of `t`, ignoring events after `cap`; None: no anchor."""
     times = s.times
     end = min(t, cap)
     hi = bisect_right(times, end)
@@ -185,12 +197,13 @@ def _span(window: Window, s: _Series, h: ProfileHistory, t: int, cap: int) -> ra
     elif isinstance(window, Before):
         lo = 0
         hi = min(hi, bisect_left(times, t - window.duration.micros))
-    elif isinstance(window, Since):
-        ref = h.series(window.event).times
-        k = bisect_right(ref, end)
-        if k == 0:
+    elif isinstance(window, After):
+        anchor = _anchor(window, h, end)
+        if anchor is None:
             return None
-        lo = bisect_right(times, ref[k - 1])
+        lo = bisect_right(times, anchor)
+        if window.within is not None:
+            hi = min(hi, bisect_right(times, anchor + window.within.micros))
     else:
         raise TypeError(f"unknown window {window!r}")
     return range(lo, max(lo, hi))
@@ -199,7 +212,7 @@ def _span(window: Window, s: _Series, h: ProfileHistory, t: int, cap: int) -> ra
 def _matching(
     event: str, where: tuple[Comparison, ...], window: Window, h: ProfileHistory, t: int, cap: int
 ) -> list[EventRecord] | None:
-    """The matching events as of `t`, in order; None when a Since reference never happened."""
+    """The matching events as of `t`, in order; None when an After anchor never happened."""
     s = h.series(event)
     span = _span(window, s, h, t, cap)
     if span is None:
@@ -342,8 +355,11 @@ def _boundaries(
     at: int,
     out: set[int],
 ) -> None:
-    """Add every instant > `at` where an existing matching event crosses the window's edge."""
-    if isinstance(window, Ever | Since):
+    """Add every instant > `at` where an existing matching event crosses the window's edge.
+
+    An After window has none: its anchor and bound move only with new events (see `ast.py`).
+    """
+    if isinstance(window, Ever | After):
         return
     s = h.series(event)
     times, evs = s.times, s.events

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Audience,
@@ -21,7 +23,6 @@ from cohortsync.segments.ast import (
     Segment,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
     Window,
     Within,
@@ -42,6 +43,10 @@ _LEXICON: dict[str, tuple[str, str, str, str]] = {
     ),
     "email_opened": ("opened an email", "opens an email", "email open", "email opens"),
     "email_clicked": ("clicked an email", "clicks an email", "email click", "email clicks"),
+    "email_delivered": (
+        "received an email", "receives an email", "email delivery", "email deliveries",
+    ),
+    "sms_delivered": ("received a text", "receives a text", "text delivery", "text deliveries"),
     "session_started": ("visited", "visits", "visit", "visits"),
     "app_opened": ("opened the app", "opens the app", "app open", "app opens"),
     "signed_up": ("signed up", "signs up", "sign-up", "sign-ups"),
@@ -214,9 +219,20 @@ def _window(window: Window) -> str:
         return f"between {older} and {newer} ago"
     if isinstance(window, Before):
         return f"more than {_duration(window.duration)} ago"
-    if isinstance(window, Since):
-        return f"since its latest {_event_words(window.event)[2]}"
+    if isinstance(window, After):
+        where = " and ".join(_with(w) for w in window.where)
+        anchor = _event_words(window.event)[2] + (f" with {where}" if where else "")
+        if window.within is not None:
+            return f"within {_duration(window.within)} after its latest {anchor}"
+        return f"{'after' if where else 'since'} its latest {anchor}"
     return ""
+
+
+def _none_after(c: EventCondition) -> bool:
+    """Whether `c` asks for no event after an anchor (`count: {eq: 0}` with `after:`/`since:`),
+    which reads as "has not …" (it needs the anchor, as "its latest …" says)."""
+    none = (c.count_op, c.count) in (("eq", 0), ("lte", 0), ("lt", 1))
+    return none and isinstance(c.window, After)
 
 
 # -- clauses -----------------------------------------------------------------------------
@@ -229,14 +245,15 @@ def _full(clause: Clause) -> str:
 def _event(c: EventCondition, negated: bool) -> Clause:
     past, _, _, _ = _event_words(c.event)
     where = " and ".join(_with(w) for w in c.where)
+    none_after = _none_after(c) and not negated
     parts = [
         past,
         f"with {where}" if where else "",
-        _times(c.count_op, c.count),
+        "" if none_after else _times(c.count_op, c.count),
         _window(c.window),
     ]
     body = " ".join(p for p in parts if p)
-    if negated:
+    if negated or none_after:
         return "it", f"has not {body}"
     if isinstance(c.window, Ever):
         return "it", f"has {body}"
@@ -309,6 +326,9 @@ def _conjuncts(cond: Condition, negated: bool = False) -> list[tuple[Condition, 
 
 def _exit(cond: Condition, negated: bool) -> tuple[int, str] | None:
     """How one conjunct stops holding: (0, event-driven) or (1, time-driven); None if never."""
+    if isinstance(cond, EventCondition) and _none_after(cond) and not negated:
+        # None after the anchor leaves as "not any after it" does: on a matching event.
+        cond, negated = replace(cond, count_op="gte", count=1), True
     if isinstance(cond, EventCondition) and cond.count_op == "gte" and cond.count == 1:
         _, present, noun, _ = _event_words(cond.event)
         where = " and ".join(_with(w) for w in cond.where)
@@ -319,12 +339,15 @@ def _exit(cond: Condition, negated: bool) -> tuple[int, str] | None:
                 return None
             if isinstance(window, Within):
                 return 1, f"{_duration(window.duration)} after its latest {noun}{with_}"
-            if isinstance(window, Since):
-                return 0, f"when it {_event_words(window.event)[1]} again"
+            if isinstance(window, After):  # a later anchor starts an empty window
+                anchor = " and ".join(_with(w) for w in window.where)
+                with_anchor = f" with {anchor}" if anchor else ""
+                return 0, f"when it {_event_words(window.event)[1]}{with_anchor} again"
             if isinstance(window, Between):
                 return 1, f"when it has no {noun}{with_} from {_window(window)} any more"
         elif not isinstance(window, Between | Before):
-            return 0, f"when it {present}{with_}"
+            bounded = isinstance(window, After) and window.within is not None
+            return 0, f"when it {present}{with_}" + (f" {_window(window)}" if bounded else "")
     if isinstance(cond, TraitCondition) and not negated:
         return 0, f"when its {_human(cond.comparison.field)} {_is(cond.comparison, exit_=True)}"
     if isinstance(cond, SegmentRef):

@@ -11,6 +11,7 @@ from cohortsync.segments.ast import (
     AGGREGATIONS,
     OPERATORS,
     US_PER,
+    After,
     All,
     AnyOf,
     Audience,
@@ -28,7 +29,6 @@ from cohortsync.segments.ast import (
     Segment,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
     Window,
     Within,
@@ -41,7 +41,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"^(\d+)([mhdw])$")
 _FUZZY = re.compile(r"\s|[A-Za-z]{2,}")
 _KINDS = ("event", "trait", "has", "segment", "all", "any", "not")
-_WINDOWS = ("within", "between", "before", "since")
+_WINDOWS = ("within", "between", "before", "since", "after")
 _EVENT_KEYS = ("event", "where", *_WINDOWS, "count")
 _COUNT_OPS = ("eq", "ne", "gt", "gte", "lt", "lte")
 _AUDIENCE_KEYS = (
@@ -261,10 +261,17 @@ class _Parser:
         self.only(node, (*_EVENT_KEYS, *skip), line, "an event condition")
         name = self.event_name(node, "event", line)
         window = self.window(node, line, _WINDOWS)
-        if isinstance(window, Since) and window.event == name:
+        if isinstance(window, After) and window.event == name and not window.where:
+            if "since" in node:
+                raise self.fail(
+                    f"since: names the event itself ({name}): use within: or between: instead",
+                    key_line(node, "since", line),
+                )
             raise self.fail(
-                f"since: names the event itself ({name}): use within: or between: instead",
-                key_line(node, "since", line),
+                f"after: {{event: {name}}} is the latest {name} itself, so no {name} can "
+                f"follow it: give the anchor a filter, e.g. after: {{event: {name}, where: "
+                "{campaign_id: c1}}, or use within: or between: instead",
+                key_line(node, "after", line),
             )
         count_op, count = "gte", 1
         if "count" in node:
@@ -371,12 +378,21 @@ class _Parser:
     # -- windows and durations -------------------------------------------------------------
 
     def window(self, node: Mapping[str, Any], line: int, allowed: tuple[str, ...]) -> Window:
-        """At most one of within, between, before, since; none means ever."""
+        """At most one of within, between, before, since, or after with an optional within;
+        none means ever."""
         found = [k for k in node if k in _WINDOWS]
+        if "after" in found:
+            return self.after(node, line, found, allowed)
         if len(found) > 1:
+            hint = ""
+            if set(found) == {"since", "within"}:
+                hint = (
+                    f"; for events at most {node['within']} after the latest "
+                    f"{node['since']}, write after: {{event: {node['since']}}} with within:"
+                )
             raise self.fail(
                 f"one window per event: found {' and '.join(found)}; keep one, "
-                "or split into all: [...] of two conditions",
+                f"or split into all: [...] of two conditions{hint}",
                 key_line(node, found[1], line),
             )
         if not found:
@@ -387,7 +403,7 @@ class _Parser:
             raise self.fail(f"{key}: is not allowed here: use one of {', '.join(allowed)}", kline)
         value = node[key]
         if key == "since":
-            return Since(event=self.event_name(node, "since", line))
+            return After(event=self.event_name(node, "since", line))
         if key != "between":
             duration = self.duration(value, key, kline)
             return Within(duration) if key == "within" else Before(duration)
@@ -407,6 +423,51 @@ class _Parser:
                 kline,
             )
         return Between(older=older, newer=newer)
+
+    def after(
+        self, node: Mapping[str, Any], line: int, found: list[str], allowed: tuple[str, ...]
+    ) -> After:
+        """`after: {event: E, where: ...}`, with `within: D` bounding how long after it."""
+        aline = key_line(node, "after", line)
+        if "after" not in allowed:
+            raise self.fail(f"after: is not allowed here: use one of {', '.join(allowed)}", aline)
+        others = [k for k in found if k not in ("after", "within")]
+        if "since" in others:
+            raise self.fail(
+                "after: and since: in one condition: both set the anchor; keep one "
+                "(since: E is after: {event: E})",
+                key_line(node, "since", line),
+            )
+        if others:
+            raise self.fail(
+                f"after: and {others[0]}: in one condition: after: takes only within: (how long "
+                "after the anchor events count); for a second window, split into all: [...] of "
+                "two conditions",
+                key_line(node, others[0], line),
+            )
+        anchor = node["after"]
+        if not isinstance(anchor, Mapping) or "event" not in anchor:
+            raise self.fail(
+                "after: takes the anchor event and an optional filter, e.g. after: "
+                "{event: email_delivered, where: {campaign_id: cart_1}}",
+                aline,
+            )
+        aline = node_line(anchor, aline)
+        if "within" in anchor:
+            raise self.fail(
+                "within: goes beside after:, not inside its anchor, e.g. {event: order_completed, "
+                "after: {event: email_delivered}, within: 24h}",
+                key_line(anchor, "within", aline),
+            )
+        self.only(anchor, ("event", "where"), aline, "the after: anchor")
+        within = None
+        if "within" in node:
+            within = self.duration(node["within"], "within", key_line(node, "within", line))
+        return After(
+            event=self.event_name(anchor, "event", aline),
+            where=self.where(anchor, aline),
+            within=within,
+        )
 
     def duration(self, value: Any, key: str, line: int, zero: bool = False) -> Duration:
         """`<n>m`, `<n>h`, `<n>d` or `<n>w`."""

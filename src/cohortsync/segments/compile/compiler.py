@@ -24,12 +24,12 @@ from sqlglot import exp
 from cohortsync.errors import InputError
 from cohortsync.moments import to_datetime
 from cohortsync.segments.ast import (
+    After,
     Comparison,
     ComputedTrait,
     Condition,
     SegmentProject,
     SegmentRef,
-    Since,
     Window,
 )
 from cohortsync.segments.compile.terms import (
@@ -150,8 +150,13 @@ class Compiler:
         text = stamp.strftime("%Y-%m-%d %H:%M:%S.%f") + "+00"
         return exp.cast(exp.Literal.string(text), sql_type("TIMESTAMPTZ"), copy=False)
 
+    def _after(self, ts: exp.Expr, micros: int) -> exp.Expr:
+        """`ts` plus a duration (an interval of microseconds: no calendar, no time zone)."""
+        interval = exp.Interval(this=exp.Literal.string(str(micros)), unit=exp.var("MICROSECOND"))
+        return exp.Add(this=ts, expression=interval)
+
     def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expr]:
-        """Timestamp predicates for a window (Since adds its anchor join elsewhere)."""
+        """Timestamp predicates for a window (After adds its anchor join elsewhere)."""
         span = window_span(window, at_us)
         preds: list[exp.Expr] = []
         if span.lo is not None:
@@ -159,23 +164,36 @@ class Compiler:
         preds.append(exp.LTE(this=col(TS, table), expression=self._at(span.hi)))
         return preds
 
-    def _anchor(self, event: str, at_us: int) -> exp.Select:
-        """Per profile, the latest `event` at or before `at` (for Since windows)."""
+    def _anchored_rows(self, event: str, window: After, at_us: int) -> exp.Select:
+        """The rows of `event` and of the anchor event up to `at`, each with its profile's
+        anchor (`anchor_ts`: the latest anchor event passing the anchor's `where`, NULL when
+        none). A window over one scan, not a join of the events with the anchors: a join's
+        plan depends on the engine's row estimates, which a freshly loaded store lacks."""
+        doc = col("properties")
+        is_anchor = and_(
+            exp.EQ(this=col("event_key"), expression=exp.Literal.string(window.event)),
+            *(self._compare(doc, c.field.split("."), c.op, c.value) for c in window.where),
+        )
+        anchor_ts = exp.Window(
+            this=exp.Max(this=exp.Case(ifs=[exp.If(this=is_anchor, true=col(TS))])),
+            partition_by=[col("canonical_profile_id")],
+        )
+        names = sorted({event, window.event})
         return (
             exp.select(
-                exp.alias_(col("canonical_profile_id"), "profile_id", copy=False),
-                exp.alias_(exp.Max(this=col(TS)), "anchor_ts", copy=False),
+                *(col(c) for c in ("canonical_profile_id", "event_key", TS, "message_id")),
+                col("properties"),
+                exp.alias_(anchor_ts, "anchor_ts", copy=False),
                 copy=False,
             )
             .from_(table_ref("profile_events"), copy=False)
             .where(
                 and_(
-                    exp.EQ(this=col("event_key"), expression=exp.Literal.string(event)),
+                    one_of(col("event_key"), names),
                     exp.LTE(this=col(TS), expression=self._at(at_us)),
                 ),
                 copy=False,
             )
-            .group_by(col("canonical_profile_id"), copy=False)
         )
 
     def _events(
@@ -188,20 +206,22 @@ class Compiler:
         ]
         doc = col("properties", "e")
         preds += [self._compare(doc, c.field.split("."), c.op, c.value) for c in where]
+        source: exp.Expr = exp.alias_(table_ref("profile_events"), "e", table=True, copy=False)
+        if isinstance(window, After):
+            rows = self._anchored_rows(event, window, at_us)
+            source = rows.subquery("e", copy=False)
+            anchor = col("anchor_ts", "e")
+            preds.append(exp.GT(this=col(TS, "e"), expression=anchor))  # NULL: no anchor
+            if window.within is not None:
+                end = self._after(anchor.copy(), window.within.micros)
+                preds.append(exp.LTE(this=col(TS, "e"), expression=end))
         query = exp.select(
             exp.alias_(col("canonical_profile_id", "e"), "profile_id", copy=False),
             col(TS, "e"),
             col("message_id", "e"),
             col("properties", "e"),
             copy=False,
-        ).from_(exp.alias_(table_ref("profile_events"), "e", table=True, copy=False), copy=False)
-        if isinstance(window, Since):
-            anchor = self._anchor(window.event, at_us).subquery("a", copy=False)
-            on = and_(
-                exp.EQ(this=col("profile_id", "a"), expression=col("canonical_profile_id", "e")),
-                exp.GT(this=col(TS, "e"), expression=col("anchor_ts", "a")),
-            )
-            query = query.join(anchor, on=on, copy=False)
+        ).from_(source, copy=False)
         return query.where(and_(*preds), copy=False)
 
     # -- comparisons ----------------------------------------------------------------------
@@ -357,7 +377,7 @@ class Compiler:
         json_value = exp.alias_(exp.cast(out, sql_type("JSON"), copy=False), "value", copy=False)
         return query.select([col("profile_id", "p"), json_value], None)
 
-    # -- computed traits read on their own (first, last, most_frequent, since windows) ----------
+    # -- computed traits read on their own (first, last, most_frequent, after windows) ----------
     def _trait_rows(self, trait: ComputedTrait, at_us: int) -> exp.Select:
         """Query of `(profile_id, v)` for profiles with a value: v the raw aggregate."""
         events = self._events(trait.event, trait.where, trait.window, at_us)

@@ -8,7 +8,7 @@ from typing import Any
 from sqlglot import exp
 
 from cohortsync.errors import InputError
-from cohortsync.segments.ast import Before, Between, Ever, Since, Window, Within
+from cohortsync.segments.ast import After, Before, Between, Ever, Window, Within
 from cohortsync.segments.scan import Span
 
 NUMERIC_TYPES = ("BIGINT", "UBIGINT", "DOUBLE", "HUGEINT")
@@ -52,8 +52,9 @@ def one_of(value: exp.Expr, literals: list[Any]) -> exp.Expr:
 
 
 def window_span(window: Window, at_us: int) -> Span:
-    """The inclusive timestamp bounds (µs) of a window as of `at_us` (Since: up to `at_us`)."""
-    if isinstance(window, Ever | Since):
+    """The inclusive timestamp bounds (µs) of a window as of `at_us` (After: up to `at_us`, its
+    anchor bounding it in a join)."""
+    if isinstance(window, Ever | After):
         return Span(None, at_us)
     if isinstance(window, Within):
         return Span(at_us - window.duration.micros + 1, at_us)

@@ -15,6 +15,7 @@ from sqlglot import exp
 from cohortsync.errors import InputError
 from cohortsync.segments.anchor import output_columns, rejects_nulls
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Before,
@@ -27,7 +28,6 @@ from cohortsync.segments.ast import (
     Not,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
     Within,
 )
@@ -301,9 +301,12 @@ class QueryWalk:
         where = self._where(cond.event, cond.where)
         span = window_span(window, self.at)
         at_zero, at_one = _count_holds(op, 0, count), _count_holds(op, 1, count)
-        if not _same_for_any(op, count):
-            if isinstance(window, Since):
-                counted = self._since_count(cond)
+        # "Any event after the anchor?" compares two latest timestamps, unless `within` bounds
+        # the window: then it is a count of its own read, as any other count after an anchor.
+        bounded = isinstance(window, After) and window.within is not None
+        if not _same_for_any(op, count) or (bounded and at_zero != at_one):
+            if isinstance(window, After):
+                counted = self._after_count(cond)
                 return and_(
                     self._anchored(window), COUNT_OPS[op](this=counted, expression=literal(count))
                 )
@@ -311,14 +314,14 @@ class QueryWalk:
             zero = exp.Coalesce(this=n, expressions=[exp.Literal.number(0)])
             return COUNT_OPS[op](this=zero, expression=literal(count))
         if at_zero == at_one:  # the count does not matter
-            if isinstance(window, Since):
+            if isinstance(window, After):
                 return self._anchored(window) if at_zero else exp.false()
             return exp.true() if at_zero else exp.false()
         found: exp.Expr
-        if isinstance(window, Since):
+        if isinstance(window, After):
+            # Any event after the anchor: the latest is later than the anchor.
             latest = self._per_event("latest", cond.event, span, where)
-            anchor = self._per_event("latest", window.event, span, None)
-            found = false_if_null(exp.GT(this=latest, expression=anchor))
+            found = false_if_null(exp.GT(this=latest, expression=self._anchor_ts(window)))
             # Without the anchor event the condition is false, whatever the count.
             return found if at_one else and_(self._anchored(window), exp.not_(found, copy=False))
         if isinstance(window, Between):
@@ -338,13 +341,19 @@ class QueryWalk:
                 found = false_if_null(exp.GTE(this=latest, expression=self.c._at(span.lo)))
         return found if at_one else exp.not_(found, copy=False)
 
-    def _anchored(self, window: Since) -> exp.Expr:
-        """The profile has the `since` anchor event (at or before the instant)."""
-        anchor = self._per_event("latest", window.event, Span(None, self.at), None)
-        return exp.not_(exp.Is(this=anchor, expression=exp.null()), copy=False)
+    def _anchor_ts(self, window: After) -> exp.Expr:
+        """The timestamp of the profile's anchor: its latest anchor event passing the anchor's
+        `where` at or before the instant (NULL when none)."""
+        where = self._where(window.event, window.where)
+        return self._per_event("latest", window.event, Span(None, self.at), where)
 
-    def _since_count(self, cond: EventCondition) -> exp.Expr:
-        """The number of matching events after the anchor (0 when none), read on its own."""
+    def _anchored(self, window: After) -> exp.Expr:
+        """The profile has the anchor event (at or before the instant)."""
+        return exp.not_(exp.Is(this=self._anchor_ts(window), expression=exp.null()), copy=False)
+
+    def _after_count(self, cond: EventCondition) -> exp.Expr:
+        """The number of matching events in the window after the anchor (0 when none), read on
+        its own."""
         events = self.c._events(cond.event, cond.where, cond.window, self.at)
         pid = col("canonical_profile_id", "e")
         counts = events.select(
@@ -396,7 +405,7 @@ class QueryWalk:
             raise InputError(f"trait {trait.name!r}: {agg} needs a property")
         value: exp.Expr
         span = window_span(trait.window, self.at)
-        own_rows = agg in ("first", "last", "distinct_count") or isinstance(trait.window, Since)
+        own_rows = agg in ("first", "last", "distinct_count") or isinstance(trait.window, After)
         if agg == "most_frequent" and not self.scan.can_pick_most_frequent:
             own_rows = True
         if self.summary is not None and self._summarised(trait):

@@ -1,0 +1,69 @@
+SELECT
+  "p"."profile_id"
+FROM (
+  SELECT
+    "pid",
+    MAX("ts") FILTER(WHERE
+      "c0") AS a0,
+    "pid" AS profile_id
+  FROM (
+    SELECT
+      "canonical_profile_id" AS pid,
+      "timestamp" AS ts,
+      CAST(COALESCE(
+        CAST(JSON_EXTRACT("properties", '/campaign_id') AS TEXT) IN ('"cmp_welcome_1"', '"cmp_cart_recovery_1"'),
+        FALSE
+      ) AS BOOLEAN) AS c0
+    FROM profile_events
+    WHERE
+      "event_key" = 'email_delivered'
+      AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
+  ) AS e
+  GROUP BY
+    "pid"
+) AS p
+LEFT JOIN (
+  SELECT
+    "e"."canonical_profile_id" AS profile_id,
+    COUNT(*) AS n
+  FROM (
+    SELECT
+      "canonical_profile_id",
+      "event_key",
+      "timestamp",
+      "message_id",
+      "properties",
+      MAX(
+        CASE
+          WHEN "event_key" = 'email_delivered'
+          AND COALESCE(
+            CAST(JSON_EXTRACT("properties", '/campaign_id') AS TEXT) IN ('"cmp_welcome_1"', '"cmp_cart_recovery_1"'),
+            FALSE
+          )
+          THEN "timestamp"
+        END
+      ) OVER (PARTITION BY "canonical_profile_id") AS anchor_ts
+    FROM profile_events
+    WHERE
+      "event_key" IN ('email_delivered', 'order_completed')
+      AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
+  ) AS e
+  WHERE
+    "e"."event_key" = 'order_completed'
+    AND "e"."timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
+    AND "e"."timestamp" > "e"."anchor_ts"
+    AND "e"."timestamp" <= "e"."anchor_ts" + INTERVAL '86400000000' MICROSECOND
+  GROUP BY
+    "e"."canonical_profile_id"
+) AS n0
+  ON "n0"."profile_id" = "p"."profile_id"
+WHERE
+  (
+    COALESCE(
+      "a0" BETWEEN CAST('2026-01-03 00:00:00.000000+00' AS TIMESTAMPTZ) AND CAST('2026-01-09 00:00:00.000000+00' AS TIMESTAMPTZ),
+      FALSE
+    )
+    AND (
+      NOT "a0" IS NULL AND COALESCE("n0"."n", 0) = 0
+    )
+  )
