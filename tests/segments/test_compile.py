@@ -205,18 +205,22 @@ def test_after_an_anchor_counts_within_its_bound(engine: Engine) -> None:
             delivered("u10", "cmp_cart_recovery_1", 5 * H),  # the latest is still waiting
             delivered("u11", "cmp_welcome_1", 2 * D),
             track("u11", "Order Completed", 2 * D),  # same instant: not after it
+            delivered("u12", "cmp_welcome_1", 7 * D),  # on the wait's older edge
+            delivered("u13", "cmp_welcome_1", 7 * D),
+            track("u13", "Order Completed", 7 * D - H),  # converted, read from that edge
         ]
     )
-    no_order = {"u1", "u3", "u6", "u8", "u9", "u10", "u11"}
+    no_order = {"u1", "u3", "u6", "u8", "u9", "u10", "u11", "u12"}
     assert cond_members(engine, NO_ORDER_AFTER_MESSAGE_1) == no_order
     ordered = replace(NO_ORDER_AFTER_MESSAGE_1, count_op="gte", count=1)
-    assert cond_members(engine, ordered) == {"u2", "u4", "u7"}
+    assert cond_members(engine, ordered) == {"u2", "u4", "u7", "u13"}
     twice = replace(NO_ORDER_AFTER_MESSAGE_1, count_op="lt", count=2)  # a count read on its own
-    assert cond_members(engine, twice) == no_order | {"u2", "u4", "u7"}
+    assert cond_members(engine, twice) == no_order | {"u2", "u4", "u7", "u13"}
     since = EventCondition("order_completed", window=After("email_delivered", MESSAGE_1))
-    assert cond_members(engine, since) == {"u2", "u3", "u4", "u7"}  # no bound
-    assert cond_members(engine, NONCONVERTER_MSG1) == {"u1", "u3", "u6", "u11"}
-    # 15 hours later u8's 24h are over.
+    assert cond_members(engine, since) == {"u2", "u3", "u4", "u7", "u13"}  # no bound
+    # The wait says the anchor is at most 7 days old: it is read from there on.
+    assert cond_members(engine, NONCONVERTER_MSG1) == {"u1", "u3", "u6", "u11", "u12"}
+    # 15 hours later u8's 24h are over, and u12's message 1 is more than 7 days old.
     later = project({"s": NONCONVERTER_MSG1})
     then = AT_US + 15 * US_PER["h"]
     assert members(engine, later, "s", then) == {"u1", "u3", "u6", "u8", "u11"}

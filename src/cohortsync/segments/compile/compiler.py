@@ -164,57 +164,88 @@ class Compiler:
         preds.append(exp.LTE(this=col(TS, table), expression=self._at(span.hi)))
         return preds
 
-    def _anchored_rows(self, event: str, window: After, at_us: int) -> exp.Select:
-        """The rows of `event` and of the anchor event up to `at`, each with its profile's
-        anchor (`anchor_ts`: the latest anchor event passing the anchor's `where`, NULL when
-        none). A window over one scan, not a join of the events with the anchors: a join's
-        plan depends on the engine's row estimates, which a freshly loaded store lacks."""
+    def _after_rows(
+        self,
+        event: str,
+        where: tuple[Comparison, ...],
+        window: After,
+        at_us: int,
+        anchor_lo: int | None = None,
+        wide: bool = False,
+    ) -> exp.Select:
+        """The rows of `event` passing `where` in an After window as of `at` (columns
+        canonical_profile_id, timestamp, and with `wide` message_id and properties).
+
+        One scan of both events: each row is marked (a matching event? an anchor?), and each
+        profile's anchor is the latest mark, a window aggregate. A join of the events with the
+        anchors would depend on the engine's row estimates, which a freshly loaded store lacks;
+        properties are read before the window, which then carries only what is asked for.
+        `anchor_lo`: the anchor is known to be no older, nor is what follows it.
+        """
         doc = col("properties")
-        is_anchor = and_(
-            exp.EQ(this=col("event_key"), expression=exp.Literal.string(window.event)),
-            *(self._compare(doc, c.field.split("."), c.op, c.value) for c in window.where),
-        )
-        anchor_ts = exp.Window(
-            this=exp.Max(this=exp.Case(ifs=[exp.If(this=is_anchor, true=col(TS))])),
-            partition_by=[col("canonical_profile_id")],
-        )
-        names = sorted({event, window.event})
-        return (
+
+        def passing(name: str, filters: tuple[Comparison, ...]) -> exp.Expr:
+            preds = (self._compare(doc, c.field.split("."), c.op, c.value) for c in filters)
+            return and_(exp.EQ(this=col("event_key"), expression=exp.Literal.string(name)), *preds)
+
+        carried = ["message_id", "properties"] if wide else []
+        bounds = [
+            one_of(col("event_key"), sorted({event, window.event})),
+            exp.LTE(this=col(TS), expression=self._at(at_us)),
+        ]
+        if anchor_lo is not None:
+            bounds.append(exp.GTE(this=col(TS), expression=self._at(anchor_lo)))
+        mark = exp.Case(ifs=[exp.If(this=passing(window.event, window.where), true=col(TS))])
+        marked = (
             exp.select(
-                *(col(c) for c in ("canonical_profile_id", "event_key", TS, "message_id")),
-                col("properties"),
-                exp.alias_(anchor_ts, "anchor_ts", copy=False),
+                col("canonical_profile_id"),
+                col(TS),
+                exp.alias_(passing(event, where), "counted", copy=False),
+                exp.alias_(mark, "mark", copy=False),
+                *(col(c) for c in carried),
                 copy=False,
             )
             .from_(table_ref("profile_events"), copy=False)
-            .where(
-                and_(
-                    one_of(col("event_key"), names),
-                    exp.LTE(this=col(TS), expression=self._at(at_us)),
-                ),
-                copy=False,
-            )
+            .where(and_(*bounds), copy=False)
+        )
+        anchor = exp.Window(
+            this=exp.Max(this=col("mark")), partition_by=[col("canonical_profile_id")]
+        )
+        anchored = exp.select(
+            col("canonical_profile_id"),
+            col(TS),
+            col("counted"),
+            exp.alias_(anchor, "anchor_ts", copy=False),
+            *(col(c) for c in carried),
+            copy=False,
+        ).from_(marked.subquery("m", copy=False), copy=False)
+        after = [col("counted"), exp.GT(this=col(TS), expression=col("anchor_ts"))]  # NULL: none
+        if window.within is not None:
+            end = self._after(col("anchor_ts"), window.within.micros)
+            after.append(exp.LTE(this=col(TS), expression=end))
+        return (
+            exp.select(col("canonical_profile_id"), col(TS), *(col(c) for c in carried))
+            .from_(anchored.subquery("w", copy=False), copy=False)
+            .where(and_(*after), copy=False)
         )
 
     def _events(
         self, event: str, where: tuple[Comparison, ...], window: Window, at_us: int
     ) -> exp.Select:
         """Matching events `e` (columns profile_id, ts, message_id, properties) of one scan."""
-        preds: list[exp.Expr] = [
-            exp.EQ(this=col("event_key", "e"), expression=exp.Literal.string(event)),
-            *self._window(window, at_us, "e"),
-        ]
-        doc = col("properties", "e")
-        preds += [self._compare(doc, c.field.split("."), c.op, c.value) for c in where]
-        source: exp.Expr = exp.alias_(table_ref("profile_events"), "e", table=True, copy=False)
+        source: exp.Expr
         if isinstance(window, After):
-            rows = self._anchored_rows(event, window, at_us)
-            source = rows.subquery("e", copy=False)
-            anchor = col("anchor_ts", "e")
-            preds.append(exp.GT(this=col(TS, "e"), expression=anchor))  # NULL: no anchor
-            if window.within is not None:
-                end = self._after(anchor.copy(), window.within.micros)
-                preds.append(exp.LTE(this=col(TS, "e"), expression=end))
+            source = self._after_rows(event, where, window, at_us, wide=True)
+            source = source.subquery("e", copy=False)
+            preds: list[exp.Expr] = []
+        else:
+            source = exp.alias_(table_ref("profile_events"), "e", table=True, copy=False)
+            doc = col("properties", "e")
+            preds = [
+                exp.EQ(this=col("event_key", "e"), expression=exp.Literal.string(event)),
+                *self._window(window, at_us, "e"),
+                *(self._compare(doc, c.field.split("."), c.op, c.value) for c in where),
+            ]
         query = exp.select(
             exp.alias_(col("canonical_profile_id", "e"), "profile_id", copy=False),
             col(TS, "e"),
@@ -222,7 +253,7 @@ class Compiler:
             col("properties", "e"),
             copy=False,
         ).from_(source, copy=False)
-        return query.where(and_(*preds), copy=False)
+        return query.where(and_(*preds), copy=False) if preds else query
 
     # -- comparisons ----------------------------------------------------------------------
     # A comparison parses the JSON document once where it can: the property's serialised JSON

@@ -112,6 +112,7 @@ class QueryWalk:
         self._traits: dict[str, tuple[exp.Expr, str]] = {}
         self._identify: dict[str, exp.Expr] = {}
         self._segments: dict[str, exp.Expr] = {}
+        self._anchor_lo: dict[tuple[str, str], int] = {}  # (event, repr(where)): see `_all`
 
     @staticmethod
     def _summary_scan(compiler: Compiler, at_us: int) -> SummaryScan | None:
@@ -237,13 +238,27 @@ class QueryWalk:
 
     def _all(self, conds: tuple[Condition, ...], stack: tuple[str, ...]) -> list[exp.Expr]:
         """The conjuncts of `all`, "an event between X and Y ago and none in the last Y" (the
-        lapsed pattern) read as one test of its latest timestamp (`_last_between`)."""
+        lapsed pattern) read as one test of its latest timestamp (`_last_between`).
+
+        A conjunct "an event E passing W since `lo`" means the latest such event is at or after
+        `lo` whenever `all` can hold, so an anchor on (E, W) anywhere under it is read from
+        `lo` on (`_anchor_lo`): a week of deliveries instead of the whole history. When that
+        conjunct is false, `all` is false whatever the anchor read.
+        """
         pairs: dict[int, int] = {}  # index of the window -> index of the gap closing it
         for i, cond in enumerate(conds):
             for j, gap in enumerate(conds):
                 if i not in pairs and j not in pairs.values() and _closes(cond, gap):
                     pairs[i] = j
         gaps = set(pairs.values())
+        outer = self._anchor_lo
+        self._anchor_lo = dict(outer)
+        for cond in conds:
+            if isinstance(cond, EventCondition) and _any_event(cond):
+                lo = window_span(cond.window, self.at).lo  # Within, Between: their start
+                key = (cond.event, repr(cond.where))
+                if lo is not None:
+                    self._anchor_lo[key] = max(lo, self._anchor_lo.get(key, lo))
         out: list[exp.Expr] = []
         for i, cond in enumerate(conds):
             if i in pairs:
@@ -253,6 +268,7 @@ class QueryWalk:
                 out.append(self._last_between(cond, gap.condition))
             elif i not in gaps:
                 out.append(self.condition(cond, stack))
+        self._anchor_lo = outer
         return out
 
     def _last_between(self, between: EventCondition, within: EventCondition) -> exp.Expr:
@@ -276,8 +292,10 @@ class QueryWalk:
             raise InputError(f"unknown segment {name!r}")
         built = self._segments.get(name)
         if built is None:
+            outer, self._anchor_lo = self._anchor_lo, {}  # it is shared: built on its own
             inner = self.condition(self.project.segments[name].condition, (*stack, name))
             built = self._segments[name] = exp.paren(inner, copy=False)
+            self._anchor_lo = outer
         return built
 
     def _where(self, event: str, where: tuple[Comparison, ...]) -> str | None:
@@ -319,8 +337,9 @@ class QueryWalk:
             return exp.true() if at_zero else exp.false()
         found: exp.Expr
         if isinstance(window, After):
-            # Any event after the anchor: the latest is later than the anchor.
-            latest = self._per_event("latest", cond.event, span, where)
+            # Any event after the anchor: the latest is later than the anchor (so it is read
+            # from where the anchor is known to be, as the anchor is).
+            latest = self._per_event("latest", cond.event, self._anchor_span(window), where)
             found = false_if_null(exp.GT(this=latest, expression=self._anchor_ts(window)))
             # Without the anchor event the condition is false, whatever the count.
             return found if at_one else and_(self._anchored(window), exp.not_(found, copy=False))
@@ -341,11 +360,16 @@ class QueryWalk:
                 found = false_if_null(exp.GTE(this=latest, expression=self.c._at(span.lo)))
         return found if at_one else exp.not_(found, copy=False)
 
+    def _anchor_span(self, window: After) -> Span:
+        """Where the anchor of `window` is read: up to the instant, from where an enclosing
+        `all` says it is (`_all`), else over the whole history."""
+        return Span(self._anchor_lo.get((window.event, repr(window.where))), self.at)
+
     def _anchor_ts(self, window: After) -> exp.Expr:
         """The timestamp of the profile's anchor: its latest anchor event passing the anchor's
         `where` at or before the instant (NULL when none)."""
         where = self._where(window.event, window.where)
-        return self._per_event("latest", window.event, Span(None, self.at), where)
+        return self._per_event("latest", window.event, self._anchor_span(window), where)
 
     def _anchored(self, window: After) -> exp.Expr:
         """The profile has the anchor event (at or before the instant)."""
@@ -354,14 +378,20 @@ class QueryWalk:
     def _after_count(self, cond: EventCondition) -> exp.Expr:
         """The number of matching events in the window after the anchor (0 when none), read on
         its own."""
-        events = self.c._events(cond.event, cond.where, cond.window, self.at)
-        pid = col("canonical_profile_id", "e")
-        counts = events.select(
-            exp.alias_(pid, "profile_id", copy=False),
-            exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
-            append=False,
-            copy=False,
-        ).group_by(pid.copy(), copy=False)
+        window = cond.window
+        assert isinstance(window, After)
+        lo = self._anchor_span(window).lo
+        rows = self.c._after_rows(cond.event, cond.where, window, self.at, anchor_lo=lo)
+        pid = col("canonical_profile_id")
+        counts = (
+            exp.select(
+                exp.alias_(pid, "profile_id", copy=False),
+                exp.alias_(exp.Count(this=exp.Star()), "n", copy=False),
+                copy=False,
+            )
+            .from_(rows.subquery("e", copy=False), copy=False)
+            .group_by(pid.copy(), copy=False)
+        )
         alias = self._join(counts, "n")
         return exp.Coalesce(this=col("n", alias), expressions=[exp.Literal.number(0)])
 

@@ -16,6 +16,7 @@ FROM (
     FROM profile_events
     WHERE
       "event_key" IN ('added_to_cart', 'order_completed')
+      AND "timestamp" >= CAST('2026-01-09 18:00:00.000001+00' AS TIMESTAMPTZ)
       AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
   ) AS e
   GROUP BY

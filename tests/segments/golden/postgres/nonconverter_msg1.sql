@@ -17,6 +17,7 @@ FROM (
     FROM profile_events
     WHERE
       "event_key" = 'email_delivered'
+      AND "timestamp" >= CAST('2026-01-03 00:00:00.000000+00' AS TIMESTAMPTZ)
       AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
   ) AS e
   GROUP BY
@@ -24,37 +25,45 @@ FROM (
 ) AS p
 LEFT JOIN (
   SELECT
-    "e"."canonical_profile_id" AS profile_id,
+    "canonical_profile_id" AS profile_id,
     COUNT(*) AS n
   FROM (
     SELECT
       "canonical_profile_id",
-      "event_key",
-      "timestamp",
-      "message_id",
-      "properties",
-      MAX(
-        CASE
-          WHEN "event_key" = 'email_delivered'
-          AND COALESCE(
-            CAST("properties" #> ARRAY['campaign_id'] AS VARCHAR) IN ('"cmp_welcome_1"', '"cmp_cart_recovery_1"'),
-            FALSE
-          )
-          THEN "timestamp"
-        END
-      ) OVER (PARTITION BY "canonical_profile_id") AS anchor_ts
-    FROM profile_events
+      "timestamp"
+    FROM (
+      SELECT
+        "canonical_profile_id",
+        "timestamp",
+        "counted",
+        MAX("mark") OVER (PARTITION BY "canonical_profile_id") AS anchor_ts
+      FROM (
+        SELECT
+          "canonical_profile_id",
+          "timestamp",
+          "event_key" = 'order_completed' AS counted,
+          CASE
+            WHEN "event_key" = 'email_delivered'
+            AND COALESCE(
+              CAST("properties" #> ARRAY['campaign_id'] AS VARCHAR) IN ('"cmp_welcome_1"', '"cmp_cart_recovery_1"'),
+              FALSE
+            )
+            THEN "timestamp"
+          END AS mark
+        FROM profile_events
+        WHERE
+          "event_key" IN ('email_delivered', 'order_completed')
+          AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
+          AND "timestamp" >= CAST('2026-01-03 00:00:00.000000+00' AS TIMESTAMPTZ)
+      ) AS m
+    ) AS w
     WHERE
-      "event_key" IN ('email_delivered', 'order_completed')
-      AND "timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
+      "counted"
+      AND "timestamp" > "anchor_ts"
+      AND "timestamp" <= "anchor_ts" + INTERVAL '86400000000 MICROSECOND'
   ) AS e
-  WHERE
-    "e"."event_key" = 'order_completed'
-    AND "e"."timestamp" <= CAST('2026-01-10 00:00:00.000000+00' AS TIMESTAMPTZ)
-    AND "e"."timestamp" > "e"."anchor_ts"
-    AND "e"."timestamp" <= "e"."anchor_ts" + INTERVAL '86400000000 MICROSECOND'
   GROUP BY
-    "e"."canonical_profile_id"
+    "canonical_profile_id"
 ) AS n0
   ON "n0"."profile_id" = "p"."profile_id"
 WHERE
