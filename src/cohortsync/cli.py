@@ -16,6 +16,7 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
+import cohortsync.commands.explain  # noqa: F401  (registers its commands)
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,
@@ -35,6 +36,7 @@ from cohortsync.engine import (
     Engine,
     bus_gateway,
     file_size,
+    memberships_json,
     platform_identifier,
 )
 from cohortsync.errors import InputError
@@ -147,10 +149,12 @@ def profile(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one profile: identifiers, traits, merges and recent events."""
+    """Show one profile: identifiers, traits, merges, recent events and current audiences."""
     with Engine.open(project) as engine:
         view = engine.find_profile(identifier)
-    show(dataclasses.asdict(view), as_json, lambda: profile_group(view))
+        held = engine.profile_memberships(view.profile_id)
+    value = {**dataclasses.asdict(view), "memberships": memberships_json(held)}
+    show(value, as_json, lambda: profile_group(view, held))
 
 
 @app.command()

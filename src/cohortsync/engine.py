@@ -27,6 +27,8 @@ from cohortsync.events.timestamps import TimestampError, now_micros, parse_times
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.moments import to_datetime
+from cohortsync.ops.explain import ProfileWhy, explain_profile
+from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -44,6 +46,7 @@ from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
 from cohortsync.sync.configure import SyncSetup, sync_setup
 from cohortsync.sync.ledger import ledger_for
+from cohortsync.sync.profile_state import Membership, memberships, profile_ids
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
 from cohortsync.sync.worker import Clock
@@ -351,6 +354,20 @@ class Engine:
 
         return self.ingest_messages(counted(), source="demo", origin="demo")
 
+    def explain_profile(
+        self, identifier: str, audience: str | None = None, at: datetime | None = None
+    ) -> ProfileWhy:
+        """Why the profile is in or out of each audience (or the one named), as of `at`."""
+        setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        return explain_profile(
+            self.store, self.segments, setup.routes, setup.accepts(), profile_id,
+            _micros(at), now_micros(), audience,
+        )  # fmt: skip
+
+    def profile_memberships(self, profile_id: str) -> list[Membership]:
+        """The profile's current recorded memberships (segments and audiences)."""
+        return memberships(self.store, profile_ids(self.store, profile_id))
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -473,8 +490,12 @@ __all__ = [
     "Engine",
     "FileReport",
     "IngestResult",
+    "Membership",
+    "ProfileWhy",
     "bus_gateway",
+    "explanation_json",
     "file_size",
+    "memberships_json",
     "parse_identifier",
     "parse_instant",
     "platform_identifier",

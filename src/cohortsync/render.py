@@ -24,6 +24,7 @@ from cohortsync.moments import to_datetime
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
+from cohortsync.sync.profile_state import Membership
 from cohortsync.sync.run import SyncReport
 from cohortsync.sync.worker import DeliveryReport
 
@@ -70,8 +71,8 @@ def ingest_table(rows: list[tuple[str, IngestResult]]) -> Table:
     return table
 
 
-def profile_group(view: ProfileView) -> Group:
-    """Identifiers, traits, merges and recent events of one profile."""
+def profile_group(view: ProfileView, held: Sequence[Membership] = ()) -> Group:
+    """Identifiers, traits, merges, recent events and current audiences of one profile."""
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]profile[/]", view.profile_id)
     head.add_row("first seen", str(view.first_seen))
@@ -98,7 +99,14 @@ def profile_group(view: ProfileView) -> Group:
         events.add_column(column)
     for event in view.recent_events:
         events.add_row(str(event["timestamp"]), event["type"], escape(event["event"] or ""))
-    return Group(head, identifiers, traits, merges, events)
+    audiences = Table(title="audiences now", title_justify="left")
+    for column in ("audience", "holdout", "since"):
+        audiences.add_column(column)
+    for m in held:
+        if m.kind == "audience":
+            since = to_datetime(m.entered_at_us).isoformat()
+            audiences.add_row(escape(m.name), "yes" if m.holdout else "", since)
+    return Group(head, identifiers, traits, merges, events, audiences)
 
 
 def compute_table(report: ComputeReport) -> Table:

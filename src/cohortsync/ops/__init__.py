@@ -1,0 +1,1 @@
+"""The control surface operators work through: explain, lint, catalog, validate, report."""
