@@ -51,6 +51,9 @@ def test_a_member_is_in_with_the_cart_add_that_put_it_there(shop: Engine) -> Non
     assert (cart["truth"], cart["count"], cart["compared"]) == (True, 1, "gte 1")
     assert [e["timestamp"] for e in cart["events"]] == [stamp(T - H)]
     assert cart["events"][0]["event"] == "added_to_cart"
+    since = next(x for x in leaves(one["trace"]) if x.get("since") == "added_to_cart")
+    assert (since["truth"], since["count"], since["events"]) == (False, 0, [])  # under `not:`
+    assert since["reference"]["timestamp"] == stamp(T - H)  # no order since this cart add
     assert one["recorded"] == {"member": True, "since": stamp(T), "holdout": False}
 
 

@@ -54,7 +54,7 @@ def _add_node(parent: Tree, node: dict[str, Any]) -> None:
     kind = node["kind"]
     if kind == "event":
         count = node["count"]
-        said = "count unknown" if count is None else f"{count} matching"
+        said = "count not known" if count is None else f"{count} matching"
         line += f"  [dim]({said}; needs {escape(str(node['compared']))})[/]"
     elif kind == "trait":
         value = "missing" if node["value"] is None else repr(node["value"])
@@ -67,6 +67,8 @@ def _add_node(parent: Tree, node: dict[str, Any]) -> None:
     branch = parent.add(line)
     if kind == "event":
         reference = node.get("reference")
+        if reference is None and node.get("since"):
+            branch.add(f"[dim]no {escape(node['since'])} yet: false whatever the count[/]")
         if reference is not None:
             branch.add(
                 f"[dim]since its latest {escape(reference['event'])} at "

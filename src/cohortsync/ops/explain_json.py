@@ -72,6 +72,7 @@ def node_json(n: TraceNode) -> dict[str, Any]:
         out["count"] = n.count
         out["compared"] = n.compared
         out["events"] = [_event(e) for e in n.events]
+        out["since"] = n.since
         out["reference"] = None if n.reference is None else _event(n.reference)
     if n.kind in ("trait", "has"):
         out["value"] = n.value

@@ -54,8 +54,9 @@ class TraceNode:
 
     `kind` is all, any, not, event, trait, has or segment. Event leaves carry their matching
     events (the latest `SHOWN_EVENTS`, oldest first), how many matched and the comparison the
-    count must pass; a `since:` window its reference event. Trait leaves carry the value (None
-    when missing), `has:` leaves how many identifiers of the kind the profile holds. A segment
+    count must pass; a `since:` window its event key and reference event (None when that event
+    never happened: the leaf is then false whatever the count). Trait leaves carry the value
+    (None when missing), `has:` leaves how many identifiers of the kind the profile holds. A segment
     traced earlier in the same tree is `repeated`: its truth only.
     """
 
@@ -68,6 +69,7 @@ class TraceNode:
     count: int | None = None
     compared: str | None = None
     reference: Deciding | None = None
+    since: str | None = None
     value: Any = None
     computed: bool = False
     repeated: bool = False
@@ -153,11 +155,14 @@ class _Tracer:
     def event(self, c: EventCondition) -> TraceNode:
         truth = self.truth(c)
         found = matching(c, self.h, self.at)
-        reference = None
+        reference, since = None, None
         if isinstance(c.window, Since):
-            series = self.h.series(c.window.event)
+            since = c.window.event
+            series = self.h.series(since)
             k = bisect_right(series.times, self.at)
             reference = _deciding(series.events[k - 1]) if k else None
+            if reference is None:  # never happened: false whatever the count, and none count
+                found = []
         shown = tuple(_deciding(e) for e in (found or [])[-SHOWN_EVENTS:])
         return TraceNode(
             "event",
@@ -168,6 +173,7 @@ class _Tracer:
             count=None if found is None else len(found),
             compared=f"{c.count_op} {c.count}",
             reference=reference,
+            since=since,
         )
 
     def trait(self, c: TraitCondition) -> TraceNode:
