@@ -51,6 +51,20 @@ CARTERS = 8
 def shop_dir(project_dir: Path) -> Path:
     """The project with its events stored and computed at T (nothing synced yet)."""
     (project_dir / "cohortsync.yml").write_text(PROJECT_YAML + EXPLAIN_YAML, encoding="utf-8")
+    return stocked(project_dir)
+
+
+@pytest.fixture
+def shop_on_both(project_on_both: Path) -> Iterator[Engine]:
+    """`shop`, once on DuckDB and once on a fresh Postgres schema."""
+    project_file = project_on_both / "cohortsync.yml"
+    project_file.write_text(project_file.read_text() + EXPLAIN_YAML, encoding="utf-8")
+    with Engine.open(stocked(project_on_both)) as opened:
+        yield opened
+
+
+def stocked(project_dir: Path) -> Path:
+    """Store the shop's events in the project and compute at T."""
     messages = []
     for n in range(CARTERS):
         messages.append(identify(f"c{n}", T - 48 * H, email=f"c{n}@example.com"))

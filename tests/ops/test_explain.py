@@ -160,3 +160,26 @@ def test_profile_lists_current_memberships(shop: Engine) -> None:
     eve = shop.profile_memberships(shop.find_profile("user_id:eve").profile_id)
     assert [(m.name, m.holdout) for m in eve if m.kind == "audience"] == [("cio_vip", False)]
     assert all(m.entered_at_us for m in eve)
+
+
+def test_both_stores_give_the_recorded_membership_and_downstream_state(
+    shop_on_both: Engine,
+) -> None:
+    shop = shop_on_both
+    held, member = held_and_sent(shop)
+    shop.sync()
+    one = only(why(shop, member))
+    assert one["recorded"] == {"member": True, "since": stamp(T), "holdout": False}
+    where = {d["destination"]: d["status"] for d in one["downstream"]}
+    assert where == {"warehouse": "added", "meta_ads": "dry run"}
+    flagged = only(why(shop, held))
+    assert {d["destination"]: d["status"] for d in flagged["downstream"]} == {
+        "warehouse": "added",
+        "meta_ads": "not sent: holdout",
+    }
+    eve = shop.profile_memberships(shop.find_profile("user_id:eve").profile_id)
+    assert [(m.kind, m.name) for m in eve] == [
+        ("audience", "cio_vip"),
+        ("segment", "bought_7d"),
+        ("segment", "vip"),
+    ]
