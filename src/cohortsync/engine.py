@@ -359,9 +359,10 @@ class Engine:
     ) -> ProfileWhy:
         """Why the profile is in or out of each audience (or the one named), as of `at`."""
         setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        now = now_micros()
         return explain_profile(
             self.store, self.segments, setup.routes, setup.accepts(), profile_id,
-            _micros(at), now_micros(), audience,
+            now if at is None else _micros(at), now, audience,
         )  # fmt: skip
 
     def profile_memberships(self, profile_id: str) -> list[Membership]:

@@ -9,6 +9,10 @@ import pytest
 
 from cohortsync.engine import Engine, explanation_json
 from cohortsync.errors import InputError
+from cohortsync.ops.explain import mask
+from cohortsync.segments.ast import Comparison, SegmentProject, TraitCondition
+from cohortsync.segments.evaluate import ProfileHistory
+from cohortsync.segments.trace import trace
 from tests.audiences.conftest import H, T, stamp
 
 CART = "cio_cart_6h"
@@ -183,3 +187,16 @@ def test_both_stores_give_the_recorded_membership_and_downstream_state(
         ("segment", "bought_7d"),
         ("segment", "vip"),
     ]
+
+
+def test_now_is_not_a_past_instant(shop: Engine) -> None:
+    shown = explanation_json(shop.explain_profile("user_id:bob", CART))
+    assert (shown["past"], shown["events"]) == (False, 1)
+    assert only(shown)["status"] == "out"  # the cart add of T - 5h is long out of its window
+
+
+def test_a_trait_holding_an_email_is_shown_masked() -> None:
+    condition = TraitCondition(Comparison("contact", "contains", "@"))
+    history = ProfileHistory("p1", traits={"contact": "Ann <ann@example.com>"})
+    node = trace(condition, history, 0, SegmentProject({}, {}, {}), mask)
+    assert (node.truth, node.value) == (True, "Ann <<email>>")
