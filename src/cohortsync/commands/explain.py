@@ -89,7 +89,7 @@ def _add_node(parent: Tree, node: dict[str, Any]) -> None:
 def _downstream_table(audience: dict[str, Any]) -> Table:
     table = Table(title="downstream (now)", title_justify="left")
     for column in ("destination", "status", "detail", "last delivery"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal folds times, never cuts
     for d in audience["downstream"]:
         last = d["last_delivery"]
         delivered = "—"
