@@ -1,0 +1,1 @@
+"""The control surface operators work through: lint, lock and catalog, validate, explain."""
