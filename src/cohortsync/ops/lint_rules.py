@@ -11,7 +11,6 @@ from cohortsync.ops.lint_tree import (
     is_intent,
     segment_suppresses,
     suppressing_exclusions,
-    suppression_lists,
 )
 
 SUPPRESSION_EXAMPLE = "{event: order_completed, within: 7d}"
@@ -52,7 +51,6 @@ def retargeting_without_suppression(ctx: LintContext) -> Iterator[Finding]:
 def suppression_not_realtime(ctx: LintContext) -> Iterator[Finding]:
     """CS102: buyers leave an ad-platform audience (or enter a suppression list sent to one)
     only on a cadence."""
-    lists = suppression_lists(ctx.project, ctx.purchases)
     for audience in ctx.audiences:
         ads = ctx.ads(audience)
         if not ads:
@@ -68,8 +66,7 @@ def suppression_not_realtime(ctx: LintContext) -> Iterator[Finding]:
                 f"set exits: realtime (or refresh: realtime) on {audience.name}",
             )
         elif (
-            audience.name in lists
-            and segment_suppresses(ctx.project, audience.segment, ctx.purchases)
+            segment_suppresses(ctx.project, audience.segment, ctx.purchases)
             and audience.refresh != "realtime"
         ):
             yield Finding(
