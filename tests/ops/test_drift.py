@@ -85,8 +85,11 @@ def lint_codes(project: Path) -> dict[str, str]:
     return {f["code"]: f["message"] for f in json.loads(result.stdout)["findings"]}
 
 
-def test_an_untouched_audience_shows_no_drift(synced: Path) -> None:
+def test_an_untouched_audience_shows_no_drift(synced: Path, meta_fake: MetaFake) -> None:
     drift = status(synced)["drift"]
+    (asked,) = meta_fake.log.find("fields=id,name,description")
+    assert asked.method == "GET" and asked.path.endswith("/customaudiences")
+    assert ("access_token", meta_fake.token) in asked.params
     assert drift == [
         {"destination": "meta_ads", "audience": AUDIENCE, "problem": None,
          "platform_name": AUDIENCE, "error": None}
@@ -131,3 +134,14 @@ def test_a_refused_read_back_is_reported_not_raised(synced: Path, meta_fake: Met
     assert "CS113" not in {f["code"] for f in report["findings"]}
     assert any("could not read cio_cart_1d back" in note for note in report["notes"])
     assert "EAAexpired" not in result.stdout
+
+
+def test_a_dry_run_destination_is_never_read_back(synced: Path, meta_fake: MetaFake) -> None:
+    meta_fake.edit_audience(AUDIENCE, new_name="Renamed")
+    path = synced / "cohortsync.yml"
+    text = path.read_text(encoding="utf-8")
+    path.write_text(text.replace("    api_url:", "    dry_run: true\n    api_url:"), "utf-8")
+    before = len(meta_fake.log.snapshot())
+    assert status(synced)["drift"] == []
+    assert "CS113" not in lint_codes(synced)
+    assert len(meta_fake.log.snapshot()) == before  # Meta was not asked
