@@ -82,8 +82,9 @@ def low_coverage(ctx: LintContext, m: Measures) -> Iterator[Finding]:
         yield Finding(
             "CS108",
             audience.name,
-            f"only {share:.0%} of {audience.name}'s {len(sent):,} members sent hold an "
-            f"{ctx.primary}, under lint.min_identifier_coverage ({least:.0%}); coverage: {shares}",
+            f"only {share:.0%} of {audience.name}'s {len(sent):,} members outside the holdout "
+            f"hold an {ctx.primary}, under lint.min_identifier_coverage ({least:.0%}); "
+            f"coverage: {shares}",
             f"collect {ctx.primary} on identify, or add {{has: {ctx.primary}}} to "
             f"{audience.segment}",
             figure=share,
@@ -104,8 +105,8 @@ def anonymous_share(ctx: LintContext, m: Measures) -> Iterator[Finding]:
             yield Finding(
                 "CS112",
                 audience.name,
-                f"{share:.0%} of {audience.name}'s {len(sent):,} members sent ({anonymous:,}) "
-                f"hold none of {_listed(list(allowed))}: anonymous-only, above "
+                f"{share:.0%} of {audience.name}'s {len(sent):,} members outside the holdout "
+                f"({anonymous:,}) hold none of {_listed(list(allowed))}: anonymous-only, above "
                 f"lint.max_anonymous_share ({most:.0%})",
                 f"add {{has: {allowed[0]}}} to {audience.segment}, or raise "
                 "lint.max_anonymous_share",

@@ -36,7 +36,10 @@ def retargeting_without_suppression(ctx: LintContext) -> Iterator[Finding]:
         if ctx.measures is not None and buyers:
             sent = ctx.measures.sent(audience.name)
             figure = len(sent & ctx.measures.segment(buyers[0]))
-            measured = f"; {figure:,.0f} of its {len(sent):,} members sent are in {buyers[0]} now"
+            measured = (
+                f"; {figure:,.0f} of its {len(sent):,} members outside the holdout are in "
+                f"{buyers[0]} now"
+            )
         target = buyers[0] if buyers else f"a segment such as {SUPPRESSION_EXAMPLE}"
         yield Finding(
             "CS101",
@@ -138,7 +141,7 @@ def identifier_mismatch(ctx: LintContext) -> Iterator[Finding]:
                 shares = ", ".join(
                     f"{k} {ctx.measures.coverage(sent, k):.0%}" for k in (first, *kinds)
                 )
-                measured = f"; of its {len(sent):,} members sent: {shares}"
+                measured = f"; of its {len(sent):,} members outside the holdout: {shares}"
             yield Finding(
                 "CS107",
                 audience.name,
