@@ -17,6 +17,7 @@ from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
 import cohortsync.commands.explain  # noqa: F401  (registers its commands)
+import cohortsync.commands.lint  # noqa: F401  (registers its commands)
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,
@@ -43,6 +44,7 @@ from cohortsync.errors import InputError
 from cohortsync.render import (
     compute_table,
     demo_table,
+    drift_table,
     ingest_table,
     member_rows,
     members_table,
@@ -418,14 +420,16 @@ def status(
     and each audience's refresh with its last and next run."""
     with Engine.open(project) as engine:
         rows = engine.sync_status()
+        drift = engine.drift()
         runs = engine.sync_runs(5)
         schedules = engine.schedules()
     value = {
         "routes": [{**dataclasses.asdict(r), "match_rate": r.match_rate} for r in rows],
         "runs": [dataclasses.asdict(r) for r in runs],
         "schedules": [dataclasses.asdict(s) for s in schedules],
+        "drift": [dataclasses.asdict(d) for d in drift],
     }
-    picture = Group(status_table(rows, wide), schedule_table(schedules, wide))
+    picture = Group(status_table(rows, wide), drift_table(drift), schedule_table(schedules, wide))
     if as_json:
         print_json(value)
     elif wide:

@@ -27,8 +27,10 @@ from cohortsync.events.timestamps import TimestampError, now_micros, parse_times
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.moments import to_datetime
+from cohortsync.ops.drift import Drift, delivered, read_drift
 from cohortsync.ops.explain import ProfileWhy, explain_profile
 from cohortsync.ops.explain_json import explanation_json, memberships_json
+from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -369,6 +371,16 @@ class Engine:
         """The profile's current recorded memberships (segments and audiences)."""
         return memberships(self.store, profile_ids(self.store, profile_id))
 
+    def drift(self, http: httpx.Client | None = None) -> list[Drift]:
+        """What ad platforms that read audiences back show, against what cohortsync set."""
+        return read_drift(self.sync_setup, self.loaded.root, delivered(self.sync_status()), http)
+
+    def lint(self, http: httpx.Client | None = None) -> LintReport:
+        """Every lint rule over the project, the current memberships and the drift read back."""
+        return lint_project(
+            self.loaded, self.segments, self.sync_setup, self.store, self.drift(http)
+        )
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -488,9 +500,11 @@ def _mask(kind: str, value: str) -> str:
 
 __all__ = [
     "CheckedBatch",
+    "Drift",
     "Engine",
     "FileReport",
     "IngestResult",
+    "LintReport",
     "Membership",
     "ProfileWhy",
     "bus_gateway",

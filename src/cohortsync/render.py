@@ -21,6 +21,7 @@ from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.moments import to_datetime
+from cohortsync.ops.drift import Drift
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
@@ -245,6 +246,26 @@ def status_table(rows: Sequence[RouteStatus], wide: bool = False) -> RenderableT
     One line per route with full names when `wide` or when the terminal has room for it;
     otherwise routes are grouped under their audience and long names end in an ellipsis."""
     return _Fitted(_status_lines(rows), partial(_status_groups, rows), wide)
+
+
+def drift_table(drifts: Sequence[Drift]) -> RenderableType:
+    """`cohortsync status`: what platforms that read audiences back show (names, descriptions
+    edited there), one line per audience read; nothing when none was read."""
+    if not drifts:
+        return Group()
+    table = Table(title="platform drift", title_justify="left")
+    table.add_column("audience")
+    table.add_column("destination")
+    table.add_column("on the platform")
+    for d in drifts:
+        if d.error:
+            state = f"[red]could not read: {escape(d.error[:80])}[/]"
+        elif d.problem:
+            state = f"[yellow]drift: {escape(d.problem)}[/]"
+        else:
+            state = "as cohortsync set it"
+        table.add_row(escape(d.audience), escape(d.destination), state)
+    return table
 
 
 def _status_cells(s: RouteStatus, short: bool = False) -> list[str]:

@@ -1,1 +1,1 @@
-"""The control surface operators work through: explain, lint, catalog, validate, report."""
+"""The control surface operators work through: lock and catalog, lint, validate, explain."""
