@@ -16,6 +16,7 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
+import cohortsync.commands.lock  # noqa: F401  (registers its commands)
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,
@@ -103,6 +104,8 @@ def demo(
         synced = engine.sync(progress=lambda n: bar.advance(sync_task, n))
         status = engine.sync_status()
         dry = {n for n, c in engine.sync_setup.configs.items() if c.dry_run}
+        locked = engine.lock()
+        written = engine.write_catalog(directory / ".cohortsync")
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
@@ -111,6 +114,8 @@ def demo(
     console.print(demo_table(report, status, dry, synced.delivery))
     if synced.dry_run_folder is not None:
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
+    console.print(f"audience names locked in {locked.path} (commit it with cohortsync.yml)")
+    console.print(f"audience catalog: {', '.join(str(p) for p in written)}")
 
 
 @app.command()
@@ -324,6 +329,7 @@ def serve(
         _work(project, str(bus), bus_stream, name)
         return
     with Engine.open(project) as engine:
+        engine.check_lock()
         console.print(
             f"cohortsync listening on http://{host}:{port} (store {engine.store_shown()})"
         )

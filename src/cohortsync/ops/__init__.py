@@ -1,0 +1,1 @@
+"""The control surface: what operators run on a project (lock, plan, catalog, …)."""
