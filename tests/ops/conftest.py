@@ -91,12 +91,13 @@ def shop() -> list[dict[str, Any]]:
     return messages
 
 
-def write_project(folder: Path, audiences: str = LOCK_YAML) -> None:
-    """The project file: the shared head, `audiences` (traits, segments, audiences), the
-    destinations."""
-    (folder / "cohortsync.yml").write_text(
-        PROJECT_YAML + audiences + DESTINATIONS_YAML, encoding="utf-8"
-    )
+def write_project(folder: Path, audiences: str = LOCK_YAML, store: str | None = None) -> None:
+    """The project file: the shared head (its store replaced by `store`), `audiences`
+    (traits, segments, audiences), the destinations."""
+    head = PROJECT_YAML
+    if store is not None:
+        head = head.replace("store: .cohortsync/store.duckdb", f"store: {store}")
+    (folder / "cohortsync.yml").write_text(head + audiences + DESTINATIONS_YAML, encoding="utf-8")
 
 
 def edit(folder: Path, old: str, new: str) -> None:
@@ -110,7 +111,17 @@ def edit(folder: Path, old: str, new: str) -> None:
 @pytest.fixture
 def shop_dir(tmp_path: Path) -> Iterator[Path]:
     """The project with its shop ingested, computed at T and synced: ready to be locked."""
-    write_project(tmp_path)
+    yield from _shop(tmp_path, None)
+
+
+@pytest.fixture
+def shop_on_both(tmp_path: Path, store_location: str) -> Iterator[Path]:
+    """`shop_dir`, once with its store on DuckDB and once on Postgres."""
+    yield from _shop(tmp_path, store_location)
+
+
+def _shop(tmp_path: Path, store: str | None) -> Iterator[Path]:
+    write_project(tmp_path, store=store)
     with Engine.open(tmp_path) as engine:
         engine.ingest_messages(shop())
         engine.compute(T)

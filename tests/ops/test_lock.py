@@ -128,30 +128,30 @@ def test_a_synced_audience_gone_from_the_project_is_refused(shop_dir: Path) -> N
     )
 
 
-def test_a_retired_audience_is_emptied_downstream_then_may_leave(shop_dir: Path) -> None:
-    assert cli(shop_dir, "lock")[0] == 0
-    assert len(warehouse_members(shop_dir, "cio_cart_7d")) > 0
+def test_a_retired_audience_is_emptied_downstream_then_may_leave(shop_on_both: Path) -> None:
+    assert cli(shop_on_both, "lock")[0] == 0
+    assert len(warehouse_members(shop_on_both, "cio_cart_7d")) > 0
     edit(
-        shop_dir,
+        shop_on_both,
         "    segment: carted_7d\n    exclude",
         "    segment: carted_7d\n    retired: true\n    exclude",
     )
-    _, out = cli(shop_dir, "lock", "--json")
+    _, out = cli(shop_on_both, "lock", "--json")
     assert "still hold" in json.loads(out)["notes"]["cio_cart_7d"]
-    assert locked(shop_dir)["cio_cart_7d"]["retired_at"] is None
-    with Engine.open(shop_dir) as engine:
+    assert locked(shop_on_both)["cio_cart_7d"]["retired_at"] is None
+    with Engine.open(shop_on_both) as engine:
         report = engine.compute(T + D)
         assert report.row("cio_cart_7d").size == 0 and report.row("cio_cart_7d").exited
         engine.sync(clock=lambda: T + D)
-    assert warehouse_members(shop_dir, "cio_cart_7d") == set()
-    csv = sorted((shop_dir / "exports").rglob("*.csv"))
+    assert warehouse_members(shop_on_both, "cio_cart_7d") == set()
+    csv = sorted((shop_on_both / "exports").rglob("*.csv"))
     assert csv, "the files destination wrote its snapshots"
-    _, out = cli(shop_dir, "lock", "--json")
+    _, out = cli(shop_on_both, "lock", "--json")
     assert json.loads(out)["retired"] == ["cio_cart_7d"]
-    assert locked(shop_dir)["cio_cart_7d"]["retired_at"] is not None
-    text = (shop_dir / "cohortsync.yml").read_text()
+    assert locked(shop_on_both)["cio_cart_7d"]["retired_at"] is not None
+    text = (shop_on_both / "cohortsync.yml").read_text()
     start = text.index("  cio_cart_7d:")
     end = text.index("  cio_big_spenders:")
-    (shop_dir / "cohortsync.yml").write_text(text[:start] + text[end:])
-    with Engine.open(shop_dir) as engine:
+    (shop_on_both / "cohortsync.yml").write_text(text[:start] + text[end:])
+    with Engine.open(shop_on_both) as engine:
         engine.check_lock()  # retired and empty: removing it is fine

@@ -24,13 +24,13 @@ def delivered(engine: Engine, audience: str) -> Counter[tuple[str, str]]:
     return Counter({(str(d), str(o)): int(n) for d, o, n in rows})
 
 
-def test_plan_counts_are_what_compute_and_sync_then_do(shop_dir: Path) -> None:
-    with Engine.open(shop_dir) as engine:
+def test_plan_counts_are_what_compute_and_sync_then_do(shop_on_both: Path) -> None:
+    with Engine.open(shop_on_both) as engine:
         engine.lock()
     # narrower window (fewer enter, some leave) and a larger holdout (flags flip)
-    edit(shop_dir, "within: 7d}", "within: 3d}")
-    edit(shop_dir, "holdout: {percent: 20}", "holdout: {percent: 50}\n    version: 2")
-    with Engine.open(shop_dir) as engine:
+    edit(shop_on_both, "within: 7d}", "within: 3d}")
+    edit(shop_on_both, "holdout: {percent: 20}", "holdout: {percent: 50}\n    version: 2")
+    with Engine.open(shop_on_both) as engine:
         before = {m.profile_id for m in engine.members("cio_cart_7d")}
         found = engine.plan(T)
         assert [a.audience for a in found.audiences] == ["cio_cart_7d"]
