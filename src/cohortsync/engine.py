@@ -330,6 +330,7 @@ class Engine:
 
     def retry_dead(self, audience: str | None = None, destination: str | None = None) -> int:
         """Queue dead letters again on the next sync; return how many."""
+        self.check_lock()
         return ledger_for(self.store).retry_dead(destination, audience, _utc_now())
 
     def members(self, name: str, at: datetime | None = None) -> list[Member]:
