@@ -155,3 +155,14 @@ def test_a_retired_audience_is_emptied_downstream_then_may_leave(shop_on_both: P
     (shop_on_both / "cohortsync.yml").write_text(text[:start] + text[end:])
     with Engine.open(shop_on_both) as engine:
         engine.check_lock()  # retired and empty: removing it is fine
+
+
+def test_a_broken_lock_file_is_one_line_saying_what_to_do(shop_dir: Path) -> None:
+    (shop_dir / "cohortsync.lock").write_text('{"format": 1, "audiences": {"x": {}}}\n')
+    code, out = cli(shop_dir, "compute")
+    assert code == 1
+    assert out == (
+        "cohortsync.lock: cannot be read (an audience has no 'fingerprint') — restore it from "
+        "version control, or delete it and run `cohortsync lock` to lock every synced audience "
+        "afresh"
+    )
