@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cohortsync.errors import InputError
-from cohortsync.ops.fingerprint import PART_WORDS, Fingerprint, fingerprint
+from cohortsync.ops.fingerprint import PART_WORDS, fingerprint
 from cohortsync.ops.lock_file import LOCK_FILE, Locked, LockFile, read_lock, write_lock
 from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.sync.downstream import Downstream
@@ -303,8 +303,3 @@ def _with_destinations(entry: Locked, audience: Audience) -> Locked:
         entry.history,
         entry.retired_at,
     )
-
-
-def project_fingerprints(project: SegmentProject) -> dict[str, Fingerprint]:
-    """The fingerprint of every audience of the project."""
-    return {name: fingerprint(a, project) for name, a in project.audiences.items()}
