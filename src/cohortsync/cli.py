@@ -16,8 +16,9 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
-import cohortsync.commands.explain  # registers its commands
-import cohortsync.commands.lint  # noqa: F401  (registers its commands)
+import cohortsync.commands.explain  # the imports register the commands
+import cohortsync.commands.lint
+import cohortsync.commands.lock  # noqa: F401
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,
@@ -107,6 +108,8 @@ def demo(
         synced = engine.sync(progress=lambda n: bar.advance(sync_task, n))
         status = engine.sync_status()
         dry = {n for n, c in engine.sync_setup.configs.items() if c.dry_run}
+        locked = engine.lock()
+        written = engine.write_catalog(directory / ".cohortsync")
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
@@ -115,6 +118,8 @@ def demo(
     console.print(demo_table(report, status, dry, synced.delivery))
     if synced.dry_run_folder is not None:
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
+    console.print(f"audience names locked in {locked.path} (commit it with cohortsync.yml)")
+    console.print(f"audience catalog: {', '.join(str(p) for p in written)}")
 
 
 @app.command()
@@ -330,6 +335,7 @@ def serve(
         _work(project, str(bus), bus_stream, name)
         return
     with Engine.open(project) as engine:
+        engine.check_lock()
         console.print(
             f"cohortsync listening on http://{host}:{port} (store {engine.store_shown()})"
         )

@@ -1,94 +1,139 @@
-"""A small shop with a cart audience (exclusions, a holdout, two destinations) and a value
-audience, its events at fixed instants around T, computed at T."""
+"""A small shop whose audiences go to a DuckDB warehouse and hashed files, and helpers to edit
+its project file the way a team does between two commits."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 
 from cohortsync.engine import Engine
-from tests.audiences.conftest import D, H, T, identify, track
 from tests.conftest import PROJECT_YAML
 
-EXPLAIN_YAML = """\
+T = datetime(2026, 3, 1, 12, tzinfo=UTC)
+H = timedelta(hours=1)
+D = timedelta(days=1)
+
+LOCK_YAML = """\
 traits:
   ltv: {event: order_completed, sum: revenue}
 segments:
-  cart_6h:
-    description: Added to cart in the last 6 hours and has not ordered since.
-    all:
-      - {event: added_to_cart, within: 6h}
-      - not: {event: order_completed, since: added_to_cart}
-  bought_7d: {event: order_completed, within: 7d}
-  staff: {trait: role, eq: staff}
-  vip: {trait: ltv, gte: 100}
+  carted_7d: {event: added_to_cart, within: 7d}
+  recent_buyer_3d: {event: order_completed, within: 3d}
+  big_spender: {trait: ltv, gte: 100}
 audiences:
-  cio_cart_6h:
-    segment: cart_6h
-    exclude: [bought_7d, staff]
-    holdout: {percent: 50}
+  cio_cart_7d:
+    segment: carted_7d
+    exclude: [recent_buyer_3d]
+    holdout: {percent: 20}
     identifiers: [email]
-    destinations: [warehouse, meta_ads]
-  cio_vip:
-    segment: vip
+    destinations: [warehouse, exports]
+    owner: lifecycle@shop.example
+    description: Carted this week, has not bought in 3 days.
+  cio_big_spenders:
+    segment: big_spender
+    refresh: 1d
     destinations: [warehouse]
-destinations:
-  warehouse: {type: warehouse, url: "duckdb:///warehouse.duckdb"}
-  meta_ads:
-    type: meta_custom_audience
-    ad_account_id: act_1
-    access_token: not-a-token
-    dry_run: true
+    owner: retention@shop.example
+  cio_unsynced:
+    segment: carted_7d
 """
 
-CARTERS = 8
-"""Shoppers c0..c7 added to cart 1 h before T: members of cio_cart_6h, some held out."""
+DESTINATIONS_YAML = """\
+destinations:
+  warehouse: {type: warehouse, url: "duckdb:///warehouse.duckdb"}
+  exports: {type: files, path: exports, platform: meta, formats: [csv]}
+"""
+
+_ids = iter(range(10**9))
+
+
+def stamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def identify(n: int, at: datetime) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "messageId": f"o-{next(_ids):07d}",
+        "userId": f"u{n}",
+        "timestamp": stamp(at),
+        "traits": {"email": f"shopper{n}@example.com"},
+    }
+
+
+def track(n: int, event: str, at: datetime, **props: Any) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "messageId": f"o-{next(_ids):07d}",
+        "userId": f"u{n}",
+        "event": event,
+        "timestamp": stamp(at),
+        "properties": props,
+    }
+
+
+def shop() -> list[dict[str, Any]]:
+    """40 shoppers: all cart within the week (u0–u39 at 1–5 days ago); every fourth bought
+    2 days ago (excluded from cio_cart_7d), every fifth spent 150 (a big spender) 10 days ago."""
+    messages: list[dict[str, Any]] = []
+    for n in range(40):
+        messages.append(identify(n, T - 30 * D))
+        messages.append(track(n, "Added To Cart", T - (1 + n % 5) * D))
+        if n % 4 == 0:
+            messages.append(track(n, "Order Completed", T - 2 * D, revenue=20))
+        if n % 5 == 0:
+            messages.append(track(n, "Order Completed", T - 10 * D, revenue=150))
+    return messages
+
+
+def write_project(folder: Path, audiences: str = LOCK_YAML, store: str | None = None) -> None:
+    """The project file: the shared head (its store replaced by `store`), `audiences`
+    (traits, segments, audiences), the destinations."""
+    head = PROJECT_YAML
+    if store is not None:
+        head = head.replace("store: .cohortsync/store.duckdb", f"store: {store}")
+    (folder / "cohortsync.yml").write_text(head + audiences + DESTINATIONS_YAML, encoding="utf-8")
+
+
+def edit(folder: Path, old: str, new: str) -> None:
+    """Replace `old` (which must be there) with `new` in the project file."""
+    path = folder / "cohortsync.yml"
+    text = path.read_text(encoding="utf-8")
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 @pytest.fixture
-def shop_dir(project_dir: Path) -> Path:
-    """The project with its events stored and computed at T (nothing synced yet)."""
-    (project_dir / "cohortsync.yml").write_text(PROJECT_YAML + EXPLAIN_YAML, encoding="utf-8")
-    return stocked(project_dir)
+def shop_dir(tmp_path: Path) -> Iterator[Path]:
+    """The project with its shop ingested, computed at T and synced: ready to be locked."""
+    yield from _shop(tmp_path, None)
 
 
 @pytest.fixture
-def shop_on_both(project_on_both: Path) -> Iterator[Engine]:
-    """`shop`, once on DuckDB and once on a fresh Postgres schema."""
-    project_file = project_on_both / "cohortsync.yml"
-    project_file.write_text(project_file.read_text() + EXPLAIN_YAML, encoding="utf-8")
-    with Engine.open(stocked(project_on_both)) as opened:
-        yield opened
+def shop_on_both(tmp_path: Path, store_location: str) -> Iterator[Path]:
+    """`shop_dir`, once with its store on DuckDB and once on Postgres."""
+    yield from _shop(tmp_path, store_location)
 
 
-def stocked(project_dir: Path) -> Path:
-    """Store the shop's events in the project and compute at T."""
-    messages = []
-    for n in range(CARTERS):
-        messages.append(identify(f"c{n}", T - 48 * H, email=f"c{n}@example.com"))
-        messages.append(track(f"c{n}", "Added To Cart", T - 1 * H))
-    messages += [
-        identify("bob", T - 48 * H, email="bob@example.com"),
-        track("bob", "Added To Cart", T - 5 * H),  # leaves the 6h window at T + 1h
-        identify("cy", T - 48 * H, email="cy@example.com"),
-        track("cy", "Order Completed", T - 3 * D, revenue=30),
-        track("cy", "Added To Cart", T - 1 * H),  # in cart_6h, and bought in the last 7 days
-        identify("dee", T - 48 * H, email="dee@example.com", role="staff"),
-        track("dee", "Added To Cart", T - 1 * H),
-        identify("eve", T - 48 * H, email="eve@example.com"),
-        track("eve", "Order Completed", T - 2 * H, revenue=150),
-        *(track(f"nomail{n}", "Added To Cart", T - 1 * H) for n in range(4)),  # no email
-        track("late", "Added To Cart", T + 1 * H),  # after T: not there as of T
-    ]
-    with Engine.open(project_dir) as engine:
-        engine.ingest_messages(messages)
+def _shop(tmp_path: Path, store: str | None) -> Iterator[Path]:
+    write_project(tmp_path, store=store)
+    with Engine.open(tmp_path) as engine:
+        engine.ingest_messages(shop())
         engine.compute(T)
-    return project_dir
+        engine.sync(clock=lambda: T)
+    yield tmp_path
 
 
-@pytest.fixture
-def shop(shop_dir: Path) -> Iterator[Engine]:
-    with Engine.open(shop_dir) as opened:
-        yield opened
+def warehouse_members(folder: Path, audience: str) -> set[tuple[str, bool]]:
+    """(profile_id, holdout) the DuckDB warehouse holds for `audience`."""
+    with duckdb.connect(str(folder / "warehouse.duckdb"), read_only=True) as con:
+        rows = con.execute(
+            "SELECT profile_id, holdout FROM cohortsync.audience_members WHERE audience = ?",
+            [audience],
+        ).fetchall()
+    return {(str(p), bool(h)) for p, h in rows}
