@@ -16,6 +16,7 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
+import cohortsync.commands.validate  # noqa: F401  (registers its commands)
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,

@@ -27,6 +27,9 @@ from cohortsync.events.timestamps import TimestampError, now_micros, parse_times
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.moments import to_datetime
+from cohortsync.ops.validate import Options as ValidateOptions
+from cohortsync.ops.validate import ValidationReport, validate
+from cohortsync.ops.validate_marks import Cleanup, cleanup
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -351,6 +354,14 @@ class Engine:
 
         return self.ingest_messages(counted(), source="demo", origin="demo")
 
+    def validate(self, options: ValidateOptions) -> ValidationReport:
+        """Send a test cohort through ingest, compute and sync, and check it downstream."""
+        return validate(self, options)
+
+    def cleanup_test_profiles(self) -> Cleanup:
+        """Remove the test profiles `validate` made, from every destination too."""
+        return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -470,9 +481,12 @@ def _mask(kind: str, value: str) -> str:
 
 __all__ = [
     "CheckedBatch",
+    "Cleanup",
     "Engine",
     "FileReport",
     "IngestResult",
+    "ValidateOptions",
+    "ValidationReport",
     "bus_gateway",
     "file_size",
     "parse_identifier",

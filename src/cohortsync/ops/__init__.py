@@ -1,0 +1,1 @@
+"""The control surface operators use: validate (test cohort), and the other checks."""
