@@ -12,9 +12,10 @@ import duckdb
 import pytest
 
 from cohortsync.engine import Engine
-from tests.conftest import PROJECT_YAML
+from tests.conftest import PROJECT_YAML, LiveServer, free_port
 from tests.fakes.meta import MetaFake
 from tests.ops.cli_main import Ran, run_main
+from tests.postgres import postgres_schema
 
 AUDIENCES = """\
 segments:
@@ -183,3 +184,38 @@ def test_generate_needs_a_domain(
     ran = validate(project_dir, monkeypatch, capsys, "--generate", "3")
     assert ran.code == 1
     assert ran.err.strip() == "error: --generate needs --domain D: test profiles are test+N@D"
+
+
+def test_events_go_to_a_running_serve_over_http(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With --url the cohort is sent to `serve`'s /v1/batch (a real uvicorn over a Postgres
+    store, which both processes' engines open); the events stored are the ones it received."""
+    with postgres_schema() as url:
+        write_project(tmp_path, url)
+        cohort = write_cohort(tmp_path, CART, BROWSER)
+        with Engine.open(tmp_path) as engine:
+            server = LiveServer(engine)
+            server.start()
+            try:
+                args = ("--cohort", str(cohort), "--url", server.url, "--json")
+                ran = validate(tmp_path, monkeypatch, capsys, *args)
+            finally:
+                server.stop()
+            sources = engine.store.query("SELECT DISTINCT source FROM events")
+        assert ran.code == 0, ran.out + ran.err
+        assert json.loads(ran.out)["passed"] is True
+        assert sources == [("web",)]  # the write key's source: they came over HTTP
+
+
+def test_an_unreachable_serve_is_one_error(
+    project_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_project(project_dir, ".cohortsync/store.duckdb")
+    cohort = write_cohort(project_dir, CART)
+    port = free_port()
+    args = ("--cohort", str(cohort), "--url", f"http://127.0.0.1:{port}")
+    ran = validate(project_dir, monkeypatch, capsys, *args)
+    assert ran.code == 1
+    assert ran.err.startswith(f"error: cannot reach http://127.0.0.1:{port}/v1/batch")
+    assert len(ran.err.strip().splitlines()) == 1

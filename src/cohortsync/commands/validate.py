@@ -44,6 +44,15 @@ def validate(
     timeout: Annotated[
         str, typer.Option(help="How long each step may take downstream: 60s, 2m.")
     ] = "60s",
+    url: Annotated[
+        str | None,
+        typer.Option(
+            help="Send the events to this running `cohortsync serve` (POST /v1/batch with the "
+            "project's write key) instead of ingesting them here; its store must be one this "
+            "command can open too (Postgres).",
+            show_default=False,
+        ),
+    ] = None,
     cleanup: Annotated[
         bool,
         typer.Option("--cleanup", help="Remove the test profiles, from every destination too."),
@@ -63,7 +72,7 @@ def validate(
         return
     if cohort is not None and generate is not None:
         raise InputError("--cohort and --generate exclude each other — pass one")
-    options = ValidateOptions(cohort, generate, domain, parse_timeout(timeout))
+    options = ValidateOptions(cohort, generate, domain, parse_timeout(timeout), url)
     with Engine.open(project) as engine:
         report = engine.validate(options)
     if as_json:

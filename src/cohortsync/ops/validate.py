@@ -24,6 +24,7 @@ from cohortsync.errors import InputError
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.ops.validate_check import Inspector, tokens
 from cohortsync.ops.validate_cohort import generate, load_cohort
+from cohortsync.ops.validate_http import http_sender
 from cohortsync.ops.validate_marks import mark, test_profiles
 from cohortsync.ops.validate_model import TestProfile, audiences_of, history, purchase
 from cohortsync.ops.validate_rows import (
@@ -75,6 +76,8 @@ class Options:
     generate: int | None = None
     domain: str | None = None
     timeout_s: float = 60.0
+    url: str | None = None
+    """a running `cohortsync serve` the events are sent to (else they are ingested here)"""
 
 
 @dataclass
@@ -111,8 +114,9 @@ def validate(
     profiles = _cohort(options, project, start_us, horizon, report)
     _not_taken(engine, profiles)
     report.profiles = len(profiles)
+    send = _sender(engine, options)
     sent = datetime.now(UTC)
-    engine.ingest_messages(_messages(profiles, start_us), source=SOURCE, origin=SOURCE)
+    send(_messages(profiles, start_us))
     ids = {p.email: _profile_id(engine.store, p) for p in profiles}
     mark(engine.store, ids.values(), f"validate {sent.isoformat()}")
     look = Inspector(engine.store, engine.loaded.root / engine.loaded.project.sync.dry_run_dir)
@@ -130,7 +134,7 @@ def validate(
         return report
     bought = datetime.now(UTC)
     buy_us = _now_us()
-    engine.ingest_messages((_purchase(p, buy_us) for p in profiles), source=SOURCE, origin=SOURCE)
+    send(_purchase(p, buy_us) for p in profiles)
     changes = {p.email: _after_purchase(project, p, start_us, buy_us, horizon) for p in profiles}
 
     def purchase_rows() -> list[Row]:
@@ -142,6 +146,17 @@ def validate(
 
     report.rows += _until(engine, purchase_rows, options.timeout_s, clock, report, PURCHASE)
     return report
+
+
+def _sender(engine: Pipeline, options: Options) -> Callable[[Iterable[dict[str, Any]]], None]:
+    """How the cohort's messages are ingested: HTTP to a running serve, or in this process."""
+    if options.url:
+        return http_sender(options.url, engine.loaded.project)
+
+    def ingest(messages: Iterable[dict[str, Any]]) -> None:
+        engine.ingest_messages(messages, source=SOURCE, origin=SOURCE)
+
+    return ingest
 
 
 def _cohort(
