@@ -94,28 +94,39 @@ def _report_json(report: ValidationReport) -> dict[str, Any]:
     }
 
 
+WIDE = 150
+"""Below this many columns, rows are grouped under a heading per profile and step."""
+
+
 def _table(report: ValidationReport) -> Table:
+    """One row per profile × audience × destination; grouped under each profile and step when
+    the terminal is narrow."""
+    grouped = console.width < WIDE
     table = Table(title=f"test cohort: {report.profiles} profiles", title_justify="left")
-    for column in ("profile", "step", "audience", "destination", "expected", "seen"):
+    if not grouped:
+        table.add_column("profile", no_wrap=True)
+        table.add_column("step")
+    table.add_column("audience", no_wrap=True, overflow="ellipsis")
+    table.add_column("destination", no_wrap=True, overflow="ellipsis")
+    for column in ("expected", "seen", "acknowledged"):
         table.add_column(column)
-    table.add_column("acknowledged")
     table.add_column("latency", justify="right")
     table.add_column("result")
+    heading = None
     for r in report.rows:
-        result = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]not tested[/]"}
-        verdict = result[r.ok] + (f" {escape(r.detail)}" if r.detail else "")
-        table.add_row(
-            escape(r.profile),
-            r.step,
-            escape(r.audience),
-            escape(r.destination or "—"),
-            r.expected,
-            r.seen or "—",
-            escape(r.acknowledged or "—"),
-            "—" if r.latency_s is None else f"{r.latency_s:.1f}s",
-            verdict,
-        )
+        if grouped and (r.profile, r.step) != heading:
+            heading = (r.profile, r.step)
+            table.add_row(f"[bold]{escape(r.profile)}[/] · {r.step}", end_section=False)
+        cells = [escape(r.audience), escape(r.destination or "—"), r.expected, r.seen or "—"]
+        cells += [escape(r.acknowledged or "—")]
+        cells += ["—" if r.latency_s is None else f"{r.latency_s:.1f}s", _verdict(r.ok, r.detail)]
+        table.add_row(*([] if grouped else [escape(r.profile), r.step]), *cells)
     return table
+
+
+def _verdict(ok: bool | None, detail: str) -> str:
+    result = {True: "[green]ok[/]", False: "[red]FAIL[/]", None: "[yellow]not tested[/]"}[ok]
+    return result + (f" {escape(detail)}" if detail else "")
 
 
 def _summary(report: ValidationReport) -> None:

@@ -117,8 +117,9 @@ def validate(
     send = _sender(engine, options)
     sent = datetime.now(UTC)
     send(_messages(profiles, start_us))
-    ids = {p.email: _profile_id(engine.store, p) for p in profiles}
-    mark(engine.store, ids.values(), f"validate {sent.isoformat()}")
+    found = {p.email: engine.store.find_profile("email", p.email) for p in profiles}
+    mark(engine.store, [i for i in found.values() if i], f"validate {sent.isoformat()}")
+    ids = {p.email: _profile_id(found[p.email], p) for p in profiles}
     look = Inspector(engine.store, engine.loaded.root / engine.loaded.project.sync.dry_run_dir)
     subjects = {
         p.email: Subject(p.masked, ids[p.email], tokens(p.email, ids[p.email], p.user_id))
@@ -169,6 +170,11 @@ def _cohort(
     if not options.domain:
         raise InputError("--generate needs --domain D: test profiles are test+N@D")
     profiles, missed = generate(options.generate, options.domain, project, now_us, horizon)
+    if not profiles:
+        raise InputError(
+            "no test profile could be put into any audience of the project — describe them "
+            "in a --cohort file"
+        )
     for name, why in missed.items():
         report.rows.append(Row("—", ENTER, name, None, "member", ok=None, detail=why))
     return profiles
@@ -184,8 +190,7 @@ def _not_taken(engine: Pipeline, profiles: list[TestProfile]) -> None:
             )
 
 
-def _profile_id(store: Store, profile: TestProfile) -> str:
-    found = store.find_profile("email", profile.email)
+def _profile_id(found: str | None, profile: TestProfile) -> str:
     if found is None:
         raise InputError(
             f"{profile.masked}: its events were not stored (see `cohortsync stats` for "

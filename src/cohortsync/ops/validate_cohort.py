@@ -37,6 +37,8 @@ def generate(
     if not domain or "@" in domain or "." not in domain:
         raise InputError(f"--domain {domain!r} is not a mail domain — pass one, e.g. example.com")
     targets = [name for name, a in project.audiences.items() if not a.retired]
+    if not targets:
+        raise InputError("the project has no audiences to validate — add one under audiences:")
     missed: dict[str, str] = {}
     usable = list(targets)
     profiles: list[TestProfile] = []
