@@ -138,6 +138,9 @@ def _summary(report: ValidationReport) -> None:
         console.print(f"[red]{failed} of {checked} checks failed[/]")
     else:
         console.print(f"[green]all {checked} checks passed[/]")
+    steps = ", ".join(f"{step} {seconds:.1f} s" for step, seconds in report.seconds.items())
+    if steps:
+        console.print(f"time per step (compute and sync, then check): {steps}")
     console.print("remove the test profiles with `cohortsync validate --cleanup`")
 
 
