@@ -4,6 +4,7 @@ fails with exit 1 and names the row; a bad cohort file is one `FILE:LINE:` error
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -219,3 +220,24 @@ def test_an_unreachable_serve_is_one_error(
     assert ran.code == 1
     assert ran.err.startswith(f"error: cannot reach http://127.0.0.1:{port}/v1/batch")
     assert len(ran.err.strip().splitlines()) == 1
+
+
+def test_a_live_ad_platform_acknowledges_then_drops_the_buyer(
+    project_dir: Path,
+    meta_fake: MetaFake,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Against Meta's contract fake (not a dry run): the add is acknowledged, and after the
+    purchase the fake no longer holds the hashed email in the retargeting audience."""
+    write_project(project_dir, ".cohortsync/store.duckdb", meta_fake)
+    cohort = write_cohort(project_dir, CART)
+    ran = validate(project_dir, monkeypatch, capsys, "--cohort", str(cohort), "--json")
+    assert ran.code == 0, ran.out + ran.err
+    rows = {(r["step"], r["destination"]): r for r in json.loads(ran.out)["rows"]}
+    assert rows[("enter", "meta_ads")]["acknowledged"] == "acknowledged"
+    assert rows[("purchase", "meta_ads")]["acknowledged"] == "removed"
+    digest = hashlib.sha256(b"qa+cart@example.org").hexdigest()
+    ops = [b.op for b in meta_fake.batches if any(digest in r.values() for r in b.rows)]
+    assert ops == ["add", "remove"]  # the fake received the hashed email, then its removal
+    assert digest not in meta_fake.members("cio_cart_3h")
