@@ -18,7 +18,8 @@ from rich.markup import escape
 
 import cohortsync.commands.explain  # the imports register the commands
 import cohortsync.commands.lint
-import cohortsync.commands.lock  # noqa: F401
+import cohortsync.commands.lock
+import cohortsync.commands.validate  # noqa: F401
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,

@@ -43,6 +43,9 @@ from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
+from cohortsync.ops.validate import Options as ValidateOptions
+from cohortsync.ops.validate import ValidationReport, validate
+from cohortsync.ops.validate_marks import Cleanup, cleanup
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -423,6 +426,14 @@ class Engine:
         """Write the catalog as `catalog.md` and `catalog.html` into `folder`; their paths."""
         return write_catalog(self.catalog(), folder)
 
+    def validate(self, options: ValidateOptions) -> ValidationReport:
+        """Send a test cohort through ingest, compute and sync, and check it downstream."""
+        return validate(self, options)
+
+    def cleanup_test_profiles(self) -> Cleanup:
+        """Remove the test profiles `validate` made, from every destination too."""
+        return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -543,6 +554,7 @@ def _mask(kind: str, value: str) -> str:
 __all__ = [
     "Catalog",
     "CheckedBatch",
+    "Cleanup",
     "Drift",
     "Engine",
     "FileReport",
@@ -550,6 +562,8 @@ __all__ = [
     "LintReport",
     "Membership",
     "ProfileWhy",
+    "ValidateOptions",
+    "ValidationReport",
     "bus_gateway",
     "catalog_html",
     "catalog_json",

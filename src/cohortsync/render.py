@@ -56,6 +56,12 @@ def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
     summary.add_column("profiles", justify="right")
     summary.add_column("merged away", justify="right")
     summary.add_row(f"{profiles['total']:,}", f"{profiles.get('merged_away', 0):,}")
+    tests = stats.get("test_profiles") or {}
+    if tests.get("total"):
+        summary.caption = (
+            f"not counted: {tests['total']:,} test profiles and their {tests['events']:,} events "
+            "(`cohortsync validate --cleanup` removes them)"
+        )
     return Group(summary, *tables)
 
 
