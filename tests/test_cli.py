@@ -179,6 +179,7 @@ def test_stats_on_a_new_project_prints_zero_totals(runner: CliRunner, project_di
         "profiles": 0,
         "identifiers": 0,
         "quarantined": 0,
+        "test_profiles": 0,
     }
 
 

@@ -119,7 +119,7 @@ SKIN_IMPORTS = {
 
 
 def _skin_imports(root: Path = SOURCE) -> list[tuple[str, int, str]]:
-    """(file, line, module) for every cohortsync module that cli.py, commands/ or server/ imports."""
+    """(file, line, module) for every cohortsync module cli.py, commands/ or server/ imports."""
     found = []
     skin = [root / "cli.py", *sorted((root / "commands").rglob("*.py"))]
     for path in [*skin, *sorted((root / "server").rglob("*.py"))]:

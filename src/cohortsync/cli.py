@@ -16,6 +16,10 @@ import typer
 from rich.console import Console, Group, RenderableType
 from rich.markup import escape
 
+import cohortsync.commands.explain  # the imports register the commands
+import cohortsync.commands.lint
+import cohortsync.commands.lock
+import cohortsync.commands.validate  # noqa: F401
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (
     AtOption,
@@ -35,12 +39,14 @@ from cohortsync.engine import (
     Engine,
     bus_gateway,
     file_size,
+    memberships_json,
     platform_identifier,
 )
 from cohortsync.errors import InputError
 from cohortsync.render import (
     compute_table,
     demo_table,
+    drift_table,
     ingest_table,
     member_rows,
     members_table,
@@ -103,6 +109,8 @@ def demo(
         synced = engine.sync(progress=lambda n: bar.advance(sync_task, n))
         status = engine.sync_status()
         dry = {n for n, c in engine.sync_setup.configs.items() if c.dry_run}
+        locked = engine.lock()
+        written = engine.write_catalog(directory / ".cohortsync")
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
@@ -111,6 +119,8 @@ def demo(
     console.print(demo_table(report, status, dry, synced.delivery))
     if synced.dry_run_folder is not None:
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
+    console.print(f"audience names locked in {locked.path} (commit it with cohortsync.yml)")
+    console.print(f"audience catalog: {', '.join(str(p) for p in written)}")
 
 
 @app.command()
@@ -147,10 +157,12 @@ def profile(
     project: ProjectOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show one profile: identifiers, traits, merges and recent events."""
+    """Show one profile: identifiers, traits, merges, recent events and current audiences."""
     with Engine.open(project) as engine:
         view = engine.find_profile(identifier)
-    show(dataclasses.asdict(view), as_json, lambda: profile_group(view))
+        held = engine.profile_memberships(view.profile_id)
+    value = {**dataclasses.asdict(view), "memberships": memberships_json(held)}
+    show(value, as_json, lambda: profile_group(view, held))
 
 
 @app.command()
@@ -324,6 +336,7 @@ def serve(
         _work(project, str(bus), bus_stream, name)
         return
     with Engine.open(project) as engine:
+        engine.check_lock()
         console.print(
             f"cohortsync listening on http://{host}:{port} (store {engine.store_shown()})"
         )
@@ -414,14 +427,16 @@ def status(
     and each audience's refresh with its last and next run."""
     with Engine.open(project) as engine:
         rows = engine.sync_status()
+        drift = engine.drift()
         runs = engine.sync_runs(5)
         schedules = engine.schedules()
     value = {
         "routes": [{**dataclasses.asdict(r), "match_rate": r.match_rate} for r in rows],
         "runs": [dataclasses.asdict(r) for r in runs],
         "schedules": [dataclasses.asdict(s) for s in schedules],
+        "drift": [dataclasses.asdict(d) for d in drift],
     }
-    picture = Group(status_table(rows, wide), schedule_table(schedules, wide))
+    picture = Group(status_table(rows, wide), drift_table(drift), schedule_table(schedules, wide))
     if as_json:
         print_json(value)
     elif wide:

@@ -27,6 +27,25 @@ from cohortsync.events.timestamps import TimestampError, now_micros, parse_times
 from cohortsync.events.validate import content_message_id, validate_message
 from cohortsync.identity.normalize import IdentifierError, normalize_identifier
 from cohortsync.moments import to_datetime
+from cohortsync.ops import catalog as catalog_ops
+from cohortsync.ops import lock as lock_ops
+from cohortsync.ops import plan as plan_ops
+from cohortsync.ops.catalog import Catalog
+from cohortsync.ops.catalog_render import (
+    catalog_html,
+    catalog_json,
+    catalog_markdown,
+    write_catalog,
+)
+from cohortsync.ops.drift import Drift, delivered, read_drift
+from cohortsync.ops.explain import ProfileWhy, explain_profile
+from cohortsync.ops.explain_json import explanation_json, memberships_json
+from cohortsync.ops.lint import LintReport, lint_project
+from cohortsync.ops.lock import LockReport
+from cohortsync.ops.plan import Plan
+from cohortsync.ops.validate import Options as ValidateOptions
+from cohortsync.ops.validate import ValidationReport, validate
+from cohortsync.ops.validate_marks import Cleanup, cleanup
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -43,7 +62,9 @@ from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
 from cohortsync.sync.configure import SyncSetup, sync_setup
+from cohortsync.sync.downstream import downstream
 from cohortsync.sync.ledger import ledger_for
+from cohortsync.sync.profile_state import Membership, memberships, profile_ids
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
 from cohortsync.sync.worker import Clock
@@ -202,6 +223,7 @@ class Engine:
         An instant before the recorded history is only evaluated, and so is one in the future
         unless `record_future` (the report says which, and why).
         """
+        self.check_lock()
         now = now_micros()
         return audience_compute.compute_at(
             self.store,
@@ -239,6 +261,7 @@ class Engine:
         progress: Callable[[int], None] | None = None,
     ) -> SyncReport:
         """Plan and deliver audience changes and conversions (or write a dry run)."""
+        self.check_lock()
         setup = self.sync_setup
         if audience is not None and audience not in self.segments.audiences:
             known = ", ".join(sorted(self.segments.audiences)) or "none"
@@ -265,6 +288,7 @@ class Engine:
 
         Stored messages reach the real-time loop as soon as they commit.
         """
+        self.check_lock()
         clock = clock or _utc_now
         setup = self.sync_setup
         index = build_index(self.segments)
@@ -314,6 +338,7 @@ class Engine:
 
     def retry_dead(self, audience: str | None = None, destination: str | None = None) -> int:
         """Queue dead letters again on the next sync; return how many."""
+        self.check_lock()
         return ledger_for(self.store).retry_dead(destination, audience, _utc_now())
 
     def members(self, name: str, at: datetime | None = None) -> list[Member]:
@@ -350,6 +375,64 @@ class Engine:
                 yield message
 
         return self.ingest_messages(counted(), source="demo", origin="demo")
+
+    def explain_profile(
+        self, identifier: str, audience: str | None = None, at: datetime | None = None
+    ) -> ProfileWhy:
+        """Why the profile is in or out of each audience (or the one named), as of `at`."""
+        setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        now = now_micros()
+        return explain_profile(
+            self.store, self.segments, setup.routes, setup.accepts(), profile_id,
+            now if at is None else _micros(at), now, audience,
+        )  # fmt: skip
+
+    def profile_memberships(self, profile_id: str) -> list[Membership]:
+        """The profile's current recorded memberships (segments and audiences)."""
+        return memberships(self.store, profile_ids(self.store, profile_id))
+
+    def drift(self, http: httpx.Client | None = None) -> list[Drift]:
+        """What ad platforms that read audiences back show, against what cohortsync set."""
+        return read_drift(self.sync_setup, self.loaded.root, delivered(self.sync_status()), http)
+
+    def lint(self, http: httpx.Client | None = None) -> LintReport:
+        """Every lint rule over the project, the current memberships and the drift read back."""
+        return lint_project(
+            self.loaded, self.segments, self.sync_setup, self.store, self.drift(http)
+        )
+
+    def check_lock(self) -> None:
+        """Refuse (one line per audience) when the project breaks `cohortsync.lock`."""
+        lock_ops.check_lock(self.loaded.root, self.segments)
+
+    def lock(self, accept: Sequence[str] = ()) -> LockReport:
+        """Write `cohortsync.lock`; `accept` names audiences whose raised version to record."""
+        return lock_ops.lock(self.loaded.root, self.segments, downstream(self.store.sql), accept)
+
+    def plan(self, at: datetime | None = None) -> Plan:
+        """Per audience whose logic differs from the lock: who would enter and leave, and what
+        each destination would be sent; computed live as of `at` (default now), not recorded."""
+        return plan_ops.plan(
+            self.loaded.root, self.store, self.segments, self.sync_setup.routes, _micros(at)
+        )
+
+    def catalog(self) -> Catalog:
+        """Every audience for the teams that use it: rules in English, figures, history."""
+        return catalog_ops.catalog(
+            self.loaded.root, self.store, self.segments, self.sync_setup.routes
+        )
+
+    def write_catalog(self, folder: Path) -> list[Path]:
+        """Write the catalog as `catalog.md` and `catalog.html` into `folder`; their paths."""
+        return write_catalog(self.catalog(), folder)
+
+    def validate(self, options: ValidateOptions) -> ValidationReport:
+        """Send a test cohort through ingest, compute and sync, and check it downstream."""
+        return validate(self, options)
+
+    def cleanup_test_profiles(self) -> Cleanup:
+        """Remove the test profiles `validate` made, from every destination too."""
+        return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
 
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
@@ -469,12 +552,25 @@ def _mask(kind: str, value: str) -> str:
 
 
 __all__ = [
+    "Catalog",
     "CheckedBatch",
+    "Cleanup",
+    "Drift",
     "Engine",
     "FileReport",
     "IngestResult",
+    "LintReport",
+    "Membership",
+    "ProfileWhy",
+    "ValidateOptions",
+    "ValidationReport",
     "bus_gateway",
+    "catalog_html",
+    "catalog_json",
+    "catalog_markdown",
+    "explanation_json",
     "file_size",
+    "memberships_json",
     "parse_identifier",
     "parse_instant",
     "platform_identifier",

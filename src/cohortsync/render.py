@@ -21,9 +21,11 @@ from cohortsync.audiences.compute import ComputeReport
 from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.moments import to_datetime
+from cohortsync.ops.drift import Drift
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
+from cohortsync.sync.profile_state import Membership
 from cohortsync.sync.run import SyncReport
 from cohortsync.sync.worker import DeliveryReport
 
@@ -54,6 +56,12 @@ def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:
     summary.add_column("profiles", justify="right")
     summary.add_column("merged away", justify="right")
     summary.add_row(f"{profiles['total']:,}", f"{profiles.get('merged_away', 0):,}")
+    tests = stats.get("test_profiles") or {}
+    if tests.get("total"):
+        summary.caption = (
+            f"not counted: {tests['total']:,} test profiles and their {tests['events']:,} events "
+            "(`cohortsync validate --cleanup` removes them)"
+        )
     return Group(summary, *tables)
 
 
@@ -70,8 +78,8 @@ def ingest_table(rows: list[tuple[str, IngestResult]]) -> Table:
     return table
 
 
-def profile_group(view: ProfileView) -> Group:
-    """Identifiers, traits, merges and recent events of one profile."""
+def profile_group(view: ProfileView, held: Sequence[Membership] = ()) -> Group:
+    """Identifiers, traits, merges, recent events and current audiences of one profile."""
     head = Table.grid(padding=(0, 2))
     head.add_row("[bold]profile[/]", view.profile_id)
     head.add_row("first seen", str(view.first_seen))
@@ -98,7 +106,14 @@ def profile_group(view: ProfileView) -> Group:
         events.add_column(column)
     for event in view.recent_events:
         events.add_row(str(event["timestamp"]), event["type"], escape(event["event"] or ""))
-    return Group(head, identifiers, traits, merges, events)
+    audiences = Table(title="audiences now", title_justify="left")
+    for column in ("audience", "holdout", "since"):
+        audiences.add_column(column)
+    for m in held:
+        if m.kind == "audience":
+            since = to_datetime(m.entered_at_us).isoformat()
+            audiences.add_row(escape(m.name), "yes" if m.holdout else "", since)
+    return Group(head, identifiers, traits, merges, events, audiences)
 
 
 def compute_table(report: ComputeReport) -> Table:
@@ -237,6 +252,26 @@ def status_table(rows: Sequence[RouteStatus], wide: bool = False) -> RenderableT
     One line per route with full names when `wide` or when the terminal has room for it;
     otherwise routes are grouped under their audience and long names end in an ellipsis."""
     return _Fitted(_status_lines(rows), partial(_status_groups, rows), wide)
+
+
+def drift_table(drifts: Sequence[Drift]) -> RenderableType:
+    """`cohortsync status`: what platforms that read audiences back show (names, descriptions
+    edited there), one line per audience read; nothing when none was read."""
+    if not drifts:
+        return Group()
+    table = Table(title="platform drift", title_justify="left")
+    table.add_column("audience")
+    table.add_column("destination")
+    table.add_column("on the platform")
+    for d in drifts:
+        if d.error:
+            state = f"[red]could not read: {escape(d.error[:80])}[/]"
+        elif d.problem:
+            state = f"[yellow]drift: {escape(d.problem)}[/]"
+        else:
+            state = "as cohortsync set it"
+        table.add_row(escape(d.audience), escape(d.destination), state)
+    return table
 
 
 def _status_cells(s: RouteStatus, short: bool = False) -> list[str]:

@@ -234,6 +234,17 @@ class MetaFake(FakeServer):
         with self._lock:
             return self._create(name, description, "USER_PROVIDED_ONLY")
 
+    def edit_audience(
+        self, name: str, *, new_name: str | None = None, description: str | None = None
+    ) -> None:
+        """Rename an audience or change its description, as someone in Ads Manager would."""
+        with self._lock:
+            audience = self._named(name)
+            if new_name is not None:
+                audience.name = new_name
+            if description is not None:
+                audience.description = description
+
     def seed_members(self, audience_name: str, rows: Iterable[Mapping[str, str]]) -> None:
         """Add members directly (stray members a reconcile must remove)."""
         with self._lock:

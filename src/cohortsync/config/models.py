@@ -133,6 +133,8 @@ class LintConfig(_Strict):
     """Most share of members with no identifier an audience may send."""
     near_duplicate_overlap: float = Field(default=0.8, gt=0, le=1)
     """Jaccard overlap above which two audiences on one destination are near duplicates."""
+    intent_events: tuple[str, ...] = ("product_viewed", "added_to_cart", "checkout_started")
+    """Browse, cart and checkout events: an audience requiring one is an intent audience."""
     no_discount_segments: tuple[str, ...] = ()
     """Owned segments told "no discount": a discount audience must not overlap them."""
     severity: dict[str, str] = Field(default_factory=dict)

@@ -99,6 +99,20 @@ class DryRun:
     refused: Mapping[int, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReadBack:
+    """What a platform shows for an audience cohortsync keeps there: its name and description,
+    and `drift`, what differs from what cohortsync set (None: nothing). `found` is False when
+    no audience there is recognisably this one (deleted, or renamed and its description
+    edited)."""
+
+    audience: str
+    found: bool
+    name: str | None = None
+    description: str | None = None
+    drift: str | None = None
+
+
 class DeliveryError(CohortsyncError):
     """A whole batch failed; the message never holds raw emails or phones."""
 
@@ -126,6 +140,10 @@ class DestinationConfig(BaseModel):
     type: str
     dry_run: bool = False
     """Never send: `cohortsync sync` writes the requests it would make to a folder instead."""
+
+    def usable_minimum(self) -> int | None:
+        """Fewest matched members the platform serves an audience to (None: no minimum)."""
+        return None
 
 
 @dataclass(frozen=True)
@@ -172,6 +190,9 @@ class Capabilities:
     lists under `identifiers`; the warehouse and the team's own systems get holdout flagged."""
     hashed: bool = False
     """Emails and phones leave only SHA-256-hashed, after the platform's normalisation."""
+    reads_back: bool = False
+    """It can read back the name and description the platform shows for an audience, so a
+    rename or an edit made on the platform is reported as drift (`read_back`)."""
     remote: bool = True
     """It reaches a service over the network, which can refuse its credentials (an
     `AuthError`) or fail (a `TransientError`); False for what is written locally."""
@@ -228,6 +249,11 @@ class Destination(ABC, Generic[ConfigT]):
 
         A destination that refuses records before sending overrides this to say which."""
         return DryRun(self.dry_run(batch))
+
+    def read_back(self, audiences: Sequence[str]) -> list[ReadBack]:
+        """What the platform shows for each audience (only where `capabilities.reads_back`);
+        raise a `DeliveryError` when it cannot be asked."""
+        raise PermanentError(f"{self.kind} cannot read audiences back (capabilities.reads_back)")
 
     def close(self) -> None:
         """Release connections or files."""

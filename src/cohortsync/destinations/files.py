@@ -69,6 +69,8 @@ LAYOUTS: dict[str, tuple[tuple[str, str, str], ...]] = {
 STATE_FILE = "_state.parquet"
 KEEP_APPLIED = 10_000
 """How many applied batch ids the state remembers (a resend comes long before that many)."""
+MINIMUMS: dict[str, int] = {"meta": 100, "google": 100, "tiktok": 1_000}
+"""Fewest matched people each platform serves a customer-list audience to."""
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 _META_APPLIED = b"cohortsync.applied"
 _META_PLATFORM = b"cohortsync.platform"
@@ -82,6 +84,10 @@ class FilesConfig(DestinationConfig):
     path: str
     formats: list[Format] = Field(default_factory=lambda: list(FORMATS), min_length=1)
     platform: Platform = "meta"
+
+    def usable_minimum(self) -> int | None:
+        """The platform's minimum audience size (Meta and Google 100, TikTok 1,000)."""
+        return MINIMUMS[self.platform]
 
     @field_validator("path")
     @classmethod

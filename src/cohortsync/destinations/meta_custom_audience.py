@@ -16,6 +16,7 @@ bytes.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
@@ -35,6 +36,7 @@ from cohortsync.destinations.base import (
     Op,
     PermanentError,
     RateLimit,
+    ReadBack,
 )
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
@@ -47,6 +49,8 @@ MAX_PAGES = 1_000
 PAGE_SIZE = 100
 NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
 HOLDOUT = "holdout member: ad platforms never receive the control group"
+MINIMUM = 100
+"""Meta serves a customer-file audience only once about 100 people matched."""
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -72,6 +76,10 @@ class MetaCustomAudienceConfig(GraphConfig):
                 "ad_account_id must be the ad account number, like act_1234567890 or 1234567890"
             )
         return number
+
+    def usable_minimum(self) -> int | None:
+        """Meta's minimum matched audience size."""
+        return MINIMUM
 
     @property
     def account_path(self) -> str:
@@ -102,6 +110,7 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         rate_limit=RateLimit(),  # business-use-case limits, per ad account: Graph says when
         ad_platform=True,
         hashed=True,
+        reads_back=True,
     )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
@@ -240,12 +249,18 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         return found
 
     def _find(self, name: str) -> str | None:
-        """List the account's audiences page by page; the lowest id wins if a name repeats."""
+        """The audience named exactly `name`; the lowest id wins if a name repeats."""
         what = f"meta_custom_audience {self.context.name}: look up audience {name}"
-        matches: list[str] = []
+        listing = self._listing("id,name", what)
+        matches = [str(a.get("id")) for a in listing if a.get("name") == name]
+        return min(matches, key=_id_order) if matches else None
+
+    def _listing(self, fields: str, what: str) -> list[dict[str, Any]]:
+        """Every audience of the ad account with `fields`, read page by page."""
+        found: list[dict[str, Any]] = []
         after: str | None = None
         for _ in range(MAX_PAGES):
-            params = {"fields": "id,name", "limit": str(PAGE_SIZE), **self.settings.auth_params()}
+            params = {"fields": fields, "limit": str(PAGE_SIZE), **self.settings.auth_params()}
             if after is not None:
                 params["after"] = after
             listing = PreparedRequest(
@@ -254,13 +269,36 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
             page = graph_send(self.context.http, listing, what, self.context.clock())
             if not isinstance(page, dict):
                 break
-            for audience in page.get("data") or ():
-                if isinstance(audience, dict) and audience.get("name") == name:
-                    matches.append(str(audience.get("id")))
+            found.extend(a for a in page.get("data") or () if isinstance(a, dict))
             after = _next_cursor(page)
             if after is None:
                 break
-        return min(matches, key=lambda i: (len(i), i)) if matches else None
+        return found
+
+    def read_back(self, audiences: Sequence[str]) -> list[ReadBack]:
+        """The name and description Meta shows for each audience (GET of the account's
+        audiences with `id,name,description`): the one named exactly as the audience, else one
+        still carrying the description cohortsync gave it (renamed on the platform)."""
+        what = f"meta_custom_audience {self.context.name}: read back audiences"
+        listing = self._listing("id,name,description", what)
+        found = []
+        for audience in audiences:
+            expected = described(audience)
+            named = [a for a in listing if a.get("name") == audience]
+            marked = [a for a in listing if str(a.get("description") or "") == expected]
+            if named:
+                shown = min(named, key=lambda a: _id_order(str(a.get("id"))))
+                text = str(shown.get("description") or "")
+                edited = f"description edited on Meta to {_cut(text)!r}"
+                drift = None if text == expected else edited
+                found.append(ReadBack(audience, True, audience, text, drift))
+            elif marked:
+                name = str(marked[0].get("name") or "")
+                drift = f"renamed on Meta to {_cut(name)!r}"
+                found.append(ReadBack(audience, True, name, expected, drift))
+            else:
+                found.append(ReadBack(audience, False))
+        return found
 
     def _create(self, name: str) -> str:
         """Create the empty customer-file audience and return its id."""
@@ -268,7 +306,7 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         body = {
             "name": name,
             "subtype": "CUSTOM",
-            "description": f"{name}: kept in sync by cohortsync; members change on every sync.",
+            "description": described(name),
             "customer_file_source": self.settings.customer_file_source,
         }
         creation = PreparedRequest(
@@ -283,6 +321,21 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         if not audience_id:
             raise PermanentError(f"{what}: Meta answered without an audience id")
         return str(audience_id)
+
+
+def described(name: str) -> str:
+    """The description cohortsync gives the audience it creates (read back to spot drift)."""
+    return f"{name}: kept in sync by cohortsync; members change on every sync."
+
+
+def _id_order(audience_id: str) -> tuple[int, str]:
+    """Numeric order of Graph ids held as strings."""
+    return (len(audience_id), audience_id)
+
+
+def _cut(text: str, most: int = 60) -> str:
+    """At most `most` characters of a platform's text, for one-line messages."""
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def session_id(batch_id: str, run: int) -> int:

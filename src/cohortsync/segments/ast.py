@@ -237,7 +237,10 @@ class Audience:
     def condition(self) -> All:
         """The audience's one rule: in its segment and in none of the excluded ones. Every
         path (the SQL compiler, batch compute, real time) decides membership by it; the
-        holdout is a flag on members, not part of the rule."""
+        holdout is a flag on members, not part of the rule. A retired audience's rule never
+        holds (in its segment and not in it), so every member leaves it everywhere."""
+        if self.retired:
+            return All((SegmentRef(self.segment), Not(SegmentRef(self.segment))))
         return All((SegmentRef(self.segment), *(Not(SegmentRef(x)) for x in self.exclude)))
 
 

@@ -401,3 +401,34 @@ def _trait_note(trait: ComputedTrait) -> str:
     }[trait.aggregation]
     name = _human(trait.name)
     return f"{name[0].upper()}{name[1:]} is {what}."
+
+
+# -- an audience's rules, for the catalog -------------------------------------------------
+
+
+def audience_rules(audience: Audience, project: SegmentProject) -> tuple[str, str]:
+    """(`Enters when …`, `Leaves when …`) of an audience: its segment's rule with every
+    exclusion written out in place, so exits by purchase and by time read in one sentence."""
+    segment = project.segments.get(audience.segment)
+    if segment is None:
+        return (
+            f"Enters when it is in {audience.segment}.",
+            f"Leaves when it leaves {audience.segment}.",
+        )
+    excluded = [
+        Not(project.segments[name].condition)
+        for name in audience.exclude
+        if name in project.segments
+    ]
+    rule = All((segment.condition, *excluded)) if excluded else segment.condition
+    entry = f"Enters when {_full(_clause(rule, False))}."
+    found = [_exit(c, n) for c, n in _conjuncts(rule)]
+    exits = sorted(dict.fromkeys(e for e in found if e is not None), key=lambda e: e[0])
+    if not exits:
+        return entry, "Never leaves once it has entered."
+    return entry, f"Leaves {', or '.join(text for _, text in exits)}."
+
+
+def refresh_words(refresh: str) -> str:
+    """How often an audience is refreshed, in words (`every hour`)."""
+    return _REFRESH.get(refresh, f"on the cron schedule {refresh}")

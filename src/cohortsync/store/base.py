@@ -45,32 +45,45 @@ def final_targets(batch: ResolvedBatch) -> dict[str, str]:
     return final
 
 
+NOT_TEST = "profile_id NOT IN (SELECT profile_id FROM test_profiles)"
+"""SQL true of a row whose `profile_id` is no test profile (`validate`'s cohort): what counts,
+reports and `report` read to leave the test cohort out."""
+
+
 def count_stats(query: Callable[[str], list[tuple[Any, ...]]]) -> dict[str, dict[str, int]]:
     """What `Store.stats` reports, from the store's tables through `query` (plain SQL that
-    every engine runs)."""
+    every engine runs). Test profiles (`validate`) and their events and identifiers are left
+    out of every count and counted apart under `test_profiles`."""
 
     def grouped(sql: str, label: str) -> dict[str, int]:
         counts = {str(k): int(n) for k, n in query(sql)}
         return {"total": sum(counts.values()), label: counts}  # type: ignore[dict-item]
 
-    profiles = query("SELECT count(*) FROM profiles WHERE merged_into IS NULL")[0][0]
+    profiles = query(f"SELECT count(*) FROM profiles WHERE merged_into IS NULL AND {NOT_TEST}")
     merged = query("SELECT count(*) FROM profiles WHERE merged_into IS NOT NULL")[0][0]
     rejected = grouped(
         "SELECT kind, count(*) FROM identifier_rejections GROUP BY kind ORDER BY kind", "by_kind"
     )
     identifiers = grouped(
-        "SELECT kind, count(*) FROM identities GROUP BY kind ORDER BY kind", "by_kind"
+        f"SELECT kind, count(*) FROM identities WHERE {NOT_TEST} GROUP BY kind ORDER BY kind",
+        "by_kind",
     )
     identifiers["rejected"] = rejected["by_kind"]  # type: ignore[assignment]
+    tests = query(
+        "SELECT (SELECT count(*) FROM test_profiles), (SELECT count(*) FROM events "
+        "WHERE profile_id IN (SELECT profile_id FROM test_profiles))"
+    )[0]
     return {
         "events": grouped(
-            "SELECT type, count(*) FROM events GROUP BY type ORDER BY type", "by_type"
+            f"SELECT type, count(*) FROM events WHERE {NOT_TEST} GROUP BY type ORDER BY type",
+            "by_type",
         ),
-        "profiles": {"total": int(profiles), "merged_away": int(merged)},
+        "profiles": {"total": int(profiles[0][0]), "merged_away": int(merged)},
         "identifiers": identifiers,
         "quarantined": grouped(
             "SELECT reason, count(*) FROM quarantine GROUP BY reason ORDER BY reason", "by_reason"
         ),
+        "test_profiles": {"total": int(tests[0]), "events": int(tests[1])},
     }
 
 
@@ -185,6 +198,11 @@ class Store(ABC):
 
     def watch(self, interest: RealtimeInterest) -> None:
         """Which stored messages mark their profile pending (only where `tracks_pending`)."""
+        return None
+
+    def forget_cached_identities(self) -> None:
+        """Drop what the store keeps in memory of the identity graph, after profiles and
+        identifiers were deleted outside ingest (`validate --cleanup`)."""
         return None
 
     @abstractmethod

@@ -331,6 +331,19 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             SELECT 'compute_run', coalesce(max(run_id), 0) FROM compute_runs;
         """,
     ),
+    (
+        10,
+        "test profiles: the cohort `validate` sends, kept out of counts until cleaned up",
+        """
+        -- Profiles `cohortsync validate` created (by their id when marked); `stats` leaves
+        -- them out, `validate --cleanup` removes them and this row.
+        CREATE TABLE test_profiles (
+            profile_id VARCHAR PRIMARY KEY,
+            label VARCHAR NOT NULL,
+            marked_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -152,6 +152,10 @@ class DuckDBStore(Store):
             self._identities.apply(batch.changes, final, traits_written)
         return inserted
 
+    def forget_cached_identities(self) -> None:
+        with self._lock:
+            self._identities = None
+
     def _commit(
         self,
         batch: ResolvedBatch,

@@ -318,6 +318,19 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             AS 'SELECT (extract(epoch from t) * 1000000)::bigint';
         """,
     ),
+    (
+        6,
+        "test profiles: the cohort `validate` sends, kept out of counts until cleaned up",
+        """
+        -- Profiles `cohortsync validate` created (by their id when marked); `stats` leaves
+        -- them out, `validate --cleanup` removes them and this row.
+        CREATE TABLE test_profiles (
+            profile_id TEXT PRIMARY KEY,
+            label TEXT NOT NULL,
+            marked_at TIMESTAMPTZ NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

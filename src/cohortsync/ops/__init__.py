@@ -1,0 +1,1 @@
+"""The control surface operators work through: lock and catalog, lint, validate, explain."""
