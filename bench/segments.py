@@ -209,22 +209,23 @@ ORDERS = f"""
     FROM profile_events WHERE event_key = 'order_completed' AND timestamp <= {AT}
     GROUP BY 1
 """
+# The cart abandoners (segment cart_abandon_6h).
+CART_ABANDON = f"""
+    SELECT c.pid FROM (
+        SELECT canonical_profile_id AS pid, max(timestamp) AS last_add
+        FROM profile_events
+        WHERE event_key = 'added_to_cart' AND timestamp <= {AT}
+        GROUP BY 1
+        HAVING count(*) FILTER (timestamp BETWEEN {AT} - INTERVAL 6 HOUR
+                                              AND {AT} - INTERVAL 2 HOUR) > 0
+    ) c
+    WHERE c.pid IN ({LIVE}) AND NOT EXISTS (
+        SELECT 1 FROM profile_events o
+        WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = c.pid
+          AND o.timestamp > c.last_add AND o.timestamp <= {AT})
+"""
 HAND_SQL: dict[str, str] = {
-    "cio_cart_abandon_6h": f"""
-        SELECT c.pid FROM (
-            SELECT canonical_profile_id AS pid, max(timestamp) AS last_add
-            FROM profile_events
-            WHERE event_key = 'added_to_cart' AND timestamp <= {AT}
-            GROUP BY 1
-            HAVING count(*) FILTER (timestamp BETWEEN {AT} - INTERVAL 6 HOUR
-                                                  AND {AT} - INTERVAL 2 HOUR) > 0
-        ) c
-        WHERE c.pid IN ({LIVE}) AND NOT EXISTS (
-            SELECT 1 FROM profile_events o
-            WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = c.pid
-              AND o.timestamp > c.last_add AND o.timestamp <= {AT})
-          AND c.pid NOT IN ({RECENT_BUYERS})
-    """,
+    "cio_cart_abandon_6h": f"({CART_ABANDON}) EXCEPT ({RECENT_BUYERS})",
     "cio_browse_abandon_24h": f"""
         SELECT canonical_profile_id FROM profile_events
         WHERE event_key IN ('product_viewed', 'added_to_cart', 'order_completed')
@@ -290,7 +291,7 @@ HAND_SQL: dict[str, str] = {
             SELECT 1 FROM profile_events o
             WHERE o.event_key = 'order_completed' AND o.canonical_profile_id = d.pid
               AND o.timestamp > d.last_m1 AND o.timestamp <= d.last_m1 + INTERVAL 24 HOUR)
-          AND d.pid NOT IN ({RECENT_BUYERS})
+          AND d.pid NOT IN ({RECENT_BUYERS}) AND d.pid NOT IN ({CART_ABANDON})
     """,
 }
 
@@ -420,7 +421,9 @@ class PandasAudiences:
             converted = after.loc[within, "pid"].unique()
             recent = self._ids(self._ev("order_completed", at - 7 * D + 1))
             quiet = np.setdiff1d(np.asarray(waited.index), converted)
-            return np.setdiff1d(np.intersect1d(quiet, self.live), recent)
+            # Cart abandoners are excluded too (those of the audience: recent buyers are anyway).
+            excluded = np.union1d(recent, self.run("cio_cart_abandon_6h"))
+            return np.setdiff1d(np.intersect1d(quiet, self.live), excluded)
         raise KeyError(name)
 
 

@@ -23,6 +23,7 @@ from cohortsync.ops.validate_model import (
     history,
 )
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Before,
@@ -35,12 +36,11 @@ from cohortsync.segments.ast import (
     Not,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
     Window,
     Within,
 )
-from cohortsync.segments.evaluate import MISSING, compare
+from cohortsync.segments.evaluate import MISSING, compare, lookup
 
 MAX_PLANS = 48
 MINUTE_US = 60_000_000
@@ -111,10 +111,10 @@ def plans(c: Condition, want: bool, project: SegmentProject, depth: int = 0) -> 
         if count is None:
             return []
         needs: list[Need] = []
-        if isinstance(c.window, Since):  # no anchor event makes the whole condition false
+        if isinstance(c.window, After):  # no anchor event makes the whole condition false
             if not want and count > 0:
                 return [()]
-            needs.append(Need(c.window.event, (), Ever(), 1))
+            needs.append(Need(c.window.event, c.window.where, Ever(), 1))
         if count:
             needs.append(Need(c.event, c.where, c.window, count))
         return [tuple(needs)]
@@ -213,16 +213,27 @@ class _Draft:
         props = _properties(need.where)
         if props is None:
             return False
-        if isinstance(need.window, Since):
-            anchors = [e.ago_us for e in self.events if e.event == need.window.event]
+        if isinstance(need.window, After):
+            anchors = [
+                e.ago_us for e in self.events if _passes(e, need.window.event, need.window.where)
+            ]
             if not anchors:
                 return False
-            base = min(anchors) // 2
+            latest = min(anchors)  # after the latest anchor, inside its `within` when it has one
+            within = need.window.within
+            base = latest - (latest // 2 if within is None else min(latest, within.micros) // 2)
         else:
             base = self.ago_in(need.window)
         for i in range(need.count):
             self.events.append(PlannedEvent(need.event, max(base - i * MINUTE_US, 0), props))
         return True
+
+
+def _passes(e: PlannedEvent, event: str, where: Sequence[Comparison]) -> bool:
+    """Whether a planned event is an `event` whose properties satisfy `where`."""
+    return e.event == event and all(
+        compare(lookup(e.properties, c.field), c.op, c.value) for c in where
+    )
 
 
 def _properties(where: Sequence[Comparison]) -> dict[str, Any] | None:
@@ -247,11 +258,12 @@ def build(plan: Plan, project: SegmentProject, attempt: int, horizon_us: int) ->
     """Events, traits and identifiers meeting every need of `plan` (None when it cannot)."""
     draft = _Draft(attempt, horizon_us)
     needs = [n for n in plan if isinstance(n, Need)]
-    anchors = {n.window.event for n in needs if isinstance(n.window, Since)}
-    # Windowed events first (anchors of `since` among them), then events relative to anchors.
-    for need in sorted(needs, key=lambda n: (isinstance(n.window, Since), n.event not in anchors)):
-        anchor = need.window == Ever() and need.where == () and need.count == 1
-        if anchor and any(e.event == need.event for e in draft.events):
+    anchors = {n.window.event for n in needs if isinstance(n.window, After)}
+    # Windowed events first (anchors of `since`/`after` among them), then events relative to
+    # anchors.
+    for need in sorted(needs, key=lambda n: (isinstance(n.window, After), n.event not in anchors)):
+        anchor = need.window == Ever() and need.count == 1
+        if anchor and any(_passes(e, need.event, need.where) for e in draft.events):
             continue  # an anchor another need already placed
         if not draft.place(need):
             return None

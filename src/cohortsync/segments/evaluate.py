@@ -170,15 +170,13 @@ def _where_ok(e: EventRecord, where: tuple[Comparison, ...]) -> bool:
 # --- windows ------------------------------------------------------------------------------
 
 
-def _anchor(window: After, h: ProfileHistory, end: int) -> int | None:
-    """The timestamp of the latest anchor event (matching its `where`) at or before `end`."""
+def _anchor(window: After, h: ProfileHistory, end: int) -> EventRecord | None:
+    """The anchor of an After window: the latest `window.event` passing its `where` at or
+    before `end` (None when there is none)."""
     ref = h.series(window.event)
-    k = bisect_right(ref.times, end)
-    if not window.where:
-        return ref.times[k - 1] if k else None
-    for i in range(k - 1, -1, -1):
-        if _where_ok(ref.events[i], window.where):
-            return ref.times[i]
+    for i in range(bisect_right(ref.times, end) - 1, -1, -1):
+        if not window.where or _where_ok(ref.events[i], window.where):
+            return ref.events[i]
     return None
 
 
@@ -201,9 +199,9 @@ def _span(window: Window, s: _Series, h: ProfileHistory, t: int, cap: int) -> ra
         anchor = _anchor(window, h, end)
         if anchor is None:
             return None
-        lo = bisect_right(times, anchor)
+        lo = bisect_right(times, anchor.timestamp_us)
         if window.within is not None:
-            hi = min(hi, bisect_right(times, anchor + window.within.micros))
+            hi = min(hi, bisect_right(times, anchor.timestamp_us + window.within.micros))
     else:
         raise TypeError(f"unknown window {window!r}")
     return range(lo, max(lo, hi))

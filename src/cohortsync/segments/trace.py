@@ -8,12 +8,12 @@ the root's truth is the evaluator's answer for the whole condition.
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Condition,
@@ -22,13 +22,13 @@ from cohortsync.segments.ast import (
     Not,
     SegmentProject,
     SegmentRef,
-    Since,
     TraitCondition,
 )
 from cohortsync.segments.evaluate import (
     MISSING,
     EventRecord,
     ProfileHistory,
+    _anchor,
     _matching,
     _trait_value,
     evaluate,
@@ -54,10 +54,11 @@ class TraceNode:
 
     `kind` is all, any, not, event, trait, has or segment. Event leaves carry their matching
     events (the latest `SHOWN_EVENTS`, oldest first), how many matched and the comparison the
-    count must pass; a `since:` window its event key and reference event (None when that event
-    never happened: the leaf is then false whatever the count). Trait leaves carry the value
-    (None when missing), `has:` leaves how many identifiers of the kind the profile holds. A segment
-    traced earlier in the same tree is `repeated`: its truth only.
+    count must pass; an `after:`/`since:` window its anchor's event key and the anchor (the latest
+    such event passing the anchor's `where`; None when there is none: the leaf is then false
+    whatever the count). Trait leaves carry the value (None when missing), `has:` leaves how
+    many identifiers of the kind the profile holds. A segment traced earlier in the same tree is
+    `repeated`: its truth only.
     """
 
     kind: str
@@ -156,11 +157,10 @@ class _Tracer:
         truth = self.truth(c)
         found = matching(c, self.h, self.at)
         reference, since = None, None
-        if isinstance(c.window, Since):
+        if isinstance(c.window, After):
             since = c.window.event
-            series = self.h.series(since)
-            k = bisect_right(series.times, self.at)
-            reference = _deciding(series.events[k - 1]) if k else None
+            anchor = _anchor(c.window, self.h, self.at)  # the latest passing the anchor's where
+            reference = None if anchor is None else _deciding(anchor)
             if reference is None:  # never happened: false whatever the count, and none count
                 found = []
         shown = tuple(_deciding(e) for e in (found or [])[-SHOWN_EVENTS:])

@@ -9,9 +9,11 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 
 from cohortsync.segments.ast import (
+    After,
     All,
     AnyOf,
     Audience,
+    Comparison,
     Condition,
     EventCondition,
     Not,
@@ -19,7 +21,14 @@ from cohortsync.segments.ast import (
     SegmentProject,
     SegmentRef,
 )
-from cohortsync.segments.evaluate import EventRecord, ProfileHistory, evaluate, next_change
+from cohortsync.segments.evaluate import (
+    EventRecord,
+    ProfileHistory,
+    compare,
+    evaluate,
+    lookup,
+    next_change,
+)
 from cohortsync.segments.trace import TraceNode, changes, matching, trace
 from tests.segments.test_agreement import ANCHOR_US, scenarios
 
@@ -61,6 +70,18 @@ def check_nodes(
         assert node.count in (len(found), None)
         assert {e.message_id for e in node.events} <= {e.message_id for e in found}
         assert all(e.timestamp_us <= at for e in node.events)
+        if isinstance(c.window, After):  # the reference is the latest anchor passing its where
+            anchors = [
+                e.timestamp_us
+                for e in h.events
+                if e.event == c.window.event
+                and e.timestamp_us <= at
+                and all(
+                    compare(lookup(e.properties, w.field), w.op, w.value) for w in c.window.where
+                )
+            ]
+            shown = None if node.reference is None else node.reference.timestamp_us
+            assert shown == max(anchors, default=None), c
 
 
 def with_audiences(project: SegmentProject) -> SegmentProject:
@@ -124,3 +145,21 @@ def test_a_segment_referenced_twice_is_traced_once() -> None:
     assert (first.repeated, first.truth, len(first.children)) == (False, True, 1)
     assert (second.repeated, second.truth, second.children) == (True, True, ())
     assert root.truth is False
+
+
+def test_an_after_leaf_shows_the_latest_anchor_passing_its_filter() -> None:
+    """A later delivery of another campaign is not the anchor: the order after message 1 counts."""
+    message_1 = (Comparison("campaign_id", "eq", "m1"),)
+    ordered = EventCondition("order_completed", window=After("email_delivered", message_1))
+    h = ProfileHistory(
+        "p",
+        (
+            EventRecord("d1", "email_delivered", 10, {"campaign_id": "m1"}),
+            EventRecord("o1", "order_completed", 20),
+            EventRecord("d2", "email_delivered", 30, {"campaign_id": "news"}),
+        ),
+    )
+    leaf = trace(ordered, h, 40, SegmentProject({}, {}, {}))
+    assert (leaf.truth, leaf.since, leaf.count) == (True, "email_delivered", 1)
+    assert leaf.reference is not None and leaf.reference.message_id == "d1"
+    assert [e.message_id for e in leaf.events] == ["o1"]
