@@ -156,7 +156,7 @@ class Compiler:
         return exp.Add(this=ts, expression=interval)
 
     def _window(self, window: Window, at_us: int, table: str) -> list[exp.Expr]:
-        """Timestamp predicates for a window (After adds its anchor join elsewhere)."""
+        """Timestamp predicates for a window (an After window is read by `_after_rows`)."""
         span = window_span(window, at_us)
         preds: list[exp.Expr] = []
         if span.lo is not None:
