@@ -223,3 +223,31 @@ def test_an_event_a_real_time_audience_reads_also_checks_the_exits(
     assert members(engine, "winback_slow") == {u1, u2}
     assert members(engine, "viewers") == set()
     assert (report.entered, report.exited) == (4, 1)  # rt_subscribers and its segment; winback
+
+
+def test_a_restart_checks_the_members_whose_events_were_stored_but_not_yet_checked(
+    project_dir: Path, clock: Clock
+) -> None:
+    """On the embedded store the receive-time cursor covers these events too: an order stored
+    just before a crash, never checked, ends the membership when `serve` starts again."""
+    path = project_dir / "cohortsync.yml"
+    path.write_text(path.read_text(encoding="utf-8") + EXITS_YAML, encoding="utf-8")
+    with Engine.open(project_dir) as engine:
+        workers = engine.serve_workers(clock)
+        try:
+            lapse(engine, workers, clock, "u1", "u2")
+            clock.now += timedelta(minutes=5)
+            engine.ingest_messages([order("u1", clock.now)])  # the process dies before a round
+        finally:
+            workers.delivery.close()
+    with Engine.open(project_dir) as engine:
+        workers = engine.serve_workers(clock)
+        try:
+            assert len(members(engine, "winback")) == 2
+            workers.loop.catch_up()
+            assert members(engine, "winback") == {profile(engine, "u2")}
+            assert queued(engine, "winback") == [
+                ("add", profile(engine, "u2"))  # the refresh's entry of u1 and its removal cancel
+            ]
+        finally:
+            workers.delivery.close()
