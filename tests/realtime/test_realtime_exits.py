@@ -5,7 +5,8 @@ Each test runs on DuckDB and on Postgres, with `serve`'s loop, scheduler and del
 hand on a test clock. `winback` and `winback_slow` are the same lapsed-buyer rule, one with
 real-time exits and one without; `viewers` loses a member when its exclusion (a purchase in the
 last day) turns true; `rt_subscribers` is real-time, so a subscription start is evaluated in
-full and must end a `winback` membership through its exclusion too.
+full and must end a `winback` membership through its exclusion too. On DuckDB, a restart
+checks the members whose events were stored but not yet checked.
 """
 
 from __future__ import annotations
