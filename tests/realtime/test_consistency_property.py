@@ -22,6 +22,13 @@ repairs it) to two local destinations, and each must hold what its route says:
   out of the holdout whose identifiers, as sent, give it something to match (a user id or an
   email), in its state file and in what the ledger records as acknowledged.
 
+The project also has `email_winback`, a cadence audience (`refresh: 1h`) with `exits: realtime`
+whose rule turns false only on an event (an order, or a merge) and true by time (a day after an
+order, unless the spend reached 100). The scheduler refreshes it when due at each checkpoint;
+between refreshes real time may only remove members: what it holds must be among the last
+refresh's members and among those the rule keeps now (holdout flags included), and both
+destinations must hold exactly that.
+
 Each example builds its own project and store (a temporary folder; for Postgres a fresh
 schema), so examples share nothing. Runs are derandomised and keep no example database, so CI
 sees the same streams every time. COHORTSYNC_PROPERTY_EXAMPLES sets how many streams each
@@ -37,7 +44,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -67,6 +74,9 @@ REALTIME_AUDIENCES = (
     "rt_lapsing_big",
     "rt_purchase_suppress",
 )
+EXITS_AUDIENCE = "email_winback"
+"""A cadence audience whose members leave in real time (`exits: realtime`)."""
+DELIVERED = (*REALTIME_AUDIENCES, EXITS_AUDIENCE)
 WAREHOUSE = "warehouse"
 EXPORTS = "exports"
 EXPORTS_PATH = "exports"
@@ -109,7 +119,12 @@ def realtime_yaml() -> str:
             f"  {name}: {{", f"  {name}: {{destinations: [{WAREHOUSE}, {EXPORTS}], "
         )
     assert text.count("destinations: [") == len(REALTIME_AUDIENCES)
-    return text + DESTINATIONS_YAML
+    exits = (
+        f"  {EXITS_AUDIENCE}:\n    segment: emailable\n    exclude: [bought_1d, big_spender]\n"
+        f"    refresh: 1h\n    exits: realtime\n    holdout: {{percent: 25}}\n"
+        f"    destinations: [{WAREHOUSE}, {EXPORTS}]\n"
+    )
+    return text + exits + DESTINATIONS_YAML
 
 
 @contextmanager
@@ -265,7 +280,8 @@ def streams(draw: st.DrawFn) -> list[Step]:
 
 
 # A stream that surely exercises every part: a visitor's cart, their login (a merge), a late
-# order, an alias, two user ids claiming one email, an email first seen on a device, and
+# order, a member of email_winback who orders, an alias, two user ids claiming one email, an
+# email first seen on a device, and
 # checkpoints on either side of the 3h, 6h, 1d and 2d edges.
 EDGE_STREAM: list[Step] = [
     Send("track", device="a0", event="Added To Cart"),
@@ -275,6 +291,7 @@ EDGE_STREAM: list[Step] = [
     Send("track", device="a1", late=timedelta(hours=2), event="Order Completed", revenue=130),
     Advance(timedelta(hours=3) - MICRO),
     Advance(MICRO),
+    Send("track", "u0", event="Order Completed", revenue=20),  # leaves email_winback at once
     Send("identify", "u0", "a0", email=EMAILS[0]),
     Send("identify", "u1", email=EMAILS[0]),
     Send("alias", "u1", previous="a1"),
@@ -297,7 +314,7 @@ EDGE_STREAM: list[Step] = [
 def warehouse_rows(root: Path) -> dict[str, dict[str, tuple[bool, bool]]]:
     """Per audience, what the warehouse table holds: profile_id → (holdout, matchable)."""
     path = root / "warehouse.duckdb"
-    held: dict[str, dict[str, tuple[bool, bool]]] = {name: {} for name in REALTIME_AUDIENCES}
+    held: dict[str, dict[str, tuple[bool, bool]]] = {name: {} for name in DELIVERED}
     if not path.exists():
         return held
     any_match = " OR ".join(f"{kind} IS NOT NULL" for kind in MATCHED_ON)
@@ -332,6 +349,12 @@ class Seen:
     exited: int = 0
     merged_away: int = 0
     holdout: bool = False
+    exits_left: int = field(default=0, compare=False)
+    """Members `email_winback` lost between refreshes (real-time exits)."""
+    refreshed: set[str] = field(default_factory=set, compare=False)
+    """`email_winback`'s members as its last refresh recorded them."""
+    exits_held: set[str] = field(default_factory=set, compare=False)
+    """`email_winback`'s members at the last checkpoint."""
 
 
 def check(engine: Engine, workers: ServeWorkers, root: Path, moment: datetime, seen: Seen) -> None:
@@ -348,12 +371,19 @@ def check(engine: Engine, workers: ServeWorkers, root: Path, moment: datetime, s
         wanted[name] = dict(batch.audiences[name])
         assert flags == wanted[name], f"holdout flags of {name} at {when}"
         seen.holdout = seen.holdout or any(flags.values())
+    held = dict(engine.store.membership("audience", EXITS_AUDIENCE))
+    keeps = dict(batch.audiences[EXITS_AUDIENCE])
+    assert set(held) <= seen.refreshed & set(keeps), f"{EXITS_AUDIENCE} at {when}"
+    assert held == {p: keeps[p] for p in held}, f"holdout flags of {EXITS_AUDIENCE} at {when}"
+    seen.exits_left += len(seen.exits_held - set(held))
+    seen.exits_held = set(held)
+    wanted[EXITS_AUDIENCE] = held
 
     workers.delivery.step()
     workers.delivery.destinations[WAREHOUSE].close()  # let the table be read from outside
     ledger = ledger_for(engine.store)
     table = warehouse_rows(root)
-    for name in REALTIME_AUDIENCES:
+    for name in DELIVERED:
         in_table = {p: holdout for p, (holdout, _) in table[name].items()}
         assert in_table == wanted[name], f"{WAREHOUSE} table for {name} at {when}"
         assert ledger.acknowledged(WAREHOUSE, name) == wanted[name], (
@@ -364,6 +394,18 @@ def check(engine: Engine, workers: ServeWorkers, root: Path, moment: datetime, s
         assert ledger.acknowledged(EXPORTS, name) == dict.fromkeys(matchable, False), (
             f"{EXPORTS} acknowledged for {name} at {when}"
         )
+
+
+def refresh(engine: Engine, workers: ServeWorkers, moment: datetime, seen: Seen) -> None:
+    """Run the scheduled refreshes due at `moment`; note what `email_winback`'s left it (and
+    what real time removed before it)."""
+    before = {p for p, _ in engine.store.membership("audience", EXITS_AUDIENCE)}
+    seen.exits_left += len(seen.exits_held - before)
+    seen.exits_held = before
+    report = workers.cadence.run_due(to_micros(moment))
+    if report is not None and any(r.name == EXITS_AUDIENCE for r in report.rows):
+        seen.refreshed = {p for p, _ in engine.store.membership("audience", EXITS_AUDIENCE)}
+        seen.exits_held = set(seen.refreshed)
 
 
 def replay(store: str, stream: list[Step]) -> Seen:
@@ -384,6 +426,7 @@ def replay(store: str, stream: list[Step]) -> Seen:
                 if isinstance(step, Advance):
                     clock.now += step.by
                     run_round()
+                    refresh(engine, workers, clock.now, seen)
                     check(engine, workers, root, clock.now, seen)
                     continue
                 raw = step.message(clock.now, f"prop-{next(ids):05d}")
@@ -413,6 +456,7 @@ def test_realtime_equals_batch_and_destinations_hold_it(store: str, stream: list
     event(f"timers fired: {bool(seen.timer_profiles)}")
     event(f"exits recorded: {bool(seen.exited)}")
     event(f"holdout members: {seen.holdout}")
+    event(f"real-time exits of {EXITS_AUDIENCE}: {bool(seen.exits_left)}")
 
 
 @pytest.mark.parametrize("store", ["duckdb", "postgres"])
@@ -420,7 +464,7 @@ def test_a_stream_across_every_edge(store: str) -> None:
     """EDGE_STREAM: whatever the generated streams happen to cover, this one covers it all."""
     seen = replay(store, EDGE_STREAM)
     assert seen == Seen(seen.timer_profiles, seen.exited, merged_away=3, holdout=True)
-    assert seen.timer_profiles and seen.exited
+    assert seen.timer_profiles and seen.exited and seen.exits_left
 
 
 @pytest.mark.parametrize("store", ["duckdb", "postgres"])

@@ -5,6 +5,11 @@ identifiers) is read once, every real-time segment is evaluated in Python, audie
 (`audiences.rule`, the one audience rule batch uses too), and each segment's
 `next_change` becomes a timer. Entries, exits, the outbox rows they need and the timers are
 written together, so a crash never leaves one without the others.
+
+Cadence audiences with `exits: realtime` ride along: profiles an event only they read is about
+are first looked up (one read per round) and evaluated only if they are current members; every
+evaluated profile has those audiences' rules checked, and a member whose rule no longer holds
+leaves in the same transaction. Nobody enters them here: entries wait for the refresh.
 """
 
 from __future__ import annotations
@@ -56,24 +61,43 @@ class ProfileProcessor:
         self.store = store
         self.project = project
         self.index = index
-        self.routes = [r for r in routes if r.audience in index.audiences]
+        kept = {*index.audiences, *index.exit_audiences}
+        self.routes = [r for r in routes if r.audience in kept]
         self.realtime = realtime_for(store)
 
     def process(
-        self, profile_ids: Iterable[str], at_us: int, cursor_us: int | None = None
+        self,
+        profile_ids: Iterable[str],
+        at_us: int,
+        cursor_us: int | None = None,
+        exits_only: Iterable[str] = (),
     ) -> Processed:
-        """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`; record changes
-        (and move the evaluation cursor to `cursor_us` in the same transaction)."""
-        realtime = self.realtime
-        canonical = sorted(set(realtime.canonical(profile_ids).values()))
-        if not canonical or not self.index.audiences:
+        """Evaluate the (canonical) profiles of `profile_ids` as of `at_us`, and those of
+        `exits_only` that are current members of an `exits: realtime` audience; record
+        changes (and move the evaluation cursor to `cursor_us` in the same transaction)."""
+        realtime, index = self.realtime, self.index
+        wanted, checked = list(profile_ids), list(exits_only)
+        found = realtime.canonical([*wanted, *checked]) if wanted or checked else {}
+        full = {found[p] for p in wanted if p in found}
+        members = {found[p] for p in checked if p in found} - full
+        if members and index.exit_audiences:  # a non-member costs this one lookup, no more
+            members = realtime.holding(sorted(members), index.exit_audiences)
+        else:
+            members = set()
+        canonical = sorted(full | members)
+        if not canonical or not index.active:
             if cursor_us is not None:
                 realtime.set_cursor(cursor_us)
             return Processed(0, MembershipChanges(0, {}, {}))
-        rows = realtime.histories(canonical, self.index.events)
+        rows = realtime.histories(canonical, index.reads)
         outcomes = [self.outcome(r, at_us) for r in rows]
         changes = realtime.record_profiles(
-            outcomes, self.index.scope, at_us, self.routes, cursor_us
+            outcomes,
+            index.scope + index.exit_scope,
+            at_us,
+            self.routes,
+            cursor_us,
+            exits_only=index.exit_audiences,
         )
         return Processed(len(outcomes), changes)
 
@@ -106,4 +130,25 @@ class ProfileProcessor:
         for name in self.index.audiences:
             for _, held in audience_members(project.audiences[name], mine):
                 members[("audience", name)] = held
-        return ProfileOutcome(rows.profile_id, members, timers, rows.version)
+        return ProfileOutcome(
+            rows.profile_id, members, timers, rows.version, self.holding(history, at_us, inside)
+        )
+
+    def holding(
+        self, history: ProfileHistory, at_us: int, known: dict[str, bool]
+    ) -> frozenset[str]:
+        """The `exits: realtime` audiences whose rule holds for the profile at `at_us`
+        (`known`: segments already evaluated; the rest are evaluated once each here)."""
+        if not self.index.exit_audiences:
+            return frozenset()
+        project = self.project
+        inside = dict(known)
+        for name in self.index.exit_segments:
+            if name not in inside:
+                inside[name] = evaluate(project.segments[name].condition, history, at_us, project)
+        mine = {name: (history.profile_id,) for name, yes in inside.items() if yes}
+        return frozenset(
+            name
+            for name in self.index.exit_audiences
+            if audience_members(project.audiences[name], mine)
+        )

@@ -3,9 +3,11 @@
 Stored messages that may change a real-time audience are handed over by the engine (after
 their commit) with the profiles ingest resolved them to; the loop fires every timer that is due
 (each profile evaluated at its own due instant, so an exit is recorded when it happened), then
-evaluates the queued profiles at now. After each round that changed something, delivery is
-woken at once. The receive-time cursor moves only past work that is recorded, so after a crash
-the profiles received since the cursor are evaluated again: nothing is skipped.
+evaluates the queued profiles at now (profiles whose events only an `exits: realtime` audience
+reads are evaluated only if they are its current members). After each round that changed
+something, delivery is woken at once. The receive-time cursor moves only past work that is
+recorded, so after a crash the profiles received since the cursor are evaluated again: nothing
+is skipped.
 """
 
 from __future__ import annotations
@@ -94,7 +96,7 @@ class RealtimeLoop:
         are looked up in the store), and which survived a merge: those are evaluated whatever
         message made the merge."""
         relevant = [m for m in messages if self.index.relevant(m)]
-        merged = stored.merged if stored is not None and self.index.audiences else frozenset()
+        merged = stored.merged if stored is not None and self.index.active else frozenset()
         if not relevant and not merged:
             return
         with self._wake:
@@ -114,18 +116,27 @@ class RealtimeLoop:
         land out of receive order). On the very first start: every profile with an event the
         real-time segments read, so their timers exist (a batch compute sets no timers).
         """
-        if not self.index.audiences:
+        index = self.index
+        if not index.active:
             return 0
         realtime = self.realtime
         cursor = realtime.cursor()
         now = to_micros(self.clock())
         since = 0 if cursor is None else cursor - CURSOR_SLACK_US
-        profiles = realtime.profiles_received_since(since, self.index.events)
+        profiles = realtime.profiles_received_since(since, index.events) if index.audiences else []
         for start in range(0, len(profiles), chunk):
             self.processor.process(profiles[start : start + chunk], now)
+        # Members of `exits: realtime` audiences whose events arrived meanwhile are checked.
+        evaluated = set(profiles)
+        checks: list[str] = []
+        if index.exit_audiences:
+            received = realtime.profiles_received_since(since, index.exit_events)
+            checks = [p for p in received if p not in evaluated]
+        for start in range(0, len(checks), chunk):
+            self.processor.process((), now, exits_only=checks[start : start + chunk])
         if cursor is None:
             realtime.set_cursor(now)
-        return len(profiles)
+        return len(profiles) + len(checks)
 
     # -- one round ----------------------------------------------------------------------------
     def step(self, now_us: int | None = None) -> RoundReport:
@@ -141,13 +152,18 @@ class RealtimeLoop:
             self._fire_timers(now_us, report)
             self._sweep(now_us, report)
             if queued or merged:
-                profiles = sorted(set(self._profiles(queued, touched)) | merged)
+                evaluated = [m for m in queued if self.index.evaluates(m)]
+                checked = [m for m in queued if not self.index.evaluates(m)]
+                profiles = sorted(set(self._profiles(evaluated, touched)) | merged)
+                checks = self._profiles(checked, touched) if checked else []
                 # Everything received up to the newest queued message is recorded with it.
                 newest = max((m.received_at_us for m in queued), default=0)
                 # The cursor may lag (a restart evaluates a little more again), never lead: it
                 # moves with a recorded round, at most once per CURSOR_EVERY_US.
                 moves = bool(queued) and newest - self._cursor_moved >= CURSOR_EVERY_US
-                done = self.processor.process(profiles, now_us, cursor_us=newest if moves else None)
+                done = self.processor.process(
+                    profiles, now_us, cursor_us=newest if moves else None, exits_only=checks
+                )
                 if moves:
                     self._cursor_moved = newest
         except BaseException:

@@ -30,3 +30,6 @@ class ProfileOutcome:
     """segment → the instant (µs) it next flips with no new event"""
     version: int = 0
     """`HistoryRows.version` of the history this outcome was evaluated from"""
+    holding: frozenset[str] = frozenset()
+    """`exits: realtime` audiences whose rule holds for the profile: a current member stays,
+    one whose rule no longer holds leaves; nobody enters them here"""

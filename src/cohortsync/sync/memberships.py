@@ -10,7 +10,7 @@ change needs are planned in the same transaction.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -59,6 +59,8 @@ SELECT c.kind, c.name, c.profile_id, $at, NULL, c.holdout, $run FROM {{c}}
 WHERE NOT EXISTS (SELECT 1 FROM memberships m WHERE m.exited_at IS NULL AND {_MATCH.format(m="m")})
 {{conflict}}
 RETURNING kind, name"""
+
+_ENTERS_ONLY = frozenset({"enters"})
 
 _CURRENT_CONFLICT = {
     "duckdb": "",
@@ -208,9 +210,15 @@ def record_profiles(
     cursor_us: int | None = None,
     *,
     tracks_pending: bool = False,
+    exits_only: Collection[str] = (),
 ) -> MembershipChanges:
     """Record entries and exits of these profiles within `scope`, queue what their routes
     need, replace their timers, and move the cursor to `cursor_us`, in one transaction.
+
+    Audiences named in `exits_only` (`exits: realtime` on a cadence; also in `scope`) are
+    only ever left: a member stays while its outcome's `holding` names the audience, as read
+    inside the transaction, so a member a compute recorded meanwhile is judged too and a
+    profile a compute removed meanwhile is never entered again.
 
     Ids merged into an evaluated profile leave every name of the scope. Each profile is
     recorded under a lock on its id (and the ids merged into it), so two workers never
@@ -232,7 +240,9 @@ def record_profiles(
             kept = [o for o in outcomes if marks.get(o.profile_id, 0) == o.version]
             if not kept:
                 return MembershipChanges(REALTIME_RUN, {}, {})
-        changes = _record(tx, kept, merged, scope, at_most_last(at_us), routes, tracks_pending)
+        changes = _record(
+            tx, kept, merged, scope, at_most_last(at_us), routes, tracks_pending, exits_only
+        )
         if cursor_us is not None and not tracks_pending:
             tx.run(MOVE_CURSOR, {"cursor": cursor_us})
     return changes
@@ -246,6 +256,7 @@ def _record(
     at: datetime,
     routes: Sequence[Route],
     tracks_pending: bool,
+    exits_only: Collection[str] = (),
 ) -> MembershipChanges:
     """Diff, outbox, timers and pending marks of the outcomes kept; inside the locks."""
     evaluated = {o.profile_id for o in kept}
@@ -267,6 +278,15 @@ def _record(
             leased = leased or bool(flag)
         elif (str(k), str(n)) in names:
             held[(str(k), str(n), str(p))] = bool(flag)
+    # Members of an exits-only audience stay, with their flag, while its rule holds.
+    only = set(exits_only)
+    staying = False
+    for o in kept:
+        for name in o.holding & only:
+            key = ("audience", name, o.profile_id)
+            if key in held:
+                wanted[key] = held[key]
+                staying = True
     if held == wanted:  # most evaluations change nothing: no diff, no plan
         changes = MembershipChanges(REALTIME_RUN, {}, {})
     else:
@@ -286,7 +306,16 @@ def _record(
             )
             if needed
         )
-        changes = diff_memberships(tx, c, at, REALTIME_RUN, within, steps=steps)
+        # Entries come only from the names not in `held`: a member of an exits-only audience
+        # that a concurrent compute removed after `held` was read is never entered again.
+        split = staying and "enters" in steps
+        first = steps - _ENTERS_ONLY if split else steps
+        changes = diff_memberships(tx, c, at, REALTIME_RUN, within, steps=first)
+        if split:
+            entering = ((*k, h) for k, h in wanted.items() if k not in held)
+            c = tx.rows("c", COMPUTED, transposed(entering, 4))
+            entered = diff_memberships(tx, c, at, REALTIME_RUN, within, steps=_ENTERS_ONLY)
+            changes = MembershipChanges(REALTIME_RUN, entered.entered, changes.exited)
         plan_changes(tx, routes, datetime.now(UTC), profiles=everyone)
     due = {(o.profile_id, s, min(t, _LAST_US)) for o in kept for s, t in o.timers.items()}
     if leased or due != timers_held:  # recording a timer also ends its lease

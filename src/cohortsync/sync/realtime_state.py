@@ -65,6 +65,10 @@ WHERE p.marked_at < $before GROUP BY 1 ORDER BY min(p.marked_at), 1"""
 _RECEIVED = """SELECT DISTINCT canonical_profile_id FROM profile_events
 WHERE received_at >= $since AND (type IN ('identify', 'alias') OR event_key {keys})"""
 
+_HOLDING = """SELECT DISTINCT m.profile_id FROM memberships m
+WHERE m.profile_id {folded} AND m.exited_at IS NULL AND m.kind = 'audience'
+  AND m.name {audiences}"""
+
 _AUDIENCE_RUNS = """INSERT INTO audience_runs (audience, last_run_at, run_id)
 SELECT runs.audience, $at, $run FROM {runs}
 ON CONFLICT (audience) DO UPDATE SET last_run_at = excluded.last_run_at, run_id = excluded.run_id"""
@@ -133,11 +137,35 @@ class RealtimeState:
         at_us: int,
         routes: Sequence[Route],
         cursor_us: int | None = None,
+        exits_only: Sequence[str] = (),
     ) -> MembershipChanges:
         """Record the outcomes (see `sync.memberships.record_profiles`)."""
         return record_profiles(
-            self.sql, outcomes, scope, at_us, routes, cursor_us, tracks_pending=self.tracks_pending
+            self.sql,
+            outcomes,
+            scope,
+            at_us,
+            routes,
+            cursor_us,
+            tracks_pending=self.tracks_pending,
+            exits_only=exits_only,
         )
+
+    def holding(self, profile_ids: Sequence[str], audiences: Sequence[str]) -> set[str]:
+        """The canonical profiles among `profile_ids` that are, or have an id merged into them
+        that is, a current member of one of `audiences`: one read for the whole round."""
+        ids = list(dict.fromkeys(profile_ids))
+        if not ids or not audiences:
+            return set()
+        with self.sql.reading() as tx:
+            owner = {str(p): str(c) for p, c in tx.run(MERGED, ids=tx.among("ids", ids))}
+            owner.update((p, p) for p in ids)
+            rows = tx.run(
+                _HOLDING,
+                folded=tx.among("folded", list(owner)),
+                audiences=tx.among("audiences", sorted(set(audiences))),
+            )
+        return {owner[str(r[0])] for r in rows}
 
     # -- timers -------------------------------------------------------------------------------
     def due_timers(self, now_us: int, limit: int = 10_000) -> list[tuple[str, int]]:
