@@ -194,7 +194,13 @@ def test_project_option_before_the_command_is_accepted(folders: dict[str, Path])
     ran = run_script("-p", str(folders["good"]), "stats", "--json", cwd=folders["none"])
 
     assert ran.code == 0, ran.stderr
-    assert set(json.loads(ran.stdout)) == {"events", "profiles", "identifiers", "quarantined"}
+    assert set(json.loads(ran.stdout)) == {
+        "events",
+        "profiles",
+        "identifiers",
+        "quarantined",
+        "test_profiles",
+    }
 
 
 @pytest.mark.parametrize(
