@@ -148,6 +148,10 @@ def _pct(value: float | None, sign: bool = False) -> str:
     return "—" if value is None else f"{value * 100:{'+' if sign else ''}.2f}%"
 
 
+def _pp(value: float) -> str:
+    return f"{value * 100:+.2f} pp"
+
+
 def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:,.1f}"
 
