@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from cohortsync.engine import Engine
 from cohortsync.ops.lift import lift
@@ -78,6 +79,12 @@ def build(shop: Engine) -> dict[str, bool]:
     return flags
 
 
+def revenues(flags: dict[str, bool], held: bool) -> list[float]:
+    """Each profile's revenue in the window, of one arm."""
+    users = [int(u[1:]) for u, h in flags.items() if h == held and u != "u0"]
+    return [10.0 * i + (5 if i % 2 == 0 else 0) if i % 3 == 0 else 0.0 for i in users]
+
+
 def expected(flags: dict[str, bool], held: bool) -> tuple[int, int, float]:
     """Profiles, converters and revenue of one arm, counted by hand."""
     users = [int(u[1:]) for u, h in flags.items() if h == held and u != "u0"]
@@ -102,6 +109,11 @@ def test_report_counts_arms_and_conversions_in_the_window(tmp_path: Path, engine
     assert one.holdout.revenue == pytest.approx(rev_c)
     assert one.lift == lift(x_t, n_t, x_c, n_c)
     assert one.incremental_revenue == pytest.approx((rev_t / n_t - rev_c / n_c) * n_t)
+    low, high = CompareMeans(
+        DescrStatsW(revenues(flags, False)), DescrStatsW(revenues(flags, True))
+    ).zconfint_diff(usevar="unequal")
+    assert one.incremental_revenue_low == pytest.approx(low * n_t)
+    assert one.incremental_revenue_high == pytest.approx(high * n_t)
     assert found.conversion_event == "order_completed" and found.value_property == "revenue"
 
 

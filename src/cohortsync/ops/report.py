@@ -146,12 +146,14 @@ def _audience(name: str, percent: float, arms: dict[bool, Arm]) -> AudienceRepor
     return AudienceReport(name, percent, treatment, holdout, found, srm, *revenue)
 
 
-def _incremental_revenue(t: Arm, c: Arm) -> tuple[float, float, float]:
+def _incremental_revenue(t: Arm, c: Arm) -> tuple[float, float | None, float | None]:
     """Revenue per treated profile above the holdout's, times the treated, with a 95% normal
-    (Welch) interval from each arm's per-profile revenue variance."""
+    interval of unequal variances (statsmodels' `zconfint_diff(usevar="unequal")`)."""
     mean_t, mean_c = t.revenue / t.profiles, c.revenue / c.profiles
-    var_t = max(t.revenue_squares / t.profiles - mean_t**2, 0.0)
-    var_c = max(c.revenue_squares / c.profiles - mean_c**2, 0.0)
-    half = float(norm.ppf(1 - ALPHA / 2)) * math.sqrt(var_t / t.profiles + var_c / c.profiles)
     diff = mean_t - mean_c
+    if t.profiles < 2 or c.profiles < 2:
+        return diff * t.profiles, None, None
+    var_t = max(t.revenue_squares / t.profiles - mean_t**2, 0.0) / (t.profiles - 1)
+    var_c = max(c.revenue_squares / c.profiles - mean_c**2, 0.0) / (c.profiles - 1)
+    half = float(norm.ppf(1 - ALPHA / 2)) * math.sqrt(var_t + var_c)
     return diff * t.profiles, (diff - half) * t.profiles, (diff + half) * t.profiles
