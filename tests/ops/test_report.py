@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
+from cohortsync.commands.report import verdict
 from cohortsync.engine import Engine
-from cohortsync.ops.lift import lift
+from cohortsync.ops.lift import lift, srm_p_value
+from cohortsync.ops.report import Arm, AudienceReport
 from cohortsync.ops.validate_marks import mark
 from tests.audiences.conftest import identify, stamp, track
 from tests.conftest import PROJECT_YAML
@@ -156,3 +158,41 @@ def test_report_cli_json_and_errors(
     for bad_args in (["report", "--audience", "nope"], ["report", "--since", "yesterday"]):
         bad = run_main(bad_args, monkeypatch, capsys)
         assert bad.code != 0 and bad.err.startswith("error: ") and bad.err.count("\n") == 1
+
+
+def test_report_needs_a_conversion_event_and_a_valid_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    plain = REPORT_YAML.split("destinations:", maxsplit=1)[0]
+    (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML + plain, encoding="utf-8")
+    missing = run_main(["report"], monkeypatch, capsys)
+    assert missing.code != 0 and "conversion event" in missing.err
+    assert missing.err.startswith("error: ") and missing.err.count("\n") == 1
+    bad = plain + "report: {window: soon}\n"
+    (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML + bad, encoding="utf-8")
+    wrong = run_main(["report"], monkeypatch, capsys)
+    assert wrong.code != 0 and "window" in wrong.err and "Traceback" not in wrong.err
+    chosen = plain + "report: {window: 1d, conversion_event: signed_up}\n"
+    (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML + chosen, encoding="utf-8")
+    fine = run_main(["report", "--format", "json"], monkeypatch, capsys)
+    assert fine.code == 0, fine.err
+    assert json.loads(fine.out)["conversion_event"] == "signed_up"
+    assert json.loads(fine.out)["window"] == "1d"
+
+
+def _one(x_t: int, n_t: int, x_c: int, n_c: int) -> AudienceReport:
+    return AudienceReport(
+        "a", 50.0, Arm(n_t, x_t), Arm(n_c, x_c), lift(x_t, n_t, x_c, n_c),
+        srm_p_value(n_t, n_c, 0.5), 0.0, None, None,
+    )  # fmt: skip
+
+
+def test_verdicts_say_only_what_the_figures_allow() -> None:
+    assert verdict(_one(120, 1000, 90, 1000)) == "lift: +3.0 pp, interval above zero"
+    assert verdict(_one(90, 1000, 120, 1000)).startswith("negative lift: -3.0 pp")
+    noise = _one(11, 100, 10, 100)
+    assert noise.lift is not None and noise.lift.mde is not None
+    assert verdict(noise) == f"no detectable lift yet (MDE {noise.lift.mde * 100:.1f} pp)"
+    skewed = _one(120, 1000, 90, 800)
+    assert skewed.srm_alert and verdict(skewed).startswith("do not read")
