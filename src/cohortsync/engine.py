@@ -30,6 +30,7 @@ from cohortsync.moments import to_datetime
 from cohortsync.ops import catalog as catalog_ops
 from cohortsync.ops import lock as lock_ops
 from cohortsync.ops import plan as plan_ops
+from cohortsync.ops import report as report_ops
 from cohortsync.ops.catalog import Catalog
 from cohortsync.ops.catalog_render import (
     catalog_html,
@@ -43,6 +44,7 @@ from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
+from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
 from cohortsync.ops.validate import Options as ValidateOptions
 from cohortsync.ops.validate import ValidationReport, validate
 from cohortsync.ops.validate_marks import Cleanup, cleanup
@@ -434,6 +436,10 @@ class Engine:
         """Remove the test profiles `validate` made, from every destination too."""
         return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
 
+    def report(self, since: datetime, until: datetime, audience: str | None = None) -> Report:
+        """Holdout lift of each audience with a holdout for entries in [since, until]."""
+        return report_ops.report(self.store, self.project, self.segments, since, until, audience)
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -552,6 +558,9 @@ def _mask(kind: str, value: str) -> str:
 
 
 __all__ = [
+    "SRM_ALERT",
+    "Arm",
+    "AudienceReport",
     "Catalog",
     "CheckedBatch",
     "Cleanup",
@@ -562,6 +571,7 @@ __all__ = [
     "LintReport",
     "Membership",
     "ProfileWhy",
+    "Report",
     "ValidateOptions",
     "ValidationReport",
     "bus_gateway",

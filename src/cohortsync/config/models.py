@@ -151,6 +151,26 @@ class LintConfig(_Strict):
         return value
 
 
+class ReportConfig(_Strict):
+    """How `cohortsync report` measures holdout lift."""
+
+    window: str = "7d"
+    """How long after entering an audience a conversion counts, e.g. 7d."""
+    conversion_event: str | None = Field(default=None, min_length=1)
+    """The event that counts as a conversion; by default the first `conversions:` rule's."""
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, value: str) -> str:
+        if not _DURATION.fullmatch(value.strip()):
+            raise ValueError(f"report window {value!r} must look like 30m, 24h, 3d or 1w")
+        return value.strip()
+
+    def window_seconds(self) -> int:
+        """The window in seconds."""
+        return int(self.window[:-1]) * _UNIT_SECONDS[self.window[-1]]
+
+
 class Project(_Strict):
     """The whole project file."""
 
@@ -164,6 +184,7 @@ class Project(_Strict):
     conversions: list[ConversionRule] = Field(default_factory=list)
     sync: SyncConfig = SyncConfig()
     lint: LintConfig = LintConfig()
+    report: ReportConfig = ReportConfig()
 
     @field_validator("sources")
     @classmethod
