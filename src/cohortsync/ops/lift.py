@@ -1,16 +1,12 @@
-"""Holdout lift statistics: Newcombe interval, log risk ratio, z-test, SRM and MDE."""
+"""Holdout lift statistics: Newcombe interval, log risk ratio, z-test, SRM and MDE.
+
+scipy and statsmodels are imported where they are used: loading them takes most of a second,
+which every other command and `serve` would otherwise pay at start-up.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from scipy.optimize import brentq
-from scipy.stats import chisquare
-from statsmodels.stats.proportion import (
-    confint_proportions_2indep,
-    power_proportions_2indep,
-    proportions_ztest,
-)
 
 ALPHA = 0.05
 POWER = 0.8
@@ -37,6 +33,8 @@ class Lift:
 
 def diff_interval(x_t: int, n_t: int, x_c: int, n_c: int) -> tuple[float, float]:
     """95% Newcombe hybrid score interval for p_t − p_c."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
     low, high = confint_proportions_2indep(
         x_t, n_t, x_c, n_c, compare="diff", method="newcomb", alpha=ALPHA
     )
@@ -45,6 +43,8 @@ def diff_interval(x_t: int, n_t: int, x_c: int, n_c: int) -> tuple[float, float]
 
 def relative_interval(x_t: int, n_t: int, x_c: int, n_c: int) -> tuple[float, float]:
     """95% log risk-ratio (Katz) interval for p_t/p_c − 1; 0.5 added to counts when one is 0."""
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
     method = "log" if 0 < x_t < n_t and 0 < x_c < n_c else "log-adjusted"
     low, high = confint_proportions_2indep(
         x_t, n_t, x_c, n_c, compare="ratio", method=method, alpha=ALPHA
@@ -56,12 +56,16 @@ def p_value(x_t: int, n_t: int, x_c: int, n_c: int) -> float | None:
     """Two-sided pooled two-proportion z-test; None when nobody or everybody converted."""
     if x_t + x_c in (0, n_t + n_c):
         return None
+    from statsmodels.stats.proportion import proportions_ztest
+
     _, p = proportions_ztest([x_t, x_c], [n_t, n_c])
     return float(p)
 
 
 def srm_p_value(n_t: int, n_c: int, holdout_share: float) -> float:
     """Chi-square p-value of the observed split against the configured holdout share."""
+    from scipy.stats import chisquare
+
     total = n_t + n_c
     expected = [total * (1.0 - holdout_share), total * holdout_share]
     return float(chisquare([n_t, n_c], expected).pvalue)
@@ -69,6 +73,9 @@ def srm_p_value(n_t: int, n_c: int, holdout_share: float) -> float:
 
 def mde(n_t: int, n_c: int, baseline: float) -> float | None:
     """Smallest absolute lift detectable at 80% power, alpha 0.05; None when none is."""
+    from scipy.optimize import brentq
+    from statsmodels.stats.proportion import power_proportions_2indep
+
     top = 1.0 - baseline - 1e-9
 
     def gap(d: float) -> float:

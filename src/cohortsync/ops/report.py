@@ -7,8 +7,6 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 
-from scipy.stats import norm
-
 from cohortsync.config.models import Project
 from cohortsync.errors import ConfigError, NotFoundError
 from cohortsync.ops.lift import ALPHA, Lift, lift, srm_p_value
@@ -155,5 +153,7 @@ def _incremental_revenue(t: Arm, c: Arm) -> tuple[float, float | None, float | N
         return diff * t.profiles, None, None
     var_t = max(t.revenue_squares / t.profiles - mean_t**2, 0.0) / (t.profiles - 1)
     var_c = max(c.revenue_squares / c.profiles - mean_c**2, 0.0) / (c.profiles - 1)
+    from scipy.stats import norm  # not at module level: see ops/lift.py
+
     half = float(norm.ppf(1 - ALPHA / 2)) * math.sqrt(var_t + var_c)
     return diff * t.profiles, (diff - half) * t.profiles, (diff + half) * t.profiles
