@@ -428,7 +428,7 @@ def status(
     and each audience's refresh with its last and next run."""
     with Engine.open(project) as engine:
         rows = engine.sync_status()
-        drift = engine.drift()
+        drift = engine.drift(status=rows)
         runs = engine.sync_runs(5)
         schedules = engine.schedules()
     value = {

@@ -393,9 +393,13 @@ class Engine:
         """The profile's current recorded memberships (segments and audiences)."""
         return memberships(self.store, profile_ids(self.store, profile_id))
 
-    def drift(self, http: httpx.Client | None = None) -> list[Drift]:
-        """What ad platforms that read audiences back show, against what cohortsync set."""
-        return read_drift(self.sync_setup, self.loaded.root, delivered(self.sync_status()), http)
+    def drift(
+        self, http: httpx.Client | None = None, status: list[RouteStatus] | None = None
+    ) -> list[Drift]:
+        """What ad platforms that read audiences back show, against what cohortsync set;
+        `status` is `sync_status()` when the caller already read it."""
+        routes = self.sync_status() if status is None else status
+        return read_drift(self.sync_setup, self.loaded.root, delivered(routes), http)
 
     def lint(self, http: httpx.Client | None = None) -> LintReport:
         """Every lint rule over the project, the current memberships and the drift read back."""
