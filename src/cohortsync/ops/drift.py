@@ -31,11 +31,6 @@ class Drift:
     platform_name: str | None = None
     error: str | None = None
 
-    @property
-    def drifted(self) -> bool:
-        """Whether the platform shows something cohortsync did not set."""
-        return self.problem is not None
-
 
 def read_drift(
     setup: SyncSetup,

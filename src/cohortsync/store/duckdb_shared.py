@@ -43,11 +43,6 @@ class Registered:
             self.con.unregister(name)
 
 
-def first_row(rows: list[tuple[Any, ...]]) -> tuple[Any, ...] | None:
-    """The first row of a fully fetched result (DuckDB keeps unfinished results open)."""
-    return rows[0] if rows else None
-
-
 _ARROW: dict[str, pa.DataType] = {
     "text": pa.string(),
     "bigint": pa.int64(),
