@@ -20,6 +20,7 @@ from cohortsync.commands.shared import (
     app,
     console,
     show,
+    write_out,
 )
 from cohortsync.engine import (
     Engine,
@@ -27,7 +28,6 @@ from cohortsync.engine import (
     catalog_json,
     catalog_markdown,
 )
-from cohortsync.errors import InputError
 
 
 @app.command()
@@ -154,10 +154,7 @@ def catalog(
     if out is None:
         print_text(text)
         return
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder: name a file, e.g. {out}/catalog.{output}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    write_out(out, text, f"catalog.{output}")
     console.print(f"wrote {escape(str(out))} ({len(found.audiences)} audiences)")
 
 

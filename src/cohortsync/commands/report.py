@@ -11,7 +11,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from cohortsync.commands.shared import ProjectOption, app, console, parse_at, print_json
+from cohortsync.commands.shared import ProjectOption, app, console, parse_at, print_json, write_out
 from cohortsync.engine import SRM_ALERT, Arm, AudienceReport, Engine, Report
 from cohortsync.errors import InputError
 
@@ -61,10 +61,7 @@ def report(
             with console.capture() as captured:
                 console.print(report_table(found))
             text = captured.get()
-        try:
-            out.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot write {out}: {exc.strerror} — choose another --out") from None
+        write_out(out, text, "report.json" if output is ReportFormat.json else "report.txt")
         console.print(f"wrote {out}")
     elif output is ReportFormat.json:
         print_json(report_json(found))

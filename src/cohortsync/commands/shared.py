@@ -118,3 +118,14 @@ def _before_the_command(
 ) -> None:
     if project is not None:
         ctx.meta[_PROJECT_KEY] = project
+
+
+def write_out(out: Path, text: str, example: str) -> None:
+    """Write a command's `--out` file (folders made as needed); a bad path is one line."""
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: name a file, e.g. {out}/{example}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror} — choose another --out") from None
