@@ -6,7 +6,7 @@ import hmac
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"(\d+)([mhdw])")
@@ -171,6 +171,24 @@ class ReportConfig(_Strict):
         return int(self.window[:-1]) * _UNIT_SECONDS[self.window[-1]]
 
 
+class AdminConfig(_Strict):
+    """Who may use the admin API and the dashboard of `serve`."""
+
+    tokens: tuple[str, ...] = ()
+    """Bearer tokens of the admin API and the dashboard (`COHORTSYNC_ADMIN_TOKEN` adds one)."""
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for token in value:
+            if len(token) < 16:
+                raise ValueError(
+                    "an admin token must be at least 16 characters: "
+                    "make one with `python -c 'import secrets; print(secrets.token_urlsafe())'`"
+                )
+        return value
+
+
 class Project(_Strict):
     """The whole project file."""
 
@@ -185,6 +203,7 @@ class Project(_Strict):
     sync: SyncConfig = SyncConfig()
     lint: LintConfig = LintConfig()
     report: ReportConfig = ReportConfig()
+    admin: AdminConfig = AdminConfig()
 
     @field_validator("sources")
     @classmethod
@@ -198,6 +217,16 @@ class Project(_Strict):
         if len(keys) != len(set(keys)):
             raise ValueError("two sources share a write_key: give each source its own key")
         return value
+
+    @model_validator(mode="after")
+    def _admin_is_not_a_write_key(self) -> Project:
+        keys = {s.write_key for s in self.sources.values()}
+        if any(token in keys for token in self.admin.tokens):
+            raise ValueError(
+                "an admin token equals a source's write_key: write keys are public "
+                "(browser SDKs publish them), give admin.tokens a secret of its own"
+            )
+        return self
 
     def source_for_key(self, write_key: str) -> str | None:
         """The name of the source a write key belongs to, or None."""
