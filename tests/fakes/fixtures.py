@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
 from tests.fakes.webhook import WebhookFake
@@ -32,4 +33,11 @@ def webhook_fake() -> Iterator[WebhookFake]:
 def segment_fake() -> Iterator[SegmentFake]:
     """A running Segment `/v1/batch`: `.url`, `.messages` (once per messageId), faults."""
     with SegmentFake().serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def google_fake() -> Iterator[GoogleDataManagerFake]:
+    """A running Data Manager API fake: `.url`, `.token_url`, OAuth client, state, faults."""
+    with GoogleDataManagerFake().serving() as fake:
         yield fake
