@@ -51,6 +51,7 @@ from tests.fakes.google_requests import (
 from tests.fakes.google_rpc import RpcError, fault_body, invalid, request_id
 
 SCOPE = "https://www.googleapis.com/auth/datamanager"
+GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -237,7 +238,8 @@ class GoogleDataManagerFake(FakeServer):
             scope = form.get("scope") or SCOPE
         elif grant == JWT_GRANT:
             claims = _jwt_claims(form.get("assertion", ""))
-            ok = claims.get("aud") == self.token_url and bool(claims.get("iss"))
+            audiences = (self.token_url, GOOGLE_TOKEN_URI)  # google-auth always names Google's
+            ok = claims.get("aud") in audiences and bool(claims.get("iss"))
             scope = str(claims.get("scope", ""))
         else:
             return JSONResponse({"error": "unsupported_grant_type"}, status_code=400)

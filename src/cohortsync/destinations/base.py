@@ -255,6 +255,11 @@ class Destination(ABC, Generic[ConfigT]):
         raise a `DeliveryError` when it cannot be asked."""
         raise PermanentError(f"{self.kind} cannot read audiences back (capabilities.reads_back)")
 
+    def collect_diagnostics(self) -> Mapping[str, Mapping[str, int]]:
+        """Figures a platform reports later about batches it acknowledged earlier (a match
+        rate known only once processed): batch id → stats to add to that batch's result."""
+        return {}
+
     def close(self) -> None:
         """Release connections or files."""
 

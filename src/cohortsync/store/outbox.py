@@ -258,6 +258,9 @@ class OutboxStore(ABC):
     def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
         """Record the destination's answer and release the batch's rows, atomically."""
 
+    def add_batch_stats(self, stats: Mapping[str, Mapping[str, int]]) -> None:  # noqa: B027
+        """Add figures a destination reported later to earlier batches' results."""
+
     @abstractmethod
     def claim_ahead(
         self,

@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Protocol
 
+import orjson
+
 from cohortsync.store.outbox import (
     CHANGES,
     STATUS_SELECT,
@@ -285,6 +287,21 @@ class Ledger(OutboxStore):
             )
             return tx.changed(f"UPDATE dead_letters SET retried_at = $now WHERE {where}", params)
 
+    def add_batch_stats(self, stats: Mapping[str, Mapping[str, int]]) -> None:
+        with self.sql.transaction() as tx:
+            for batch_id, figures in stats.items():
+                rows = tx.run(
+                    "SELECT stats FROM batch_results WHERE batch_id = $batch", {"batch": batch_id}
+                )
+                if not rows:
+                    continue
+                held = _stats_of(rows[0][0])
+                held.update(figures)
+                tx.run(
+                    "UPDATE batch_results SET stats = $stats WHERE batch_id = $batch",
+                    {"stats": json_text(held), "batch": batch_id},
+                )
+
     # -- reading --------------------------------------------------------------------------
 
     def status(
@@ -356,6 +373,15 @@ class Ledger(OutboxStore):
                 {"destination": destination, "audience": audience},
             )
         return {str(p): bool(h) for p, h in rows}
+
+
+def _stats_of(raw: object) -> dict[str, int]:
+    """A batch result's stats as held (JSON text on DuckDB, parsed on Postgres)."""
+    if isinstance(raw, str | bytes):
+        raw = orjson.loads(raw)
+    if not isinstance(raw, dict):
+        return {}
+    return {str(k): v for k, v in raw.items() if isinstance(v, int)}
 
 
 def _held(tx: Tx, destination: str, now: datetime) -> bool:

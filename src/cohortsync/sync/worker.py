@@ -29,6 +29,7 @@ from cohortsync.destinations.base import (
     Change,
     Conversion,
     ConversionBatch,
+    DeliveryError,
     DryRun,
     PermanentError,
     TransientError,
@@ -267,7 +268,18 @@ class Deliverer:
             ]
             for kind in kinds:
                 self._drain(name, destination, kind, audience, delivery, max_batches)
+            if name not in self.dry_runs:
+                self._follow_up(destination)
         return delivery
+
+    def _follow_up(self, destination: AnyDestination) -> None:
+        """Add what the destination now reports about earlier batches to their results."""
+        try:
+            found = destination.collect_diagnostics()
+        except DeliveryError:
+            return  # asked again on the next run
+        if found:
+            self.outbox.add_batch_stats(found)
 
     def _drain(
         self,
