@@ -1,9 +1,10 @@
 """PII scan of every output (reliability.md §4.7 P-1, P-2): a shop's events flow through
-`serve` and the CLI to Meta Custom Audiences, Meta CAPI, a webhook, Segment, hashed files and the
-warehouse, against their contract fakes, with 4xx and 5xx answers that echo identifiers back;
-then every request each fake captured, every dry-run file, every exported file, every log line,
-every CLI output and error, and every row of the delivery tables is searched for the seeded
-emails, phones and phone-like user ids, in every form they were written or could be encoded in.
+`serve` and the CLI to Meta Custom Audiences, Meta CAPI, Google Customer Match and conversions, a
+webhook, Segment, hashed files and the warehouse, against their contract fakes, with 4xx and 5xx
+answers that echo identifiers back; then every request each fake captured, every dry-run file,
+every exported file, every log line, every CLI output and error, and every row of the delivery
+tables is searched for the seeded emails, phones and phone-like user ids, in every form they were
+written or could be encoded in.
 
 Outputs that hold raw identifiers by design are left out, each with its reason (`EXCLUDED`).
 """
@@ -33,9 +34,11 @@ from cohortsync.identity.normalize import normalize_email
 from tests.conftest import PROJECT_YAML, WRITE_KEY, LiveServer
 from tests.fakes.base import FakeServer
 from tests.fakes.capture import Captured
+from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
 from tests.fakes.webhook import WebhookFake
+from tests.sync.platforms import GOOGLE_CONVERSIONS, GOOGLE_MATCH
 
 AUDIENCE = "cio_cart_abandon_6h"
 PEOPLE = 12
@@ -99,7 +102,13 @@ NOBODY = Person(999, "cust_999", "Nobody.Here+x@Example.com", "(650) 555-1999")
 ECHO = "unknown subscriber (650) 555-1001, ann.lee0%2Bvip%40example.com, 6505552001"
 
 
-def project_yaml(meta: MetaFake, meta_raw: MetaFake, hooks: WebhookFake, seg: SegmentFake) -> str:
+def project_yaml(
+    meta: MetaFake,
+    meta_raw: MetaFake,
+    hooks: WebhookFake,
+    seg: SegmentFake,
+    google: GoogleDataManagerFake,
+) -> str:
     return (
         PROJECT_YAML
         + f"""\
@@ -114,7 +123,7 @@ audiences:
     segment: cart_6h
     refresh: realtime
     holdout: {{percent: 30}}
-    destinations: [meta_ads, meta_raw_ids, hooks, seg, exports, warehouse]
+    destinations: [meta_ads, meta_raw_ids, google_ads, hooks, seg, exports, warehouse]
 destinations:
   meta_ads:
     type: meta_custom_audience
@@ -132,7 +141,13 @@ destinations:
     pixel_id: "{meta.pixel_id}"
     access_token: {meta.token}
     api_url: {meta.base_url}
-  hooks: {{type: webhook, url: "{hooks.url}", secret: "{hooks.secret}"}}
+  google_ads:
+    type: {GOOGLE_MATCH}
+    accept_terms_of_service: true
+{google_settings(google)}  google_conv:
+    type: {GOOGLE_CONVERSIONS}
+    conversion_action_id: "{next(iter(google.conversion_action_ids))}"
+{google_settings(google)}  hooks: {{type: webhook, url: "{hooks.url}", secret: "{hooks.secret}"}}
   seg: {{type: segment, url: "{seg.url}", write_key: {seg.write_key}}}
   exports: {{type: files, path: exports, platform: meta}}
   warehouse: {{type: warehouse, url: "duckdb:///warehouse.duckdb"}}
@@ -141,9 +156,26 @@ conversions:
     as: Purchase
     value: revenue
     currency: USD
-    destinations: [meta_capi, hooks, seg, warehouse]
+    destinations: [meta_capi, google_conv, hooks, seg, warehouse]
 """
     )
+
+
+def google_settings(google: GoogleDataManagerFake) -> str:
+    """The account and OAuth client of the Google fake, as destination settings."""
+    return f"""\
+    operating_account_id: "{google.account_id}"
+    refresh_token: "{google.refresh_token}"
+    client_id: "{google.client_id}"
+    client_secret: "{google.client_secret}"
+    token_uri: {google.token_url}
+    base_url: {google.base_url}
+"""
+
+
+def google_echo(code: int) -> dict[str, Any]:
+    """A google.rpc.Status whose message quotes identifiers back."""
+    return {"error": {"code": code, "status": "INVALID_ARGUMENT", "message": ECHO}}
 
 
 def stamp(at: datetime) -> str:
@@ -215,10 +247,13 @@ def graph_echo(code: int) -> dict[str, Any]:
 def test_no_output_holds_a_raw_identifier(
     tmp_path: Path,
     fakes: tuple[MetaFake, MetaFake, WebhookFake, SegmentFake],
+    google_fake: GoogleDataManagerFake,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     meta, meta_raw, hooks, seg = fakes
-    (tmp_path / "cohortsync.yml").write_text(project_yaml(*fakes), encoding="utf-8")
+    google = google_fake
+    settings = project_yaml(*fakes, google)
+    (tmp_path / "cohortsync.yml").write_text(settings, encoding="utf-8")
     caplog.set_level(logging.DEBUG)
     outputs = Outputs([])
     now = datetime.now(UTC)
@@ -227,6 +262,7 @@ def test_no_output_holds_a_raw_identifier(
     # serve: ingest over HTTP, real-time evaluation and delivery; Meta fails once with a 500 and
     # the webhook refuses its first batch with a 400, both quoting identifiers back.
     meta.fail(500, times=1, body=graph_echo(2), path="/users")
+    google.fail(500, times=1, body=google_echo(500), path="audienceMembers:ingest")
     hooks.fail(400, times=1, body={"error": ECHO})
     with Engine.open(tmp_path) as engine:
         server = LiveServer(engine)
@@ -239,7 +275,7 @@ def test_no_output_holds_a_raw_identifier(
                 f"{server.url}/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, "")
             )
             assert response.status_code == 200, response.text
-            eventually(lambda: _delivered(meta, hooks, seg, tmp_path))
+            eventually(lambda: _delivered(meta, hooks, seg, tmp_path, google))
         finally:
             server.stop()
 
@@ -264,6 +300,7 @@ def test_no_output_holds_a_raw_identifier(
     )
     seg.fail(400, times=1, body={"code": "invalid_request", "message": ECHO})
     meta.fail(400, times=1, body=graph_echo(100), path="/events")
+    google.fail(400, times=1, body=google_echo(400), path="events:ingest")
     hooks.fail(503, times=1, body={"error": ECHO})
     cli("ingest", str(orders))
     cli("compute")
@@ -289,17 +326,22 @@ def test_no_output_holds_a_raw_identifier(
         _figures_are_true(engine, meta, meta_raw)
         _store_outputs(engine, outputs)
 
-    _request_outputs({"meta": meta, "meta_raw_ids": meta_raw, "hooks": hooks, "seg": seg}, outputs)
+    fakes_by_name = {"meta": meta, "meta_raw_ids": meta_raw, "google": google}
+    _request_outputs({**fakes_by_name, "hooks": hooks, "seg": seg}, outputs)
     _file_outputs(tmp_path, outputs)
     outputs.add("log", caplog.text)
     outputs.texts += [(f"log {r.name}", r.getMessage()) for r in caplog.records]
     _scan(outputs)
 
 
-def _delivered(meta: MetaFake, hooks: WebhookFake, seg: SegmentFake, root: Path) -> list[str]:
-    """What serve has not yet delivered (Meta after its retry, the webhook's refused batch)."""
+def _delivered(
+    meta: MetaFake, hooks: WebhookFake, seg: SegmentFake, root: Path, google: GoogleDataManagerFake
+) -> list[str]:
+    """What serve has not yet delivered (Meta and Google after their retry, the webhook's
+    refused batch)."""
     checks = {
         "meta members": AUDIENCE in meta.audiences() and bool(meta.members(AUDIENCE)),
+        "google members": AUDIENCE in google.user_lists() and bool(google.members(AUDIENCE)),
         "webhook request": len(hooks.log) > 0,
         "segment messages": bool(seg.messages),
         "exported snapshot": (root / "exports" / AUDIENCE / "snapshot.csv").is_file(),
@@ -384,6 +426,8 @@ def _file_outputs(root: Path, outputs: Outputs) -> None:
         if name in OWN_DATA:
             document = _without(document, OWN_DATA[name])
         outputs.add(f"dry run {path.name}", json.dumps(document))
+    for path in sorted((root / ".cohortsync" / "diagnostics").glob("*.json")):
+        outputs.add(f"diagnostics {path.name}", path.read_text(encoding="utf-8"))
     exported = sorted((root / "exports").rglob("*.*"))
     assert any(path.suffix == ".parquet" for path in exported)
     for path in exported:
