@@ -4,6 +4,7 @@ OAuth refreshed, diagnostics polled until terminal."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -315,3 +316,40 @@ def test_hash_google_matches_the_documented_vectors() -> None:
     assert hash_google("email", "cloudy.sanfrancisco+shopping@gmail.com") == sha256_hex(
         "cloudysanfrancisco@gmail.com"
     )
+
+
+def test_both_types_are_registered_as_entry_points_under_their_kind() -> None:
+    import tomllib
+
+    from cohortsync.destinations.registry import destination_class
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    points = project["project"]["entry-points"]["cohortsync.destinations"]
+    for name in ("google_customer_match", "google_conversions"):
+        assert destination_class(points[name]).kind == name
+
+
+@pytest.mark.parametrize(
+    ("settings", "wrong"),
+    [
+        ({"operating_account_id": "12-34"}, "10 digits"),
+        ({"refresh_token": None}, "service_account_file, or refresh_token"),
+        ({"service_account_file": "key.json"}, "not both"),
+        ({"requests_per_minute": 0}, "at least 1"),
+        ({"base_url": "ftp://x"}, "http(s)"),
+    ],
+)
+def test_settings_are_checked(settings: dict[str, object], wrong: str) -> None:
+    from pydantic import ValidationError
+
+    from cohortsync.destinations.google_customer_match import GoogleCustomerMatchConfig
+
+    base = {
+        "operating_account_id": "123-456-7890",
+        "refresh_token": "1//r",
+        "client_id": "c",
+        "client_secret": "s",
+    }
+    with pytest.raises(ValidationError, match=re.escape(wrong)):
+        GoogleCustomerMatchConfig(**{**base, **settings})
+    assert "1//r" not in str(GoogleCustomerMatchConfig(**base))
