@@ -329,10 +329,17 @@ class Engine:
         """Per audience × destination (and conversion stream): desired, delivered, waiting."""
         setup = self.sync_setup
         conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
-        found = ledger_for(self.store).status(
-            setup.routes, conversion_destinations, setup.accepts()
-        )
-        return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
+        ledger = ledger_for(self.store)
+        found = ledger.status(setup.routes, conversion_destinations, setup.accepts())
+        reported = ledger.platform_match_rates()
+        return [
+            replace(
+                s,
+                dry_run=setup.configs[s.destination].dry_run,
+                platform_match_rate=reported.get((s.destination, s.audience or "")),
+            )
+            for s in found
+        ]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
         """The latest sync runs, newest first."""

@@ -72,6 +72,7 @@ def test_the_match_rate_is_polled_and_stored_with_the_batch_result(
     shop.sync(destination=ADS, clock=clock, policy=policy)
     assert len(google.fake.log.to("requestStatus")) == 1
     assert "match_rate_low" not in stats(shop)
+    assert [s.platform_match_rate for s in shop.sync_status() if s.destination == ADS] == [None]
 
     clock.advance(40 * MIN)
     google.set_now(clock.now)
@@ -87,6 +88,8 @@ def test_the_match_rate_is_polled_and_stored_with_the_batch_result(
         "error_records": 2,
         "error:PROCESSING_ERROR_REASON_INVALID_EMAIL": 2,
     }
+    (line,) = [s for s in shop.sync_status() if s.destination == ADS]
+    assert line.platform_match_rate == (61, 70)
     asked = len(google.fake.log.to("requestStatus"))
     clock.advance(10 * 60 * MIN)
     shop.sync(destination=ADS, clock=clock, policy=policy)

@@ -168,6 +168,9 @@ class RouteStatus:
     """Records written as a dry run that would be sent (members now, for an audience)."""
     dry_run: bool = False
     """The destination is set `dry_run: true` (filled in by the engine, which reads the config)."""
+    platform_match_rate: tuple[int, int] | None = None
+    """The match-rate range in percent (low, high) the platform last reported for this route's
+    uploads once it processed them (Google's `uploadMatchRateRange`); None: none reported."""
 
     @property
     def match_rate(self) -> float | None:

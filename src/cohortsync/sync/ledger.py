@@ -304,6 +304,22 @@ class Ledger(OutboxStore):
 
     # -- reading --------------------------------------------------------------------------
 
+    def platform_match_rates(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(destination, audience) → the match-rate range its platform last reported."""
+        with self.sql.transaction() as tx:
+            rows = tx.run(
+                "SELECT destination, audience, stats FROM batch_results "
+                "WHERE audience IS NOT NULL AND CAST(stats AS TEXT) LIKE '%match_rate_low%' "
+                "ORDER BY resolved_at, batch_id"
+            )
+        found: dict[tuple[str, str], tuple[int, int]] = {}
+        for destination, audience, raw in rows:
+            figures = _stats_of(raw)
+            if "match_rate_low" in figures and "match_rate_high" in figures:
+                rate = (figures["match_rate_low"], figures["match_rate_high"])
+                found[(str(destination), str(audience))] = rate
+        return found
+
     def status(
         self,
         routes: Sequence[Route],
