@@ -156,11 +156,55 @@ def test_one_bad_record_in_1000_is_isolated_and_dead_lettered_with_googles_reaso
 def test_a_request_level_refusal_is_not_split(
     google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
 ) -> None:
-    dest = customer_match(google_fake, tmp_path, http)
-    dest.lists._ids[AUDIENCE] = "404"  # a list deleted on the platform
-    with pytest.raises(PermanentError, match="INVALID_USER_LIST_ID"):
+    dest = customer_match(google_fake, tmp_path, http, accept_terms_of_service=True)
+    google_fake.fail(
+        400,
+        times=1,
+        path="audienceMembers:ingest",
+        body={
+            "error": {
+                "code": 400,
+                "status": "INVALID_ARGUMENT",
+                "message": "EU political advertising declaration required",
+                "details": [
+                    {
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": "EU_POLITICAL_ADVERTISING_DECLARATION_REQUIRED",
+                    }
+                ],
+            }
+        },
+    )
+    with pytest.raises(PermanentError, match="EU_POLITICAL_ADVERTISING_DECLARATION_REQUIRED"):
         dest.apply(batch(*(change(n) for n in range(50))))
     assert len(google_fake.log.to("audienceMembers:ingest")) == 1
+
+
+def test_a_list_deleted_on_the_platform_is_made_again(
+    google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    dest = customer_match(google_fake, tmp_path, http)
+    dest.lists._ids[AUDIENCE] = "404"  # the list this process knew was deleted
+    with pytest.raises(TransientError, match="INVALID_USER_LIST_ID"):
+        dest.apply(batch(*(change(n) for n in range(50))))
+    assert len(google_fake.log.to("audienceMembers:ingest")) == 1
+    dest.apply(batch(*(change(n) for n in range(50))))
+    assert google_fake.members(AUDIENCE) == {email_hash(n) for n in range(50)}
+
+
+def test_a_manager_account_is_named_as_login_account(
+    google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    dest = customer_match(google_fake, tmp_path, http, login_account_id="9876543210")
+    dest.apply(batch(change(1)))
+    assert {r.header("login-account") for r in google_fake.log.to("/userLists")} == {
+        "accountTypes/GOOGLE_ADS/accounts/9876543210"
+    }
+    (ingest,) = google_fake.log.to("audienceMembers:ingest")
+    assert ingest.json()["destinations"][0]["loginAccount"] == {
+        "accountType": "GOOGLE_ADS",
+        "accountId": "9876543210",
+    }
 
 
 def test_a_transient_failure_after_acknowledged_halves_retries_only_the_rest(

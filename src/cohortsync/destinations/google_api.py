@@ -105,11 +105,16 @@ class GoogleClient:
         self.requests = 0
 
     def prepare(
-        self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> PreparedRequest:
         """A request to an API path, its JSON body rendered with sorted keys."""
         content = b"" if body is None else orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **(headers or {})}
         url = self.session.config.url(path)
         return PreparedRequest(method, url, params or {}, headers, content)
 

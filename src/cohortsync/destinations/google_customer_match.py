@@ -32,6 +32,7 @@ from cohortsync.destinations.base import (
     Op,
     PermanentError,
     RateLimit,
+    TransientError,
 )
 from cohortsync.destinations.google_auth import GoogleConfig
 from cohortsync.destinations.google_destination import GoogleDestination
@@ -115,6 +116,11 @@ class GoogleCustomerMatchDestination(GoogleDestination[GoogleCustomerMatchConfig
             later = [m.change_id for _, ms in runs[index:] for m in ms]
             try:
                 done = deliver(members, _change_id, self._sender(op, list_id, what), MAX_MEMBERS)
+            except PermanentError as refused:
+                if "INVALID_USER_LIST_ID" not in str(refused):
+                    raise
+                self.lists.forget(batch.audience)  # deleted on the platform: made again
+                raise TransientError(f"{refused}; the list is looked up again") from None
             except DeliveryError as failed:
                 if not requests:
                     raise

@@ -33,6 +33,10 @@ class UserLists:
         """The id already found for a name, without asking Google."""
         return self._ids.get(display_name)
 
+    def forget(self, display_name: str) -> None:
+        """Drop a cached id (the list was deleted on the platform)."""
+        self._ids.pop(display_name, None)
+
     def id_of(self, display_name: str) -> str:
         """The id of the list named exactly `display_name`, created if missing."""
         found = self._ids.get(display_name) or self._find(display_name)
@@ -55,7 +59,8 @@ class UserLists:
             params = {"pageSize": str(PAGE_SIZE)}
             if token:
                 params["pageToken"] = token
-            page = self.client.call(self.client.prepare("GET", self.path, params=params), what)
+            listing = self.client.prepare("GET", self.path, params=params, headers=self._login())
+            page = self.client.call(listing, what)
             for user_list in page.get("userLists") or ():
                 if isinstance(user_list, dict) and user_list.get("displayName") == display_name:
                     name = str(user_list.get("name", ""))
@@ -77,11 +82,19 @@ class UserLists:
         }
         if self.days is not None:
             body["membershipDuration"] = f"{self.days * 86_400}s"
-        created = self.client.call(self.client.prepare("POST", self.path, body), what)
+        creation = self.client.prepare("POST", self.path, body, headers=self._login())
+        created = self.client.call(creation, what)
         list_id = created.get("id")
         if not list_id:
             raise PermanentError(f"{what}: Google answered without a user list id")
         return str(list_id)
+
+    def _login(self) -> dict[str, str]:
+        """The `login-account` header, when the account is reached through a manager."""
+        if self.config.login_account_id is None:
+            return {}
+        login = self.config.login_account_id
+        return {"login-account": f"accountTypes/{self.config.login_account_type}/accounts/{login}"}
 
 
 def described(name: str) -> str:
