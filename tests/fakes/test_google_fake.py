@@ -407,3 +407,47 @@ def test_injected_faults_use_google_error_bodies(fake: GoogleDataManagerFake, li
             timeout=0.3,
         )
     assert SCOPE.endswith("/datamanager")
+
+
+def test_one_kind_of_member_data_per_request(fake: GoogleDataManagerFake, list_id: str) -> None:
+    composite = {"compositeData": {"userData": member(sha("b@example.com"))["userData"]}}
+    response = ingest(fake, ingest_body(list_id, [member(sha("a@example.com")), composite]))
+    assert (response.status_code, reason(response)) == (400, "MULTIPLE_DATA_TYPES_NOT_ALLOWED")
+    assert ingest(fake, ingest_body(list_id, [composite])).status_code == 200
+
+
+def test_destination_references_are_unique_and_at_most_ten(
+    fake: GoogleDataManagerFake, list_id: str
+) -> None:
+    twice = [{**destination(list_id), "reference": "d1"}] * 2
+    response = ingest(
+        fake, ingest_body(list_id, [member(sha("a@example.com"))], destinations=twice)
+    )
+    assert (response.status_code, reason(response)) == (400, "DUPLICATE_DESTINATION_REFERENCE")
+    many = [destination(list_id)] * 11
+    response = ingest(fake, ingest_body(list_id, [member(sha("a@example.com"))], destinations=many))
+    assert (response.status_code, reason(response)) == (400, "TOO_MANY_DESTINATIONS")
+
+
+def test_base64_encoding_takes_44_characters_of_a_sha256(
+    fake: GoogleDataManagerFake, list_id: str
+) -> None:
+    import base64
+
+    digest = base64.b64encode(hashlib.sha256(b"a@example.com").digest()).decode()
+    body = ingest_body(list_id, [member(digest)], encoding="BASE64")
+    assert ingest(fake, body).status_code == 200
+    assert fake.members("cio_buyers") == {sha("a@example.com")}
+    short = ingest(fake, ingest_body(list_id, [member(digest[:40])], encoding="BASE64"))
+    assert (short.status_code, reason(short)) == (400, "INVALID_SHA256_FORMAT")
+    raw = ingest(fake, ingest_body(list_id, [member("a@example.com")], encoding="BASE64"))
+    assert (raw.status_code, reason(raw)) == (400, "INVALID_BASE64_ENCODING")
+
+
+def test_another_account_is_permission_denied(fake: GoogleDataManagerFake, list_id: str) -> None:
+    other = destination(list_id)
+    other["operatingAccount"] = {"accountType": "GOOGLE_ADS", "accountId": "5555555555"}
+    body = ingest_body(list_id, [member(sha("a@example.com"))], destinations=[other])
+    assert ingest(fake, body).status_code == 403
+    path = "/v1/accountTypes/GOOGLE_ADS/accounts/5555555555/userLists"
+    assert call(fake, "GET", path).status_code == 403
