@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
 import orjson
 
 from cohortsync.destinations.base import (
@@ -40,7 +41,6 @@ RECORD_REASONS = frozenset(
         "INVALID_CURRENCY_CODE",
         "EVENT_TIME_INVALID",
         "TOO_MANY_USER_IDENTIFIERS",
-        "INVALID_FORMAT_NOT_NORMALIZED",
     }
 )
 """Reasons that concern one record even when no field path says which."""
@@ -144,7 +144,9 @@ class GoogleClient:
         return answer if isinstance(answer, dict) else {}
 
 
-def google_error(status: int, content: bytes, what: str, response: Any = None) -> DeliveryError:
+def google_error(
+    status: int, content: bytes, what: str, response: httpx.Response | None = None
+) -> DeliveryError:
     """The error class for a failed call, its message naming Google's reason and field."""
     error = _status(content)
     reason = _reason(error)
