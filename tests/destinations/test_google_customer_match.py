@@ -397,3 +397,21 @@ def test_settings_are_checked(settings: dict[str, object], wrong: str) -> None:
     with pytest.raises(ValidationError, match=re.escape(wrong)):
         GoogleCustomerMatchConfig(**{**base, **settings})
     assert "1//r" not in str(GoogleCustomerMatchConfig(**base))
+
+
+def test_a_timeout_is_transient_and_a_lost_acknowledgement_resends_harmlessly(
+    google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    dest = customer_match(google_fake, tmp_path, http)
+    dest.lists.id_of(AUDIENCE)
+    google_fake.timeout(delay=3.0, path="audienceMembers:ingest")
+    with pytest.raises(TransientError, match="no answer"):
+        dest.apply(batch(change(1), change(2), batch_id="slow-1"))
+    assert google_fake.members(AUDIENCE) == set()
+    google_fake.timeout(delay=3.0, processed=True, path="audienceMembers:ingest")
+    with pytest.raises(TransientError):
+        dest.apply(batch(change(1), change(2), batch_id="slow-1"))
+    before = google_fake.member_sets()
+    dest.apply(batch(change(1), change(2), batch_id="slow-1"))
+    assert google_fake.member_sets() == before
+    assert google_fake.members(AUDIENCE) == {email_hash(1), email_hash(2)}
