@@ -89,19 +89,30 @@ class ServeMetrics:
             registry=registry,
         )
         self._backlog: Gauge | None = None
+        self._sources: dict[str, tuple[Counter, Counter, Counter]] = {}
         for source in sources:  # every series exists from the start, at 0
-            for counter in (self.received, self.stored, self.quarantined):
-                counter.labels(source)
+            self._source(source)
 
     def arrived(self, source: str, events: int) -> None:
         """An authenticated request brought `events` (valid or not) to store."""
-        self.received.labels(source).inc(events)
+        self._source(source)[0].inc(events)
 
     def ingested(self, source: str, messages: int, rejections: int, seconds: float) -> None:
         """One request's events were durably committed `seconds` after it arrived."""
-        self.stored.labels(source).inc(messages)
-        self.quarantined.labels(source).inc(rejections)
+        _, stored, quarantined = self._source(source)
+        stored.inc(messages)
+        quarantined.inc(rejections)
         self.ingest_latency.observe(seconds)
+
+    def _source(self, source: str) -> tuple[Counter, Counter, Counter]:
+        """The received, stored and quarantined counters of one source (looked up once)."""
+        if source not in self._sources:
+            self._sources[source] = (
+                self.received.labels(source),
+                self.stored.labels(source),
+                self.quarantined.labels(source),
+            )
+        return self._sources[source]
 
     def committed(self, result: object) -> None:
         """One group commit's result: the duplicates it left out."""
