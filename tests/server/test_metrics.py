@@ -8,6 +8,9 @@ one refuses for good (dead letters), one answers 401 (paused: the records stay i
 from __future__ import annotations
 
 import asyncio
+import shutil
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
-from cohortsync.engine import Engine
+from cohortsync.engine import Engine, bus_gateway
 from cohortsync.events.timestamps import now_micros
 from cohortsync.realtime.bus_memory import InProcessBus
 from cohortsync.realtime.bus_roles import BusGateway
@@ -44,12 +47,12 @@ BUYERS = ("ann", "bob", "cyd")
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def project(fake: WebhookFake) -> str:
+def project(fake: WebhookFake, store: str) -> str:
     def hook(path: str) -> str:
         return f'{{type: webhook, url: "{fake.base_url}{path}", secret: "{fake.secret}"}}'
 
     return (
-        PROJECT_YAML
+        PROJECT_YAML.replace("store: .cohortsync/store.duckdb", f"store: {store}")
         + f"""\
 admin: {{tokens: [{ADMIN_TOKEN}]}}
 segments:
@@ -68,10 +71,14 @@ destinations:
 
 
 @pytest.fixture
-def engine_with_hooks(project_dir: Path, webhook_fake: WebhookFake) -> Iterator[Engine]:
+def engine_with_hooks(
+    project_dir: Path, webhook_fake: WebhookFake, store_location: str
+) -> Iterator[Engine]:
+    """The project on DuckDB, then on Postgres."""
     webhook_fake.fail(400, seconds=600, path="/refusing")  # refused for good: dead letters
     webhook_fake.fail(401, seconds=600, path="/locked")  # paused: its records stay queued
-    (project_dir / "cohortsync.yml").write_text(project(webhook_fake), encoding="utf-8")
+    yaml = project(webhook_fake, store_location)
+    (project_dir / "cohortsync.yml").write_text(yaml, encoding="utf-8")
     with Engine.open(project_dir) as opened:
         yield opened
 
@@ -198,6 +205,18 @@ def test_metrics_count_what_was_stored_quarantined_and_delivered(
     assert ("cohortsync_realtime_backlog_age_seconds", frozenset()) in samples
 
 
+def test_a_resent_message_is_counted_as_a_duplicate(
+    server: LiveServer, engine_with_hooks: Engine
+) -> None:
+    sent = event("track", "ann", event="Signed Up", messageId="resent-1")
+    for _ in range(2):
+        assert httpx.post(f"{server.url}/v1/track", json=sent, auth=(WRITE_KEY, "")).is_success
+    samples = scrape(server.url)
+    assert engine_with_hooks.stats()["events"]["total"] == 1
+    assert value(samples, "cohortsync_events_stored_total", source="web") == 2  # acknowledged
+    assert value(samples, "cohortsync_events_duplicate_total") == 1  # not written twice
+
+
 def test_metrics_need_the_admin_token(server: LiveServer) -> None:
     anonymous = httpx.get(f"{server.url}/metrics")
     assert anonymous.status_code == 401
@@ -275,3 +294,44 @@ audiences:
         samples = scrape(url)
     assert value(samples, "cohortsync_timer_lag_seconds_count") == 1
     assert value(samples, "cohortsync_timer_lag_seconds_sum") == 3600
+
+
+@contextmanager
+def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own on a free port, in memory only: its URL and process."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_the_ingest_role_is_not_ready_once_its_bus_is_gone(project_dir: Path) -> None:
+    (project_dir / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
+    with redis_server() as (bus_url, redis_process):
+        gateway = bus_gateway(project_dir, bus_url, "ready-test")
+        with serving(create_app(gateway)) as url:
+            assert httpx.get(f"{url}/ready").json() == {"status": "ready"}
+            redis_process.terminate()
+            redis_process.wait(timeout=10)
+            gone = httpx.get(f"{url}/ready", timeout=10)
+            assert gone.status_code == 503
+            assert gone.json()["problems"][0].startswith("bus:")
+            assert httpx.get(f"{url}/health").status_code == 200
+        gateway.bus.close()

@@ -32,7 +32,8 @@ class Readiness:
     def __init__(self, target: Pingable) -> None:
         self.started = False
         self.workers: ServeWorkers | None = None
-        self._what = "store" if isinstance(target, Engine) else "bus"
+        store = isinstance(target, Engine)
+        self._what, self._failed = ("store", "cannot be read") if store else ("bus", "unreachable")
         self._check = target.ping
         self._running: asyncio.Future[None] | None = None
 
@@ -50,11 +51,18 @@ class Readiness:
     async def _dependency_problem(self) -> str | None:
         if self._running is None or self._running.done():
             self._running = asyncio.get_running_loop().run_in_executor(None, self._check)
+            self._running.add_done_callback(_retrieved)
         try:
             await asyncio.wait_for(asyncio.shield(self._running), CHECK_TIMEOUT)
         except TimeoutError:
             return f"{self._what}: no answer within {CHECK_TIMEOUT:g} s"
         except Exception as exc:
             log.warning("not ready: %s: %s: %s", self._what, type(exc).__name__, exc)
-            return f"{self._what}: cannot be read ({type(exc).__name__}; the server log says why)"
+            return f"{self._what}: {self._failed} ({type(exc).__name__}; the server log says why)"
         return None
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark the outcome read, so a check that failed after its probe gave up logs no warning."""
+    if not future.cancelled():
+        future.exception()
