@@ -26,9 +26,6 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from cohortsync.engine import Engine, bus_gateway
-from cohortsync.events.timestamps import now_micros
-from cohortsync.realtime.bus_memory import InProcessBus
-from cohortsync.realtime.bus_roles import BusGateway
 from cohortsync.server.app import create_app
 from tests.conftest import (
     OTHER_KEY,
@@ -256,10 +253,13 @@ def test_not_ready_when_the_store_cannot_be_read(engine_with_hooks: Engine) -> N
 
 
 def test_the_ingest_role_is_ready_with_its_bus_and_counts_what_it_published(
-    engine_with_hooks: Engine,
+    project_dir: Path,
 ) -> None:
-    bus = InProcessBus(prefix="metrics-test")
-    gateway = BusGateway(engine_with_hooks.project, bus, now_micros)
+    (project_dir / "cohortsync.yml").write_text(
+        PROJECT_YAML + f"admin: {{tokens: [{ADMIN_TOKEN}]}}\n", encoding="utf-8"
+    )
+    gateway = bus_gateway(project_dir, "memory://", "metrics-test")
+    bus = gateway.bus
     with serving(create_app(gateway)) as url:
         assert httpx.get(f"{url}/ready").json() == {"status": "ready"}
         batch = {"batch": [event("track", "ann", event="Order Completed"), event("track", "bob")]}
