@@ -54,7 +54,7 @@ from cohortsync.realtime.bus_roles import BusGateway, BusWorker
 from cohortsync.realtime.cadence import CadenceScheduler, Schedule
 from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.loop import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop, RoundReport
 from cohortsync.realtime.serve_workers import DeliveryLoop, ServeWorkers
 from cohortsync.segments.ast import SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
@@ -63,13 +63,14 @@ from cohortsync.store.locations import redact
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
+from cohortsync.sync.backlog import DeliveryBacklog, delivery_backlog
 from cohortsync.sync.configure import SyncSetup, sync_setup
 from cohortsync.sync.downstream import downstream
 from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.profile_state import Membership, memberships, profile_ids
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
-from cohortsync.sync.worker import Clock
+from cohortsync.sync.worker import Clock, DeliveryReport
 
 Listener = Callable[[Sequence[Message], IngestResult], None]
 """Called with the messages of a commit and what storing them did (`IngestResult.profiles`,
@@ -117,6 +118,15 @@ class Engine:
     def close(self) -> None:
         """Close the store."""
         self.store.close()
+
+    def ping(self) -> None:
+        """Return once the store answered a trivial query; raise what it raised otherwise."""
+        with self.store.sql.reading() as tx:
+            tx.run("SELECT 1")
+
+    def delivery_backlog(self) -> DeliveryBacklog:
+        """Per destination, records waiting in the outbox and dead letters (cheap counts)."""
+        return delivery_backlog(self.store.sql)
 
     def store_shown(self) -> str:
         """Where the store is, any password hidden: fit for a terminal or a log line."""
@@ -568,6 +578,8 @@ __all__ = [
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "DeliveryBacklog",
+    "DeliveryReport",
     "Drift",
     "Engine",
     "FileReport",
@@ -576,6 +588,8 @@ __all__ = [
     "Membership",
     "ProfileWhy",
     "Report",
+    "RoundReport",
+    "ServeWorkers",
     "ValidateOptions",
     "ValidationReport",
     "bus_gateway",
