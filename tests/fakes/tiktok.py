@@ -29,6 +29,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from cohortsync.destinations.registry import known_types
 from tests.fakes.base import FakeServer
 from tests.fakes.tiktok_rules import (
     MAX_NAME,
@@ -278,6 +279,15 @@ class TiktokFake(FakeServer):
         self._names[audience_id] = name
         self._members[audience_id] = set()
         return audience_id
+
+
+def tiktok_type(kind: str) -> str:
+    """The `type:` of a TikTok destination: its registered name once cohortsync is installed
+    with it, else its class path."""
+    if kind in known_types():
+        return kind
+    module = "cohortsync.destinations." + kind
+    return f"{module}:{''.join(part.title() for part in kind.split('_'))}Destination"
 
 
 async def _answer_error(request: Request, exc: Exception) -> Response:

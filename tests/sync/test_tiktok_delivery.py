@@ -13,24 +13,14 @@ from typing import Any
 
 import pytest
 
-from cohortsync.destinations.registry import known_types
 from cohortsync.engine import Engine
 from cohortsync.sync.retry import RetryPolicy
 from tests.conftest import PROJECT_YAML
-from tests.fakes.tiktok import TiktokFake
+from tests.fakes.tiktok import TiktokFake, tiktok_type
 from tests.sync.conftest import Clock, person, track
 
 AUDIENCE = "cio_cart_1h"
 PEOPLE = 24
-
-
-def tiktok_type(kind: str) -> str:
-    """The `type:` of a TikTok destination: its registered name once cohortsync is installed
-    with it, else its class path."""
-    if kind in known_types():
-        return kind
-    module = "cohortsync.destinations." + kind
-    return f"{module}:{''.join(part.title() for part in kind.split('_'))}Destination"
 
 
 def tiktok_yaml(fake: TiktokFake) -> str:
