@@ -5,6 +5,7 @@ kept, 40062 dead-lettered with an alarm line, and no raw email or phone on the w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 from datetime import UTC, datetime, timedelta
@@ -123,6 +124,44 @@ def test_rate_limit_codes_are_retried_with_backoff_until_tiktok_recovers(
         assert tiktok_fake.members(AUDIENCE) == expected_hashes(shop)
         assert line(shop, "tiktok_ads").pending == 0
         assert shop.store.query("SELECT count(*) FROM outbox") == [(0,)]  # type: ignore[attr-defined]
+
+
+def test_an_outage_of_throttle_codes_while_profiles_flap_ends_in_order_and_complete(
+    shop: Engine, tiktok_fake: TiktokFake, clock: Clock, quick_policy: RetryPolicy
+) -> None:
+    rng = random.Random(11)
+    with shop:
+        carts(shop, clock)
+        tiktok_fake.refuse(40100, times=10_000)
+        shop.sync(destination="tiktok_ads", clock=clock, policy=quick_policy)
+        for step in range(1, 6):  # profiles flap while TikTok throttles
+            at = clock.advance(timedelta(minutes=70))
+            flapping = rng.sample(range(PEOPLE), k=PEOPLE // 2)
+            shop.ingest_messages([track(n, "added_to_cart", at) for n in flapping])
+            shop.compute(at)
+            clock.advance(timedelta(seconds=60 * step))
+            before = len(tiktok_fake.log)
+            shop.sync(destination="tiktok_ads", clock=clock, policy=quick_policy)
+            assert len(tiktok_fake.log) - before <= 2  # probed, not flooded
+        assert tiktok_fake.mapping_calls == 0
+        tiktok_fake.faults.clear()
+        for _ in range(6):
+            clock.advance(timedelta(seconds=quick_policy.cap))
+            shop.sync(destination="tiktok_ads", clock=clock, policy=quick_policy)
+        assert tiktok_fake.members(AUDIENCE) == expected_hashes(shop)
+        assert shop.store.query("SELECT count(*) FROM outbox") == [(0,)]  # type: ignore[attr-defined]
+    # In order per person: each one's applied operations alternate add, delete, add…
+    ops: dict[str, list[str]] = {}
+    for call in tiktok_fake.log.to("/segment/mapping/"):
+        if call.fault is None and call.status == 200:
+            body = call.json()
+            for row in body["batch_data"]:
+                if row[0]:
+                    ops.setdefault(row[0]["id"], []).append(body["action"])
+    assert ops
+    for sequence in ops.values():
+        assert sequence[0] == "add"
+        assert all(a != b for a, b in itertools.pairwise(sequence))
 
 
 @pytest.mark.parametrize("code", [40102, 40105])
