@@ -20,6 +20,7 @@ from pydantic import ConfigDict, SecretStr, field_validator
 
 from cohortsync.destinations.base import (
     AuthError,
+    DeliveryError,
     DestinationConfig,
     PermanentError,
     TransientError,
@@ -80,14 +81,12 @@ def tiktok_send(client: httpx.Client, request: PreparedRequest, what: str) -> An
     """Send a request and return the answer's `data`, or raise the error its code calls for."""
     response = exchange(client, request, what)
     answer = _answer(response)
-    if not 200 <= response.status_code < 300:
-        if (
-            answer is None
-            or response.status_code in (401, 403, 408, 429)
-            or (response.status_code >= 500)
-        ):
-            check(response, what)
-        raise tiktok_error(answer or {}, what, response)
+    status = response.status_code
+    if not 200 <= status < 300:
+        # The HTTP status decides for auth, throttling and outages; TikTok's code for the rest.
+        if answer is not None and status not in (401, 403, 408, 429) and status < 500:
+            raise tiktok_error(answer, what, response)
+        check(response, what)
     if answer is None:
         raise TransientError(f"{what}: HTTP {response.status_code} without TikTok's envelope")
     if answer.get("code") == 0:
@@ -95,9 +94,7 @@ def tiktok_send(client: httpx.Client, request: PreparedRequest, what: str) -> An
     raise tiktok_error(answer, what, response)
 
 
-def tiktok_error(
-    answer: dict[str, Any], what: str, response: httpx.Response
-) -> PermanentError | TransientError | AuthError:
+def tiktok_error(answer: dict[str, Any], what: str, response: httpx.Response) -> DeliveryError:
     """The error class of a refusal, by its `code`."""
     code = answer.get("code")
     detail = f"{what}: TikTok code {code}: {scrub(str(answer.get('message', '')))}"
@@ -123,6 +120,7 @@ def _answer(response: httpx.Response) -> dict[str, Any] | None:
         body = orjson.loads(response.content)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(body, dict) or not isinstance(body.get("code"), int):
+    if not isinstance(body, dict):
         return None
-    return body
+    code = body.get("code")
+    return body if isinstance(code, int) and not isinstance(code, bool) else None

@@ -182,7 +182,7 @@ class TiktokAudienceDestination(Destination[TiktokAudienceConfig]):
                 "GET",
                 self.settings.url("dmp/custom_audience/list/"),
                 params,
-                {"Access-Token": self.settings.access_token.get_secret_value()},
+                self.settings.headers(),
             )
             data = tiktok_send(self.context.http, listing, what)
             if not isinstance(data, dict):
