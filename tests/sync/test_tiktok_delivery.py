@@ -40,12 +40,12 @@ destinations:
   tiktok_ads:
     type: "{tiktok_type("tiktok_audience")}"
     advertiser_id: "{fake.advertiser_id}"
-    access_token: {fake.token}
+    access_token: ${{TIKTOK_TOKEN}}
     base_url: {fake.base_url}
   tiktok_pixel:
     type: "{tiktok_type("tiktok_events")}"
     pixel_code: {fake.pixel_code}
-    access_token: {fake.token}
+    access_token: ${{TIKTOK_TOKEN}}
     base_url: {fake.base_url}
     event_names: {{Purchase: CompletePayment}}
 conversions:
@@ -80,7 +80,11 @@ def raw_forms() -> set[str]:
 
 
 @pytest.fixture
-def shop(project_dir: Path, tiktok_fake: TiktokFake, clock: Clock) -> Engine:
+def shop(
+    project_dir: Path, tiktok_fake: TiktokFake, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> Engine:
+    """The project, its token read from the environment as secrets are."""
+    monkeypatch.setenv("TIKTOK_TOKEN", tiktok_fake.token)
     (project_dir / "cohortsync.yml").write_text(tiktok_yaml(tiktok_fake), encoding="utf-8")
     tiktok_fake.now = clock.now
     engine = Engine.open(project_dir)
