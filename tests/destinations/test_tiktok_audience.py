@@ -11,12 +11,15 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from cohortsync.destinations.base import (
     AuthError,
     Change,
     DestinationContext,
+    Op,
     PermanentError,
     TransientError,
 )
@@ -245,6 +248,38 @@ def test_config_errors_name_the_field_and_fix(value: dict[str, str], message: st
     settings = {"access_token": "t", "advertiser_id": "7", **value}
     with pytest.raises(ValidationError, match=message):
         TiktokAudienceConfig(**settings)
+
+
+OPS = st.lists(
+    st.tuples(st.sampled_from(["add", "remove"]), st.integers(min_value=1, max_value=2_500)),
+    min_size=1,
+    max_size=4,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_no_request_exceeds_1000_people_and_order_is_kept(runs: list[tuple[Op, int]]) -> None:
+    """For any mix of adds and removes, every request holds 1..1,000 people of one op, and
+    every change is sent once, in batch order (reliability D-5)."""
+    changes: list[Change] = []
+    for op, count in runs:
+        start = len(changes)
+        changes += [
+            change(start + i, op, ids={"email": f"p{start + i}@x.com"}) for i in range(count)
+        ]
+    config = TiktokAudienceConfig(access_token="t", advertiser_id="1")
+    with httpx.Client() as unused:
+        context = DestinationContext("tiktok", Path("."), unused, lambda: NOW)
+        mappings, rejected = TiktokAudienceDestination(config, context).plan(batch(*changes))
+    assert rejected == {}
+    assert all(1 <= len(m.rows) <= MAX_USERS for m in mappings)
+    sent = [(m.op, row[0]) for m in mappings for row in m.rows]
+    assert sent == [(c.op, email_of(c)) for c in changes]
+
+
+def email_of(record: Change) -> str:
+    return sha256_hex(record.identifiers["email"])
 
 
 # --- the destination conformance suite -------------------------------------------------------
