@@ -1,9 +1,10 @@
 """PII scan of every output (reliability.md §4.7 P-1, P-2): a shop's events flow through
-`serve` and the CLI to Meta Custom Audiences, Meta CAPI, a webhook, Segment, hashed files and the
-warehouse, against their contract fakes, with 4xx and 5xx answers that echo identifiers back;
-then every request each fake captured, every dry-run file, every exported file, every log line,
-every CLI output and error, and every row of the delivery tables is searched for the seeded
-emails, phones and phone-like user ids, in every form they were written or could be encoded in.
+`serve` and the CLI to Meta Custom Audiences, Meta CAPI, TikTok audiences and events, a webhook,
+Segment, hashed files and the warehouse, against their contract fakes, with 4xx and 5xx answers
+(TikTok's: HTTP 200 with an error code) that echo identifiers back; then every request each
+fake captured, every dry-run file, every exported file, every log line, every CLI output and
+error, and every row of the delivery tables is searched for the seeded emails, phones and
+phone-like user ids, in every form they were written or could be encoded in.
 
 Outputs that hold raw identifiers by design are left out, each with its reason (`EXCLUDED`).
 """
@@ -35,6 +36,7 @@ from tests.fakes.base import FakeServer
 from tests.fakes.capture import Captured
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
+from tests.fakes.tiktok import TiktokFake, tiktok_type
 from tests.fakes.webhook import WebhookFake
 
 AUDIENCE = "cio_cart_abandon_6h"
@@ -99,7 +101,9 @@ NOBODY = Person(999, "cust_999", "Nobody.Here+x@Example.com", "(650) 555-1999")
 ECHO = "unknown subscriber (650) 555-1001, ann.lee0%2Bvip%40example.com, 6505552001"
 
 
-def project_yaml(meta: MetaFake, meta_raw: MetaFake, hooks: WebhookFake, seg: SegmentFake) -> str:
+def project_yaml(
+    meta: MetaFake, meta_raw: MetaFake, hooks: WebhookFake, seg: SegmentFake, tiktok: TiktokFake
+) -> str:
     return (
         PROJECT_YAML
         + f"""\
@@ -114,7 +118,7 @@ audiences:
     segment: cart_6h
     refresh: realtime
     holdout: {{percent: 30}}
-    destinations: [meta_ads, meta_raw_ids, hooks, seg, exports, warehouse]
+    destinations: [meta_ads, meta_raw_ids, hooks, seg, exports, warehouse, tiktok_ads]
 destinations:
   meta_ads:
     type: meta_custom_audience
@@ -135,13 +139,23 @@ destinations:
   hooks: {{type: webhook, url: "{hooks.url}", secret: "{hooks.secret}"}}
   seg: {{type: segment, url: "{seg.url}", write_key: {seg.write_key}}}
   exports: {{type: files, path: exports, platform: meta}}
+  tiktok_ads:
+    type: "{tiktok_type("tiktok_audience")}"
+    advertiser_id: "{tiktok.advertiser_id}"
+    access_token: {tiktok.token}
+    base_url: {tiktok.base_url}
+  tiktok_pixel:
+    type: "{tiktok_type("tiktok_events")}"
+    pixel_code: {tiktok.pixel_code}
+    access_token: {tiktok.token}
+    base_url: {tiktok.base_url}
   warehouse: {{type: warehouse, url: "duckdb:///warehouse.duckdb"}}
 conversions:
   - event: order_completed
     as: Purchase
     value: revenue
     currency: USD
-    destinations: [meta_capi, hooks, seg, warehouse]
+    destinations: [meta_capi, hooks, seg, warehouse, tiktok_pixel]
 """
     )
 
@@ -215,10 +229,12 @@ def graph_echo(code: int) -> dict[str, Any]:
 def test_no_output_holds_a_raw_identifier(
     tmp_path: Path,
     fakes: tuple[MetaFake, MetaFake, WebhookFake, SegmentFake],
+    tiktok_fake: TiktokFake,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     meta, meta_raw, hooks, seg = fakes
-    (tmp_path / "cohortsync.yml").write_text(project_yaml(*fakes), encoding="utf-8")
+    tiktok = tiktok_fake
+    (tmp_path / "cohortsync.yml").write_text(project_yaml(*fakes, tiktok), encoding="utf-8")
     caplog.set_level(logging.DEBUG)
     outputs = Outputs([])
     now = datetime.now(UTC)
@@ -228,6 +244,7 @@ def test_no_output_holds_a_raw_identifier(
     # the webhook refuses its first batch with a 400, both quoting identifiers back.
     meta.fail(500, times=1, body=graph_echo(2), path="/users")
     hooks.fail(400, times=1, body={"error": ECHO})
+    tiktok.refuse(50000, times=1, message=ECHO, path="/segment/mapping/")
     with Engine.open(tmp_path) as engine:
         server = LiveServer(engine)
         server.start()
@@ -239,7 +256,7 @@ def test_no_output_holds_a_raw_identifier(
                 f"{server.url}/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, "")
             )
             assert response.status_code == 200, response.text
-            eventually(lambda: _delivered(meta, hooks, seg, tmp_path))
+            eventually(lambda: _delivered(meta, hooks, seg, tmp_path) + _on_tiktok(tiktok))
         finally:
             server.stop()
 
@@ -265,6 +282,7 @@ def test_no_output_holds_a_raw_identifier(
     seg.fail(400, times=1, body={"code": "invalid_request", "message": ECHO})
     meta.fail(400, times=1, body=graph_echo(100), path="/events")
     hooks.fail(503, times=1, body={"error": ECHO})
+    tiktok.refuse(40002, times=1, message=ECHO, path="/event/track/")
     cli("ingest", str(orders))
     cli("compute")
     cli("sync", "--json")
@@ -289,7 +307,9 @@ def test_no_output_holds_a_raw_identifier(
         _figures_are_true(engine, meta, meta_raw)
         _store_outputs(engine, outputs)
 
-    _request_outputs({"meta": meta, "meta_raw_ids": meta_raw, "hooks": hooks, "seg": seg}, outputs)
+    fakes_by_name = {"meta": meta, "meta_raw_ids": meta_raw, "hooks": hooks, "seg": seg}
+    _request_outputs({**fakes_by_name, "tiktok": tiktok}, outputs)
+    assert tiktok.faults.fired == 2 and tiktok.effective_events
     _file_outputs(tmp_path, outputs)
     outputs.add("log", caplog.text)
     outputs.texts += [(f"log {r.name}", r.getMessage()) for r in caplog.records]
@@ -305,6 +325,12 @@ def _delivered(meta: MetaFake, hooks: WebhookFake, seg: SegmentFake, root: Path)
         "exported snapshot": (root / "exports" / AUDIENCE / "snapshot.csv").is_file(),
     }
     return [name for name, done in checks.items() if not done]
+
+
+def _on_tiktok(tiktok: TiktokFake) -> list[str]:
+    """What serve has not yet delivered to TikTok (after its refused first mapping)."""
+    done = AUDIENCE in tiktok.audiences() and bool(tiktok.members(AUDIENCE))
+    return [] if done else ["tiktok members"]
 
 
 def _figures_are_true(engine: Engine, meta: MetaFake, meta_raw: MetaFake) -> None:

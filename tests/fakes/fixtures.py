@@ -11,6 +11,7 @@ import pytest
 
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
+from tests.fakes.tiktok import TiktokFake
 from tests.fakes.webhook import WebhookFake
 
 
@@ -32,4 +33,11 @@ def webhook_fake() -> Iterator[WebhookFake]:
 def segment_fake() -> Iterator[SegmentFake]:
     """A running Segment `/v1/batch`: `.url`, `.messages` (once per messageId), faults."""
     with SegmentFake().serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tiktok_fake() -> Iterator[TiktokFake]:
+    """A running TikTok Business API fake: `.url`, `.token`, `.advertiser_id`, `.pixel_code`."""
+    with TiktokFake().serving() as fake:
         yield fake

@@ -1,18 +1,22 @@
 """kill -9 of the delivery worker at random points, while profiles flap in and out of an audience.
 
-After restart and drain, the webhook receiver's applied state equals the desired membership
-for every profile (no lost entry or exit), and no change was ever sent under two batch ids
-(resends keep their id, and the receiver applies an id once).
+After restart and drain, what each receiver holds equals the desired membership for every
+profile (no lost entry or exit). The webhook receiver also shows no change was ever sent under
+two batch ids (resends keep their id, and it applies an id once); the TikTok fake holds members
+as sets of hashed ids, so a resend there changes nothing by itself. Each receiver is one
+`Target`, and the test runs once per target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +25,8 @@ import pytest
 
 from cohortsync.engine import Engine
 from tests.conftest import PROJECT_YAML
+from tests.fakes.base import FakeServer
+from tests.fakes.tiktok import TiktokFake, tiktok_type
 from tests.fakes.webhook import WebhookFake
 from tests.sync.conftest import person, track
 
@@ -31,7 +37,8 @@ PROFILES = 1200
 AUDIENCE = "cio_cart_1h"
 
 
-def project_yaml(url: str, secret: str) -> str:
+def project_yaml(destination: str) -> str:
+    """The project, its audience flowing to `hook`, whose settings `destination` gives."""
     return (
         PROJECT_YAML
         + f"""\
@@ -43,9 +50,98 @@ audiences:
     holdout: {{percent: 20}}
     destinations: [hook]
 destinations:
-  hook: {{type: webhook, url: "{url}", secret: "{secret}"}}
+  hook: {destination}
 """
     )
+
+
+class Target(ABC):
+    """A receiver the worker is killed while delivering to: its fake, its settings, and what
+    it holds against what it should."""
+
+    fake: FakeServer
+
+    @abstractmethod
+    def destination(self) -> str:
+        """The `hook` destination's settings, as one line of YAML."""
+
+    @abstractmethod
+    def held(self) -> set[str]:
+        """What the receiver holds now."""
+
+    @abstractmethod
+    def desired(self, engine: Engine) -> set[str]:
+        """What it should hold, in the same terms."""
+
+    def sent_twice(self) -> dict[int, set[str]]:
+        """Changes seen under more than one batch id (where the receiver can tell)."""
+        return {}
+
+
+class WebhookTarget(Target):
+    """The Standard Webhooks receiver: profile ids, holdout included, once per webhook id."""
+
+    def __init__(self, fake: WebhookFake) -> None:
+        self.fake = fake
+
+    def destination(self) -> str:
+        return f'{{type: webhook, url: "{self.fake.url}", secret: "{self.fake.secret}"}}'
+
+    def held(self) -> set[str]:
+        held: set[str] = set()
+        for _, body in self.fake.applied:
+            for change in body["data"]["changes"]:
+                if change["operation"] == "add":
+                    held.add(change["profile_id"])
+                else:
+                    held.discard(change["profile_id"])
+        return held
+
+    def desired(self, engine: Engine) -> set[str]:
+        return {m.profile_id for m in engine.members(AUDIENCE)}
+
+    def sent_twice(self) -> dict[int, set[str]]:
+        batches_of: dict[int, set[str]] = {}
+        for webhook_id, body in self.fake.applied:
+            for change in body["data"]["changes"]:
+                batches_of.setdefault(change["change_id"], set()).add(webhook_id)
+        return {c: ids for c, ids in batches_of.items() if len(ids) > 1}
+
+
+class TiktokTarget(Target):
+    """The TikTok fake: hashed emails and phones of the members outside the holdout."""
+
+    def __init__(self, fake: TiktokFake) -> None:
+        self.fake = fake
+
+    def destination(self) -> str:
+        kind = tiktok_type("tiktok_audience")
+        return (
+            f'{{type: "{kind}", advertiser_id: "{self.fake.advertiser_id}", '
+            f'access_token: {self.fake.token}, base_url: "{self.fake.base_url}"}}'
+        )
+
+    def held(self) -> set[str]:
+        if AUDIENCE not in self.fake.audiences():
+            return set()
+        assert self.fake.audience_count(AUDIENCE) == 1
+        emails = {f"email:{h}" for h in self.fake.members(AUDIENCE)}
+        return emails | {f"phone:{h}" for h in self.fake.members(AUDIENCE, "PHONE_SHA256")}
+
+    def desired(self, engine: Engine) -> set[str]:
+        found: set[str] = set()
+        for m in engine.members(AUDIENCE):
+            if m.holdout:
+                continue
+            if m.email:
+                found.add(f"email:{_sha(m.email)}")
+            if m.phone:
+                found.add(f"phone:{_sha(m.phone.lstrip('+'))}")
+        return found
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sync_process(project: Path) -> subprocess.Popen[bytes]:
@@ -57,7 +153,7 @@ def sync_process(project: Path) -> subprocess.Popen[bytes]:
 
 
 def kill_at_random_point(
-    process: subprocess.Popen[bytes], fake: WebhookFake, rng: random.Random
+    process: subprocess.Popen[bytes], fake: FakeServer, rng: random.Random
 ) -> str:
     """Kill -9 after a random number of deliveries reached the receiver, or after a random time."""
     mode = rng.choice(["requests", "requests", "time"])
@@ -83,17 +179,23 @@ def kill_at_random_point(
     return "finished"
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookFake]:
-    with WebhookFake().serving() as fake:
-        yield fake
+@pytest.fixture(params=["webhook", "tiktok_audience"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """Each receiver in turn, serving."""
+    if request.param == "webhook":
+        with WebhookFake().serving() as hook:
+            yield WebhookTarget(hook)
+    else:
+        with TiktokFake().serving() as tiktok:
+            yield TiktokTarget(tiktok)
 
 
 def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
-    project_dir: Path, receiver: WebhookFake
+    project_dir: Path, target: Target
 ) -> None:
+    receiver = target.fake
     (project_dir / "cohortsync.yml").write_text(
-        project_yaml(receiver.url, receiver.secret), encoding="utf-8"
+        project_yaml(target.destination()), encoding="utf-8"
     )
     rng = random.Random(20261129)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
@@ -116,21 +218,13 @@ def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
         assert finished.returncode == 0, stderr.decode()
 
     with Engine.open(project_dir) as engine:
-        desired = {m.profile_id for m in engine.members(AUDIENCE)}
+        desired = target.desired(engine)
         pending = engine.store.query("SELECT count(*) FROM outbox")  # type: ignore[attr-defined]
-    held: set[str] = set()
-    batches_of: dict[int, set[str]] = {}
-    for webhook_id, body in receiver.applied:
-        for change in body["data"]["changes"]:
-            batches_of.setdefault(change["change_id"], set()).add(webhook_id)
-            if change["operation"] == "add":
-                held.add(change["profile_id"])
-            else:
-                held.discard(change["profile_id"])
+    held = target.held()
     lost_exits = held - desired
     lost_entries = desired - held
-    sent_twice = {c: ids for c, ids in batches_of.items() if len(ids) > 1}
-    print(f"runs {RUNS}: {outcomes}; resends seen by the receiver: {receiver.duplicates}")
+    sent_twice = target.sent_twice()
+    print(f"runs {RUNS}: {outcomes}; requests the receiver saw: {len(receiver.log)}")
     assert (
         outcomes.get("killed after a delivery", 0) + outcomes.get("killed by time", 0) >= RUNS // 2
     )
