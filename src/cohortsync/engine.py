@@ -38,10 +38,12 @@ from cohortsync.ops.catalog_render import (
     catalog_markdown,
     write_catalog,
 )
+from cohortsync.ops.dashboard import AudienceSize, Day, DeadGroup, Figures
 from cohortsync.ops.drift import Drift, delivered, read_drift
 from cohortsync.ops.explain import ProfileWhy, explain_profile
 from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.ops.lint import LintReport, lint_project
+from cohortsync.ops.lint_codes import Reported
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
@@ -56,7 +58,7 @@ from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.loop import RealtimeLoop
 from cohortsync.realtime.serve_workers import DeliveryLoop, ServeWorkers
-from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.locations import redact
@@ -401,11 +403,11 @@ class Engine:
         routes = self.sync_status() if status is None else status
         return read_drift(self.sync_setup, self.loaded.root, delivered(routes), http)
 
-    def lint(self, http: httpx.Client | None = None) -> LintReport:
-        """Every lint rule over the project, the current memberships and the drift read back."""
-        return lint_project(
-            self.loaded, self.segments, self.sync_setup, self.store, self.drift(http)
-        )
+    def lint(self, http: httpx.Client | None = None, *, read_back: bool = True) -> LintReport:
+        """Every lint rule over the project, the current memberships and the drift read back;
+        `read_back=False` asks no platform (no network call: the dashboard's pages)."""
+        drifts = self.drift(http) if read_back else []
+        return lint_project(self.loaded, self.segments, self.sync_setup, self.store, drifts)
 
     def check_lock(self) -> None:
         """Refuse (one line per audience) when the project breaks `cohortsync.lock`."""
@@ -439,6 +441,12 @@ class Engine:
     def cleanup_test_profiles(self) -> Cleanup:
         """Remove the test profiles `validate` made, from every destination too."""
         return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
+
+    @cached_property
+    def figures(self) -> Figures:
+        """The dashboard's figures (events per minute, sizes, history, dead letters), read
+        from the store by set-based statements on either store."""
+        return Figures(self.store)
 
     def report(self, since: datetime, until: datetime, audience: str | None = None) -> Report:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
@@ -564,18 +572,25 @@ def _mask(kind: str, value: str) -> str:
 __all__ = [
     "SRM_ALERT",
     "Arm",
+    "Audience",
     "AudienceReport",
+    "AudienceSize",
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "Day",
+    "DeadGroup",
     "Drift",
     "Engine",
+    "Figures",
     "FileReport",
     "IngestResult",
     "LintReport",
     "Membership",
     "ProfileWhy",
     "Report",
+    "Reported",
+    "RouteStatus",
     "ValidateOptions",
     "ValidationReport",
     "bus_gateway",

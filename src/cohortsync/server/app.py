@@ -24,6 +24,7 @@ from cohortsync.server.group_commit import GroupCommitter
 from cohortsync.server.ingest import INGEST_PATHS, error, json_response
 from cohortsync.server.ingest import router as ingest_router
 from cohortsync.server.limits import BodyDeadline, BodyTimeoutError, ServeLimits
+from cohortsync.server.ui import install_dashboard
 
 log = scrubbed_logger("cohortsync.server")
 
@@ -81,6 +82,8 @@ def create_app(
     app.state.trusted_proxies = trusted_proxies
     app.state.origin_policy = policy = OriginPolicy.of(engine.project)
     app.include_router(ingest_router)
+    if isinstance(engine, Engine):
+        install_dashboard(app)
     app.add_middleware(BodyDeadline, seconds=body_timeout)
     app.add_exception_handler(BodyTimeoutError, _body_timeout)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
