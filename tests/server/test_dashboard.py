@@ -326,3 +326,35 @@ def test_an_action_from_another_site_is_refused(shop: Shop) -> None:
             headers={"origin": shop.server.url, "hx-request": "true"},
         )
         assert no_token.status_code == 403
+
+
+def test_login_goes_back_only_to_a_dashboard_page(shop: Shop) -> None:
+    with httpx.Client(base_url=shop.server.url, timeout=30) as client:
+        away = client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": "//evil.example/x"})
+        assert (away.status_code, away.headers["location"]) == (303, "/ui/")
+        back = client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": "/ui/report"})
+        assert back.headers["location"] == "/ui/report"
+
+
+def test_an_action_without_a_session_is_refused(shop: Shop) -> None:
+    with httpx.Client(base_url=shop.server.url, timeout=30) as client:
+        answer = client.post(
+            "/ui/destinations/hook/retry", data={"csrf": "x"}, headers={"origin": shop.server.url}
+        )
+        assert answer.status_code == 401
+        assert "log in again" in answer.text
+
+
+def test_a_bad_identifier_is_explained_on_the_profile_page(shop: Shop, watched: Watched) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.url}/ui/profile")
+    log_in(page, shop.server.url)
+    page.fill("#identifier", "email:nobody.here@example.com")
+    page.click("form.lookup button")
+    page.wait_for_load_state("load")
+    alert = page.locator("[role=alert]").inner_text()
+    assert alert.startswith("no profile has email") and "nobody.here" not in alert  # masked
+    page.fill("#identifier", "fax:123")
+    page.click("form.lookup button")
+    page.wait_for_load_state("load")
+    assert "unknown identifier kind 'fax'" in page.locator("[role=alert]").inner_text()
