@@ -327,13 +327,23 @@ class Engine:
         index = build_index(self.segments)
         return CadenceScheduler(self.store, self.segments, index, ()).schedules()
 
-    def sync_status(self) -> list[RouteStatus]:
-        """Per audience × destination (and conversion stream): desired, delivered, waiting."""
+    def sync_status(
+        self, audience: str | None = None, destination: str | None = None
+    ) -> list[RouteStatus]:
+        """Per audience × destination (and conversion stream): desired, delivered, waiting;
+        only the routes of `audience` and of `destination` when they are named."""
         setup = self.sync_setup
-        conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
-        found = ledger_for(self.store).status(
-            setup.routes, conversion_destinations, setup.accepts()
+        routes = [
+            r
+            for r in setup.routes
+            if audience in (None, r.audience) and destination in (None, r.destination)
+        ]
+        conversion_destinations = sorted(
+            {r.destination for r in setup.conversion_routes if destination in (None, r.destination)}
+            if audience is None
+            else set()
         )
+        found = ledger_for(self.store).status(routes, conversion_destinations, setup.accepts())
         return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:

@@ -252,6 +252,7 @@ def test_every_page_loads_cleanly_and_draws_its_charts(
         response = page.goto(base + path)
         assert response is not None and response.status == 200, path
         page.wait_for_load_state("networkidle")
+        assert page.locator(".loading").count() == 0, f"{path}: a part never loaded"
         drawn[name] = check_charts(page)
         page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
     assert drawn == {

@@ -35,10 +35,24 @@ UNION ALL
 SELECT 'exited', date_trunc('day', exited_at AT TIME ZONE 'UTC'), count(*)
 FROM stays WHERE exited_at >= $since AND exited_at < $until GROUP BY 2"""
 
+# Per audience (NULL: conversions), the records and the reason of the latest one.
 _DEAD = """
-SELECT audience, reason, count(*), max(dead_at) FROM dead_letters
-WHERE destination = $destination AND retried_at IS NULL
-GROUP BY audience, reason ORDER BY audience NULLS FIRST, reason"""
+WITH dead AS (
+  SELECT audience, reason, dead_at FROM dead_letters
+  WHERE destination = $destination AND retried_at IS NULL
+), grouped AS (
+  SELECT audience, count(*) AS records, max(dead_at) AS last FROM dead GROUP BY audience
+)
+SELECT g.audience, g.records, g.last,
+       (SELECT d.reason FROM dead d WHERE d.audience IS NOT DISTINCT FROM g.audience
+        ORDER BY d.dead_at DESC LIMIT 1)
+FROM grouped g ORDER BY g.audience NULLS FIRST"""
+
+_IDENTIFIERS = """
+SELECT i.kind, i.value, i.first_seen FROM identities i
+LEFT JOIN profile_aliases a ON a.profile_id = i.profile_id
+WHERE coalesce(a.canonical_id, i.profile_id) = $profile
+ORDER BY i.kind, i.first_seen, i.value"""
 
 
 @dataclass(frozen=True)
@@ -61,12 +75,13 @@ class Day:
 
 @dataclass(frozen=True)
 class DeadGroup:
-    """Dead letters of one destination not yet retried, grouped by audience and reason."""
+    """Dead letters of one destination not yet retried, per audience (None: conversions),
+    with the reason of the latest one."""
 
     audience: str | None
-    reason: str
     records: int
     last: datetime
+    reason: str
 
 
 class Figures:
@@ -118,10 +133,16 @@ class Figures:
         return out
 
     def dead_letters(self, destination: str) -> list[DeadGroup]:
-        """Dead letters of `destination` waiting for a retry, per audience and reason."""
+        """Dead letters of `destination` waiting for a retry, per audience."""
         with self.store.sql.reading() as tx:
             rows = tx.run(_DEAD, {"destination": destination})
-        return [DeadGroup(r[0], str(r[1]), int(r[2]), r[3]) for r in rows]
+        return [DeadGroup(r[0], int(r[1]), r[2], str(r[3])) for r in rows]
+
+    def identifiers(self, profile_id: str) -> list[tuple[str, str, datetime]]:
+        """Kind, value and first sighting of every identifier of a profile (merged ones too)."""
+        with self.store.sql.reading() as tx:
+            rows = tx.run(_IDENTIFIERS, {"profile": profile_id})
+        return [(str(k), str(v), f) for k, v, f in rows]
 
 
 def _naive(moment: datetime) -> datetime:

@@ -41,8 +41,14 @@ def _not_found(request: Request, session: Session, message: str) -> Response:
 def overview(request: Request, session: Viewer) -> Response:
     """Events per minute, profiles, audiences with their sizes, destination health."""
     data = views.overview(_engine(request), _now())
-    return page(request, "overview.html", session, data=data, hours=views.EVENT_HOURS,
-                destinations=data.destinations)  # fmt: skip
+    return page(request, "overview.html", session, data=data, hours=views.EVENT_HOURS)
+
+
+@router.get("/overview/destinations", response_class=HTMLResponse)
+def overview_destinations(request: Request, session: Viewer) -> Response:
+    """The overview's destination health (htmx loads it after the page)."""
+    health = views.destinations_health(_engine(request))
+    return page(request, "_health.html", session, destinations=health)
 
 
 @router.get("/audiences/{name}", response_class=HTMLResponse)
@@ -53,17 +59,48 @@ def audience(request: Request, name: str, session: Viewer) -> Response:
     if found is None:
         return _not_found(request, session, f"No audience is named {name!r}.")
     data = views.audience_page(engine, found, _now())
-    return page(request, "audience.html", session, data=data, accepted=views.accepted_rate)
+    return page(request, "audience.html", session, data=data)
+
+
+@router.get("/audiences/{name}/destinations", response_class=HTMLResponse)
+def audience_destinations(request: Request, name: str, session: Viewer) -> Response:
+    """An audience's delivery state per destination (htmx loads it after the page)."""
+    engine = _engine(request)
+    if name not in engine.segments.audiences:
+        return _not_found(request, session, f"No audience is named {name!r}.")
+    routes = views.audience_routes(engine, name)
+    return page(request, "_routes.html", session, routes=routes, first="destination",
+                accepted=views.accepted_rate)  # fmt: skip
+
+
+@router.get("/audiences/{name}/lint", response_class=HTMLResponse)
+def audience_lint(request: Request, name: str, session: Viewer) -> Response:
+    """Lint findings about an audience (htmx loads them after the page)."""
+    engine = _engine(request)
+    if name not in engine.segments.audiences:
+        return _not_found(request, session, f"No audience is named {name!r}.")
+    findings, measured = views.audience_lint(engine, name)
+    return page(request, "_lint.html", session, findings=findings, measured=measured)
 
 
 @router.get("/destinations/{name}", response_class=HTMLResponse)
 def destination(request: Request, name: str, session: Viewer) -> Response:
     """One destination: pending, retrying, dead letters (with a retry), match rates, errors."""
+    config = _engine(request).sync_setup.configs.get(name)
+    if config is None:
+        return _not_found(request, session, f"No destination is named {name!r}.")
+    return page(request, "destination.html", session, name=name, type=str(config.type),
+                dry_run=config.dry_run)  # fmt: skip
+
+
+@router.get("/destinations/{name}/delivery", response_class=HTMLResponse)
+def destination_delivery(request: Request, name: str, session: Viewer) -> Response:
+    """A destination's routes and dead letters (htmx loads them after the page)."""
     engine = _engine(request)
     if name not in engine.sync_setup.configs:
         return _not_found(request, session, f"No destination is named {name!r}.")
     data = views.destination_page(engine, name)
-    return page(request, "destination.html", session, data=data, accepted=views.accepted_rate,
+    return page(request, "_delivery.html", session, data=data, accepted=views.accepted_rate,
                 notice="")  # fmt: skip
 
 

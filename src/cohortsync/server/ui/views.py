@@ -70,7 +70,6 @@ class Overview:
     events_total: int
     profiles: int
     audiences: list[tuple[Audience, AudienceSize]]
-    destinations: list[DestinationHealth]
 
 
 @dataclass(frozen=True)
@@ -82,9 +81,6 @@ class AudiencePage:
     size_chart: Markup
     moves_chart: Markup
     rules: str
-    routes: list[RouteStatus]
-    findings: list[Reported]
-    lint_measured: bool
 
 
 @dataclass(frozen=True)
@@ -115,7 +111,7 @@ def health(engine: Engine, status: Sequence[RouteStatus]) -> list[DestinationHea
 
 
 def overview(engine: Engine, now: datetime) -> Overview:
-    """Events per minute, profiles, audience sizes and destination health."""
+    """Events per minute, profiles and audience sizes (destination health comes apart)."""
     minutes = engine.figures.events_per_minute(now, EVENT_HOURS)
     points = [(m.replace(tzinfo=UTC).timestamp(), float(n)) for m, n in minutes]
     chart = charts.line_chart(
@@ -132,12 +128,17 @@ def overview(engine: Engine, now: datetime) -> Overview:
         sum(n for _, n in minutes),
         engine.figures.profile_count(),
         listed,
-        health(engine, engine.sync_status()),
     )
 
 
+def destinations_health(engine: Engine) -> list[DestinationHealth]:
+    """Every destination at a glance (the overview loads it apart: the status read is slow)."""
+    return health(engine, engine.sync_status())
+
+
 def audience_page(engine: Engine, audience: Audience, now: datetime) -> AudiencePage:
-    """Size over time, entries and exits per day, rules, holdout, destinations and lint."""
+    """Size over time, entries and exits per day, rules and holdout (destinations and lint
+    come apart: `audience_routes`, `audience_lint`)."""
     days = engine.figures.audience_history(audience.name, now, HISTORY_DAYS)
     epochs = [d.day.replace(tzinfo=UTC).timestamp() for d in days]
     size_chart = charts.line_chart(
@@ -157,22 +158,26 @@ def audience_page(engine: Engine, audience: Audience, now: datetime) -> Audience
         y_format=count_label,
     )
     size = engine.figures.audience_sizes().get(audience.name, AudienceSize(0, 0))
-    lint = engine.lint(read_back=False)
     return AudiencePage(
-        audience,
-        size,
-        svg(size_chart),
-        svg(moves_chart),
-        engine.explain(audience.name),
-        [s for s in engine.sync_status() if s.audience == audience.name],
-        [r for r in lint.findings if r.finding.audience in (audience.name, None)],
-        lint.measured,
+        audience, size, svg(size_chart), svg(moves_chart), engine.explain(audience.name)
     )
+
+
+def audience_routes(engine: Engine, audience: str) -> list[RouteStatus]:
+    """The delivery state of one audience at each of its destinations."""
+    return engine.sync_status(audience=audience)
+
+
+def audience_lint(engine: Engine, audience: str) -> tuple[list[Reported], bool]:
+    """Lint findings about one audience or the whole project, and whether measured rules ran;
+    no platform is asked (no network call)."""
+    lint = engine.lint(read_back=False)
+    return [r for r in lint.findings if r.finding.audience in (audience, None)], lint.measured
 
 
 def destination_page(engine: Engine, name: str) -> DestinationPage:
     """Pending, retrying, dead letters, match rates and the last error of one destination."""
-    status = [s for s in engine.sync_status() if s.destination == name]
+    status = engine.sync_status(destination=name)
     config = engine.sync_setup.configs[name]
     found = DestinationHealth(name, str(config.type), config.dry_run, status)
     audiences = sorted({s.audience for s in status if s.audience})
@@ -180,7 +185,6 @@ def destination_page(engine: Engine, name: str) -> DestinationPage:
 
 
 def profile_page(engine: Engine, identifier: str) -> dict[str, Any]:
-    """The profile's identifiers and why it is in or out of each audience (JSON-ready)."""
-    view = engine.find_profile(identifier)
+    """Why the profile is in or out of each audience (JSON-ready) and its identifiers."""
     why = explanation_json(engine.explain_profile(identifier))
-    return {"view": view, "why": why}
+    return {"why": why, "identifiers": engine.figures.identifiers(why["profile_id"])}
