@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cohortsync.engine import Engine
@@ -111,14 +111,17 @@ def retry(request: Request, name: str, session: Actor) -> Response:
     engine = _engine(request)
     if name not in engine.sync_setup.configs:
         return _not_found(request, session, f"No destination is named {name!r}.")
-    queued = engine.retry_dead(destination=name)
-    report = engine.sync(destination=name)
-    sent = report.delivery
-    notice = (
-        f"{queued:,} dead letters queued again; delivered now: "
-        f"{sent.total('acknowledged'):,} acknowledged, {sent.total('retrying'):,} retrying, "
-        f"{sent.total('rejected'):,} refused, {sent.total('dead_lettered'):,} dead again."
-    )
+    try:
+        queued = engine.retry_dead(destination=name)
+        sent = engine.sync(destination=name).delivery
+    except CohortsyncError as exc:  # a project that breaks its lock: nothing was sent
+        notice = f"Not retried: {exc}"
+    else:
+        notice = (
+            f"{queued:,} dead letters queued again; delivered now: "
+            f"{sent.total('acknowledged'):,} acknowledged, {sent.total('retrying'):,} retrying, "
+            f"{sent.total('rejected'):,} refused, {sent.total('dead_lettered'):,} dead again."
+        )
     if request.headers.get("hx-request") != "true":
         return RedirectResponse(f"/ui/destinations/{name}", status_code=303)
     data = views.destination_page(engine, name)
@@ -127,10 +130,18 @@ def retry(request: Request, name: str, session: Actor) -> Response:
 
 
 @router.get("/profile", response_class=HTMLResponse)
-def profile(request: Request, session: Viewer, identifier: str = "") -> Response:
-    """Look a profile up by an identifier and explain each of its audiences."""
+def profile_form(request: Request, session: Viewer) -> Response:
+    """The profile lookup form."""
+    return page(request, "profile.html", session, identifier="", found=None, message="")
+
+
+@router.post("/profile", response_class=HTMLResponse)
+def profile(request: Request, session: Viewer, identifier: Annotated[str, Form()] = "") -> Response:
+    """Look a profile up by an identifier and explain each of its audiences. A POST, so the
+    identifier (often an email) stays out of URLs, proxy logs and the browser's history."""
     if not identifier.strip():
-        return page(request, "profile.html", session, identifier="", found=None, message="")
+        return page(request, "profile.html", session, 400, identifier="", found=None,
+                    message="Give an identifier, such as email:ann@example.com.")  # fmt: skip
     try:
         found = views.profile_page(_engine(request), identifier.strip())
     except CohortsyncError as exc:  # its message masks emails and phones
