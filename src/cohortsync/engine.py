@@ -211,6 +211,15 @@ class Engine:
             raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
         return view
 
+    def _profile_id(self, identifier: str) -> str:
+        """The id of the profile `identifier` names, as `find_profile` finds it, without reading
+        its events and traits (merges repoint identifiers, so the id found is a live one)."""
+        kind, value = parse_identifier(identifier, self.project.identity.default_region)
+        profile_id = self.store.find_profile(kind, value)
+        if profile_id is None:
+            raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
+        return profile_id
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Counts of events, profiles, identifiers and quarantined rows."""
         return self.store.stats()
@@ -394,7 +403,7 @@ class Engine:
         self, identifier: str, audience: str | None = None, at: datetime | None = None
     ) -> ProfileWhy:
         """Why the profile is in or out of each audience (or the one named), as of `at`."""
-        setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        setup, profile_id = self.sync_setup, self._profile_id(identifier)
         now = now_micros()
         return explain_profile(
             self.store, self.segments, setup.routes, setup.accepts(), profile_id,
