@@ -364,3 +364,25 @@ def test_a_bad_identifier_is_explained_on_the_profile_page(shop: Shop, watched: 
     page.click("form.lookup button")
     page.wait_for_load_state("load")
     assert "unknown identifier kind 'fax'" in page.locator("[role=alert]").inner_text()
+
+
+def test_a_part_of_a_page_asked_after_logout_sends_the_browser_to_log_in(shop: Shop) -> None:
+    with httpx.Client(base_url=shop.server.url, timeout=30) as client:
+        part = client.get(
+            "/ui/overview/destinations",
+            headers={"hx-request": "true", "hx-current-url": f"{shop.server.url}/ui/"},
+        )
+        assert part.status_code == 401
+        assert part.headers["hx-redirect"] == "/ui/login?next=%2Fui%2F"
+
+
+def test_logging_out_closes_the_dashboard_again(shop: Shop, watched: Watched) -> None:
+    page = watched.page
+    page.goto(f"{shop.server.url}/ui/")
+    log_in(page, shop.server.url)
+    assert page.locator("h1").inner_text() == "Overview"
+    page.click("form.logout button")
+    page.wait_for_load_state("load")
+    assert urlsplit(page.url).path == "/ui/login"
+    page.goto(f"{shop.server.url}/ui/report")
+    assert urlsplit(page.url).path == "/ui/login"

@@ -6,7 +6,7 @@ Handlers are plain `def`: FastAPI runs them in its threadpool, off the event loo
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -29,6 +29,10 @@ def logged_in(request: Request) -> Session:
     session = sessions.of_request(request)
     if session is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        if request.headers.get("hx-request") == "true":  # a part of a page: reload the page
+            target = _next(urlsplit(request.headers.get("hx-current-url", "")).path)
+            location = "/ui/login?" + urlencode({"next": target})
+            raise HTTPException(401, "log in first", headers={"HX-Redirect": location})
         location = "/ui/login?" + urlencode({"next": target})
         raise HTTPException(303, "log in first", headers={"Location": location})
     return session
@@ -39,7 +43,8 @@ def acting(request: Request, csrf: Annotated[str, Form()] = "") -> Session:
     pages (Origin or Referer) and the session's CSRF token, so another site cannot act."""
     session = sessions.of_request(request)
     if session is None:
-        raise HTTPException(401, "your session ended: log in again")
+        headers = {"HX-Redirect": "/ui/login"} if request.headers.get("hx-request") else None
+        raise HTTPException(401, "your session ended: log in again", headers=headers)
     if not sessions.same_origin(request) or not sessions.csrf_ok(session, csrf):
         log.warning("refused %s %s: not from a dashboard page", request.method, request.url.path)
         raise HTTPException(403, "refused: this action must come from a dashboard page")
