@@ -38,10 +38,12 @@ from cohortsync.ops.catalog_render import (
     catalog_markdown,
     write_catalog,
 )
+from cohortsync.ops.dashboard import AudienceSize, Day, DeadGroup, Figures
 from cohortsync.ops.drift import Drift, delivered, read_drift
 from cohortsync.ops.explain import ProfileWhy, explain_profile
 from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.ops.lint import LintReport, lint_project
+from cohortsync.ops.lint_codes import Reported
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
@@ -56,7 +58,7 @@ from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
 from cohortsync.realtime.loop import RealtimeLoop, RoundReport
 from cohortsync.realtime.serve_workers import DeliveryLoop, ServeWorkers
-from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.locations import redact
@@ -219,6 +221,15 @@ class Engine:
             raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
         return view
 
+    def _profile_id(self, identifier: str) -> str:
+        """The id of the profile `identifier` names, as `find_profile` finds it, without reading
+        its events and traits (merges repoint identifiers, so the id found is a live one)."""
+        kind, value = parse_identifier(identifier, self.project.identity.default_region)
+        profile_id = self.store.find_profile(kind, value)
+        if profile_id is None:
+            raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
+        return profile_id
+
     def stats(self) -> dict[str, dict[str, int]]:
         """Counts of events, profiles, identifiers and quarantined rows."""
         return self.store.stats()
@@ -335,13 +346,23 @@ class Engine:
         index = build_index(self.segments)
         return CadenceScheduler(self.store, self.segments, index, ()).schedules()
 
-    def sync_status(self) -> list[RouteStatus]:
-        """Per audience × destination (and conversion stream): desired, delivered, waiting."""
+    def sync_status(
+        self, audience: str | None = None, destination: str | None = None
+    ) -> list[RouteStatus]:
+        """Per audience × destination (and conversion stream): desired, delivered, waiting;
+        only the routes of `audience` and of `destination` when they are named."""
         setup = self.sync_setup
-        conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
-        found = ledger_for(self.store).status(
-            setup.routes, conversion_destinations, setup.accepts()
+        routes = [
+            r
+            for r in setup.routes
+            if audience in (None, r.audience) and destination in (None, r.destination)
+        ]
+        conversion_destinations = sorted(
+            {r.destination for r in setup.conversion_routes if destination in (None, r.destination)}
+            if audience is None
+            else set()
         )
+        found = ledger_for(self.store).status(routes, conversion_destinations, setup.accepts())
         return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
@@ -392,7 +413,7 @@ class Engine:
         self, identifier: str, audience: str | None = None, at: datetime | None = None
     ) -> ProfileWhy:
         """Why the profile is in or out of each audience (or the one named), as of `at`."""
-        setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        setup, profile_id = self.sync_setup, self._profile_id(identifier)
         now = now_micros()
         return explain_profile(
             self.store, self.segments, setup.routes, setup.accepts(), profile_id,
@@ -411,11 +432,11 @@ class Engine:
         routes = self.sync_status() if status is None else status
         return read_drift(self.sync_setup, self.loaded.root, delivered(routes), http)
 
-    def lint(self, http: httpx.Client | None = None) -> LintReport:
-        """Every lint rule over the project, the current memberships and the drift read back."""
-        return lint_project(
-            self.loaded, self.segments, self.sync_setup, self.store, self.drift(http)
-        )
+    def lint(self, http: httpx.Client | None = None, *, read_back: bool = True) -> LintReport:
+        """Every lint rule over the project, the current memberships and the drift read back;
+        `read_back=False` asks no platform (no network call: the dashboard's pages)."""
+        drifts = self.drift(http) if read_back else []
+        return lint_project(self.loaded, self.segments, self.sync_setup, self.store, drifts)
 
     def check_lock(self) -> None:
         """Refuse (one line per audience) when the project breaks `cohortsync.lock`."""
@@ -449,6 +470,12 @@ class Engine:
     def cleanup_test_profiles(self) -> Cleanup:
         """Remove the test profiles `validate` made, from every destination too."""
         return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
+
+    @cached_property
+    def figures(self) -> Figures:
+        """The dashboard's figures (events per minute, sizes, history, dead letters), read
+        from the store by set-based statements on either store."""
+        return Figures(self.store)
 
     def report(self, since: datetime, until: datetime, audience: str | None = None) -> Report:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
@@ -574,21 +601,28 @@ def _mask(kind: str, value: str) -> str:
 __all__ = [
     "SRM_ALERT",
     "Arm",
+    "Audience",
     "AudienceReport",
+    "AudienceSize",
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "Day",
+    "DeadGroup",
     "DeliveryBacklog",
     "DeliveryReport",
     "Drift",
     "Engine",
+    "Figures",
     "FileReport",
     "IngestResult",
     "LintReport",
     "Membership",
     "ProfileWhy",
     "Report",
+    "Reported",
     "RoundReport",
+    "RouteStatus",
     "ServeWorkers",
     "ValidateOptions",
     "ValidationReport",

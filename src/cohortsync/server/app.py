@@ -26,6 +26,7 @@ from cohortsync.server.limits import BodyDeadline, BodyTimeoutError, ServeLimits
 from cohortsync.server.metrics import ServeMetrics, metered
 from cohortsync.server.monitoring import router as monitoring_router
 from cohortsync.server.readiness import Readiness
+from cohortsync.server.ui import install_dashboard
 
 log = scrubbed_logger("cohortsync.server")
 
@@ -93,6 +94,8 @@ def create_app(
     app.state.origin_policy = policy = OriginPolicy.of(engine.project)
     app.include_router(ingest_router)
     app.include_router(monitoring_router)
+    if isinstance(engine, Engine):
+        install_dashboard(app)
     app.add_middleware(BodyDeadline, seconds=body_timeout)
     app.add_exception_handler(BodyTimeoutError, _body_timeout)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)
