@@ -1,10 +1,11 @@
 """PII scan of every output (reliability.md §4.7 P-1, P-2): a shop's events flow through
-`serve` and the CLI to Meta Custom Audiences, Meta CAPI, Google Customer Match and conversions, a
-webhook, Segment, hashed files and the warehouse, against their contract fakes, with 4xx and 5xx
-answers that echo identifiers back; then every request each fake captured, every dry-run file,
-every exported file, every log line, every CLI output and error, and every row of the delivery
-tables is searched for the seeded emails, phones and phone-like user ids, in every form they were
-written or could be encoded in.
+`serve` and the CLI to Meta Custom Audiences, Meta CAPI, Google Customer Match and conversions,
+TikTok audiences and events, a webhook, Segment, hashed files and the warehouse, against their
+contract fakes, with 4xx and 5xx answers (TikTok's: HTTP 200 with an error code) that echo
+identifiers back; then every request each fake captured, every dry-run file, every exported
+file, every log line, every CLI output and error, and every row of the delivery tables is
+searched for the seeded emails, phones and phone-like user ids, in every form they were written
+or could be encoded in.
 
 Outputs that hold raw identifiers by design are left out, each with its reason (`EXCLUDED`).
 """
@@ -37,6 +38,7 @@ from tests.fakes.capture import Captured
 from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
+from tests.fakes.tiktok import TiktokFake, tiktok_type
 from tests.fakes.webhook import WebhookFake
 from tests.sync.platforms import GOOGLE_CONVERSIONS, GOOGLE_MATCH
 
@@ -107,6 +109,7 @@ def project_yaml(
     meta_raw: MetaFake,
     hooks: WebhookFake,
     seg: SegmentFake,
+    tiktok: TiktokFake,
     google: GoogleDataManagerFake,
 ) -> str:
     return (
@@ -123,7 +126,7 @@ audiences:
     segment: cart_6h
     refresh: realtime
     holdout: {{percent: 30}}
-    destinations: [meta_ads, meta_raw_ids, google_ads, hooks, seg, exports, warehouse]
+    destinations: [meta_ads, meta_raw_ids, google_ads, hooks, seg, exports, warehouse, tiktok_ads]
 destinations:
   meta_ads:
     type: meta_custom_audience
@@ -150,13 +153,23 @@ destinations:
 {google_settings(google)}  hooks: {{type: webhook, url: "{hooks.url}", secret: "{hooks.secret}"}}
   seg: {{type: segment, url: "{seg.url}", write_key: {seg.write_key}}}
   exports: {{type: files, path: exports, platform: meta}}
+  tiktok_ads:
+    type: "{tiktok_type("tiktok_audience")}"
+    advertiser_id: "{tiktok.advertiser_id}"
+    access_token: {tiktok.token}
+    base_url: {tiktok.base_url}
+  tiktok_pixel:
+    type: "{tiktok_type("tiktok_events")}"
+    pixel_code: {tiktok.pixel_code}
+    access_token: {tiktok.token}
+    base_url: {tiktok.base_url}
   warehouse: {{type: warehouse, url: "duckdb:///warehouse.duckdb"}}
 conversions:
   - event: order_completed
     as: Purchase
     value: revenue
     currency: USD
-    destinations: [meta_capi, google_conv, hooks, seg, warehouse]
+    destinations: [meta_capi, google_conv, hooks, seg, warehouse, tiktok_pixel]
 """
     )
 
@@ -247,12 +260,14 @@ def graph_echo(code: int) -> dict[str, Any]:
 def test_no_output_holds_a_raw_identifier(
     tmp_path: Path,
     fakes: tuple[MetaFake, MetaFake, WebhookFake, SegmentFake],
+    tiktok_fake: TiktokFake,
     google_fake: GoogleDataManagerFake,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     meta, meta_raw, hooks, seg = fakes
+    tiktok = tiktok_fake
     google = google_fake
-    settings = project_yaml(*fakes, google)
+    settings = project_yaml(*fakes, tiktok, google)
     (tmp_path / "cohortsync.yml").write_text(settings, encoding="utf-8")
     caplog.set_level(logging.DEBUG)
     outputs = Outputs([])
@@ -264,6 +279,7 @@ def test_no_output_holds_a_raw_identifier(
     meta.fail(500, times=1, body=graph_echo(2), path="/users")
     google.fail(500, times=1, body=google_echo(500), path="audienceMembers:ingest")
     hooks.fail(400, times=1, body={"error": ECHO})
+    tiktok.refuse(50000, times=1, message=ECHO, path="/segment/mapping/")
     with Engine.open(tmp_path) as engine:
         server = LiveServer(engine)
         server.start()
@@ -275,7 +291,7 @@ def test_no_output_holds_a_raw_identifier(
                 f"{server.url}/v1/batch", json={"batch": batch}, auth=(WRITE_KEY, "")
             )
             assert response.status_code == 200, response.text
-            eventually(lambda: _delivered(meta, hooks, seg, tmp_path, google))
+            eventually(lambda: _delivered(meta, hooks, seg, tmp_path, google) + _on_tiktok(tiktok))
         finally:
             server.stop()
 
@@ -302,6 +318,7 @@ def test_no_output_holds_a_raw_identifier(
     meta.fail(400, times=1, body=graph_echo(100), path="/events")
     google.fail(400, times=1, body=google_echo(400), path="events:ingest")
     hooks.fail(503, times=1, body={"error": ECHO})
+    tiktok.refuse(40002, times=1, message=ECHO, path="/event/track/")
     cli("ingest", str(orders))
     cli("compute")
     cli("sync", "--json")
@@ -327,7 +344,8 @@ def test_no_output_holds_a_raw_identifier(
         _store_outputs(engine, outputs)
 
     fakes_by_name = {"meta": meta, "meta_raw_ids": meta_raw, "google": google}
-    _request_outputs({**fakes_by_name, "hooks": hooks, "seg": seg}, outputs)
+    _request_outputs({**fakes_by_name, "hooks": hooks, "seg": seg, "tiktok": tiktok}, outputs)
+    assert tiktok.faults.fired == 2 and tiktok.effective_events
     _file_outputs(tmp_path, outputs)
     outputs.add("log", caplog.text)
     outputs.texts += [(f"log {r.name}", r.getMessage()) for r in caplog.records]
@@ -347,6 +365,12 @@ def _delivered(
         "exported snapshot": (root / "exports" / AUDIENCE / "snapshot.csv").is_file(),
     }
     return [name for name, done in checks.items() if not done]
+
+
+def _on_tiktok(tiktok: TiktokFake) -> list[str]:
+    """What serve has not yet delivered to TikTok (after its refused first mapping)."""
+    done = AUDIENCE in tiktok.audiences() and bool(tiktok.members(AUDIENCE))
+    return [] if done else ["tiktok members"]
 
 
 def _figures_are_true(engine: Engine, meta: MetaFake, meta_raw: MetaFake) -> None:

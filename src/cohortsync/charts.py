@@ -213,7 +213,7 @@ def interval_chart(
     left = max(_LEFT, 7 * max(len(r.label) for r in rows) + 12)
     ends = [v for r in rows for v in (r.low, r.high, r.value)] + [0.0]
     x_ticks = _ticks(min(ends), max(ends))
-    span = width - left - _RIGHT
+    span = width - left - _RIGHT - 24  # room for the last tick's label, centred on its line
 
     def sx(value: float) -> float:
         return left + (value - x_ticks[0]) / (x_ticks[-1] - x_ticks[0]) * span

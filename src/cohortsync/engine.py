@@ -38,10 +38,12 @@ from cohortsync.ops.catalog_render import (
     catalog_markdown,
     write_catalog,
 )
+from cohortsync.ops.dashboard import AudienceSize, Day, DeadGroup, Figures
 from cohortsync.ops.drift import Drift, delivered, read_drift
 from cohortsync.ops.explain import ProfileWhy, explain_profile
 from cohortsync.ops.explain_json import explanation_json, memberships_json
 from cohortsync.ops.lint import LintReport, lint_project
+from cohortsync.ops.lint_codes import Reported
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
@@ -54,22 +56,23 @@ from cohortsync.realtime.bus_roles import BusGateway, BusWorker
 from cohortsync.realtime.cadence import CadenceScheduler, Schedule
 from cohortsync.realtime.evaluation import ProfileProcessor
 from cohortsync.realtime.index import build_index
-from cohortsync.realtime.loop import RealtimeLoop
+from cohortsync.realtime.loop import RealtimeLoop, RoundReport
 from cohortsync.realtime.serve_workers import DeliveryLoop, ServeWorkers
-from cohortsync.segments.ast import SegmentProject
+from cohortsync.segments.ast import Audience, SegmentProject
 from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.locations import redact
 from cohortsync.store.opening import open_store
 from cohortsync.store.outbox import RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
+from cohortsync.sync.backlog import DeliveryBacklog, delivery_backlog
 from cohortsync.sync.configure import SyncSetup, sync_setup
 from cohortsync.sync.downstream import downstream
 from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.profile_state import Membership, memberships, profile_ids
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
-from cohortsync.sync.worker import Clock
+from cohortsync.sync.worker import Clock, DeliveryReport
 
 Listener = Callable[[Sequence[Message], IngestResult], None]
 """Called with the messages of a commit and what storing them did (`IngestResult.profiles`,
@@ -117,6 +120,15 @@ class Engine:
     def close(self) -> None:
         """Close the store."""
         self.store.close()
+
+    def ping(self) -> None:
+        """Return once the store answered a trivial query; raise what it raised otherwise."""
+        with self.store.sql.reading() as tx:
+            tx.run("SELECT 1")
+
+    def delivery_backlog(self) -> DeliveryBacklog:
+        """Per destination, records waiting in the outbox and dead letters (cheap counts)."""
+        return delivery_backlog(self.store.sql)
 
     def store_shown(self) -> str:
         """Where the store is, any password hidden: fit for a terminal or a log line."""
@@ -208,6 +220,15 @@ class Engine:
         if view is None:
             raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
         return view
+
+    def _profile_id(self, identifier: str) -> str:
+        """The id of the profile `identifier` names, as `find_profile` finds it, without reading
+        its events and traits (merges repoint identifiers, so the id found is a live one)."""
+        kind, value = parse_identifier(identifier, self.project.identity.default_region)
+        profile_id = self.store.find_profile(kind, value)
+        if profile_id is None:
+            raise NotFoundError(f"no profile has {kind} {_mask(kind, value)}")
+        return profile_id
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Counts of events, profiles, identifiers and quarantined rows."""
@@ -325,12 +346,24 @@ class Engine:
         index = build_index(self.segments)
         return CadenceScheduler(self.store, self.segments, index, ()).schedules()
 
-    def sync_status(self) -> list[RouteStatus]:
-        """Per audience × destination (and conversion stream): desired, delivered, waiting."""
+    def sync_status(
+        self, audience: str | None = None, destination: str | None = None
+    ) -> list[RouteStatus]:
+        """Per audience × destination (and conversion stream): desired, delivered, waiting;
+        only the routes of `audience` and of `destination` when they are named."""
         setup = self.sync_setup
-        conversion_destinations = sorted({r.destination for r in setup.conversion_routes})
+        routes = [
+            r
+            for r in setup.routes
+            if audience in (None, r.audience) and destination in (None, r.destination)
+        ]
+        conversion_destinations = sorted(
+            {r.destination for r in setup.conversion_routes if destination in (None, r.destination)}
+            if audience is None
+            else set()
+        )
         ledger = ledger_for(self.store)
-        found = ledger.status(setup.routes, conversion_destinations, setup.accepts())
+        found = ledger.status(routes, conversion_destinations, setup.accepts())
         reported = ledger.platform_match_rates()
         return [
             replace(
@@ -389,7 +422,7 @@ class Engine:
         self, identifier: str, audience: str | None = None, at: datetime | None = None
     ) -> ProfileWhy:
         """Why the profile is in or out of each audience (or the one named), as of `at`."""
-        setup, profile_id = self.sync_setup, self.find_profile(identifier).profile_id
+        setup, profile_id = self.sync_setup, self._profile_id(identifier)
         now = now_micros()
         return explain_profile(
             self.store, self.segments, setup.routes, setup.accepts(), profile_id,
@@ -408,11 +441,11 @@ class Engine:
         routes = self.sync_status() if status is None else status
         return read_drift(self.sync_setup, self.loaded.root, delivered(routes), http)
 
-    def lint(self, http: httpx.Client | None = None) -> LintReport:
-        """Every lint rule over the project, the current memberships and the drift read back."""
-        return lint_project(
-            self.loaded, self.segments, self.sync_setup, self.store, self.drift(http)
-        )
+    def lint(self, http: httpx.Client | None = None, *, read_back: bool = True) -> LintReport:
+        """Every lint rule over the project, the current memberships and the drift read back;
+        `read_back=False` asks no platform (no network call: the dashboard's pages)."""
+        drifts = self.drift(http) if read_back else []
+        return lint_project(self.loaded, self.segments, self.sync_setup, self.store, drifts)
 
     def check_lock(self) -> None:
         """Refuse (one line per audience) when the project breaks `cohortsync.lock`."""
@@ -446,6 +479,12 @@ class Engine:
     def cleanup_test_profiles(self) -> Cleanup:
         """Remove the test profiles `validate` made, from every destination too."""
         return cleanup(self.store, self.segments, self.sync_setup.routes, self.sync)
+
+    @cached_property
+    def figures(self) -> Figures:
+        """The dashboard's figures (events per minute, sizes, history, dead letters), read
+        from the store by set-based statements on either store."""
+        return Figures(self.store)
 
     def report(self, since: datetime, until: datetime, audience: str | None = None) -> Report:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
@@ -571,18 +610,29 @@ def _mask(kind: str, value: str) -> str:
 __all__ = [
     "SRM_ALERT",
     "Arm",
+    "Audience",
     "AudienceReport",
+    "AudienceSize",
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "Day",
+    "DeadGroup",
+    "DeliveryBacklog",
+    "DeliveryReport",
     "Drift",
     "Engine",
+    "Figures",
     "FileReport",
     "IngestResult",
     "LintReport",
     "Membership",
     "ProfileWhy",
     "Report",
+    "Reported",
+    "RoundReport",
+    "RouteStatus",
+    "ServeWorkers",
     "ValidateOptions",
     "ValidationReport",
     "bus_gateway",

@@ -10,7 +10,16 @@ import pytest
 from cohortsync.destinations.base import Capabilities, Destination
 from cohortsync.destinations.registry import GROUP, destination_class, known_types
 
-BUILT_IN = {"warehouse", "files", "webhook", "segment", "meta_custom_audience", "meta_capi"}
+BUILT_IN = {
+    "warehouse",
+    "files",
+    "webhook",
+    "segment",
+    "meta_custom_audience",
+    "meta_capi",
+    "tiktok_audience",
+    "tiktok_events",
+}
 LOOSE = ("accepts", "ad_platform", "max_batch", "audiences", "conversions")
 
 

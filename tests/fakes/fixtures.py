@@ -12,6 +12,7 @@ import pytest
 from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
 from tests.fakes.segment import SegmentFake
+from tests.fakes.tiktok import TiktokFake
 from tests.fakes.webhook import WebhookFake
 
 
@@ -40,4 +41,11 @@ def segment_fake() -> Iterator[SegmentFake]:
 def google_fake() -> Iterator[GoogleDataManagerFake]:
     """A running Data Manager API fake: `.url`, `.token_url`, OAuth client, state, faults."""
     with GoogleDataManagerFake().serving() as fake:
+        yield fake
+
+
+@pytest.fixture
+def tiktok_fake() -> Iterator[TiktokFake]:
+    """A running TikTok Business API fake: `.url`, `.token`, `.advertiser_id`, `.pixel_code`."""
+    with TiktokFake().serving() as fake:
         yield fake

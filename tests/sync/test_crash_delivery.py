@@ -1,13 +1,15 @@
 """kill -9 of the delivery worker at random points, while profiles flap in and out of an audience.
 
-After restart and drain, the receiver's state equals the desired membership for every profile
-(no lost entry or exit): a webhook receiver, where no change was ever sent under two batch ids
-either (resends keep their id, and the receiver applies an id once), and Google Customer Match
-through the Data Manager fake (OAuth, user list, ingest and remove).
+After restart and drain, what each receiver holds equals the desired membership for every
+profile (no lost entry or exit). The webhook receiver also shows no change was ever sent under
+two batch ids (resends keep their id, and it applies an id once); the TikTok and Google Data
+Manager fakes hold members as sets of hashed ids, so a resend there changes nothing by itself.
+Each receiver is one `Target`, and the test runs once per target.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import signal
@@ -26,11 +28,10 @@ from cohortsync.engine import Engine
 from tests.conftest import PROJECT_YAML
 from tests.fakes.base import FakeServer
 from tests.fakes.google_data_manager import GoogleDataManagerFake
+from tests.fakes.tiktok import TiktokFake, tiktok_type
 from tests.fakes.webhook import WebhookFake
 from tests.sync.conftest import person, track
-from tests.sync.platforms import AUDIENCE_DESTINATION as ADS
-from tests.sync.platforms import CONVERSION_DESTINATION as CONVERSIONS
-from tests.sync.platforms import GooglePlatform
+from tests.sync.platforms import GOOGLE_MATCH
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
 
@@ -40,6 +41,7 @@ AUDIENCE = "cio_cart_1h"
 
 
 def project_yaml(destination: str) -> str:
+    """The project, its audience flowing to `hook`, whose settings `destination` gives."""
     return (
         PROJECT_YAML
         + f"""\
@@ -49,50 +51,54 @@ audiences:
   {AUDIENCE}:
     segment: cart_1h
     holdout: {{percent: 20}}
-    destinations: [{ADS}]
+    destinations: [hook]
 destinations:
-{destination}"""
+  hook: {destination}
+"""
     )
 
 
-class Receiver(ABC):
-    """What receives the audience: its fake, its settings, what it holds in the end."""
+class Target(ABC):
+    """A receiver the worker is killed while delivering to: its fake, its settings, and what
+    it holds against what it should."""
 
     fake: FakeServer
 
     @abstractmethod
-    def destination_yaml(self) -> str:
-        """The `ads_audiences` entry of `destinations:`."""
+    def destination(self) -> str:
+        """The `hook` destination's settings, as one line of YAML."""
 
     @abstractmethod
     def held(self) -> set[str]:
-        """Keys of the members the receiver holds now."""
+        """What the receiver holds now."""
 
     @abstractmethod
     def desired(self, engine: Engine) -> set[str]:
-        """Keys of the members it should hold."""
+        """What it should hold, in the same terms."""
 
     def sent_twice(self) -> dict[int, set[str]]:
-        """Changes the receiver saw under more than one batch id (where it can tell)."""
+        """Changes seen under more than one batch id (where the receiver can tell)."""
         return {}
 
 
-class WebhookReceiver(Receiver):
-    def __init__(self, fake: WebhookFake) -> None:
-        self.fake: WebhookFake = fake
+class WebhookTarget(Target):
+    """The Standard Webhooks receiver: profile ids, holdout included, once per webhook id."""
 
-    def destination_yaml(self) -> str:
-        return f'  {ADS}: {{type: webhook, url: "{self.fake.url}", secret: "{self.fake.secret}"}}\n'
+    def __init__(self, fake: WebhookFake) -> None:
+        self.fake = fake
+
+    def destination(self) -> str:
+        return f'{{type: webhook, url: "{self.fake.url}", secret: "{self.fake.secret}"}}'
 
     def held(self) -> set[str]:
-        found: set[str] = set()
+        held: set[str] = set()
         for _, body in self.fake.applied:
             for change in body["data"]["changes"]:
                 if change["operation"] == "add":
-                    found.add(change["profile_id"])
+                    held.add(change["profile_id"])
                 else:
-                    found.discard(change["profile_id"])
-        return found
+                    held.discard(change["profile_id"])
+        return held
 
     def desired(self, engine: Engine) -> set[str]:
         return {m.profile_id for m in engine.members(AUDIENCE)}
@@ -105,21 +111,66 @@ class WebhookReceiver(Receiver):
         return {c: ids for c, ids in batches_of.items() if len(ids) > 1}
 
 
-class GoogleReceiver(Receiver):
-    def __init__(self, fake: GoogleDataManagerFake) -> None:
-        self.platform = GooglePlatform(fake)
-        self.fake: GoogleDataManagerFake = fake
+class TiktokTarget(Target):
+    """The TikTok fake: hashed emails and phones of the members outside the holdout."""
 
-    def destination_yaml(self) -> str:
-        entries = self.platform.destinations_yaml()
-        return entries[: entries.index(f"  {CONVERSIONS}:")]
+    def __init__(self, fake: TiktokFake) -> None:
+        self.fake = fake
+
+    def destination(self) -> str:
+        kind = tiktok_type("tiktok_audience")
+        return (
+            f'{{type: "{kind}", advertiser_id: "{self.fake.advertiser_id}", '
+            f'access_token: {self.fake.token}, base_url: "{self.fake.base_url}"}}'
+        )
 
     def held(self) -> set[str]:
-        return self.platform.members(AUDIENCE)
+        if AUDIENCE not in self.fake.audiences():
+            return set()
+        assert self.fake.audience_count(AUDIENCE) == 1
+        emails = {f"email:{h}" for h in self.fake.members(AUDIENCE)}
+        return emails | {f"phone:{h}" for h in self.fake.members(AUDIENCE, "PHONE_SHA256")}
+
+    def desired(self, engine: Engine) -> set[str]:
+        found: set[str] = set()
+        for m in engine.members(AUDIENCE):
+            if m.holdout:
+                continue
+            if m.email:
+                found.add(f"email:{_sha(m.email)}")
+            if m.phone:
+                found.add(f"phone:{_sha(m.phone.lstrip('+'))}")
+        return found
+
+
+class GoogleTarget(Target):
+    """The Google Data Manager fake: hashed emails of the members outside the holdout, in the
+    Customer Match list named after the audience (OAuth, list lookup, ingest and remove)."""
+
+    def __init__(self, fake: GoogleDataManagerFake) -> None:
+        self.fake = fake
+
+    def destination(self) -> str:
+        fake = self.fake
+        return (
+            f'{{type: "{GOOGLE_MATCH}", operating_account_id: "{fake.account_id}", '
+            f'refresh_token: "{fake.refresh_token}", client_id: "{fake.client_id}", '
+            f'client_secret: "{fake.client_secret}", token_uri: "{fake.token_url}", '
+            f'base_url: "{fake.base_url}", accept_terms_of_service: true}}'
+        )
+
+    def held(self) -> set[str]:
+        if AUDIENCE not in self.fake.user_lists():
+            return set()
+        return self.fake.members(AUDIENCE)
 
     def desired(self, engine: Engine) -> set[str]:
         members = engine.members(AUDIENCE)
         return {hash_google("email", m.email) or "" for m in members if not m.holdout and m.email}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def sync_process(project: Path) -> subprocess.Popen[bytes]:
@@ -157,21 +208,26 @@ def kill_at_random_point(
     return "finished"
 
 
-@pytest.fixture(params=["webhook", "google"])
-def receiver(request: pytest.FixtureRequest) -> Iterator[Receiver]:
+@pytest.fixture(params=["webhook", "tiktok_audience", "google_customer_match"])
+def target(request: pytest.FixtureRequest) -> Iterator[Target]:
+    """Each receiver in turn, serving."""
     if request.param == "webhook":
         with WebhookFake().serving() as hook:
-            yield WebhookReceiver(hook)
-    else:
+            yield WebhookTarget(hook)
+    elif request.param == "google_customer_match":
         with GoogleDataManagerFake().serving() as google:
-            yield GoogleReceiver(google)
+            yield GoogleTarget(google)
+    else:
+        with TiktokFake().serving() as tiktok:
+            yield TiktokTarget(tiktok)
 
 
 def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
-    project_dir: Path, receiver: Receiver
+    project_dir: Path, target: Target
 ) -> None:
+    receiver = target.fake
     (project_dir / "cohortsync.yml").write_text(
-        project_yaml(receiver.destination_yaml()), encoding="utf-8"
+        project_yaml(target.destination()), encoding="utf-8"
     )
     rng = random.Random(20261129)
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
@@ -186,7 +242,7 @@ def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
                 [track(n, "added_to_cart", at - timedelta(minutes=5)) for n in flapping]
             )
             engine.compute(at)
-        outcome = kill_at_random_point(sync_process(project_dir), receiver.fake, rng)
+        outcome = kill_at_random_point(sync_process(project_dir), receiver, rng)
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     for _ in range(2):  # restart and drain
         finished = sync_process(project_dir)
@@ -194,13 +250,13 @@ def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
         assert finished.returncode == 0, stderr.decode()
 
     with Engine.open(project_dir) as engine:
-        desired = receiver.desired(engine)
+        desired = target.desired(engine)
         pending = engine.store.query("SELECT count(*) FROM outbox")  # type: ignore[attr-defined]
-    held = receiver.held()
+    held = target.held()
     lost_exits = held - desired
     lost_entries = desired - held
-    sent_twice = receiver.sent_twice()
-    print(f"runs {RUNS}: {outcomes}; requests the receiver got: {len(receiver.fake.log)}")
+    sent_twice = target.sent_twice()
+    print(f"runs {RUNS}: {outcomes}; requests the receiver saw: {len(receiver.log)}")
     assert (
         outcomes.get("killed after a delivery", 0) + outcomes.get("killed by time", 0) >= RUNS // 2
     )

@@ -106,6 +106,10 @@ class Bus(Protocol):
         """Messages the group has not acked yet (delivered or not)."""
         ...
 
+    def check(self) -> None:
+        """Return once the bus answered a round trip now; `BusError` saying why not."""
+        ...
+
     def drop(self) -> None:
         """Delete every stream, group and lease under this bus's prefix."""
         ...

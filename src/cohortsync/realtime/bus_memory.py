@@ -79,6 +79,9 @@ class InProcessBus:
             self, group, name, select_partitions(self.partitions, partitions), self.visibility
         )
 
+    def check(self) -> None:
+        """Always reachable: it lives in this process."""
+
     def backlog(self, group: str) -> int:
         """Messages the group has not acked yet (delivered or not)."""
         with self._changed:

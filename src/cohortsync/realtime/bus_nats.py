@@ -289,6 +289,12 @@ class NatsBus:
             ),
         )
 
+    def check(self) -> None:
+        """A PING/PONG round trip with the server (a reconnecting client fails it)."""
+        if not self.nc.is_connected:
+            raise BusError(f"NATS at {self.url} is disconnected; reconnecting")
+        self._call("reach the bus", self.nc.flush(timeout=2))
+
     def backlog(self, group: str) -> int:
         """Messages the group has not acked: not yet delivered plus awaiting ack."""
         return self._call("read the backlog", self._backlog(group))

@@ -132,6 +132,11 @@ class RedisBus:
         """Join `group` as `name`, for all or the given partitions."""
         return RedisConsumer(self, group, name, select_partitions(self.partitions, partitions))
 
+    def check(self) -> None:
+        """PING the server."""
+        with self.errors("reach the bus"):
+            self.redis.ping()
+
     def backlog(self, group: str) -> int:
         """Entries the group has not acked: undelivered (lag) plus pending."""
         total = 0

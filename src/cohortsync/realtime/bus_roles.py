@@ -84,6 +84,10 @@ class BusGateway:
     def warm_up(self) -> None:
         """Nothing to load: an ingest process holds no store."""
 
+    def ping(self) -> None:
+        """Return once the bus answered a round trip; `BusError` saying why not."""
+        self.bus.check()
+
     def commit(
         self, messages: Sequence[Message], rejections: Sequence[Rejection] = ()
     ) -> IngestResult:

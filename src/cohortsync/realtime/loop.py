@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from cohortsync.config.models import IdentityConfig
@@ -53,6 +53,11 @@ class RoundReport:
     event_profiles: int = 0
     entered: int = 0
     exited: int = 0
+    waited: float | None = None
+    """Seconds from the commit of the oldest event evaluated to the end of the round (None
+    when the round evaluated no events handed over by ingest)."""
+    timers_late_us: list[int] = field(default_factory=list)
+    """How late each timer fired: the clock after its evaluation less its due instant."""
 
     @property
     def changed(self) -> bool:
@@ -78,7 +83,9 @@ class RealtimeLoop:
         self.index: RealtimeIndex = processor.index
         self.clock = clock
         self.on_change = on_change
+        self.on_round: Callable[[RoundReport], None] | None = None
         self._queue: list[Message] = []
+        self._queued_since: float | None = None  # monotonic time the oldest queued one came
         self._touched: dict[str, tuple[str, ...]] = {}  # message id → profiles, from ingest
         self._merged: set[str] = set()  # survivors of merges stored since the last round
         self._wake = threading.Condition()
@@ -100,6 +107,8 @@ class RealtimeLoop:
         if not relevant and not merged:
             return
         with self._wake:
+            if self._queued_since is None:
+                self._queued_since = time.monotonic()
             self._queue.extend(relevant)
             self._merged.update(merged)
             if stored is not None and stored.profiles:
@@ -145,6 +154,7 @@ class RealtimeLoop:
             queued, self._queue = self._queue, []
             touched, self._touched = self._touched, {}
             merged, self._merged = self._merged, set()
+            since, self._queued_since = self._queued_since, None
         # The clock is read after the queue is taken, so every queued event was stored before.
         now_us = to_micros(self.clock()) if now_us is None else now_us
         report = RoundReport()
@@ -167,16 +177,30 @@ class RealtimeLoop:
                 if moves:
                     self._cursor_moved = newest
         except BaseException:
-            self._requeue(queued, touched, merged)  # evaluated again next round: none dropped
+            self._requeue(queued, touched, merged, since)  # evaluated again: none dropped
             raise
         if queued or merged:
             report.event_profiles += done.profiles
             report.entered += done.entered
             report.exited += done.exited
+        if since is not None:
+            report.waited = time.monotonic() - since
         self.rounds += 1
         if report.changed and self.on_change is not None:
             self.on_change()
+        if self.on_round is not None:
+            self.on_round(report)
         return report
+
+    def backlog_age(self) -> float:
+        """Seconds the oldest event handed over and not yet evaluated has waited (0 if none)."""
+        with self._wake:
+            since = self._queued_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
+
+    def running(self) -> bool:
+        """Whether the loop's thread is running."""
+        return self._thread is not None and self._thread.is_alive()
 
     def _fire_timers(self, now_us: int, report: RoundReport) -> None:
         while True:
@@ -192,6 +216,8 @@ class RealtimeLoop:
                 at = max(due_us for _, due_us in group)
                 profiles = [p for p, _ in group]
                 done = self.processor.process(profiles, at)
+                fired = to_micros(self.clock())
+                report.timers_late_us.extend(fired - due_us for _, due_us in group)
                 report.timer_profiles += done.profiles
                 report.entered += done.entered
                 report.exited += done.exited
@@ -213,9 +239,15 @@ class RealtimeLoop:
                 return
 
     def _requeue(
-        self, queued: list[Message], touched: dict[str, tuple[str, ...]], merged: set[str]
+        self,
+        queued: list[Message],
+        touched: dict[str, tuple[str, ...]],
+        merged: set[str],
+        since: float | None,
     ) -> None:
         with self._wake:
+            if since is not None:
+                self._queued_since = min(since, self._queued_since or since)
             self._queue[:0] = queued
             self._touched.update(touched)
             self._merged.update(merged)

@@ -25,7 +25,7 @@ from cohortsync.sync.configure import SyncSetup
 from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import HTTP_TIMEOUT, dry_run_folders
-from cohortsync.sync.worker import Deliverer
+from cohortsync.sync.worker import Deliverer, DeliveryReport
 
 log = scrubbed_logger("cohortsync.serve")
 RETRY_POLL = 2.0
@@ -48,6 +48,9 @@ class _Worker:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -88,6 +91,8 @@ class DeliveryLoop:
         )
         self._planned_at = 0.0
         self.rounds = 0
+        self.on_report: Callable[[DeliveryReport], None] | None = None
+        """Called with what each round delivered, once the outbox recorded it (metrics)."""
 
     def step(self) -> None:
         """Plan conversions if it is time, then deliver everything due."""
@@ -95,8 +100,10 @@ class DeliveryLoop:
         if now.timestamp() - self._planned_at >= CONVERSIONS_EVERY:
             ledger_for(self.store).plan_conversions(self.setup.conversion_routes, now)
             self._planned_at = now.timestamp()
-        self.deliverer.run()
+        report = self.deliverer.run()
         self.rounds += 1
+        if self.on_report is not None:
+            self.on_report(report)
 
     def close(self) -> None:
         for destination in self.destinations.values():
@@ -131,6 +138,15 @@ class ServeWorkers:
         self._delivery.start()
         self.loop.start()
         self._cadence.start()
+
+    def not_running(self) -> list[str]:
+        """The threads that should run and do not (all of them before `start`)."""
+        threads = (
+            ("real-time evaluation", self.loop.running()),
+            ("delivery", self._delivery.running()),
+            ("scheduled refreshes", self._cadence.running()),
+        )
+        return [name for name, running in threads if not running]
 
     def stop(self) -> None:
         """Stop every thread after its current round."""

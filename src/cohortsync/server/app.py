@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -24,6 +23,10 @@ from cohortsync.server.group_commit import GroupCommitter
 from cohortsync.server.ingest import INGEST_PATHS, error, json_response
 from cohortsync.server.ingest import router as ingest_router
 from cohortsync.server.limits import BodyDeadline, BodyTimeoutError, ServeLimits
+from cohortsync.server.metrics import ServeMetrics, metered
+from cohortsync.server.monitoring import router as monitoring_router
+from cohortsync.server.readiness import Readiness
+from cohortsync.server.ui import install_dashboard
 
 log = scrubbed_logger("cohortsync.server")
 
@@ -38,6 +41,8 @@ class IngestTarget(Protocol):
     ) -> IngestResult: ...
 
     def warm_up(self) -> None: ...
+
+    def ping(self) -> None: ...
 
 
 def create_app(
@@ -59,28 +64,38 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        committer = GroupCommitter(engine.commit)
+        committer = GroupCommitter(metered(engine.commit, metrics))
         app.state.committer = committer
         engine.warm_up()  # the first request should not pay for loading the identity graph
         workers = engine.serve_workers(clock) if background and isinstance(engine, Engine) else None
-        app.state.workers = workers
+        app.state.workers = readiness.workers = workers
+        if workers is not None:
+            metrics.watch(workers)
         gc.freeze()  # the long-lived identity graph is never scanned by the collector again
         await committer.start()
         if workers is not None:
             workers.start()
+        readiness.started = True
         try:
             yield
         finally:
+            readiness.started = False
             await committer.stop()
             if workers is not None:
                 workers.stop()
 
     app = FastAPI(title="cohortsync", version=__version__, lifespan=lifespan)
     app.state.engine = engine
-    app.state.metrics = Counter()
+    app.state.metrics = metrics = ServeMetrics(engine.project.sources)
+    app.state.readiness = readiness = Readiness(engine)
+    if isinstance(engine, Engine):
+        metrics.count_outbox(engine.delivery_backlog, engine.project.destinations)
     app.state.trusted_proxies = trusted_proxies
     app.state.origin_policy = policy = OriginPolicy.of(engine.project)
     app.include_router(ingest_router)
+    app.include_router(monitoring_router)
+    if isinstance(engine, Engine):
+        install_dashboard(app)
     app.add_middleware(BodyDeadline, seconds=body_timeout)
     app.add_exception_handler(BodyTimeoutError, _body_timeout)
     app.add_exception_handler(ClientDisconnect, _client_disconnected)

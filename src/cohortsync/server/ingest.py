@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Any
 
 import orjson
@@ -36,6 +37,7 @@ from cohortsync.server.body import BodyError, read_body
 from cohortsync.server.client_ip import request_client_ip, with_client_ip
 from cohortsync.server.cors import check_origin
 from cohortsync.server.group_commit import GroupCommitter
+from cohortsync.server.metrics import ServeMetrics
 
 router = APIRouter()
 _OK = b'{"success":true}'
@@ -93,20 +95,28 @@ def _wrong_key() -> BodyError:
 
 
 async def _store(
-    request: Request, messages: list[Message], rejections: list[Rejection]
+    request: Request,
+    source: str,
+    messages: list[Message],
+    rejections: list[Rejection],
+    started: float,
 ) -> Response | None:
     committer: GroupCommitter = request.app.state.committer
+    metrics: ServeMetrics = request.app.state.metrics
+    metrics.arrived(source, len(messages) + len(rejections))
     try:
         await committer.submit(messages, rejections)
     except Exception:
-        request.app.state.metrics["store_errors"] += 1
+        metrics.failed_requests.inc()
         return error(503, "store_unavailable", "events could not be stored: retry later")
+    metrics.ingested(source, len(messages), len(rejections), time.perf_counter() - started)
     return None
 
 
 @router.post("/v1/batch", tags=["ingest"])
 async def ingest_batch(request: Request) -> Response:
     """A batch of messages of any type, as the Segment libraries send them."""
+    started = time.perf_counter()
     try:
         body, source = await _authenticated_body(request, MAX_BATCH_BYTES, "batch_too_large")
     except BodyError as exc:
@@ -124,7 +134,7 @@ async def ingest_batch(request: Request) -> Response:
         return error(400, "invalid_timestamp", str(exc))
     rejections, rejected_at = checked.rejections, checked.rejected_at
     messages = with_client_ip(checked.messages, _client_ip(request))
-    failure = await _store(request, messages, rejections)
+    failure = await _store(request, source, messages, rejections, started)
     if failure is not None:
         return failure
     if not rejections:
@@ -143,6 +153,7 @@ async def ingest_batch(request: Request) -> Response:
 
 def _single(kind: str) -> Any:
     async def ingest_one(request: Request) -> Response:
+        started = time.perf_counter()
         try:
             body, source = await _authenticated_body(
                 request, MAX_MESSAGE_BYTES, "message_too_large"
@@ -151,9 +162,10 @@ def _single(kind: str) -> Any:
             return error(exc.status, exc.code, exc.message)
         checked = validate_one(body, source=source, origin=f"http:/v1/{kind}", message_type=kind)
         if isinstance(checked, Message):
-            failure = await _store(request, with_client_ip([checked], _client_ip(request)), [])
+            one = with_client_ip([checked], _client_ip(request))
+            failure = await _store(request, source, one, [], started)
             return failure or Response(_OK, media_type="application/json")
-        failure = await _store(request, [], [checked])
+        failure = await _store(request, source, [], [checked], started)
         return failure or error(400, checked.reason, checked.detail)
 
     ingest_one.__name__ = f"ingest_{kind}"
