@@ -19,6 +19,8 @@ BUILT_IN = {
     "meta_capi",
     "tiktok_audience",
     "tiktok_events",
+    "google_customer_match",
+    "google_conversions",
 }
 LOOSE = ("accepts", "ad_platform", "max_batch", "audiences", "conversions")
 
