@@ -45,6 +45,7 @@ from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
+from cohortsync.ops.spend import SpendIngest, read_spend, store_spend
 from cohortsync.ops.validate import Options as ValidateOptions
 from cohortsync.ops.validate import ValidationReport, validate
 from cohortsync.ops.validate_marks import Cleanup, cleanup
@@ -444,6 +445,11 @@ class Engine:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
         return report_ops.report(self.store, self.project, self.segments, since, until, audience)
 
+    def ingest_spend(self, path: Path) -> SpendIngest:
+        """Store the ad spend of a CSV file (all its rows or, if one is bad, none)."""
+        rows = read_spend(path)
+        return store_spend(self.store.sql, path, rows, self.segments.audiences, _utc_now())
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -576,6 +582,7 @@ __all__ = [
     "Membership",
     "ProfileWhy",
     "Report",
+    "SpendIngest",
     "ValidateOptions",
     "ValidationReport",
     "bus_gateway",
