@@ -38,6 +38,7 @@ RANK = {
     "store": 8,
     "errors": 9,  # error classes every layer raises
     "moments": 9,  # instants as microseconds and back
+    "charts": 9,  # inline SVG charts for the dashboard and the HTML report
 }
 
 

@@ -45,6 +45,9 @@ from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
+from cohortsync.ops.report_json import audience_json, report_json, verdict
+from cohortsync.ops.report_latency import Latency
+from cohortsync.ops.report_trend import Cost
 from cohortsync.ops.spend import SpendIngest, read_spend, store_spend
 from cohortsync.ops.validate import Options as ValidateOptions
 from cohortsync.ops.validate import ValidationReport, validate
@@ -445,6 +448,13 @@ class Engine:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
         return report_ops.report(self.store, self.project, self.segments, since, until, audience)
 
+    @staticmethod
+    def report_html(found: Report, *, fragment: bool = False) -> str:
+        """The report as one self-contained HTML page, or its body fragment to embed."""
+        from cohortsync.ops import report_html  # Jinja2 is loaded only for HTML
+
+        return report_html.report_fragment(found) if fragment else report_html.report_page(found)
+
     def ingest_spend(self, path: Path) -> SpendIngest:
         """Store the ad spend of a CSV file (all its rows or, if one is bad, none)."""
         rows = read_spend(path)
@@ -574,10 +584,12 @@ __all__ = [
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "Cost",
     "Drift",
     "Engine",
     "FileReport",
     "IngestResult",
+    "Latency",
     "LintReport",
     "Membership",
     "ProfileWhy",
@@ -585,6 +597,7 @@ __all__ = [
     "SpendIngest",
     "ValidateOptions",
     "ValidationReport",
+    "audience_json",
     "bus_gateway",
     "catalog_html",
     "catalog_json",
@@ -595,6 +608,8 @@ __all__ = [
     "parse_identifier",
     "parse_instant",
     "platform_identifier",
+    "report_json",
     "validate_batch",
     "validate_one",
+    "verdict",
 ]

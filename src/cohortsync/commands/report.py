@@ -14,9 +14,8 @@ from rich.table import Table
 
 from cohortsync.commands.report_tables import latency_table, spend_table
 from cohortsync.commands.shared import ProjectOption, app, console, parse_at, write_out
-from cohortsync.engine import SRM_ALERT, Engine, Report
+from cohortsync.engine import SRM_ALERT, Engine, Report, audience_json, report_json, verdict
 from cohortsync.errors import InputError
-from cohortsync.ops.report_json import audience_json, report_json, verdict
 
 __all__ = ["audience_json", "report", "report_json", "report_table", "verdict"]
 
@@ -84,9 +83,7 @@ def _render(found: Report, output: ReportFormat) -> str:
     if output is ReportFormat.json:
         return orjson.dumps(report_json(found), option=orjson.OPT_INDENT_2).decode() + "\n"
     if output is ReportFormat.html:
-        from cohortsync.ops.report_html import report_page  # Jinja2 only when asked for
-
-        return report_page(found)
+        return Engine.report_html(found)
     with console.capture() as captured:
         for table in _tables(found):
             console.print(table)

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cohortsync.engine import Report
-from cohortsync.ops.report import Arm
-from cohortsync.ops.report_latency import Latency
-from cohortsync.ops.report_trend import Cost
+from cohortsync.engine import Arm, Cost, Latency, Report
 
 
 def _share(arm: Arm) -> str:
