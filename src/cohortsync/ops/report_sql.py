@@ -62,38 +62,49 @@ WITH entries AS (
   WHERE kind = 'audience' AND name = $audience AND entered_at >= $since
     AND entered_at <= $until AND {NOT_TEST}
   ORDER BY profile_id, entered_at
+), stored AS (
+  -- the stored profile ids of each entrant's events (its own, and those merged into it):
+  -- joined to events by an indexed column, where the profile_events view's expression is not
+  SELECT n.profile_id, n.holdout, n.entered_at, n.profile_id AS stored_id FROM entries n
+  WHERE NOT EXISTS (SELECT 1 FROM profile_aliases a WHERE a.profile_id = n.profile_id)
+  UNION ALL
+  SELECT n.profile_id, n.holdout, n.entered_at, a.profile_id FROM entries n
+  JOIN profile_aliases a ON a.canonical_id = n.profile_id
 ), orders AS (
-  SELECT n.profile_id, e."timestamp" AS ordered_at, {{value}} AS value, {{discount}} AS discount,
-         {{coupon}} AS coupon
-  FROM entries n JOIN profile_events e
-    ON e.canonical_profile_id = n.profile_id AND e.type = 'track' AND e.event = $event
-   AND e."timestamp" >= n.entered_at
-   AND e."timestamp" < n.entered_at + INTERVAL '{{window}} seconds'
+  SELECT s.profile_id, s.holdout, s.entered_at, e."timestamp" AS ordered_at,
+         {{value}} AS value, {{discount}} AS discount, {{coupon}} AS coupon
+  FROM stored s JOIN events e
+    ON e.profile_id = s.stored_id AND e.type = 'track' AND e.event = $event
+   AND e."timestamp" >= s.entered_at
+   AND e."timestamp" < s.entered_at + INTERVAL '{{window}} seconds'
 ), flagged AS (
-  SELECT o.profile_id, o.ordered_at, o.value, o.discount,
-         o.discount IS NOT NULL OR o.coupon AS discounted
-  FROM orders o
+  SELECT o.*, o.discount IS NOT NULL OR o.coupon AS discounted FROM orders o
 ), failed AS (
   -- a discounted order while already in a suppression audience (entered strictly before it:
   -- the entry the order itself caused is no failure)
-  SELECT f.*, f.discounted AND EXISTS (
+  SELECT f.profile_id, f.holdout, f.entered_at, f.ordered_at, f.value, f.discount,
+         f.discounted, f.discounted AND EXISTS (
     SELECT 1 FROM memberships s
     WHERE s.kind = 'audience' AND s.name {{suppressing}} AND s.profile_id = f.profile_id
       AND s.entered_at < f.ordered_at AND (s.exited_at IS NULL OR s.exited_at > f.ordered_at)
   ) AS failure
   FROM flagged f
+), both_kinds AS (
+  -- every order, and every entrant once with none (no join back: one plan whatever the stats)
+  SELECT * FROM failed
+  UNION ALL
+  SELECT profile_id, holdout, entered_at, NULL, NULL, NULL, FALSE, FALSE FROM entries
 ), per_profile AS (
-  SELECT n.holdout,
-         CAST(floor((epoch_us(n.entered_at) + {MONDAY_SHIFT_US}) / {WEEK_US}.0) AS BIGINT)
+  SELECT holdout,
+         CAST(floor((epoch_us(entered_at) + {MONDAY_SHIFT_US}) / {WEEK_US}.0) AS BIGINT)
            AS week,
-         CAST(ceil((epoch_us(min(f.ordered_at)) - epoch_us(n.entered_at)) / {DAY_US}.0) AS BIGINT)
+         CAST(ceil((epoch_us(min(ordered_at)) - epoch_us(entered_at)) / {DAY_US}.0) AS BIGINT)
            AS first_day,
-         count(f.ordered_at) AS conversions, coalesce(sum(f.value), 0) AS revenue,
-         count(*) FILTER (WHERE f.discounted) AS discounted,
-         coalesce(sum(f.discount), 0) AS discount,
-         count(*) FILTER (WHERE f.failure) AS failures
-  FROM entries n LEFT JOIN failed f ON f.profile_id = n.profile_id
-  GROUP BY n.profile_id, n.holdout, n.entered_at
+         count(ordered_at) AS conversions, coalesce(sum(value), 0) AS revenue,
+         count(*) FILTER (WHERE discounted) AS discounted,
+         coalesce(sum(discount), 0) AS discount,
+         count(*) FILTER (WHERE failure) AS failures
+  FROM both_kinds GROUP BY profile_id, holdout, entered_at
 )
 SELECT holdout, week, first_day, count(*), count(*) FILTER (WHERE conversions > 0),
        coalesce(sum(revenue), 0), coalesce(sum(revenue * revenue), 0), sum(conversions),
