@@ -30,21 +30,24 @@ def ingest_spend(
     date, destination and audience ingested again replacing its row."""
     with Engine.open(project) as engine:
         stored = engine.ingest_spend(file)
+    console.print(
+        f"stored {stored.rows} rows from {escape(stored.path)} ({stored.replaced} replaced "
+        f"earlier ones), {stored.first_day} – {stored.last_day}",
+        soft_wrap=True,
+    )
     console.print(spend_stored_table(stored))
     if stored.unknown_audiences:
         names = ", ".join(stored.unknown_audiences)
         console.print(
             f"[yellow]note:[/] {escape(names)} is no audience of the project: stored, but no "
-            "report shows it until an audience has that name"
+            "report shows it until an audience has that name",
+            soft_wrap=True,
         )
 
 
 def spend_stored_table(stored: SpendIngest) -> Table:
     """Rows stored and the total per currency (currencies are never added together)."""
-    table = Table(
-        title=f"Spend stored from {stored.path}: {stored.rows} rows "
-        f"({stored.replaced} replaced earlier ones), {stored.first_day} – {stored.last_day}"
-    )
+    table = Table(title="Spend stored, per currency")
     table.add_column("currency")
     table.add_column("total spend", justify="right")
     for currency, total in stored.totals:
