@@ -67,6 +67,10 @@ def latency(
     destinations it is sent to."""
     pairs = [(a, d) for a, ds in sorted(routes.items()) for d in ds]
     with sql.reading() as tx:
+        if tx.dialect == "postgres":
+            # every join here is between sets of the period, best hashed; a store without
+            # statistics yet (loaded moments ago) gets nested loops over whole tables instead
+            tx.run("SET LOCAL enable_nestloop = off")
         rows = tx.run(
             LATENCY,
             {"event": event, "since": since, "until": until},
