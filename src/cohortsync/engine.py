@@ -45,6 +45,7 @@ from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
+from cohortsync.ops.report_html import REPORT_CSS, report_fragment, report_page
 from cohortsync.ops.report_json import audience_json, report_json, verdict
 from cohortsync.ops.report_latency import Latency
 from cohortsync.ops.report_trend import Cost
@@ -450,10 +451,9 @@ class Engine:
 
     @staticmethod
     def report_html(found: Report, *, fragment: bool = False) -> str:
-        """The report as one self-contained HTML page, or its body fragment to embed."""
-        from cohortsync.ops import report_html  # Jinja2 is loaded only for HTML
-
-        return report_html.report_fragment(found) if fragment else report_html.report_page(found)
+        """The report as one self-contained HTML page, or its body fragment to embed in a page
+        that puts `REPORT_CSS` in its <style>."""
+        return report_fragment(found) if fragment else report_page(found)
 
     def ingest_spend(self, path: Path) -> SpendIngest:
         """Store the ad spend of a CSV file (all its rows or, if one is bad, none)."""
@@ -578,6 +578,7 @@ def _mask(kind: str, value: str) -> str:
 
 
 __all__ = [
+    "REPORT_CSS",
     "SRM_ALERT",
     "Arm",
     "AudienceReport",

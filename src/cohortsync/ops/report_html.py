@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup
 
 from cohortsync.charts import CSS, Interval, Series, bar_chart, interval_chart, line_chart
@@ -16,6 +15,9 @@ from cohortsync.ops.report_json import DISCOUNT_SPENT_ANYWAY, verdict
 from cohortsync.ops.report_latency import Latency
 from cohortsync.ops.report_sql import BUCKETS
 from cohortsync.ops.report_trend import Cost
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 REPORT_CSS = (
     CSS
@@ -75,6 +77,10 @@ def _instant(value: datetime) -> str:
 
 @cache
 def _environment() -> Environment:
+    # imported here: the engine imports this module for REPORT_CSS, and Jinja2 is only needed
+    # to render
+    from jinja2 import Environment, PackageLoader, StrictUndefined
+
     env = Environment(
         loader=PackageLoader("cohortsync.ops", "templates"),
         autoescape=True,
