@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from cohortsync.config.models import Project
@@ -157,7 +157,8 @@ def report(
     for one in chosen:
         with store.sql.reading() as tx:
             rows = _arm_rows(tx, one.name, since, until, event, prop, project, suppressing)
-        spent = list(spend_rows(store.sql, one.name, since.date(), until.date()))
+        days = since.astimezone(UTC).date(), until.astimezone(UTC).date()
+        spent = list(spend_rows(store.sql, one.name, *days))
         found.append(_audience(one.name, one.holdout_percent or 0.0, rows, window, spent))
     routes = {a.name: a.destinations for a in segments.audiences.values() if a.destinations}
     return Report(
