@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,12 @@ def _pp(value: float | None) -> str:
 
 
 def _num(value: float | None, digits: int = 2) -> str:
-    return "—" if value is None else f"{value:,.{digits}f}" if digits < 3 else f"{value:.3g}"
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def _sig(value: float | None) -> str:
+    """Three significant digits (p-values)."""
+    return "—" if value is None else f"{value:.3g}"
 
 
 def _seconds(value: float | None) -> str:
@@ -93,6 +99,7 @@ def _environment() -> Environment:
         share=_share,
         pp=_pp,
         num=_num,
+        sig=_sig,
         seconds=_seconds,
         cost=_cost,
         instant=_instant,
@@ -114,14 +121,21 @@ def _curve_chart(one: AudienceReport) -> Markup:
     )
 
 
+def _week_names(labels: list[str]) -> Callable[[float], str]:
+    """An x-axis format naming the ISO week at each whole index."""
+
+    def name(x: float) -> str:
+        return labels[int(x)] if float(x).is_integer() and 0 <= int(x) < len(labels) else ""
+
+    return name
+
+
 def _cac_charts(one: AudienceReport) -> list[Markup]:
     """One line per currency: cost per incremental conversion by ISO week (bounded weeks)."""
-    currencies = sorted({c.currency for w in one.weeks for c in w.spend})
-    if not currencies:
-        currencies = [""]
+    labels = [w.week for w in one.weeks]
+    currencies = sorted({c.currency for w in one.weeks for c in w.spend}) or [""]
     charts = []
     for currency in currencies:
-        labels = [w.week for w in one.weeks]
         points = [
             (float(i), c.per_incremental)
             for i, w in enumerate(one.weeks)
@@ -130,20 +144,8 @@ def _cac_charts(one: AudienceReport) -> list[Markup]:
         ]
         title = f"{one.audience}: cost per incremental conversion by week"
         title += f" ({currency}; unbounded weeks left out)" if currency else " (no spend ingested)"
-        series = [Series(currency or "cost", [(x, y) for x, y in points if y is not None])]
-        charts.append(
-            Markup(
-                line_chart(
-                    series,
-                    title=title,
-                    x_format=lambda x, labels=labels: (
-                        labels[int(x)]  # type: ignore[misc]
-                        if float(x).is_integer() and 0 <= int(x) < len(labels)
-                        else ""
-                    ),
-                )
-            )
-        )
+        series = [Series(currency or "cost", points)]
+        charts.append(Markup(line_chart(series, title=title, x_format=_week_names(labels))))
     return charts
 
 
