@@ -53,9 +53,9 @@ def test_the_page_holds_every_chart_inline_and_fetches_nothing() -> None:
     charts = re.findall(r'<svg class="chart"', page)
     # lift + 2 curves + discount shares + 2 audiences × 2 currencies of CAC + latency
     assert len(charts) == 1 + 2 + 1 + 4 + 1
-    for title in ("Lift (treatment", "cumulative conversion rate", "Share of conversions",
-                  "cost per incremental conversion by week (EUR", "by week (USD",
-                  "purchases by latency"):  # fmt: skip
+    for title in ("Lift (pp)", "converted by day since entry", "Conversions discounted",
+                  "EUR per incremental conversion", "USD per incremental conversion",
+                  "Purchases by latency"):  # fmt: skip
         assert title in page
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.IGNORECASE)
     assert "@import" not in page and "url(" not in page

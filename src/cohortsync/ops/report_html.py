@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -114,39 +113,34 @@ def _curve_chart(one: AudienceReport) -> Markup:
     return Markup(
         line_chart(
             series,
-            title=f"{one.audience}: cumulative conversion rate by day since entry",
+            title=f"{one.audience}: converted by day since entry",
             x_format=lambda d: f"day {d:.0f}",
             y_format=lambda v: f"{v:.1f}%",
         )
     )
 
 
-def _week_names(labels: list[str]) -> Callable[[float], str]:
-    """An x-axis format naming the ISO week at each whole index."""
-
-    def name(x: float) -> str:
-        return labels[int(x)] if float(x).is_integer() and 0 <= int(x) < len(labels) else ""
-
-    return name
-
-
 def _cac_charts(one: AudienceReport) -> list[Markup]:
-    """One line per currency: cost per incremental conversion by ISO week (bounded weeks)."""
-    labels = [w.week for w in one.weeks]
+    """Bars per currency: cost per incremental conversion of each ISO week where it is
+    bounded (the table shows the others as unbounded)."""
     currencies = sorted({c.currency for w in one.weeks for c in w.spend}) or [""]
     charts = []
     for currency in currencies:
-        points = [
-            (float(i), c.per_incremental)
-            for i, w in enumerate(one.weeks)
+        bounded = [
+            (w.week, c.per_incremental)
+            for w in one.weeks
             for c in w.spend
             if c.currency == currency and c.per_incremental is not None
         ]
-        title = f"{one.audience}: cost per incremental conversion by week"
-        title += f" ({currency}; unbounded weeks left out)" if currency else " (no spend ingested)"
-        series = [Series(currency or "cost", points)]
-        charts.append(Markup(line_chart(series, title=title, x_format=_week_names(labels))))
+        title = f"{one.audience}: {currency or 'no spend'} per incremental conversion"
+        series = [Series(currency or "cost", [(float(i), v) for i, (_, v) in enumerate(bounded)])]
+        labels = [week for week, _ in bounded]
+        charts.append(Markup(bar_chart(labels, series, title=title, y_format=_money)))
     return charts
+
+
+def _money(value: float) -> str:
+    return f"{value:,.2f}"
 
 
 def _latency_chart(found: Latency) -> Markup:
@@ -159,7 +153,7 @@ def _latency_chart(found: Latency) -> Markup:
         bar_chart(
             labels,
             series,
-            title="Purchase → suppression acknowledged: purchases by latency, per destination",
+            title="Purchases by latency to acknowledged suppression",
             y_format=lambda v: f"{v:,.0f}",
         )
     )
@@ -197,7 +191,7 @@ def _context(found: Report) -> dict[str, Any]:
         "lift": Markup(
             interval_chart(
                 lifts,
-                title="Lift (treatment − holdout conversion rate, pp) with its 95% interval",
+                title="Lift (pp) with its 95% interval",
                 x_format=lambda v: f"{v:+.1f}",
             )
         ),
@@ -205,7 +199,7 @@ def _context(found: Report) -> dict[str, Any]:
             bar_chart(
                 [one.audience for one in found.audiences],
                 shares,
-                title="Share of conversions discounted, per arm",
+                title="Conversions discounted (%)",
                 y_format=lambda v: f"{v:.0f}%",
             )
         ),
