@@ -22,6 +22,7 @@ date,destination,audience,spend,currency
 2026-03-02,meta_ads,cio_cart_7d,120,USD
 2026-03-03,meta_ads,cio_cart_7d,80,USD
 2026-03-03,google_ads,cio_cart_7d,50,EUR
+2026-03-03,meta_ads,cio_recent_purch_7d_suppress,10,USD
 """
 
 
@@ -46,24 +47,25 @@ def test_ingest_spend_prints_what_it_stored_and_a_bad_file_stores_nothing(
     good.write_text(SPEND, encoding="utf-8")
     result = runner.invoke(app, ["ingest-spend", str(good), "--project", str(shop_dir)])
     assert result.exit_code == 0, result.output
-    assert "3 rows" in result.output and "(0 replaced" in result.output
+    assert "4 rows" in result.output and "(0 replaced" in result.output
     assert re.search(r"EUR\s.*\s50\.00", result.output)
-    assert re.search(r"USD\s.*\s200\.00", result.output)  # never added to the EUR row
+    assert re.search(r"USD\s.*\s210\.00", result.output)  # never added to the EUR row
+    assert "no audience with a holdout is named cio_recent_purch_7d_suppress" in result.output
 
     again = runner.invoke(app, ["ingest-spend", str(good), "--project", str(shop_dir)])
-    assert again.exit_code == 0 and "(3 replaced" in again.output
+    assert again.exit_code == 0 and "(4 replaced" in again.output
 
     bad = shop_dir / "bad.csv"
     bad.write_text(SPEND + "2026-03-04,meta_ads,cio_cart_7d,1.2.3,USD\n", encoding="utf-8")
     refused = runner.invoke(app, ["ingest-spend", str(bad), "--project", str(shop_dir)])
     assert isinstance(refused.exception, InputError)
-    assert str(refused.exception).startswith(f"{bad}:5: spend '1.2.3' is not an amount")
+    assert str(refused.exception).startswith(f"{bad}:6: spend '1.2.3' is not an amount")
     monkeypatch.chdir(shop_dir)
     printed = run_main(["ingest-spend", str(bad)], monkeypatch, capsys)
-    assert printed.code == 1 and printed.err.startswith(f"error: {bad}:5: ")
+    assert printed.code == 1 and printed.err.startswith(f"error: {bad}:6: ")
     assert "Traceback" not in printed.err and "nothing of" in printed.err
     with Engine.open(shop_dir) as shop, shop.store.sql.reading() as tx:
-        assert tx.run("SELECT count(*), sum(spend) FROM ad_spend") == [(3, 250.0)]
+        assert tx.run("SELECT count(*), sum(spend) FROM ad_spend") == [(4, 260.0)]
 
 
 def test_report_writes_one_html_file_and_json_with_the_new_figures(

@@ -458,7 +458,8 @@ class Engine:
     def ingest_spend(self, path: Path) -> SpendIngest:
         """Store the ad spend of a CSV file (all its rows or, if one is bad, none)."""
         rows = read_spend(path)
-        return store_spend(self.store.sql, path, rows, self.segments.audiences, _utc_now())
+        held = [a.name for a in self.segments.audiences.values() if a.holdout_percent]
+        return store_spend(self.store.sql, path, rows, held, _utc_now())
 
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:

@@ -76,7 +76,7 @@ def test_spend_is_stored_replaced_and_divided_by_incremental_conversions(
         first = shop.ingest_spend(spend)
         assert (first.rows, first.replaced) == (6, 0)
         assert first.totals == (("EUR", 40.0), ("USD", 100.5 + 80 + 60 + 999 + 5000))
-        assert first.unknown_audiences == ("cio_someone_else",)
+        assert first.unreported_audiences == ("cio_someone_else",)
         assert ("2026-03-03", "meta_ads", "cio_cart_3d", 80.0, "USD") in stored(shop)
 
         spend.write_text(SPEND.replace("2026-03-03,meta_ads,cio_cart_3d,80,", "2026-03-03,"

@@ -36,11 +36,11 @@ def ingest_spend(
         soft_wrap=True,
     )
     console.print(spend_stored_table(stored))
-    if stored.unknown_audiences:
-        names = ", ".join(stored.unknown_audiences)
+    if stored.unreported_audiences:
+        names = ", ".join(stored.unreported_audiences)
         console.print(
-            f"[yellow]note:[/] {escape(names)} is no audience of the project: stored, but no "
-            "report shows it until an audience has that name",
+            f"[yellow]note:[/] no audience with a holdout is named {escape(names)}: its spend is "
+            "stored, and the report divides it by a lift once such an audience exists",
             soft_wrap=True,
         )
 

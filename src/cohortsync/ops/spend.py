@@ -54,8 +54,9 @@ class SpendIngest:
     """(currency, sum of spend) per currency: amounts in different currencies never add up."""
     first_day: date
     last_day: date
-    unknown_audiences: tuple[str, ...]
-    """Audiences of the file the project does not define: stored, but no report shows them."""
+    unreported_audiences: tuple[str, ...]
+    """Audiences of the file that are no audience with a holdout in the project: stored, but
+    no report divides their spend by a lift."""
 
 
 def read_spend(path: Path) -> list[SpendRow]:
@@ -150,10 +151,10 @@ def _row(columns: dict[str, int], cells: list[str]) -> SpendRow:
 
 
 def store_spend(
-    sql: SqlStore, path: Path, rows: list[SpendRow], audiences: Collection[str], now: datetime
+    sql: SqlStore, path: Path, rows: list[SpendRow], reported: Collection[str], now: datetime
 ) -> SpendIngest:
     """Store `rows` in one transaction (replacing rows of the same date, destination and
-    audience); what was stored."""
+    audience); what was stored. `reported`: the audiences with a holdout."""
     data: list[list[Any]] = [
         [r.day.isoformat() for r in rows],
         [r.destination for r in rows],
@@ -182,7 +183,7 @@ def store_spend(
         tuple(sorted(totals.items())),
         min(r.day for r in rows),
         max(r.day for r in rows),
-        tuple(sorted({r.audience for r in rows} - set(audiences))),
+        tuple(sorted({r.audience for r in rows} - set(reported))),
     )
 
 
