@@ -41,6 +41,8 @@ class Arm:
     """Sum of the discount amounts (coupon-only orders add none)."""
     suppression_failures: int = 0
     """Discounted orders placed while already in a purchase-suppression audience."""
+    priced_orders: int = 0
+    """Discounted orders with an amount (a coupon alone gives none)."""
 
     def __add__(self, other: Arm) -> Arm:
         return Arm(*(getattr(self, f) + getattr(other, f) for f in Arm.__dataclass_fields__))
@@ -52,8 +54,8 @@ class Arm:
 
     @property
     def average_discount(self) -> float | None:
-        """Discount per discounted order; None without one."""
-        return self.discount_total / self.discounted_orders if self.discounted_orders else None
+        """Discount per discounted order with an amount; None without one."""
+        return self.discount_total / self.priced_orders if self.priced_orders else None
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class AudienceReport:
     discount_spent_anyway: float | None = None
     """Holdout conversion rate × treatment profiles × average discount per discounted
     treatment conversion: discount given on conversions the holdout says would have happened
-    without the audience. None while an arm has nobody."""
+    without the audience. None while an arm has nobody or no treatment discount has an
+    amount."""
     curve: tuple[CurvePoint, ...] = ()
     spend: tuple[Cost, ...] = ()
     """Spend in the period per currency, and the cost per incremental conversion."""
@@ -211,10 +214,11 @@ def _audience(
     arms: dict[bool, Arm] = {}
     by_week: dict[tuple[bool, int], tuple[int, int]] = {}
     first_days: dict[tuple[bool, int], int] = {}
-    for flag, week, first_day, n, x, rev, rev2, orders, discounted, discount, failures in rows:
+    for row in rows:
+        flag, week, first_day, n, x, rev, rev2, orders, discounted, discount, failures, priced = row
         part = Arm(
             int(n), int(x), float(rev), float(rev2), int(orders), int(discounted),
-            float(discount), int(failures),
+            float(discount), int(failures), int(priced),
         )  # fmt: skip
         held = bool(flag)
         arms[held] = arms.get(held, Arm()) + part
@@ -238,7 +242,8 @@ def _audience(
     found = lift(treatment.converted, n_t, holdout.converted, n_c)
     revenue = _incremental_revenue(treatment, holdout)
     srm = srm_p_value(n_t, n_c, percent / 100)
-    anyway = holdout.converted / n_c * n_t * (treatment.average_discount or 0.0)
+    per_discount = treatment.average_discount
+    anyway = None if per_discount is None else holdout.converted / n_c * n_t * per_discount
     incremental = (found.incremental, found.incremental_low, found.incremental_high)
     return AudienceReport(
         name, percent, treatment, holdout, found, srm, *revenue, anyway, curve,

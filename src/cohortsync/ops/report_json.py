@@ -48,6 +48,7 @@ def _arm(arm: Arm) -> dict[str, Any]:
         "discounted_orders": arm.discounted_orders,
         "discount_share": arm.discount_share,
         "discount_total": arm.discount_total,
+        "discounted_orders_with_amount": arm.priced_orders,
         "average_discount": arm.average_discount,
         "suppression_failures": arm.suppression_failures,
     }

@@ -102,16 +102,17 @@ WITH entries AS (
            AS first_day,
          count(ordered_at) AS conversions, coalesce(sum(value), 0) AS revenue,
          count(*) FILTER (WHERE discounted) AS discounted,
-         coalesce(sum(discount), 0) AS discount,
+         coalesce(sum(discount), 0) AS discount, count(discount) AS priced,
          count(*) FILTER (WHERE failure) AS failures
   FROM both_kinds GROUP BY profile_id, holdout, entered_at
 )
 SELECT holdout, week, first_day, count(*), count(*) FILTER (WHERE conversions > 0),
        coalesce(sum(revenue), 0), coalesce(sum(revenue * revenue), 0), sum(conversions),
-       sum(discounted), coalesce(sum(discount), 0), sum(failures)
+       sum(discounted), coalesce(sum(discount), 0), sum(failures), sum(priced)
 FROM per_profile GROUP BY holdout, week, first_day"""
 """Per (arm, ISO week of entry, whole days from entry to first conversion): profiles,
-converters, revenue and its squares, orders, discounted orders, discount, failures."""
+converters, revenue and its squares, orders, discounted orders, discount, failures, and
+discounted orders with an amount."""
 
 BUCKETS: tuple[tuple[str, float], ...] = (
     ("< 1s", 1),
