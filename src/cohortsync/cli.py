@@ -20,6 +20,7 @@ import cohortsync.commands.explain  # the imports register the commands
 import cohortsync.commands.lint
 import cohortsync.commands.lock
 import cohortsync.commands.report
+import cohortsync.commands.spend
 import cohortsync.commands.validate  # noqa: F401
 from cohortsync.cli_errors import describe
 from cohortsync.commands.shared import (

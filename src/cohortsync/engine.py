@@ -47,6 +47,11 @@ from cohortsync.ops.lint_codes import Reported
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
+from cohortsync.ops.report_html import REPORT_CSS, report_fragment, report_page
+from cohortsync.ops.report_json import audience_json, report_json, verdict
+from cohortsync.ops.report_latency import Latency
+from cohortsync.ops.report_trend import Cost
+from cohortsync.ops.spend import SpendIngest, read_spend, store_spend
 from cohortsync.ops.validate import Options as ValidateOptions
 from cohortsync.ops.validate import ValidationReport, validate
 from cohortsync.ops.validate_marks import Cleanup, cleanup
@@ -490,6 +495,18 @@ class Engine:
         """Holdout lift of each audience with a holdout for entries in [since, until]."""
         return report_ops.report(self.store, self.project, self.segments, since, until, audience)
 
+    @staticmethod
+    def report_html(found: Report, *, fragment: bool = False) -> str:
+        """The report as one self-contained HTML page, or its body fragment to embed in a page
+        that puts `REPORT_CSS` in its <style>."""
+        return report_fragment(found) if fragment else report_page(found)
+
+    def ingest_spend(self, path: Path) -> SpendIngest:
+        """Store the ad spend of a CSV file (all its rows or, if one is bad, none)."""
+        rows = read_spend(path)
+        held = [a.name for a in self.segments.audiences.values() if a.holdout_percent]
+        return store_spend(self.store.sql, path, rows, held, _utc_now())
+
 
 def bus_gateway(project_dir: str | Path | None, bus_url: str, stream: str) -> BusGateway:
     """What `serve --role ingest` commits to: the bus's streams named `stream`; no store opens."""
@@ -608,6 +625,7 @@ def _mask(kind: str, value: str) -> str:
 
 
 __all__ = [
+    "REPORT_CSS",
     "SRM_ALERT",
     "Arm",
     "Audience",
@@ -616,6 +634,7 @@ __all__ = [
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "Cost",
     "Day",
     "DeadGroup",
     "DeliveryBacklog",
@@ -625,6 +644,7 @@ __all__ = [
     "Figures",
     "FileReport",
     "IngestResult",
+    "Latency",
     "LintReport",
     "Membership",
     "ProfileWhy",
@@ -633,8 +653,10 @@ __all__ = [
     "RoundReport",
     "RouteStatus",
     "ServeWorkers",
+    "SpendIngest",
     "ValidateOptions",
     "ValidationReport",
+    "audience_json",
     "bus_gateway",
     "catalog_html",
     "catalog_json",
@@ -645,6 +667,8 @@ __all__ = [
     "parse_identifier",
     "parse_instant",
     "platform_identifier",
+    "report_json",
     "validate_batch",
     "validate_one",
+    "verdict",
 ]

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 import typer
 from rich.table import Table
 
-from cohortsync.commands.shared import ProjectOption, app, console, parse_at, print_json, write_out
-from cohortsync.engine import SRM_ALERT, Arm, AudienceReport, Engine, Report
+from cohortsync.commands.report_tables import latency_table, spend_table
+from cohortsync.commands.shared import ProjectOption, app, console, parse_at, write_out
+from cohortsync.engine import SRM_ALERT, Engine, Report, audience_json, report_json, verdict
 from cohortsync.errors import InputError
+
+__all__ = ["audience_json", "report", "report_json", "report_table", "verdict"]
 
 DEFAULT_PERIOD = timedelta(days=30)
 """`--since` defaults to this long before `--until`."""
@@ -24,6 +28,7 @@ class ReportFormat(StrEnum):
 
     table = "table"
     json = "json"
+    html = "html"
 
 
 @app.command()
@@ -40,14 +45,18 @@ def report(
         str | None, typer.Option("--until", help="Last entry instant counted (default: now).")
     ] = None,
     output: Annotated[
-        ReportFormat, typer.Option("--format", "-f", help="table or json.")
+        ReportFormat,
+        typer.Option(
+            "--format", "-f", help="table, json, or html (one self-contained page with charts)."
+        ),
     ] = ReportFormat.table,
     out: Annotated[
         Path | None, typer.Option("--out", help="Write the report to this file instead.")
     ] = None,
 ) -> None:
     """Holdout lift of each audience with a holdout: profiles that entered in the period,
-    per arm, converted within `report.window` of entering."""
+    per arm, converted within `report.window` of entering; their discounts, the spend's cost per
+    incremental conversion, and purchase → suppression latency per destination."""
     end = _instant("--until", until) or datetime.now(UTC)
     start = _instant("--since", since) or end - DEFAULT_PERIOD
     if start > end:
@@ -55,18 +64,38 @@ def report(
     with Engine.open(project) as engine:
         found = engine.report(start, end, audience)
     if out is not None:
-        if output is ReportFormat.json:
-            text = orjson.dumps(report_json(found), option=orjson.OPT_INDENT_2).decode() + "\n"
-        else:
-            with console.capture() as captured:
-                console.print(report_table(found))
-            text = captured.get()
-        write_out(out, text, "report.json" if output is ReportFormat.json else "report.txt")
+        write_out(out, _render(found, output), f"report.{_SUFFIX[output]}")
         console.print(f"wrote {out}")
-    elif output is ReportFormat.json:
-        print_json(report_json(found))
+    elif output is ReportFormat.table:
+        for table in _tables(found):
+            console.print(table)
+    elif output is ReportFormat.html and sys.stdout.isatty():
+        raise InputError("--format html writes a page: add --out report.html (or redirect > file)")
     else:
-        console.print(report_table(found))
+        sys.stdout.write(_render(found, output))
+
+
+_SUFFIX = {ReportFormat.table: "txt", ReportFormat.json: "json", ReportFormat.html: "html"}
+
+
+def _render(found: Report, output: ReportFormat) -> str:
+    """The report as text in the chosen format."""
+    if output is ReportFormat.json:
+        return orjson.dumps(report_json(found), option=orjson.OPT_INDENT_2).decode() + "\n"
+    if output is ReportFormat.html:
+        return Engine.report_html(found)
+    with console.capture() as captured:
+        for table in _tables(found):
+            console.print(table)
+    return captured.get()
+
+
+def _tables(found: Report) -> list[Table]:
+    """Lift; discounts and spend; latency per destination."""
+    tables = [report_table(found), spend_table(found)]
+    if found.latency is not None:
+        tables.append(latency_table(found.latency))
+    return tables
 
 
 def _instant(option: str, text: str | None) -> datetime | None:
@@ -74,71 +103,6 @@ def _instant(option: str, text: str | None) -> datetime | None:
         return parse_at(text)
     except InputError as exc:
         raise InputError(str(exc).replace("--at", option, 1)) from None
-
-
-def verdict(one: AudienceReport) -> str:
-    """One plain sentence on what the figures allow to say."""
-    found = one.lift
-    if found is None:
-        return "no comparison yet: an arm has no profiles"
-    if one.srm_alert:
-        return "do not read: the split does not match the configured holdout (SRM)"
-    mde = "" if found.mde is None else f" (MDE {found.mde * 100:.1f} pp)"
-    if found.lift_low > 0:
-        return f"lift: {found.lift * 100:+.1f} pp, interval above zero"
-    if found.lift_high < 0:
-        return f"negative lift: {found.lift * 100:+.1f} pp, interval below zero"
-    return f"no detectable lift yet{mde}"
-
-
-def _pair(low: float | None, high: float | None) -> list[float] | None:
-    return None if low is None or high is None else [low, high]
-
-
-def _arm(arm: Arm) -> dict[str, Any]:
-    rate = arm.converted / arm.profiles if arm.profiles else None
-    return {
-        "profiles": arm.profiles,
-        "converted": arm.converted,
-        "conversion_rate": rate,
-        "revenue": arm.revenue,
-    }
-
-
-def audience_json(one: AudienceReport) -> dict[str, Any]:
-    """One audience as `report --format json` prints it."""
-    f = one.lift
-    return {
-        "audience": one.audience,
-        "holdout_percent": one.holdout_percent,
-        "treatment": _arm(one.treatment),
-        "holdout": _arm(one.holdout),
-        "lift": f and f.lift,
-        "lift_ci": f and [f.lift_low, f.lift_high],
-        "relative_lift": f and f.relative,
-        "relative_lift_ci": f and _pair(f.relative_low, f.relative_high),
-        "p_value": f and f.p_value,
-        "incremental_conversions": f and f.incremental,
-        "incremental_conversions_ci": f and [f.incremental_low, f.incremental_high],
-        "incremental_revenue": one.incremental_revenue,
-        "incremental_revenue_ci": _pair(one.incremental_revenue_low, one.incremental_revenue_high),
-        "srm_p_value": one.srm_p_value,
-        "srm_alert": one.srm_alert,
-        "mde": f and f.mde,
-        "verdict": verdict(one),
-    }
-
-
-def report_json(found: Report) -> dict[str, Any]:
-    """The report as `report --format json` prints it."""
-    return {
-        "since": found.since.isoformat(),
-        "until": found.until.isoformat(),
-        "window": found.window,
-        "conversion_event": found.conversion_event,
-        "value_property": found.value_property,
-        "audiences": [audience_json(a) for a in found.audiences],
-    }
 
 
 def _pct(value: float | None, sign: bool = False) -> str:

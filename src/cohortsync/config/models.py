@@ -158,6 +158,11 @@ class ReportConfig(_Strict):
     """How long after entering an audience a conversion counts, e.g. 7d."""
     conversion_event: str | None = Field(default=None, min_length=1)
     """The event that counts as a conversion; by default the first `conversions:` rule's."""
+    discount_properties: tuple[str, ...] = ("discount",)
+    """Order properties holding a discount amount: a number above 0 in any makes the order
+    discounted (the first such is its amount)."""
+    coupon_properties: tuple[str, ...] = ("coupon",)
+    """Order properties holding a coupon code: a non-empty string makes the order discounted."""
 
     @field_validator("window")
     @classmethod

@@ -344,6 +344,22 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        11,
+        "ad spend per day, destination and audience (`ingest-spend`), for the report's CAC",
+        """
+        -- Re-ingesting a (day, destination, audience) replaces its row.
+        CREATE TABLE ad_spend (
+            spend_date DATE NOT NULL,
+            destination VARCHAR NOT NULL,
+            audience VARCHAR NOT NULL,
+            spend DOUBLE NOT NULL,
+            currency VARCHAR NOT NULL,
+            ingested_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (spend_date, destination, audience)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -331,6 +331,22 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        7,
+        "ad spend per day, destination and audience (`ingest-spend`), for the report's CAC",
+        """
+        -- Re-ingesting a (day, destination, audience) replaces its row.
+        CREATE TABLE ad_spend (
+            spend_date DATE NOT NULL,
+            destination TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            spend double precision NOT NULL,
+            currency TEXT NOT NULL,
+            ingested_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (spend_date, destination, audience)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]
