@@ -14,7 +14,7 @@ from cohortsync.errors import CohortsyncError, NotFoundError
 from cohortsync.server.ui import views
 from cohortsync.server.ui.login import acting, logged_in
 from cohortsync.server.ui.render import page
-from cohortsync.server.ui.report_page import report_body
+from cohortsync.server.ui.report_page import REPORT_STYLE, report_body
 from cohortsync.server.ui.sessions import Session
 
 router = APIRouter()
@@ -171,7 +171,7 @@ def report(
     except CohortsyncError as exc:
         return _report_error(request, session, since, until, str(exc))
     return page(request, "report.html", session, since=first.isoformat(), until=last.isoformat(),
-                body=report_body(found), message="")  # fmt: skip
+                body=report_body(found), report_style=REPORT_STYLE, message="")  # fmt: skip
 
 
 def _report_error(
