@@ -6,7 +6,7 @@ import csv
 import dataclasses
 import os
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -62,6 +62,10 @@ from cohortsync.render import (
 )
 from cohortsync.server.limits import ServeLimits
 
+DEMO_HISTORY_WEEKS = 4
+"""The demo computes its audiences weekly for this many weeks before now, so entries have
+conversion windows behind them and the report has something to measure."""
+
 
 class Format(StrEnum):
     """Output formats of `cohortsync members`."""
@@ -89,7 +93,8 @@ def demo(
     at: AtOption = None,
 ) -> None:
     """Build a synthetic D2C shop's 180 days of events up to --at (default now), compute its
-    audiences as of that instant, sync them."""
+    audiences weekly over the last four weeks up to that instant, sync them, and write the
+    holdout report."""
     now = parse_at(at) or datetime.now(UTC)
     if now > datetime.now(UTC):
         raise InputError(
@@ -105,6 +110,8 @@ def demo(
         result = engine.load_demo(profiles, seed, now, lambda n: bar.advance(task, n))
         bar.update(task, total=result.received)
         stats = engine.stats()
+        for weeks_ago in range(DEMO_HISTORY_WEEKS, 0, -1):  # as a weekly refresh would have
+            engine.compute(now - timedelta(weeks=weeks_ago))
         report = engine.compute(now)
         overlaps = engine.overlaps()
         sync_task = bar.add_task("syncing to destinations", total=None)
@@ -113,6 +120,9 @@ def demo(
         dry = {n for n, c in engine.sync_setup.configs.items() if c.dry_run}
         locked = engine.lock()
         written = engine.write_catalog(directory / ".cohortsync")
+        held = engine.report(now - timedelta(weeks=DEMO_HISTORY_WEEKS), now)
+        report_file = directory / ".cohortsync" / "report.html"
+        report_file.write_text(engine.report_html(held), encoding="utf-8")
     console.print(ingest_table([("demo shop", result)]))
     console.print(stats_tables(stats))
     console.print(compute_table(report))
@@ -123,6 +133,11 @@ def demo(
         console.print(f"dry-run requests (nothing sent): {synced.dry_run_folder}")
     console.print(f"audience names locked in {locked.path} (commit it with cohortsync.yml)")
     console.print(f"audience catalog: {', '.join(str(p) for p in written)}")
+    console.print(f"holdout report (lift, discounts, latency): {report_file}")
+    console.print(
+        "dashboard: run `cohortsync serve` here, then open http://127.0.0.1:8000/ui "
+        "(log in with the admin token serve prints)"
+    )
 
 
 @app.command()
