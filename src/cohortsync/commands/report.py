@@ -12,8 +12,9 @@ import typer
 from rich.table import Table
 
 from cohortsync.commands.shared import ProjectOption, app, console, parse_at, print_json, write_out
-from cohortsync.engine import SRM_ALERT, Arm, AudienceReport, Engine, Report
+from cohortsync.engine import SRM_ALERT, Arm, AudienceReport, Report
 from cohortsync.errors import InputError
+from cohortsync.server.admin_client import engine_or_server
 
 DEFAULT_PERIOD = timedelta(days=30)
 """`--since` defaults to this long before `--until`."""
@@ -52,7 +53,7 @@ def report(
     start = _instant("--since", since) or end - DEFAULT_PERIOD
     if start > end:
         raise InputError("--since is after --until — give a period that moves forward")
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         found = engine.report(start, end, audience)
     if out is not None:
         if output is ReportFormat.json:
