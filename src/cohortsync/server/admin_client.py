@@ -15,11 +15,23 @@ from urllib.parse import quote
 
 import httpx
 
-from cohortsync.audiences.members import Member, Preview
 from cohortsync.config.loader import LoadedProject, load_project
-from cohortsync.engine import Catalog, Drift, Engine, ProfileWhy, Report
+from cohortsync.engine import (
+    Catalog,
+    Drift,
+    Engine,
+    Member,
+    Membership,
+    Preview,
+    ProfileView,
+    ProfileWhy,
+    Report,
+    RouteStatus,
+    Schedule,
+    SyncReport,
+    SyncRunRecord,
+)
 from cohortsync.errors import ConfigError, InputError, NotFoundError, StoreError, StoreInUseError
-from cohortsync.realtime.cadence import Schedule
 from cohortsync.server.admin_api import PREFIX
 from cohortsync.server.admin_models import (
     ProfileOut,
@@ -31,10 +43,6 @@ from cohortsync.server.admin_models import (
     sync_report,
 )
 from cohortsync.server.serve_file import SERVE_FILE, ServeInfo, live_server
-from cohortsync.store.base import ProfileView
-from cohortsync.store.outbox import RouteStatus, SyncRunRecord
-from cohortsync.sync.profile_state import Membership
-from cohortsync.sync.run import SyncReport
 
 TIMEOUT = httpx.Timeout(600.0, connect=5.0)
 """A compute or a sync over a large store may take minutes; a server that is gone, not."""

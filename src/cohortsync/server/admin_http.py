@@ -10,9 +10,8 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from cohortsync.engine import Engine, parse_instant
+from cohortsync.engine import Engine, ServeWorkers, parse_instant
 from cohortsync.errors import ConfigError, InputError, NotFoundError
-from cohortsync.realtime.serve_workers import ServeWorkers
 from cohortsync.server.admin_models import ProblemOut
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {

@@ -11,14 +11,19 @@ import orjson
 from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter
 
-from cohortsync.ops.drift import Drift
-from cohortsync.ops.validate_rows import Row
-from cohortsync.realtime.cadence import Schedule
-from cohortsync.store.base import ProfileView
-from cohortsync.store.outbox import PlanCounts, RouteStatus, SyncRunRecord
-from cohortsync.sync.profile_state import Membership
-from cohortsync.sync.run import SyncReport
-from cohortsync.sync.worker import DeliveryReport, Tally
+from cohortsync.engine import (
+    DeliveryReport,
+    Drift,
+    Membership,
+    PlanCounts,
+    ProfileView,
+    RouteStatus,
+    Schedule,
+    SyncReport,
+    SyncRunRecord,
+    Tally,
+    ValidationRow,
+)
 
 T = TypeVar("T")
 
@@ -219,7 +224,7 @@ class ValidateOut(BaseModel):
     profiles: int
     seconds: dict[str, float]
     error: str | None
-    rows: list[Row]
+    rows: list[ValidationRow]
 
 
 class Problem(BaseModel):

@@ -13,9 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from cohortsync.audiences.compute import ComputeReport
-from cohortsync.audiences.members import Member, Preview, resolve
-from cohortsync.engine import Catalog, ProfileWhy, Report
+from cohortsync.engine import Catalog, Member, Preview, ProfileWhy, Report
 from cohortsync.errors import InputError
 from cohortsync.server.admin_http import (
     PROBLEMS,
@@ -49,8 +47,6 @@ Identifier = Annotated[
         "(URL-encode it: curl -G --data-urlencode identifier=…).",
     ),
 ]
-
-__all__ = ["ComputeReport", "router"]
 
 
 @router.get("/stats", summary="Counts of events, profiles, identifiers and quarantined rows")
@@ -108,7 +104,7 @@ def audiences(request: Request) -> Response:
 def _known(request: Request, name: str) -> None:
     """404 when `name` is neither an audience nor a segment of the project."""
     try:
-        resolve(engine_of(request).segments, name)
+        engine_of(request).explain(name)  # its error names the known ones
     except InputError as exc:
         raise problem(404, "unknown_name", str(exc)) from None
 

@@ -12,8 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from cohortsync.audiences.compute import ComputeReport
-from cohortsync.engine import ValidateOptions
+from cohortsync.engine import ComputeReport, ValidateOptions
 from cohortsync.server.admin_http import (
     PROBLEMS,
     answering,
