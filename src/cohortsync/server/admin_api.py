@@ -11,8 +11,7 @@ from fastapi import APIRouter
 from cohortsync.server import admin_reads, admin_writes
 from cohortsync.server.admin_auth import AdminOnly
 from cohortsync.server.admin_http import PROBLEMS
-
-PREFIX = "/api/v1"
+from cohortsync.server.admin_models import PREFIX
 
 router = APIRouter(prefix=PREFIX, dependencies=[AdminOnly], responses={401: PROBLEMS[401]})
 router.include_router(admin_reads.router, tags=["admin: read"])

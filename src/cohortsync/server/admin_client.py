@@ -32,8 +32,8 @@ from cohortsync.engine import (
     SyncRunRecord,
 )
 from cohortsync.errors import ConfigError, InputError, NotFoundError, StoreError, StoreInUseError
-from cohortsync.server.admin_api import PREFIX
 from cohortsync.server.admin_models import (
+    PREFIX,
     ProfileOut,
     Requeued,
     StatusOut,

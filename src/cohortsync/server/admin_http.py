@@ -8,7 +8,10 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fastapi import HTTPException, Request
+from fastapi.responses import Response
+from pydantic import TypeAdapter
 
 from cohortsync.engine import Engine, ServeWorkers, parse_instant
 from cohortsync.errors import ConfigError, InputError, NotFoundError
@@ -24,6 +27,12 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     422: {"description": "A parameter is not valid: the message says how to fix it."},
 }
 """The error answers routes document (their body: `{"detail": {code, message}}`)."""
+
+
+def json_of(kind: Any, value: Any) -> Response:
+    """`value` (of type `kind`) as a JSON response, serialised as the schema documents it."""
+    data = TypeAdapter(kind).dump_python(value, mode="json")
+    return Response(orjson.dumps(data), media_type="application/json")
 
 
 def problem(status: int, code: str, message: str) -> HTTPException:

@@ -1,5 +1,8 @@
 """The admin API's request and response shapes, and their conversion to and from the engine's
-types: the server sends what the engine returned, the CLI's client rebuilds the same objects."""
+types: the server sends what the engine returned, the CLI's client rebuilds the same objects.
+
+No FastAPI here: the CLI imports this, and every command would pay for loading it.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import orjson
-from fastapi.responses import Response
 from pydantic import BaseModel, Field, TypeAdapter
 
 from cohortsync.engine import (
@@ -26,12 +27,8 @@ from cohortsync.engine import (
 )
 
 T = TypeVar("T")
-
-
-def json_of(kind: Any, value: Any) -> Response:
-    """`value` (of type `kind`) as a JSON response, serialised as the schema documents it."""
-    data = TypeAdapter(kind).dump_python(value, mode="json")
-    return Response(orjson.dumps(data), media_type="application/json")
+PREFIX = "/api/v1"
+"""Where the admin API's routes live."""
 
 
 def rebuilt(kind: type[T] | Any, data: Any) -> T:

@@ -20,6 +20,7 @@ from cohortsync.server.admin_http import (
     answering,
     engine_of,
     instant,
+    json_of,
     problem,
     unknown_audience,
 )
@@ -27,7 +28,6 @@ from cohortsync.server.admin_models import (
     AudienceSummary,
     ProfileOut,
     StatusOut,
-    json_of,
     profile_out,
 )
 

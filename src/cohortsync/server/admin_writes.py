@@ -19,6 +19,7 @@ from cohortsync.server.admin_http import (
     computing,
     delivering,
     engine_of,
+    json_of,
     refuse_unknown,
 )
 from cohortsync.server.admin_models import (
@@ -28,7 +29,6 @@ from cohortsync.server.admin_models import (
     SyncRequest,
     ValidateOut,
     ValidateRequest,
-    json_of,
     sync_out,
 )
 
