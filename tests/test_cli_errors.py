@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from cohortsync.cli import app, main
 from cohortsync.cli_errors import TRACEBACK_VARIABLE
+from cohortsync.server.serve_file import SERVE_FILE
 from tests.conftest import PROJECT_YAML, free_port, wait_until_healthy
 
 SCRIPT = Path(sys.executable).with_name("cohortsync")
@@ -250,8 +251,13 @@ def test_a_store_held_by_serve_is_named_with_its_pid_from_the_script(
     folders: dict[str, Path], serving: subprocess.Popen[bytes]
 ) -> None:
     good = folders["good"]
-
-    ran = run_script("stats", "-p", str(good), cwd=good)
+    announced = good / SERVE_FILE
+    hidden = announced.with_name("serve.hidden.json")
+    announced.rename(hidden)  # a holder that wrote no serve file: nothing to go through
+    try:
+        ran = run_script("stats", "-p", str(good), cwd=good)
+    finally:
+        hidden.rename(announced)
 
     assert_says(ran, "store.duckdb is in use", f"pid {serving.pid}", "cohortsync serve", "stop it")
     assert len(ran.stderr.splitlines()) == 1
@@ -262,12 +268,7 @@ def test_a_store_held_by_serve_is_named_with_its_pid_from_the_script(
     [
         "demo --profiles 5",
         "ingest {good}/events.jsonl",
-        "profile user_id:u1",
         "compute",
-        "members nope",
-        "preview nope",
-        "sync",
-        "status",
         "serve --port 1",
     ],
 )
@@ -283,3 +284,26 @@ def test_a_store_held_by_serve_stops_every_command_with_one_line(
     ran = run_main(args, monkeypatch, capsys)
 
     assert_says(ran, "is in use by another process", f"pid {serving.pid}")
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        ("profile user_id:u1", "no profile has user_id u1"),
+        ("members nope", "no segment or audience is named 'nope'"),
+        ("preview nope", "no segment or audience is named 'nope'"),
+    ],
+)
+def test_a_read_while_serve_holds_the_store_fails_through_it_in_one_line(
+    command: str,
+    said: str,
+    folders: dict[str, Path],
+    serving: subprocess.Popen[bytes],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    args = [*command.split(), "-p", str(folders["good"])]
+
+    ran = run_main(args, monkeypatch, capsys)
+
+    assert_says(ran, said)

@@ -60,6 +60,7 @@ from cohortsync.render import (
     status_table,
     sync_table,
 )
+from cohortsync.server.admin_client import engine_or_server
 from cohortsync.server.limits import ServeLimits
 
 DEMO_HISTORY_WEEKS = 4
@@ -175,7 +176,7 @@ def profile(
     as_json: JsonOption = False,
 ) -> None:
     """Show one profile: identifiers, traits, merges, recent events and current audiences."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         view = engine.find_profile(identifier)
         held = engine.profile_memberships(view.profile_id)
     value = {**dataclasses.asdict(view), "memberships": memberships_json(held)}
@@ -185,7 +186,7 @@ def profile(
 @app.command()
 def stats(project: ProjectOption = None, as_json: JsonOption = False) -> None:
     """Counts: events by type, profiles, identifiers by kind, quarantined rows by reason."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         counts = engine.stats()
     show(counts, as_json, lambda: stats_tables(counts))
 
@@ -225,7 +226,7 @@ def members(
 ) -> None:
     """List the members of a segment or audience: now, or as of --at from the recorded history."""
     moment = parse_at(at)
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         found = engine.members(name, moment)
     if output is Format.json:
         print_json([dataclasses.asdict(m) for m in found])
@@ -244,7 +245,7 @@ def preview(
     as_json: JsonOption = False,
 ) -> None:
     """Compute one segment or audience now (nothing recorded): size, sample, overlaps, rules."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         shown = engine.preview(name)
     show(dataclasses.asdict(shown), as_json, lambda: preview_group(shown))
 
@@ -325,6 +326,14 @@ def serve(
     real-time evaluation, scheduled refreshes and delivery."""
     from cohortsync.server.app import create_app
     from cohortsync.server.client_ip import parse_trusted_proxies
+    from cohortsync.server.serve_file import (
+        ServeInfo,
+        announced,
+        client_url,
+        new_token,
+        remove_serve_file,
+        write_serve_file,
+    )
 
     try:
         proxies = parse_trusted_proxies(trusted_proxies)
@@ -357,12 +366,24 @@ def serve(
         console.print(
             f"cohortsync listening on http://{host}:{port} (store {engine.store_shown()})"
         )
-        run_server(
-            create_app(engine, trusted_proxies=proxies, body_timeout=body_timeout),
-            host,
-            port,
-            limits,
+        here = ServeInfo(
+            client_url(host, port), os.getpid(), engine.loaded.store_location(), new_token()
         )
+        root = engine.loaded.root
+        with announced(root, here):
+            run_server(
+                create_app(
+                    engine,
+                    trusted_proxies=proxies,
+                    body_timeout=body_timeout,
+                    serve_token=here.token,
+                ),
+                host,
+                port,
+                limits,
+                on_listening=lambda: write_serve_file(root, here),
+                on_stopping=lambda: remove_serve_file(root, here.pid),
+            )
 
 
 def _work(project: Path | None, bus_url: str, stream: str, name: str | None) -> None:
@@ -404,7 +425,7 @@ def sync(
     as_json: JsonOption = False,
 ) -> None:
     """Deliver audience changes and conversions to destinations: each once, in order, retried."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         if retry_dead:
             requeued = engine.retry_dead(audience, destination)
             err.print(f"{requeued:,} dead-lettered records queued again")
@@ -442,7 +463,7 @@ def status(
 ) -> None:
     """Per audience × destination: desired, acknowledged, pending, failed, dead letters, matches;
     and each audience's refresh with its last and next run."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         rows = engine.sync_status()
         drift = engine.drift(status=rows)
         runs = engine.sync_runs(5)

@@ -55,6 +55,7 @@ from cohortsync.ops.spend import SpendIngest, read_spend, store_spend
 from cohortsync.ops.validate import Options as ValidateOptions
 from cohortsync.ops.validate import ValidationReport, validate
 from cohortsync.ops.validate_marks import Cleanup, cleanup
+from cohortsync.ops.validate_rows import Row as ValidationRow
 from cohortsync.realtime.bus import open_bus
 from cohortsync.realtime.bus_member import BusMember, member_name
 from cohortsync.realtime.bus_roles import BusGateway, BusWorker
@@ -68,7 +69,7 @@ from cohortsync.segments.names import IDENTIFIER_KINDS
 from cohortsync.store.base import ProfileView, Store
 from cohortsync.store.locations import redact
 from cohortsync.store.opening import open_store
-from cohortsync.store.outbox import RouteStatus, SyncRunRecord
+from cohortsync.store.outbox import PlanCounts, RouteStatus, SyncRunRecord
 from cohortsync.store.records import Message, Rejection
 from cohortsync.sync.backlog import DeliveryBacklog, delivery_backlog
 from cohortsync.sync.configure import SyncSetup, sync_setup
@@ -77,7 +78,7 @@ from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.profile_state import Membership, memberships, profile_ids
 from cohortsync.sync.retry import RetryPolicy
 from cohortsync.sync.run import SyncReport, run_sync
-from cohortsync.sync.worker import Clock, DeliveryReport
+from cohortsync.sync.worker import Clock, DeliveryReport, Tally
 
 Listener = Callable[[Sequence[Message], IngestResult], None]
 """Called with the messages of a commit and what storing them did (`IngestResult.profiles`,
@@ -634,6 +635,7 @@ __all__ = [
     "Catalog",
     "CheckedBatch",
     "Cleanup",
+    "ComputeReport",
     "Cost",
     "Day",
     "DeadGroup",
@@ -646,16 +648,25 @@ __all__ = [
     "IngestResult",
     "Latency",
     "LintReport",
+    "Member",
     "Membership",
+    "PlanCounts",
+    "Preview",
+    "ProfileView",
     "ProfileWhy",
     "Report",
     "Reported",
     "RoundReport",
     "RouteStatus",
+    "Schedule",
     "ServeWorkers",
     "SpendIngest",
+    "SyncReport",
+    "SyncRunRecord",
+    "Tally",
     "ValidateOptions",
     "ValidationReport",
+    "ValidationRow",
     "audience_json",
     "bus_gateway",
     "catalog_html",

@@ -24,9 +24,12 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(project_dir: Path, log: Path, *options: str) -> Iterator[Served]:
-    """`cohortsync serve --project project_dir` with `options`, its stderr written to `log`;
-    stopped (SIGTERM, which commits what is queued) on exit."""
+def serving(
+    project_dir: Path, log: Path, *options: str, start_within: float = 30
+) -> Iterator[Served]:
+    """`cohortsync serve --project project_dir` with `options`, its stderr written to `log`,
+    answering within `start_within` seconds; stopped (SIGTERM, which commits what is queued)
+    on exit."""
     port = free_port()
     with log.open("wb") as stderr:
         process = subprocess.Popen(
@@ -37,7 +40,7 @@ def serving(project_dir: Path, log: Path, *options: str) -> Iterator[Served]:
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
-            wait_until_healthy(url, 30, process)
+            wait_until_healthy(url, start_within, process)
             yield Served(url, port, process)
         finally:
             process.terminate()

@@ -19,7 +19,8 @@ from cohortsync.commands.shared import (
     parse_at,
     show,
 )
-from cohortsync.engine import Engine, ProfileWhy, explanation_json
+from cohortsync.engine import ProfileWhy, explanation_json
+from cohortsync.server.admin_client import engine_or_server
 
 _STATUS = {"in": "[green]IN[/]", "held_out": "[yellow]HELD OUT[/]", "out": "[red]OUT[/]"}
 
@@ -39,7 +40,7 @@ def explain(
     """Why a profile is in or out of each audience: every condition's truth and the events that
     decided it, exclusions, holdout, next change, and what each destination holds."""
     moment = parse_at(at)
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         why = engine.explain_profile(identifier, audience, moment)
     show(explanation_json(why), as_json, lambda: explanation_picture(why))
 

@@ -28,6 +28,7 @@ from cohortsync.engine import (
     catalog_json,
     catalog_markdown,
 )
+from cohortsync.server.admin_client import engine_or_server
 
 
 @app.command()
@@ -144,7 +145,7 @@ def catalog(
 ) -> None:
     """The audience catalog for paid and analytics teams: locked name, owner, rules in plain
     English, cadence, exits, holdout, identifiers, offer, destinations, size, version history."""
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         found = engine.catalog()
     text = {
         CatalogFormat.md: catalog_markdown,

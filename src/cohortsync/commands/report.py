@@ -16,6 +16,7 @@ from cohortsync.commands.report_tables import latency_table, spend_table
 from cohortsync.commands.shared import ProjectOption, app, console, parse_at, write_out
 from cohortsync.engine import SRM_ALERT, Engine, Report, audience_json, report_json, verdict
 from cohortsync.errors import InputError
+from cohortsync.server.admin_client import engine_or_server
 
 __all__ = ["audience_json", "report", "report_json", "report_table", "verdict"]
 
@@ -61,7 +62,7 @@ def report(
     start = _instant("--since", since) or end - DEFAULT_PERIOD
     if start > end:
         raise InputError("--since is after --until — give a period that moves forward")
-    with Engine.open(project) as engine:
+    with engine_or_server(project) as engine:
         found = engine.report(start, end, audience)
     if out is not None:
         write_out(out, _render(found, output), f"report.{_SUFFIX[output]}")

@@ -6,7 +6,8 @@ import hmac
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DURATION = re.compile(r"(\d+)([mhdw])")
@@ -226,11 +227,17 @@ class Project(_Strict):
     @model_validator(mode="after")
     def _admin_is_not_a_write_key(self) -> Project:
         keys = {s.write_key for s in self.sources.values()}
-        if any(token in keys for token in self.admin.tokens):
-            raise ValueError(
-                "an admin token equals a source's write_key: write keys are public "
-                "(browser SDKs publish them), give admin.tokens a secret of its own"
-            )
+        for index, token in enumerate(self.admin.tokens):
+            if token in keys:  # located at the token's own line, its value never shown
+                problem = PydanticCustomError(
+                    "admin_token",
+                    "an admin token equals a source's write_key: write keys are public "
+                    "(browser SDKs publish them), give admin.tokens a secret of its own",
+                )
+                raise ValidationError.from_exception_data(
+                    "Project",
+                    [InitErrorDetails(type=problem, loc=("admin", "tokens", index), input="")],
+                )
         return self
 
     def source_for_key(self, write_key: str) -> str | None:

@@ -94,6 +94,9 @@ class RealtimeLoop:
         self._swept_at = time.monotonic()
         self._cursor_moved = 0
         self.rounds = 0
+        self.round_lock = threading.Lock()
+        """Held for each round; whoever else holds it (a compute asked over the admin API)
+        runs between two rounds."""
 
     # -- input --------------------------------------------------------------------------------
     def submit(self, messages: Sequence[Message], stored: IngestResult | None = None) -> None:
@@ -150,6 +153,10 @@ class RealtimeLoop:
     # -- one round ----------------------------------------------------------------------------
     def step(self, now_us: int | None = None) -> RoundReport:
         """Fire due timers (each at its instant), then evaluate queued profiles at now."""
+        with self.round_lock:
+            return self._round(now_us)
+
+    def _round(self, now_us: int | None) -> RoundReport:
         with self._wake:
             queued, self._queue = self._queue, []
             touched, self._touched = self._touched, {}

@@ -10,7 +10,8 @@ them: each batch written once under the dry-run folder and resolved as a dry run
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -125,13 +126,37 @@ class ServeWorkers:
         self.cadence = cadence
         self.delivery = delivery
         self.clock = clock
-        self._delivery = _Worker("cohortsync-delivery", delivery.step, RETRY_POLL)
+        self._delivering = threading.Lock()
+        self._refreshing = threading.Lock()
+        self._delivery = _Worker("cohortsync-delivery", self._deliver, RETRY_POLL)
         self._cadence = _Worker("cohortsync-cadence", self._refresh, CADENCE_POLL)
         loop.on_change = self._delivery.wake
 
+    def _deliver(self) -> None:
+        with self._delivering:
+            self.delivery.step()
+
     def _refresh(self) -> None:
-        if self.cadence.run_due(to_micros(self.clock())) is not None:
+        with self._refreshing:
+            refreshed = self.cadence.run_due(to_micros(self.clock()))
+        if refreshed is not None:
             self._delivery.wake()
+
+    @contextmanager
+    def computing(self) -> Iterator[None]:
+        """Hold off scheduled refreshes and real-time rounds while the block computes (a compute
+        asked over the admin API); delivery is woken after it."""
+        with self._refreshing, self.loop.round_lock:
+            yield
+        self._delivery.wake()
+
+    @contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Hold off the delivery thread while the block delivers or requeues (a sync asked over
+        the admin API), so no batch is claimed by two deliverers; delivery is woken after it."""
+        with self._delivering:
+            yield
+        self._delivery.wake()
 
     def start(self) -> None:
         """Catch up real-time evaluation, then start every thread."""

@@ -59,14 +59,19 @@ def require_admin(
 ) -> None:
     """FastAPI dependency: the request carries an admin token in `Authorization: Bearer`."""
     project: Project = request.app.state.engine.project
+    # The token `serve` wrote to .cohortsync/serve.json for the CLI on this machine, if any.
+    serve_token: str | None = getattr(request.app.state, "serve_token", None)
+    given = credentials.credentials if credentials is not None else None
+    if serve_token and given and hmac.compare_digest(serve_token.encode(), given.encode()):
+        return
     if not admin_tokens(project):
         raise AdminRejected(
             "the admin API is closed: set admin.tokens in cohortsync.yml or "
             f"{TOKEN_ENV} before starting serve"
         )
-    if credentials is None:
+    if given is None:
         raise AdminRejected("send an admin token: Authorization: Bearer <token>")
-    if not is_admin_token(project, credentials.credentials):
+    if not is_admin_token(project, given):
         raise AdminRejected("that token is not an admin token (a write key never is)")
 
 

@@ -17,6 +17,7 @@ from cohortsync.config.models import Project
 from cohortsync.engine import Engine, IngestResult
 from cohortsync.events.models import Message, Rejection
 from cohortsync.identity.log_scrub import scrubbed_logger
+from cohortsync.server.admin_api import router as admin_router
 from cohortsync.server.client_ip import TrustedProxies
 from cohortsync.server.cors import CorsMiddleware, OriginPolicy
 from cohortsync.server.group_commit import GroupCommitter
@@ -52,6 +53,7 @@ def create_app(
     clock: Callable[[], datetime] | None = None,
     trusted_proxies: TrustedProxies = (),
     body_timeout: float = ServeLimits.body_timeout,
+    serve_token: str | None = None,
 ) -> FastAPI:
     """Build the app around an open engine (the app never opens or closes the store itself).
 
@@ -59,7 +61,8 @@ def create_app(
     and delivery run beside ingest; `clock` replaces the wall clock (tests move time). In the
     ingest role the target is a bus gateway: no store, no background work. `trusted_proxies`
     are the reverse proxies whose X-Forwarded-For names the client (`serve --trusted-proxies`). A
-    request body must arrive within `body_timeout` seconds (408 otherwise).
+    request body must arrive within `body_timeout` seconds (408 otherwise). The admin API
+    (`/api/v1`, over an engine only) also accepts `serve_token`, the token of `serve.json`.
     """
 
     @asynccontextmanager
@@ -95,6 +98,8 @@ def create_app(
     app.include_router(ingest_router)
     app.include_router(monitoring_router)
     if isinstance(engine, Engine):
+        app.state.serve_token = serve_token
+        app.include_router(admin_router)
         install_dashboard(app)
     app.add_middleware(BodyDeadline, seconds=body_timeout)
     app.add_exception_handler(BodyTimeoutError, _body_timeout)

@@ -13,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cohortsync.identity.log_scrub import scrubbed_logger
 
 if TYPE_CHECKING:
+    import socket
+
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = scrubbed_logger("cohortsync.server")
@@ -71,8 +74,17 @@ class BodyDeadline:
         await self.app(scope, receive_in_time, send)
 
 
-def run_server(app: ASGIApp, host: str, port: int, limits: ServeLimits) -> None:
-    """Serve `app` with uvicorn under `limits` until SIGINT or SIGTERM."""
+def run_server(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    limits: ServeLimits,
+    on_listening: Callable[[], None] | None = None,
+    on_stopping: Callable[[], None] | None = None,
+) -> None:
+    """Serve `app` with uvicorn under `limits` until SIGINT or SIGTERM; `on_listening` is
+    called once the socket accepts connections, `on_stopping` when shutdown begins (uvicorn
+    re-raises SIGTERM once stopped, so nothing after this function runs then)."""
     import uvicorn
 
     from cohortsync.server.connections import guarded_protocol
@@ -89,7 +101,7 @@ def run_server(app: ASGIApp, host: str, port: int, limits: ServeLimits) -> None:
         access_log=False,
         proxy_headers=False,  # else uvicorn believes X-Forwarded-For from 127.0.0.1
     )
-    server = uvicorn.Server(config)
+    server = _listening_server(config, on_listening, on_stopping)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the SIGINT it stopped on
         server.run()
     if not server.started:
@@ -114,3 +126,26 @@ def raise_open_file_limit(wanted: int) -> None:
                 target,
                 wanted,
             )
+
+
+def _listening_server(
+    config: Any,
+    on_listening: Callable[[], None] | None,
+    on_stopping: Callable[[], None] | None,
+) -> Any:
+    """uvicorn's server, calling `on_listening` once its socket accepts connections and
+    `on_stopping` when its shutdown begins."""
+    import uvicorn
+
+    class ListeningServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started and on_listening is not None:
+                on_listening()
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            if on_stopping is not None:
+                on_stopping()
+            await super().shutdown(sockets)
+
+    return ListeningServer(config)
