@@ -124,6 +124,7 @@ def _float(value: object) -> float | None:
 def _buckets(counts: Mapping[int, int]) -> tuple[Bucket, ...]:
     out, low = [], 0.0
     for i, (label, high) in enumerate(BUCKETS):
-        out.append(Bucket(label, low, None if high == float("inf") else high, counts.get(i, 0)))
-        low = high
+        end = None if high == float("inf") else float(high)  # a float, as JSON round-trips it
+        out.append(Bucket(label, low, end, counts.get(i, 0)))
+        low = float(high)
     return tuple(out)
