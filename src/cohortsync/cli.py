@@ -62,6 +62,7 @@ from cohortsync.render import (
 )
 from cohortsync.server.admin_client import engine_or_server
 from cohortsync.server.limits import ServeLimits
+from cohortsync.server.serve_file import SERVE_FILE
 
 DEMO_HISTORY_WEEKS = 4
 """The demo computes its audiences weekly for this many weeks before now, so entries have
@@ -137,7 +138,7 @@ def demo(
     console.print(f"holdout report (lift, discounts, latency): {report_file}")
     console.print(
         "dashboard: run `cohortsync serve` here, then open http://127.0.0.1:8000/ui "
-        "(log in with the admin token serve prints)"
+        f"(log in with the token in {directory / SERVE_FILE})"
     )
 
 
@@ -370,6 +371,10 @@ def serve(
             client_url(host, port), os.getpid(), engine.loaded.store_location(), new_token()
         )
         root = engine.loaded.root
+        console.print(
+            f"dashboard: {here.url}/ui (log in with an admin token, or this run's token in "
+            f"{root / SERVE_FILE})"
+        )
         with announced(root, here):
             run_server(
                 create_app(

@@ -172,3 +172,30 @@ def test_an_admin_token_equal_to_a_write_key_is_a_config_error_at_its_line(
     lines = PROJECT_YAML.count("\n") + 4  # admin:, tokens:, the admin token, this one
     assert str(caught.value).startswith(f"{tmp_path / 'cohortsync.yml'}:{lines}: ")
     assert "write_key" in str(caught.value) and WRITE_KEY not in str(caught.value)
+
+
+def test_serves_own_token_opens_the_api_and_the_dashboard_with_no_admin_token_set(
+    tmp_path: Path,
+) -> None:
+    """The token `serve` writes to serve.json (readable by its user only) is what the demo
+    tells its user to log in with: it opens the API and the dashboard, a write key still not."""
+    own = "serve_0123456789abcdefghijkl"
+    (tmp_path / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
+    with Engine.open(tmp_path) as engine:
+        server = LiveServer(engine, background=False, serve_token=own)
+        server.start()
+        try:
+            for method, path in admin_routes(server)[:3]:
+                opened = send(server, method, path, {"Authorization": f"Bearer {own}"})
+                assert opened.status_code != 401, path
+                refused = send(server, method, path, {"Authorization": f"Bearer {WRITE_KEY}"})
+                assert refused.status_code == 401, path
+            with httpx.Client(base_url=server.url) as client:
+                assert "closed" not in client.get("/ui/login").text
+                wrong = client.post("/ui/login", data={"token": WRITE_KEY, "next": "/ui/"})
+                assert wrong.status_code == 401
+                logged = client.post("/ui/login", data={"token": own, "next": "/ui/"})
+                assert logged.status_code == 303 and logged.headers["location"] == "/ui/"
+                assert client.get("/ui/").status_code == 200  # the session cookie opens pages
+        finally:
+            server.stop()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hmac
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -53,26 +53,43 @@ class AdminRejected(HTTPException):
         )
 
 
+def serve_token(state: Any) -> str | None:
+    """The token this `serve` wrote to .cohortsync/serve.json (readable by its user only)."""
+    found: str | None = getattr(state, "serve_token", None)
+    return found
+
+
+def admin_closed(state: Any, project: Project) -> bool:
+    """No token at all opens the admin API or the dashboard of this app."""
+    return not admin_tokens(project) and not serve_token(state)
+
+
+def opens_admin(state: Any, project: Project, token: str | None) -> bool:
+    """Whether `token` opens the admin API and the dashboard: an admin token, or this serve's
+    own token from serve.json; never a write key."""
+    own = serve_token(state)
+    if own and token and hmac.compare_digest(own.encode(), token.encode()):
+        return True
+    return is_admin_token(project, token)
+
+
 def require_admin(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     """FastAPI dependency: the request carries an admin token in `Authorization: Bearer`."""
     project: Project = request.app.state.engine.project
-    # The token `serve` wrote to .cohortsync/serve.json for the CLI on this machine, if any.
-    serve_token: str | None = getattr(request.app.state, "serve_token", None)
     given = credentials.credentials if credentials is not None else None
-    if serve_token and given and hmac.compare_digest(serve_token.encode(), given.encode()):
+    if opens_admin(request.app.state, project, given):
         return
-    if not admin_tokens(project):
+    if admin_closed(request.app.state, project):
         raise AdminRejected(
             "the admin API is closed: set admin.tokens in cohortsync.yml or "
             f"{TOKEN_ENV} before starting serve"
         )
     if given is None:
         raise AdminRejected("send an admin token: Authorization: Bearer <token>")
-    if not is_admin_token(project, given):
-        raise AdminRejected("that token is not an admin token (a write key never is)")
+    raise AdminRejected("that token is not an admin token (a write key never is)")
 
 
 AdminOnly = Depends(require_admin)

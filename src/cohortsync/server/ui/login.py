@@ -13,7 +13,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cohortsync.config.models import Project
 from cohortsync.identity.log_scrub import scrubbed_logger
-from cohortsync.server.admin_auth import admin_tokens, is_admin_token
+from cohortsync.server.admin_auth import admin_closed, opens_admin
 from cohortsync.server.ui import sessions
 from cohortsync.server.ui.render import page
 from cohortsync.server.ui.sessions import Session
@@ -68,7 +68,7 @@ def login_form(request: Request, next: str = HOME) -> Response:
     """The login form (already logged in: straight on)."""
     if sessions.of_request(request) is not None:
         return RedirectResponse(_next(next), status_code=303)
-    closed = not admin_tokens(_project(request))
+    closed = admin_closed(request.app.state, _project(request))
     return page(request, "login.html", None, next=_next(next), closed=closed, message="")
 
 
@@ -80,11 +80,11 @@ def login(
 ) -> Response:
     """Check the admin token; on success a fresh session cookie and back where the user was."""
     project = _project(request)
-    closed = not admin_tokens(project)
+    closed = admin_closed(request.app.state, project)
     if request.headers.get("origin") and not sessions.same_origin(request):
         return page(request, "login.html", None, 403, next=HOME, closed=closed,
                     message="refused: log in from this server's own login page")  # fmt: skip
-    if closed or not is_admin_token(project, token.strip()):
+    if closed or not opens_admin(request.app.state, project, token.strip()):
         log.warning(
             "dashboard login refused from %s", request.client.host if request.client else "?"
         )
