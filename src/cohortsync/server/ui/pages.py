@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from cohortsync.engine import Engine
 from cohortsync.errors import CohortsyncError, NotFoundError
+from cohortsync.server.admin_http import delivering
 from cohortsync.server.ui import views
 from cohortsync.server.ui.login import acting, logged_in
 from cohortsync.server.ui.render import page
@@ -112,8 +113,9 @@ def retry(request: Request, name: str, session: Actor) -> Response:
     if name not in engine.sync_setup.configs:
         return _not_found(request, session, f"No destination is named {name!r}.")
     try:
-        queued = engine.retry_dead(destination=name)
-        sent = engine.sync(destination=name).delivery
+        with delivering(request):  # between serve's own delivery rounds, as the admin API
+            queued = engine.retry_dead(destination=name)
+            sent = engine.sync(destination=name).delivery
     except CohortsyncError as exc:  # a project that breaks its lock: nothing was sent
         notice = f"Not retried: {exc}"
     else:
