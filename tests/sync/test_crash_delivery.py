@@ -36,6 +36,9 @@ from tests.sync.platforms import GOOGLE_MATCH
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
 
 RUNS = int(os.environ.get("COHORTSYNC_CRASH_RUNS", "50"))
+"""Kills against the webhook, the reference receiver; each ad-platform fake takes a third as
+many (the state machine under test is the same; their runs prove the platform's own answers
+are acknowledged as the webhook's are). bench/ or COHORTSYNC_CRASH_RUNS runs more."""
 PROFILES = 1200
 AUDIENCE = "cio_cart_1h"
 
@@ -233,8 +236,9 @@ def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(days=30)
     with Engine.open(project_dir) as engine:
         engine.ingest_messages([person(n, start - timedelta(hours=1)) for n in range(PROFILES)])
+    runs = RUNS if isinstance(target, WebhookTarget) else max(1, RUNS // 3)
     outcomes: dict[str, int] = {}
-    for run in range(RUNS):
+    for run in range(runs):
         at = start + timedelta(hours=2 * run)
         flapping = rng.sample(range(PROFILES), k=rng.randint(PROFILES // 4, PROFILES // 2))
         with Engine.open(project_dir) as engine:
@@ -256,9 +260,9 @@ def test_kill_9_of_the_delivery_worker_loses_nothing_and_applies_nothing_twice(
     lost_exits = held - desired
     lost_entries = desired - held
     sent_twice = target.sent_twice()
-    print(f"runs {RUNS}: {outcomes}; requests the receiver saw: {len(receiver.log)}")
+    print(f"runs {runs}: {outcomes}; requests the receiver saw: {len(receiver.log)}")
     assert (
-        outcomes.get("killed after a delivery", 0) + outcomes.get("killed by time", 0) >= RUNS // 2
+        outcomes.get("killed after a delivery", 0) + outcomes.get("killed by time", 0) >= runs // 2
     )
     assert pending == [(0,)]
     assert (len(lost_exits), len(lost_entries), len(sent_twice)) == (0, 0, 0)
