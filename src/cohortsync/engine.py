@@ -370,15 +370,7 @@ class Engine:
         )
         ledger = ledger_for(self.store)
         found = ledger.status(routes, conversion_destinations, setup.accepts())
-        reported = ledger.platform_match_rates()
-        return [
-            replace(
-                s,
-                dry_run=setup.configs[s.destination].dry_run,
-                platform_match_rate=reported.get((s.destination, s.audience or "")),
-            )
-            for s in found
-        ]
+        return [replace(s, dry_run=setup.configs[s.destination].dry_run) for s in found]
 
     def sync_runs(self, limit: int = 10) -> list[SyncRunRecord]:
         """The latest sync runs, newest first."""

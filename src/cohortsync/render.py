@@ -22,6 +22,7 @@ from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.moments import to_datetime
 from cohortsync.ops.drift import Drift
+from cohortsync.ops.platform_said import NOTHING, platform_said
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
 from cohortsync.store.outbox import RouteStatus
@@ -306,15 +307,28 @@ def _status_lines(rows: Sequence[RouteStatus]) -> Table:
     for column in _STATUS_FIGURES:
         table.add_column(column, justify="right")
     table.add_column("last sync")
+    reported = any(s.platform.read_at for s in rows)
+    if reported:  # once any platform said something; `—` where one said nothing
+        table.add_column("platform says")
+        table.add_column("read")
     errors = any(s.last_error for s in rows)
     if errors:
         table.add_column("next try / error")
     for s in rows:
         cells = [escape(s.audience or "(conversions)"), escape(s.destination), *_status_cells(s)]
+        cells += _platform_cells(s) if reported else []
         if errors:
             cells.append(_status_note(s))
         table.add_row(*cells)
     return table
+
+
+def _platform_cells(s: RouteStatus, short: bool = False) -> list[str]:
+    """What the platform says of the audience and when it was read, `—` for nothing read."""
+    said = platform_said(s.platform)
+    read = s.platform.read_at
+    moment = "%m-%d %H:%M" if short else "%Y-%m-%d %H:%M"
+    return [escape(said), NOTHING if read is None or said == NOTHING else f"{read:{moment}}"]
 
 
 def _acked(s: RouteStatus, behind: bool) -> str:
@@ -365,6 +379,10 @@ def _status_groups(rows: Sequence[RouteStatus], width: int) -> Group:
         notes = []
         for s, row in group:
             routes.add_row(*row)
+            said, read = _platform_cells(s, short=True)
+            if said != NOTHING:
+                note = f"[cyan]{escape(s.destination)} says:[/] {said} (read {read})"
+                notes.append(Padding(Text.from_markup(note), (0, 0, 0, 4)))
             if s.last_error:
                 note = f"[yellow]{escape(s.destination)}:[/] {_status_note(s, labelled=True)}"
                 notes.append(Padding(Text.from_markup(note), (0, 0, 0, 4)))

@@ -184,6 +184,26 @@ def test_created_audiences_are_listed_and_readable(meta: MetaFake) -> None:
     assert meta.audiences() == {"cio_cart_abandon_6h": audience_id}
 
 
+SIZE_FIELDS = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
+
+
+def test_the_audience_get_answers_its_size_bounds_and_operation_status(meta: MetaFake) -> None:
+    audience_id = create(meta, "aud")
+    empty = call(meta, "GET", f"/{audience_id}", params={"fields": SIZE_FIELDS}).json()
+    assert empty == {
+        "id": audience_id,
+        "approximate_count_lower_bound": 0,
+        "approximate_count_upper_bound": 0,
+        "operation_status": {"code": 200, "description": "Normal"},
+    }
+    upload(meta, audience_id, ["EMAIL", "PHONE"], [[MARY, PHONE], [JOHN, ""]])
+    upload(meta, audience_id, "EMAIL_SHA256", [sha("x@example.com")])
+    upload(meta, audience_id, "EMAIL_SHA256", [JOHN], method="DELETE")
+    read = call(meta, "GET", f"/{audience_id}", params={"fields": SIZE_FIELDS}).json()
+    assert (read["approximate_count_lower_bound"], read["approximate_count_upper_bound"]) == (2, 2)
+    assert read["operation_status"] == {"code": 200, "description": "Normal"}
+
+
 def test_the_list_is_paged_with_cursors(meta: MetaFake) -> None:
     for n in range(30):
         meta.create_audience(f"aud_{n:02d}")

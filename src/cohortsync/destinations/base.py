@@ -113,6 +113,18 @@ class ReadBack:
     drift: str | None = None
 
 
+@dataclass(frozen=True)
+class AudienceSize:
+    """What a platform says of an audience it holds, read on a schedule: its approximate size
+    (`low`..`high` people; Meta answers -1 for an audience too small to show) and the state
+    of its last operation (`Normal`, `replace_in_progress`, ...)."""
+
+    audience: str
+    low: int | None
+    high: int | None
+    operation_status: str | None = None
+
+
 class DeliveryError(CohortsyncError):
     """A whole batch failed; the message never holds raw emails or phones."""
 
@@ -259,6 +271,15 @@ class Destination(ABC, Generic[ConfigT]):
         """Figures a platform reports later about batches it acknowledged earlier (a match
         rate known only once processed): batch id → stats to add to that batch's result."""
         return {}
+
+    def read_sizes_every(self) -> float | None:
+        """Seconds between reads of each audience's size on the platform (None: it has none)."""
+        return None
+
+    def read_sizes(self, audiences: Sequence[str]) -> list[AudienceSize]:
+        """The size the platform shows for each audience it holds (one it does not hold yet is
+        left out); raise a `DeliveryError` when it cannot be asked."""
+        return []
 
     def close(self) -> None:
         """Release connections or files."""

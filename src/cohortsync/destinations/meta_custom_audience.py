@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import parse_qsl, urlsplit
 
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from cohortsync.destinations.base import (
     ADD,
+    AudienceSize,
     Batch,
     BatchResult,
     Capabilities,
@@ -50,6 +51,7 @@ PAGE_SIZE = 100
 NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
 HOLDOUT = "holdout member: ad platforms never receive the control group"
 MINIMUM = 100
+SIZE_FIELDS = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
 """Meta serves a customer-file audience only once about 100 people matched."""
 _JSON = {"Content-Type": "application/json"}
 
@@ -66,6 +68,9 @@ class MetaCustomAudienceConfig(GraphConfig):
     hash_external_id: bool = True
     """Send `EXTERN_ID` as the SHA-256 of the user id; `false` sends ids as they are, except
     ids that hold an email or phone number (adds refused, removes hashed)."""
+    read_sizes_every_seconds: float = Field(default=3600.0, gt=0)
+    """How often each audience's approximate size and operation status are read back
+    (`GET {audience_id}`), during a sync or serve's delivery rounds."""
 
     @field_validator("ad_account_id")
     @classmethod
@@ -300,6 +305,44 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
                 found.append(ReadBack(audience, False))
         return found
 
+    def read_sizes_every(self) -> float | None:
+        """`read_sizes_every_seconds`."""
+        return self.settings.read_sizes_every_seconds
+
+    def read_sizes(self, audiences: Sequence[str]) -> list[AudienceSize]:
+        """Each audience's approximate size and operation status (`GET {audience_id}` with
+        `approximate_count_lower_bound,approximate_count_upper_bound,operation_status`); an
+        audience not on Meta yet is left out, never created."""
+        if any(name not in self._ids for name in audiences):
+            what = f"meta_custom_audience {self.context.name}: look up audiences"
+            listing = self._listing("id,name", what)
+            for name in audiences:
+                ids = [str(a.get("id")) for a in listing if a.get("name") == name]
+                if ids and name not in self._ids:
+                    self._ids[name] = min(ids, key=_id_order)
+        found = []
+        for name in audiences:
+            what = f"meta_custom_audience {self.context.name}: read the size of {name}"
+            audience_id = self._ids.get(name)
+            if audience_id is None:
+                continue
+            params = {"fields": SIZE_FIELDS, **self.settings.auth_params()}
+            request = PreparedRequest("GET", self.settings.url(audience_id), params)
+            answer = graph_send(self.context.http, request, what, self.context.clock())
+            if not isinstance(answer, dict):
+                continue
+            status = answer.get("operation_status")
+            text = status.get("description") if isinstance(status, dict) else status
+            found.append(
+                AudienceSize(
+                    name,
+                    _bound(answer.get("approximate_count_lower_bound")),
+                    _bound(answer.get("approximate_count_upper_bound")),
+                    None if text is None else str(text),
+                )
+            )
+        return found
+
     def _create(self, name: str) -> str:
         """Create the empty customer-file audience and return its id."""
         what = f"meta_custom_audience {self.context.name}: create audience {name}"
@@ -367,3 +410,11 @@ def _count(answer: dict[str, Any], key: str) -> int:
         return int(value) if value is not None else 0
     except (TypeError, ValueError):
         return 0
+
+
+def _bound(value: Any) -> int | None:
+    """An approximate count bound as Graph gives it (a number, sometimes as a string)."""
+    try:
+        return None if value is None or isinstance(value, bool) else int(value)
+    except (TypeError, ValueError):
+        return None

@@ -149,6 +149,62 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class PlatformReport:
+    """What an ad platform says back about one audience it holds, each figure with when it
+    was read; None where it never said (a platform that reports nothing has all None)."""
+
+    size_low: int | None = None
+    """Meta's `approximate_count_lower_bound` (-1: too small for Meta to show)."""
+    size_high: int | None = None
+    """Meta's `approximate_count_upper_bound`."""
+    operation_status: str | None = None
+    """Meta's `operation_status` description (`Normal`, `replace_in_progress`, ...)."""
+    size_read_at: datetime | None = None
+    """When the size and operation status were read (`GET {audience_id}`)."""
+    match_rate_low: int | None = None
+    """Google's match-rate bucket of the latest processed upload, low end in percent."""
+    match_rate_high: int | None = None
+    """Its high end."""
+    match_rate_read_at: datetime | None = None
+    """When Google's diagnostics (match rate, errors) last came in."""
+    invalid_entries: int | None = None
+    """Records the platform could not use, over every upload: Meta's `num_invalid_entries`,
+    Google's error records."""
+    invalid_read_at: datetime | None = None
+    """When the latest of them was read (Meta answers on upload, Google in its diagnostics)."""
+
+    @property
+    def read_at(self) -> datetime | None:
+        """The latest time anything here was read."""
+        times = [t for t in (self.size_read_at, self.match_rate_read_at, self.invalid_read_at) if t]
+        return max(times) if times else None
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> PlatformReport:
+        """From the status query's platform columns, in `PLATFORM_COLUMNS` order."""
+        invalid, invalid_at, rate_low, rate_high, low, high, operation, sized, diagnosed = row
+        return cls(
+            _int_or_none(low),
+            _int_or_none(high),
+            None if operation is None else str(operation),
+            sized,
+            _int_or_none(rate_low),
+            _int_or_none(rate_high),
+            diagnosed,
+            _int_or_none(invalid),
+            diagnosed or invalid_at if invalid is not None else None,
+        )
+
+
+PLATFORM_COLUMNS = 9
+"""The platform columns that end each row of the status query."""
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+@dataclass(frozen=True)
 class RouteStatus:
     """One line of `cohortsync status`: an audience × destination, or a conversion stream."""
 
@@ -171,6 +227,8 @@ class RouteStatus:
     platform_match_rate: tuple[int, int] | None = None
     """The match-rate range in percent (low, high) the platform last reported for this route's
     uploads once it processed them (Google's `uploadMatchRateRange`); None: none reported."""
+    platform: PlatformReport = field(default_factory=PlatformReport)
+    """What the platform says back about the audience, with when it was read."""
 
     @property
     def match_rate(self) -> float | None:
@@ -183,7 +241,12 @@ class RouteStatus:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> RouteStatus:
-        """From a status query's row, in field order (counts may come back NULL)."""
+        """From a status query's row, in field order (counts may come back NULL), and the
+        platform's columns after them when the row has them."""
+        platform = PlatformReport()
+        if len(row) > 13:
+            platform = PlatformReport.from_row(row[13:])
+            row = row[:13]
         destination, audience, *counts, last_sync, next_attempt, last_error = row
         desired, acked, pending, retrying, failed, dead, matchable, written = (
             int(c or 0) for c in counts
@@ -202,7 +265,17 @@ class RouteStatus:
             next_attempt,
             last_error,
             dry_run_written=written,
+            platform_match_rate=(
+                None
+                if platform.match_rate_low is None or platform.match_rate_high is None
+                else (platform.match_rate_low, platform.match_rate_high)
+            ),
+            platform=platform,
         )
+
+
+AudienceSizeRow = tuple[str, int | None, int | None, str | None]
+"""(audience, low, high, operation status) of one size read back."""
 
 
 @dataclass(frozen=True)
@@ -261,8 +334,23 @@ class OutboxStore(ABC):
     def resolve(self, batch: ClaimedBatch, resolution: Resolution, now: datetime) -> None:
         """Record the destination's answer and release the batch's rows, atomically."""
 
-    def add_batch_stats(self, stats: Mapping[str, Mapping[str, int]]) -> None:  # noqa: B027
-        """Add figures a destination reported later to earlier batches' results."""
+    def add_batch_stats(  # noqa: B027
+        self, stats: Mapping[str, Mapping[str, int]], now: datetime | None = None
+    ) -> None:
+        """Add figures a destination reported later to earlier batches' results (read at
+        `now`, kept as their audiences' `diagnosed_at`)."""
+
+    def sizes_due(
+        self, destination: str, every: float, now: datetime, audience: str | None = None
+    ) -> list[str]:
+        """Audiences the destination was sent (or `audience` alone) whose size was never read,
+        or not in the last `every` seconds."""
+        return []
+
+    def record_sizes(  # noqa: B027
+        self, destination: str, sizes: Sequence[AudienceSizeRow], now: datetime
+    ) -> None:
+        """Keep the sizes just read, each as its audience's latest reading, at `now`."""
 
     @abstractmethod
     def claim_ahead(
@@ -379,14 +467,19 @@ STATUS_SELECT = """SELECT r.destination, r.audience,
         AND s.audience = r.audience AND s.status = 'dry_run'),
     (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
         AND l.audience = r.audience),
-    b.next_attempt, b.last_error
+    b.next_attempt, b.last_error,
+    rp.invalid, rp.invalid_at, rp.rate_low, rp.rate_high,
+    pr.size_low, pr.size_high, pr.operation_status, pr.sized_at, pr.diagnosed_at
 FROM {routes} r
 LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
 LEFT JOIN batches b ON b.destination = r.destination AND b.audience = r.audience
+LEFT JOIN reported rp ON rp.destination = r.destination AND rp.audience = r.audience
+LEFT JOIN platform_reports pr ON pr.destination = r.destination AND pr.audience = r.audience
 ORDER BY r.audience, r.destination
 """
-"""The per-route line of `status`, after the engine's own CTEs `desired`, `matchable` and
-`batches` (one row per destination and audience); `{routes}` names the routes relation."""
+"""The per-route line of `status`, after the engine's own CTEs `desired`, `matchable`,
+`batches` and `reported` (one row per destination and audience); `{routes}` names the routes
+relation."""
 
 
 def retry_batch_row(

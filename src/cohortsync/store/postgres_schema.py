@@ -347,6 +347,25 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         );
         """,
     ),
+    (
+        8,
+        "what ad platforms report of each audience they hold, with when it was read",
+        """
+        -- One row per destination and audience: the latest size read back (Meta's approximate
+        -- count bounds and operation status, at `sized_at`) and when the platform's diagnostics
+        -- of its uploads last came in (Google's match rate and errors, at `diagnosed_at`).
+        CREATE TABLE platform_reports (
+            destination TEXT NOT NULL,
+            audience TEXT NOT NULL,
+            size_low BIGINT,
+            size_high BIGINT,
+            operation_status TEXT,
+            sized_at TIMESTAMPTZ,
+            diagnosed_at TIMESTAMPTZ,
+            PRIMARY KEY (destination, audience)
+        );
+        """,
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -17,7 +17,7 @@ import threading
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import orjson
@@ -25,6 +25,7 @@ import orjson
 from cohortsync.store.outbox import (
     CHANGES,
     STATUS_SELECT,
+    AudienceSizeRow,
     ClaimedBatch,
     ConversionRoute,
     OutboxStore,
@@ -287,7 +288,9 @@ class Ledger(OutboxStore):
             )
             return tx.changed(f"UPDATE dead_letters SET retried_at = $now WHERE {where}", params)
 
-    def add_batch_stats(self, stats: Mapping[str, Mapping[str, int]]) -> None:
+    def add_batch_stats(
+        self, stats: Mapping[str, Mapping[str, int]], now: datetime | None = None
+    ) -> None:
         with self.sql.transaction() as tx:
             for batch_id, figures in stats.items():
                 rows = tx.run(
@@ -301,24 +304,41 @@ class Ledger(OutboxStore):
                     "UPDATE batch_results SET stats = $stats WHERE batch_id = $batch",
                     {"stats": json_text(held), "batch": batch_id},
                 )
+            if now is not None and stats:
+                tx.run(
+                    _DIAGNOSED_SQL,
+                    {"now": now},
+                    batches=tx.rows("batches", [("batch_id", "text")], [list(stats)]),
+                )
 
-    # -- reading --------------------------------------------------------------------------
-
-    def platform_match_rates(self) -> dict[tuple[str, str], tuple[int, int]]:
-        """(destination, audience) → the match-rate range its platform last reported."""
+    def sizes_due(
+        self, destination: str, every: float, now: datetime, audience: str | None = None
+    ) -> list[str]:
         with self.sql.transaction() as tx:
             rows = tx.run(
-                "SELECT destination, audience, stats FROM batch_results "
-                "WHERE audience IS NOT NULL AND CAST(stats AS TEXT) LIKE '%match_rate_low%' "
-                "ORDER BY resolved_at, batch_id"
+                _SIZES_DUE_SQL,
+                {
+                    "destination": destination,
+                    "audience": audience,
+                    "since": now - timedelta(seconds=every),
+                },
             )
-        found: dict[tuple[str, str], tuple[int, int]] = {}
-        for destination, audience, raw in rows:
-            figures = _stats_of(raw)
-            if "match_rate_low" in figures and "match_rate_high" in figures:
-                rate = (figures["match_rate_low"], figures["match_rate_high"])
-                found[(str(destination), str(audience))] = rate
-        return found
+        return [str(a) for (a,) in rows]
+
+    def record_sizes(
+        self, destination: str, sizes: Sequence[AudienceSizeRow], now: datetime
+    ) -> None:
+        if not sizes:
+            return
+        with self.sql.transaction() as tx:
+            read = tx.rows(
+                "sizes",
+                [("audience", "text"), ("low", "bigint"), ("high", "bigint"), ("op", "text")],
+                [[row[i] for row in sizes] for i in range(4)],
+            )
+            tx.run(_SIZES_SQL, {"destination": destination, "now": now}, sizes=read)
+
+    # -- reading --------------------------------------------------------------------------
 
     def status(
         self,
@@ -471,8 +491,54 @@ batches AS (
            min(next_attempt_at) AS next_attempt,
            (array_agg(last_error ORDER BY next_attempt_at DESC)
                FILTER (WHERE last_error IS NOT NULL))[1] AS last_error
-    FROM sync_batches WHERE kind = 'changes' GROUP BY destination, audience)
+    FROM sync_batches WHERE kind = 'changes' GROUP BY destination, audience),
+figures AS (
+    SELECT x.destination, x.audience, x.resolved_at, x.batch_id,
+           CAST(x.stats ->> 'num_invalid_entries' AS BIGINT) AS meta_invalid,
+           CAST(x.stats ->> 'records_processed' AS BIGINT) AS processed,
+           coalesce(CAST(x.stats ->> 'error_records' AS BIGINT), 0) AS errors,
+           CAST(x.stats ->> 'match_rate_low' AS BIGINT) AS rate_low,
+           CAST(x.stats ->> 'match_rate_high' AS BIGINT) AS rate_high
+    FROM batch_results x JOIN route_list r
+        ON r.destination = x.destination AND r.audience = x.audience
+    WHERE x.kind = 'changes'),
+reported AS (
+    SELECT destination, audience,
+           sum(CASE WHEN meta_invalid IS NOT NULL THEN meta_invalid
+                    WHEN processed IS NOT NULL THEN errors END) AS invalid,
+           max(resolved_at) FILTER (WHERE meta_invalid IS NOT NULL) AS invalid_at,
+           (array_agg(rate_low ORDER BY resolved_at DESC, batch_id DESC)
+               FILTER (WHERE rate_low IS NOT NULL AND rate_high IS NOT NULL))[1] AS rate_low,
+           (array_agg(rate_high ORDER BY resolved_at DESC, batch_id DESC)
+               FILTER (WHERE rate_low IS NOT NULL AND rate_high IS NOT NULL))[1] AS rate_high
+    FROM figures GROUP BY destination, audience)
 """ + STATUS_SELECT.format(routes="route_list")
+
+_DIAGNOSED_SQL = """
+INSERT INTO platform_reports (destination, audience, diagnosed_at)
+SELECT DISTINCT destination, audience, CAST($now AS TIMESTAMPTZ) FROM batch_results
+WHERE audience IS NOT NULL AND batch_id IN (SELECT batch_id FROM {batches})
+ON CONFLICT (destination, audience) DO UPDATE SET diagnosed_at = excluded.diagnosed_at
+"""
+"""Google's diagnostics of these batches came in now: their audiences' `diagnosed_at`."""
+
+_SIZES_DUE_SQL = """
+SELECT DISTINCT b.audience FROM batch_results b
+LEFT JOIN platform_reports p ON p.destination = b.destination AND p.audience = b.audience
+WHERE b.destination = $destination AND b.kind = 'changes' AND b.audience IS NOT NULL
+  AND ($audience::text IS NULL OR b.audience = $audience)
+  AND (p.sized_at IS NULL OR p.sized_at <= $since)
+ORDER BY b.audience
+"""
+
+_SIZES_SQL = """
+INSERT INTO platform_reports (destination, audience, size_low, size_high, operation_status,
+                              sized_at)
+SELECT CAST($destination AS TEXT), audience, low, high, op, CAST($now AS TIMESTAMPTZ) FROM {sizes}
+ON CONFLICT (destination, audience) DO UPDATE SET size_low = excluded.size_low,
+    size_high = excluded.size_high, operation_status = excluded.operation_status,
+    sized_at = excluded.sized_at
+"""
 
 _CONVERSION_STATUS_SQL = """
 SELECT

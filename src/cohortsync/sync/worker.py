@@ -270,6 +270,7 @@ class Deliverer:
                 self._drain(name, destination, kind, audience, delivery, max_batches)
             if name not in self.dry_runs:
                 self._follow_up(destination)
+                self._read_sizes(name, destination, audience)
         return delivery
 
     def _follow_up(self, destination: AnyDestination) -> None:
@@ -279,7 +280,23 @@ class Deliverer:
         except DeliveryError:
             return  # asked again on the next run
         if found:
-            self.outbox.add_batch_stats(found)
+            self.outbox.add_batch_stats(found, self.clock())
+
+    def _read_sizes(self, name: str, destination: AnyDestination, audience: str | None) -> None:
+        """Read the size of each audience sent to the destination whose last reading is older
+        than the destination's interval, and keep what was read with the time."""
+        every = destination.read_sizes_every()
+        if every is None:
+            return
+        due = self.outbox.sizes_due(name, every, self.clock(), audience)
+        if not due:
+            return
+        try:
+            sizes = destination.read_sizes(due)
+        except DeliveryError:
+            return  # read again on the next run
+        rows = [(s.audience, s.low, s.high, s.operation_status) for s in sizes]
+        self.outbox.record_sizes(name, rows, self.clock())
 
     def _drain(
         self,

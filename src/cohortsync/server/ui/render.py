@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from cohortsync import charts
+from cohortsync.ops.platform_said import platform_said
 from cohortsync.server.ui.sessions import Session
 
 HERE = Path(__file__).parent
@@ -54,7 +55,12 @@ def when(moment: datetime | None) -> str:
     return "never" if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
-_env.filters.update(percent=percent, when=when)
+def read_when(moment: datetime | None) -> str:
+    """When a platform's figure was read, `—` when never."""
+    return "—" if moment is None else when(moment)
+
+
+_env.filters.update(percent=percent, when=when, said=platform_said, read_when=read_when)
 
 
 def page(

@@ -1,0 +1,202 @@
+"""What the ad platforms say back reaches `status`: Meta's audience size and operation status
+read on a schedule, its invalid entries per upload, Google's match-rate bucket and error
+counts, each with when it was read; `—` (never 0) where a platform said nothing (TikTok)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from cohortsync.cli import app
+from cohortsync.engine import Engine
+from cohortsync.render import status_table
+from cohortsync.store.outbox import PlatformReport, RouteStatus
+from cohortsync.sync.retry import RetryPolicy
+from tests.conftest import PROJECT_YAML
+from tests.fakes.google_data_manager import GoogleDataManagerFake
+from tests.fakes.meta import MetaFake
+from tests.fakes.tiktok import TiktokFake, tiktok_type
+from tests.sync.conftest import MIN, Clock, person, track
+from tests.sync.platforms import AUDIENCE_DESTINATION as ADS
+from tests.sync.platforms import GooglePlatform, MetaPlatform
+
+AUDIENCE = "cio_cart_1h"
+SEGMENT = "segments:\n  cart_1h: {event: added_to_cart, within: 1h}\n"
+
+
+def audience_yaml(*destinations: str) -> str:
+    return (
+        f"{SEGMENT}audiences:\n  {AUDIENCE}:\n    segment: cart_1h\n"
+        f"    identifiers: [email, phone]\n    destinations: [{', '.join(destinations)}]\n"
+    )
+
+
+def open_shop(project: Path, yaml: str, clock: Clock) -> Engine:
+    settings = project / "cohortsync.yml"
+    settings.write_text(settings.read_text(encoding="utf-8") + yaml, encoding="utf-8")
+    engine = Engine.open(project)
+    engine.ingest_messages([person(n, clock.now - timedelta(hours=1)) for n in range(6)])
+    engine.ingest_messages([track(n, "added_to_cart", clock.now) for n in range(6)])
+    engine.compute(clock.now)
+    return engine
+
+
+def line(engine: Engine, destination: str) -> RouteStatus:
+    (found,) = [s for s in engine.sync_status() if s.destination == destination]
+    return found
+
+
+def wide_text(rows: list[RouteStatus]) -> list[str]:
+    console = Console(width=400, record=True, color_system=None)
+    console.print(status_table(rows, wide=True))
+    return console.export_text().splitlines()
+
+
+@pytest.fixture
+def meta() -> Iterator[MetaPlatform]:
+    with MetaFake().serving() as fake:
+        yield MetaPlatform(fake)
+
+
+@pytest.fixture
+def google() -> Iterator[GooglePlatform]:
+    with GoogleDataManagerFake().serving() as fake:
+        yield GooglePlatform(fake)
+
+
+def size_reads(meta: MetaPlatform) -> list[str]:
+    """The audience GETs that asked for the size fields."""
+    return [
+        item.query
+        for item in meta.fake.log.to("/v25.0/", "GET")
+        if "approximate_count_lower_bound" in item.query
+    ]
+
+
+def test_meta_sizes_are_read_every_hour_and_status_shows_them_with_the_read_time(
+    project_on_both: Path, meta: MetaPlatform, clock: Clock, policy: RetryPolicy
+) -> None:
+    meta.set_now(clock.now)
+    destinations = "destinations:\n" + meta.destinations_yaml()
+    shop = open_shop(project_on_both, audience_yaml(ADS) + destinations, clock)
+    with shop:
+        assert line(shop, ADS).platform == PlatformReport()  # nothing read before a sync
+        first = clock.now
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert len(size_reads(meta)) == 1
+        report = line(shop, ADS).platform
+        assert (report.size_low, report.size_high, report.operation_status) == (6, 6, "Normal")
+        assert report.size_read_at == first
+        assert (report.invalid_entries, report.invalid_read_at) == (0, first)  # said 0
+        assert report.match_rate_low is None
+
+        meta.fake.seed_members(AUDIENCE, [{"EMAIL": "a" * 64}, {"EMAIL": "b" * 64}])
+        clock.advance(30 * MIN)
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert len(size_reads(meta)) == 1  # read again only once the hour has passed
+        assert line(shop, ADS).platform.size_low == 6
+
+        clock.advance(31 * MIN)
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert len(size_reads(meta)) == 2
+        report = line(shop, ADS).platform
+        assert (report.size_low, report.size_high) == (8, 8)
+        assert report.size_read_at == clock.now
+        assert report.invalid_read_at == first  # no upload since: read when it was answered
+
+    runner = CliRunner(env={"COLUMNS": "80", "COHORTSYNC_PROJECT": None})
+    answer = runner.invoke(app, ["status", "--project", str(project_on_both), "--json"])
+    assert answer.exit_code == 0, answer.output
+    (route,) = [r for r in json.loads(answer.stdout)["routes"] if r["destination"] == ADS]
+    assert route["desired"] == 6 and route["match_rate"] == 1.0
+    platform = route["platform"]
+    assert (platform["size_low"], platform["size_high"]) == (8, 8)
+    assert platform["operation_status"] == "Normal"
+    assert platform["size_read_at"].startswith(clock.now.isoformat()[:19])
+    assert platform["invalid_entries"] == 0
+    assert platform["match_rate_low"] is None
+
+
+def test_a_meta_read_that_fails_is_tried_again_on_the_next_sync(
+    project_on_both: Path, meta: MetaPlatform, clock: Clock, policy: RetryPolicy
+) -> None:
+    meta.set_now(clock.now)
+    destinations = "destinations:\n" + meta.destinations_yaml()
+    with open_shop(project_on_both, audience_yaml(ADS) + destinations, clock) as shop:
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        audience_id = meta.fake.audiences()[AUDIENCE]
+        meta.fake.faults.fail(500, times=1, path=f"/v25.0/{audience_id}", method="GET")
+        clock.advance(61 * MIN)
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert line(shop, ADS).platform.size_read_at == clock.now - 61 * MIN  # kept as read
+
+        clock.advance(MIN)
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert line(shop, ADS).platform.size_read_at == clock.now
+
+
+def test_google_bucket_and_errors_show_in_the_status_table(
+    project_on_both: Path, google: GooglePlatform, clock: Clock, policy: RetryPolicy
+) -> None:
+    google.set_now(clock.now)
+    destinations = "destinations:\n" + google.destinations_yaml()
+    with open_shop(project_on_both, audience_yaml(ADS) + destinations, clock) as shop:
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        assert line(shop, ADS).platform == PlatformReport()  # Google answers later
+
+        clock.advance(40 * MIN)
+        google.set_now(clock.now)
+        google.fake.match_rate = "MATCH_RATE_RANGE_61_TO_70"
+        google.fake.error_counts = {"PROCESSING_ERROR_REASON_INVALID_EMAIL": 2}
+        shop.sync(destination=ADS, clock=clock, policy=policy)
+        status = line(shop, ADS)
+
+    report = status.platform
+    assert (report.match_rate_low, report.match_rate_high) == (61, 70)
+    assert status.platform_match_rate == (61, 70)
+    assert (report.invalid_entries, report.invalid_read_at) == (2, clock.now)
+    assert report.match_rate_read_at == clock.now
+    assert report.size_low is None
+    (row,) = [text for text in wide_text([status]) if AUDIENCE in text]
+    assert "match 61–70%, 2 invalid" in row
+    assert f"{clock.now:%Y-%m-%d %H:%M}" in row
+
+
+def test_tiktok_shows_members_and_coverage_only(
+    project_dir: Path, meta: MetaPlatform, clock: Clock, policy: RetryPolicy
+) -> None:
+    with TiktokFake().serving() as tiktok:
+        meta.set_now(clock.now)
+        yaml = (
+            audience_yaml(ADS, "tiktok_ads")
+            + "destinations:\n"
+            + meta.destinations_yaml()
+            + f"""\
+  tiktok_ads:
+    type: "{tiktok_type("tiktok_audience")}"
+    advertiser_id: "{tiktok.advertiser_id}"
+    access_token: {tiktok.token}
+    base_url: {tiktok.base_url}
+"""
+        )
+        (project_dir / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
+        with open_shop(project_dir, yaml, clock) as shop:
+            shop.sync(clock=clock, policy=policy)
+            rows = [s for s in shop.sync_status() if s.audience == AUDIENCE]
+
+    tiktok_line = next(s for s in rows if s.destination == "tiktok_ads")
+    assert tiktok_line.desired == 6 and tiktok_line.match_rate == 1.0
+    assert tiktok_line.platform == PlatformReport()
+    text = wide_text(rows)
+    (tiktok_row,) = [t for t in text if "tiktok_ads" in t]
+    (meta_row,) = [t for t in text if ADS in t]
+    cells = [cell.strip() for cell in tiktok_row.strip(" │").split("│")]
+    assert cells[2] == "6" and cells[8] == "100%"  # members and identifier coverage
+    assert cells[-2:] == ["—", "—"]  # said nothing: not 0
+    assert "6 people, 0 invalid" in meta_row
