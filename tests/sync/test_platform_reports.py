@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from rich.console import Console
 from typer.testing import CliRunner
@@ -18,7 +19,7 @@ from cohortsync.engine import Engine
 from cohortsync.render import status_table
 from cohortsync.store.outbox import PlatformReport, RouteStatus
 from cohortsync.sync.retry import RetryPolicy
-from tests.conftest import PROJECT_YAML
+from tests.conftest import LiveServer
 from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
 from tests.fakes.tiktok import TiktokFake, tiktok_type
@@ -27,6 +28,7 @@ from tests.sync.platforms import AUDIENCE_DESTINATION as ADS
 from tests.sync.platforms import GooglePlatform, MetaPlatform
 
 AUDIENCE = "cio_cart_1h"
+ADMIN_TOKEN = "admin-token-for-platform-reports-0123"
 SEGMENT = "segments:\n  cart_1h: {event: added_to_cart, within: 1h}\n"
 
 
@@ -168,13 +170,16 @@ def test_google_bucket_and_errors_show_in_the_status_table(
     assert f"{clock.now:%Y-%m-%d %H:%M}" in row
 
 
-def test_tiktok_shows_members_and_coverage_only(
+@pytest.fixture
+def meta_and_tiktok(
     project_dir: Path, meta: MetaPlatform, clock: Clock, policy: RetryPolicy
-) -> None:
+) -> Iterator[Engine]:
+    """One audience synced to Meta and to TikTok (DuckDB), the engine open."""
     with TiktokFake().serving() as tiktok:
         meta.set_now(clock.now)
         yaml = (
-            audience_yaml(ADS, "tiktok_ads")
+            f"admin:\n  tokens: [{ADMIN_TOKEN}]\n"
+            + audience_yaml(ADS, "tiktok_ads")
             + "destinations:\n"
             + meta.destinations_yaml()
             + f"""\
@@ -185,10 +190,13 @@ def test_tiktok_shows_members_and_coverage_only(
     base_url: {tiktok.base_url}
 """
         )
-        (project_dir / "cohortsync.yml").write_text(PROJECT_YAML, encoding="utf-8")
         with open_shop(project_dir, yaml, clock) as shop:
             shop.sync(clock=clock, policy=policy)
-            rows = [s for s in shop.sync_status() if s.audience == AUDIENCE]
+            yield shop
+
+
+def test_tiktok_shows_members_and_coverage_only(meta_and_tiktok: Engine) -> None:
+    rows = [s for s in meta_and_tiktok.sync_status() if s.audience == AUDIENCE]
 
     tiktok_line = next(s for s in rows if s.destination == "tiktok_ads")
     assert tiktok_line.desired == 6 and tiktok_line.match_rate == 1.0
@@ -200,3 +208,25 @@ def test_tiktok_shows_members_and_coverage_only(
     assert cells[2] == "6" and cells[8] == "100%"  # members and identifier coverage
     assert cells[-2:] == ["—", "—"]  # said nothing: not 0
     assert "6 people, 0 invalid" in meta_row
+
+
+def test_the_destination_page_shows_what_the_platform_reports(
+    meta_and_tiktok: Engine, clock: Clock
+) -> None:
+    server = LiveServer(meta_and_tiktok)
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            client.post("/ui/login", data={"token": ADMIN_TOKEN, "next": "/ui/"})
+            meta_page = client.get(f"/ui/destinations/{ADS}/delivery")
+            tiktok_page = client.get("/ui/destinations/tiktok_ads/delivery")
+    finally:
+        server.stop()
+
+    assert meta_page.status_code == tiktok_page.status_code == 200
+    assert "the platform reports" in meta_page.text
+    row = meta_page.text.split(f'href="/ui/audiences/{AUDIENCE}"', 1)[1].split("</tr>", 1)[0]
+    assert "6 people, 0 invalid" in row
+    assert f"{clock.now:%Y-%m-%d %H:%M} UTC" in row
+    row = tiktok_page.text.split(f'href="/ui/audiences/{AUDIENCE}"', 1)[1].split("</tr>", 1)[0]
+    assert "<td>—</td>\n  <td>—</td>" in row
