@@ -22,16 +22,40 @@ from cohortsync.audiences.members import Member, Preview
 from cohortsync.events.pipeline import IngestResult
 from cohortsync.moments import to_datetime
 from cohortsync.ops.drift import Drift
-from cohortsync.ops.platform_said import NOTHING, platform_said
 from cohortsync.realtime.cadence import Schedule
 from cohortsync.store.base import ProfileView
-from cohortsync.store.outbox import RouteStatus
+from cohortsync.store.outbox import PlatformReport, RouteStatus
 from cohortsync.sync.profile_state import Membership
 from cohortsync.sync.run import SyncReport
 from cohortsync.sync.worker import DeliveryReport
 
 _STATUS_FIGURES = ("desired", "acked", "pending", "retrying", "failed", "dead", "match")
 _UNBOUNDED = 10_000  # columns: wide enough to measure any table at its natural width
+
+NOTHING = "—"
+"""Shown where a platform never said anything (never 0: nothing was read)."""
+
+
+def platform_said(report: PlatformReport) -> str:
+    """`1,000–1,200 people (replace_in_progress), 3 invalid` (Meta), `match 61–70%, 2 invalid`
+    (Google), or `—` when the platform never reported anything."""
+    parts = []
+    if report.size_low is not None and report.size_high is not None:
+        if report.size_low < 0 or report.size_high < 0:
+            size = "too few to show"
+        elif report.size_low == report.size_high:
+            size = f"{report.size_low:,} people"
+        else:
+            size = f"{report.size_low:,}–{report.size_high:,} people"
+        status = report.operation_status
+        parts.append(size if status in (None, "Normal") else f"{size} ({status})")
+    elif report.operation_status not in (None, "Normal"):
+        parts.append(str(report.operation_status))
+    if report.match_rate_low is not None and report.match_rate_high is not None:
+        parts.append(f"match {report.match_rate_low}–{report.match_rate_high}%")
+    if report.invalid_entries is not None:
+        parts.append(f"{report.invalid_entries:,} invalid")
+    return ", ".join(parts) or NOTHING
 
 
 def stats_tables(stats: Mapping[str, Mapping[str, Any]]) -> Group:

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 
 from cohortsync import charts
-from cohortsync.ops.platform_said import platform_said
+from cohortsync.render import platform_said
 from cohortsync.server.ui.sessions import Session
 
 HERE = Path(__file__).parent
