@@ -365,8 +365,9 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         "what ad platforms report of each audience they hold, with when it was read",
         """
         -- One row per destination and audience: the latest size read back (Meta's approximate
-        -- count bounds and operation status, at `sized_at`) and when the platform's diagnostics
-        -- of its uploads last came in (Google's match rate and errors, at `diagnosed_at`).
+        -- count bounds and operation status, at `sized_at`); the match-rate bucket of the
+        -- latest upload diagnosed, and the error records of every one (Google's, the latest
+        -- come in at `diagnosed_at`).
         CREATE TABLE platform_reports (
             destination VARCHAR NOT NULL,
             audience VARCHAR NOT NULL,
@@ -374,9 +375,26 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
             size_high BIGINT,
             operation_status VARCHAR,
             sized_at TIMESTAMPTZ,
+            match_rate_low BIGINT,
+            match_rate_high BIGINT,
+            error_records BIGINT,
             diagnosed_at TIMESTAMPTZ,
             PRIMARY KEY (destination, audience)
         );
+        -- Diagnostics added to batch results before this table: their figures, no read time.
+        INSERT INTO platform_reports (destination, audience, match_rate_low, match_rate_high,
+                                      error_records)
+        SELECT destination, audience,
+            (array_agg(CAST(stats ->> 'match_rate_low' AS BIGINT) ORDER BY resolved_at DESC)
+                FILTER (WHERE stats ->> 'match_rate_low' IS NOT NULL))[1],
+            (array_agg(CAST(stats ->> 'match_rate_high' AS BIGINT) ORDER BY resolved_at DESC)
+                FILTER (WHERE stats ->> 'match_rate_low' IS NOT NULL))[1],
+            sum(coalesce(CAST(stats ->> 'error_records' AS BIGINT), 0))
+                FILTER (WHERE stats ->> 'records_processed' IS NOT NULL)
+        FROM batch_results
+        WHERE audience IS NOT NULL AND kind = 'changes'
+          AND (stats ->> 'records_processed' IS NOT NULL OR stats ->> 'match_rate_low' IS NOT NULL)
+        GROUP BY destination, audience;
         """,
     ),
 )

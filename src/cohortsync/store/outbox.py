@@ -181,8 +181,12 @@ class PlatformReport:
 
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> PlatformReport:
-        """From the status query's platform columns, in `PLATFORM_COLUMNS` order."""
-        invalid, invalid_at, rate_low, rate_high, low, high, operation, sized, diagnosed = row
+        """From the platform columns that end a `STATUS_SELECT` row, in their order."""
+        invalid, invalid_at, rate_low, rate_high, errors, low, high, operation, sized, diagnosed = (
+            row
+        )
+        if invalid is None:  # Google counts them in its diagnostics, Meta on each upload
+            invalid, invalid_at = errors, diagnosed if errors is not None else None
         return cls(
             _int_or_none(low),
             _int_or_none(high),
@@ -192,12 +196,8 @@ class PlatformReport:
             _int_or_none(rate_high),
             diagnosed,
             _int_or_none(invalid),
-            diagnosed or invalid_at if invalid is not None else None,
+            invalid_at,
         )
-
-
-PLATFORM_COLUMNS = 9
-"""The platform columns that end each row of the status query."""
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -468,7 +468,7 @@ STATUS_SELECT = """SELECT r.destination, r.audience,
     (SELECT max(resolved_at) FROM delivery_log l WHERE l.destination = r.destination
         AND l.audience = r.audience),
     b.next_attempt, b.last_error,
-    rp.invalid, rp.invalid_at, rp.rate_low, rp.rate_high,
+    rp.invalid, rp.invalid_at, pr.match_rate_low, pr.match_rate_high, pr.error_records,
     pr.size_low, pr.size_high, pr.operation_status, pr.sized_at, pr.diagnosed_at
 FROM {routes} r
 LEFT JOIN matchable mt ON mt.destination = r.destination AND mt.audience = r.audience
@@ -478,8 +478,8 @@ LEFT JOIN platform_reports pr ON pr.destination = r.destination AND pr.audience 
 ORDER BY r.audience, r.destination
 """
 """The per-route line of `status`, after the engine's own CTEs `desired`, `matchable`,
-`batches` and `reported` (one row per destination and audience); `{routes}` names the routes
-relation."""
+`batches` and `reported` (Meta's invalid entries), one row per destination and audience;
+`{routes}` names the routes relation."""
 
 
 def retry_batch_row(

@@ -292,23 +292,35 @@ class Ledger(OutboxStore):
         self, stats: Mapping[str, Mapping[str, int]], now: datetime | None = None
     ) -> None:
         with self.sql.transaction() as tx:
+            routes: dict[tuple[str, str], _Diagnosed] = {}
             for batch_id, figures in stats.items():
                 rows = tx.run(
-                    "SELECT stats FROM batch_results WHERE batch_id = $batch", {"batch": batch_id}
+                    "SELECT stats, destination, audience FROM batch_results "
+                    "WHERE batch_id = $batch",
+                    {"batch": batch_id},
                 )
                 if not rows:
                     continue
-                held = _stats_of(rows[0][0])
+                raw, destination, audience = rows[0]
+                held = _stats_of(raw)
                 held.update(figures)
                 tx.run(
                     "UPDATE batch_results SET stats = $stats WHERE batch_id = $batch",
                     {"stats": json_text(held), "batch": batch_id},
                 )
-            if now is not None and stats:
+                if audience is not None:
+                    routes.setdefault((str(destination), str(audience)), _Diagnosed()).add(figures)
+            for (destination, audience), found in sorted(routes.items()):
                 tx.run(
                     _DIAGNOSED_SQL,
-                    {"now": now},
-                    batches=tx.rows("batches", [("batch_id", "text")], [list(stats)]),
+                    {
+                        "destination": destination,
+                        "audience": audience,
+                        "low": found.low,
+                        "high": found.high,
+                        "errors": found.errors,
+                        "now": now,
+                    },
                 )
 
     def sizes_due(
@@ -411,6 +423,23 @@ class Ledger(OutboxStore):
         return {str(p): bool(h) for p, h in rows}
 
 
+class _Diagnosed:
+    """What diagnostics just said of one route's uploads: the bucket of the last one that has
+    one, and the error records of those processed (None: none was)."""
+
+    def __init__(self) -> None:
+        self.low: int | None = None
+        self.high: int | None = None
+        self.errors: int | None = None
+
+    def add(self, figures: Mapping[str, int]) -> None:
+        """Take one batch's figures."""
+        if "match_rate_low" in figures and "match_rate_high" in figures:
+            self.low, self.high = figures["match_rate_low"], figures["match_rate_high"]
+        if "records_processed" in figures or "error_records" in figures:
+            self.errors = (self.errors or 0) + int(figures.get("error_records", 0))
+
+
 def _stats_of(raw: object) -> dict[str, int]:
     """A batch result's stats as held (JSON text on DuckDB, parsed on Postgres)."""
     if isinstance(raw, str | bytes):
@@ -492,35 +521,31 @@ batches AS (
            (array_agg(last_error ORDER BY next_attempt_at DESC)
                FILTER (WHERE last_error IS NOT NULL))[1] AS last_error
     FROM sync_batches WHERE kind = 'changes' GROUP BY destination, audience),
-figures AS (
-    SELECT x.destination, x.audience, x.resolved_at, x.batch_id,
-           CAST(x.stats ->> 'num_invalid_entries' AS BIGINT) AS meta_invalid,
-           CAST(x.stats ->> 'records_processed' AS BIGINT) AS processed,
-           coalesce(CAST(x.stats ->> 'error_records' AS BIGINT), 0) AS errors,
-           CAST(x.stats ->> 'match_rate_low' AS BIGINT) AS rate_low,
-           CAST(x.stats ->> 'match_rate_high' AS BIGINT) AS rate_high
+invalid AS (
+    SELECT x.destination, x.audience, x.resolved_at,
+           CAST(x.stats ->> 'num_invalid_entries' AS BIGINT) AS entries
     FROM batch_results x JOIN route_list r
         ON r.destination = x.destination AND r.audience = x.audience
     WHERE x.kind = 'changes'),
 reported AS (
-    SELECT destination, audience,
-           sum(CASE WHEN meta_invalid IS NOT NULL THEN meta_invalid
-                    WHEN processed IS NOT NULL THEN errors END) AS invalid,
-           max(resolved_at) FILTER (WHERE meta_invalid IS NOT NULL) AS invalid_at,
-           (array_agg(rate_low ORDER BY resolved_at DESC, batch_id DESC)
-               FILTER (WHERE rate_low IS NOT NULL AND rate_high IS NOT NULL))[1] AS rate_low,
-           (array_agg(rate_high ORDER BY resolved_at DESC, batch_id DESC)
-               FILTER (WHERE rate_low IS NOT NULL AND rate_high IS NOT NULL))[1] AS rate_high
-    FROM figures GROUP BY destination, audience)
+    SELECT destination, audience, sum(entries) AS invalid,
+           max(resolved_at) FILTER (WHERE entries IS NOT NULL) AS invalid_at
+    FROM invalid GROUP BY destination, audience)
 """ + STATUS_SELECT.format(routes="route_list")
 
 _DIAGNOSED_SQL = """
-INSERT INTO platform_reports (destination, audience, diagnosed_at)
-SELECT DISTINCT destination, audience, CAST($now AS TIMESTAMPTZ) FROM batch_results
-WHERE audience IS NOT NULL AND batch_id IN (SELECT batch_id FROM {batches})
-ON CONFLICT (destination, audience) DO UPDATE SET diagnosed_at = excluded.diagnosed_at
+INSERT INTO platform_reports (destination, audience, match_rate_low, match_rate_high,
+                              error_records, diagnosed_at)
+VALUES ($destination, $audience, $low, $high, $errors, $now)
+ON CONFLICT (destination, audience) DO UPDATE SET
+    match_rate_low = coalesce(excluded.match_rate_low, platform_reports.match_rate_low),
+    match_rate_high = coalesce(excluded.match_rate_high, platform_reports.match_rate_high),
+    error_records = CASE WHEN excluded.error_records IS NULL THEN platform_reports.error_records
+        ELSE coalesce(platform_reports.error_records, 0) + excluded.error_records END,
+    diagnosed_at = excluded.diagnosed_at
 """
-"""Google's diagnostics of these batches came in now: their audiences' `diagnosed_at`."""
+"""Diagnostics of a route's uploads came in: the latest bucket, the error records added."""
+
 
 _SIZES_DUE_SQL = """
 SELECT DISTINCT b.audience FROM batch_results b

@@ -51,6 +51,10 @@ FAILURES_IN_A_ROW = 2
 """A run stops sending to a destination after this many batches failed one after the other:
 one failure may be the batch's own, two in a row say the destination is down."""
 
+SIZES_CHECKED_EVERY = timedelta(minutes=1)
+"""How often a long-lived deliverer (serve's) asks the store which audiences' sizes are due:
+a read is hourly by default, so its delivery rounds need not ask every time."""
+
 CLAIM_AHEAD = 8
 """Batches of changes claimed in one transaction and recorded in one after they are sent: the
 store's cost per batch shrinks about eightfold; a crash may send up to this many again, each
@@ -252,6 +256,7 @@ class Deliverer:
         self.clock = clock
         self.identifiers = identifiers or {}
         self.dry_runs = dry_runs or {}
+        self._sizes_checked: dict[str, datetime] = {}
 
     def run(self, audience: str | None = None, max_batches: int | None = None) -> DeliveryReport:
         """Deliver every due batch of every destination (optionally one audience)."""
@@ -286,9 +291,12 @@ class Deliverer:
         """Read the size of each audience sent to the destination whose last reading is older
         than the destination's interval, and keep what was read with the time."""
         every = destination.read_sizes_every()
-        if every is None:
+        now = self.clock()
+        checked = self._sizes_checked.get(name)
+        if every is None or (checked is not None and now - checked < SIZES_CHECKED_EVERY):
             return
-        due = self.outbox.sizes_due(name, every, self.clock(), audience)
+        self._sizes_checked[name] = now
+        due = self.outbox.sizes_due(name, every, now, audience)
         if not due:
             return
         try:
