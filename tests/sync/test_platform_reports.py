@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -230,3 +230,26 @@ def test_the_destination_page_shows_what_the_platform_reports(
     assert f"{clock.now:%Y-%m-%d %H:%M} UTC" in row
     row = tiktok_page.text.split(f'href="/ui/audiences/{AUDIENCE}"', 1)[1].split("</tr>", 1)[0]
     assert "<td>—</td>\n  <td>—</td>" in row
+
+
+def test_the_narrow_status_puts_what_the_platform_says_under_its_route() -> None:
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    said = PlatformReport(1_000, 1_200, "replace_in_progress", at, invalid_entries=3,
+                          invalid_read_at=at)  # fmt: skip
+    rows = [
+        RouteStatus(
+            "meta_ads", AUDIENCE, 1_100, 1_100, 0, 0, 0, 0, 1_100, at, None, None, platform=said
+        ),
+        RouteStatus("tiktok_ads", AUDIENCE, 1_100, 1_100, 0, 0, 0, 0, 900, at, None, None),
+    ]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(status_table(rows))
+    lines = console.export_text().splitlines()
+
+    assert max(len(text) for text in lines) <= 80
+    assert lines[1].split()[:2] == ["destination", "desired"]  # the grouped layout
+    first = next(n for n, text in enumerate(lines) if "says:" in text)
+    below = " ".join(text.strip() for text in lines[first:])
+    assert below == (
+        "meta_ads says: 1,000–1,200 people (replace_in_progress), 3 invalid (read 05-01 12:00)"
+    )  # tiktok_ads said nothing: no line
