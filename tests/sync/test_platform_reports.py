@@ -213,7 +213,7 @@ def test_tiktok_shows_members_and_coverage_only(meta_and_tiktok: Engine) -> None
 def test_the_destination_page_shows_what_the_platform_reports(
     meta_and_tiktok: Engine, clock: Clock
 ) -> None:
-    server = LiveServer(meta_and_tiktok)
+    server = LiveServer(meta_and_tiktok, background=False)  # the page reads; nothing moves
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
