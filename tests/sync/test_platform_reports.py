@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 from cohortsync.cli import app
 from cohortsync.engine import Engine
 from cohortsync.render import status_table
+from cohortsync.store import duckdb_schema, postgres_schema
 from cohortsync.store.outbox import PlatformReport, RouteStatus
+from cohortsync.sync.ledger import ledger_for
 from cohortsync.sync.retry import RetryPolicy
 from tests.conftest import LiveServer
 from tests.fakes.google_data_manager import GoogleDataManagerFake
@@ -253,3 +255,39 @@ def test_the_narrow_status_puts_what_the_platform_says_under_its_route() -> None
     assert below == (
         "meta_ads says: 1,000–1,200 people (replace_in_progress), 3 invalid (read 05-01 12:00)"
     )  # tiktok_ads said nothing: no line
+
+
+def test_diagnostics_stored_before_the_upgrade_are_carried_over(project_on_both: Path) -> None:
+    at = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    with Engine.open(project_on_both) as engine:
+        postgres = engine.store.dialect == "postgres"
+        latest = postgres_schema.LATEST_VERSION if postgres else duckdb_schema.LATEST_VERSION
+        stats = [
+            {"sent": 5, "records_processed": 5, "match_rate_low": 41, "match_rate_high": 50},
+            {
+                "sent": 4,
+                "records_processed": 4,
+                "match_rate_low": 61,
+                "match_rate_high": 70,
+                "error_records": 2,
+            },
+            {"sent": 3, "requests": 1},  # not diagnosed yet
+        ]
+        with ledger_for(engine.store).sql.transaction() as tx:  # as the previous version left it
+            tx.run("DROP TABLE platform_reports")
+            tx.run("DELETE FROM schema_migrations WHERE version = $v", {"v": latest})
+            for n, figures in enumerate(stats):
+                tx.run(
+                    "INSERT INTO batch_results (batch_id, destination, audience, kind, op, "
+                    "records, acknowledged, rejected, attempts, resolved_at, stats) VALUES "
+                    "($id, 'google', $audience, 'changes', 'add', 5, 5, 0, 1, $at, $stats)",
+                    {"id": f"b{n}", "audience": AUDIENCE, "at": at + n * MIN,
+                     "stats": json.dumps(figures)},
+                )  # fmt: skip
+        assert engine.store.migrate() == latest
+        with ledger_for(engine.store).sql.transaction() as tx:
+            rows = tx.run(
+                "SELECT destination, audience, match_rate_low, match_rate_high, error_records, "
+                "diagnosed_at FROM platform_reports"
+            )
+    assert [tuple(row) for row in rows] == [("google", AUDIENCE, 61, 70, 2, None)]
