@@ -19,11 +19,13 @@ from cohortsync.ops.reconcile import BELOW, FAILED, IN_SYNC, NOT_RECONCILABLE, R
 from tests.conftest import PROJECT_YAML
 from tests.fakes.google_data_manager import GoogleDataManagerFake
 from tests.fakes.meta import MetaFake
+from tests.postgres import postgres_schema
 from tests.sync.conftest import Clock, person, track
 from tests.sync.platforms import AUDIENCE_DESTINATION as ADS
 from tests.sync.platforms import GooglePlatform, MetaPlatform, Platform, serving
 
 AUDIENCE = "cio_cart_1h"
+DUCKDB = ".cohortsync/store.duckdb"
 PEOPLE = 40
 
 
@@ -96,9 +98,20 @@ def platform(request: pytest.FixtureRequest) -> Iterator[Platform]:
 
 
 @pytest.fixture
-def shop(project_dir: Path, platform: Platform, clock: Clock) -> Iterator[Engine]:
+def store(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The store: DuckDB, unless a test asks for Postgres too (`indirect` parameter)."""
+    if getattr(request, "param", "duckdb") == "duckdb":
+        yield DUCKDB
+        return
+    with postgres_schema() as url:
+        yield url
+
+
+@pytest.fixture
+def shop(project_dir: Path, platform: Platform, clock: Clock, store: str) -> Iterator[Engine]:
     """A shop whose audience was synced to the platform, then drifted there."""
-    (project_dir / "cohortsync.yml").write_text(project_yaml(platform), encoding="utf-8")
+    text = project_yaml(platform).replace(f"store: {DUCKDB}", f"store: {store}")
+    (project_dir / "cohortsync.yml").write_text(text, encoding="utf-8")
     platform.set_now(clock.now)
     with Engine.open(project_dir) as engine:
         engine.ingest_messages([person(n, clock.now - timedelta(hours=1)) for n in range(PEOPLE)])
@@ -113,6 +126,7 @@ def route(report: Any, destination: str = ADS) -> Any:
     return next(r for r in report.routes if r.destination == destination)
 
 
+@pytest.mark.parametrize("store", ["duckdb", "postgres"], indirect=True)
 def test_drifted_list_is_rebuilt_to_exactly_the_desired_members_then_left_alone(
     shop: Engine, platform: Platform, clock: Clock
 ) -> None:
@@ -147,6 +161,7 @@ def test_below_the_threshold_it_only_reports(
     assert stray(0) in platform.members(AUDIENCE)
 
 
+@pytest.mark.parametrize("store", ["duckdb", "postgres"], indirect=True)
 def test_a_platform_error_mid_rebuild_leaves_it_retryable_and_a_rerun_completes(
     shop: Engine, platform: Platform, clock: Clock
 ) -> None:
