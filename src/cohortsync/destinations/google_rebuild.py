@@ -75,6 +75,8 @@ def rebuild(dest: GoogleCustomerMatchDestination, job: Rebuild, terms: str) -> R
 
 
 def _remove_all(dest: GoogleCustomerMatchDestination, list_id: str) -> PreparedRequest:
-    """The `audienceMembers:removeAll` request for one list."""
+    """The `audienceMembers:removeAll` request for one list. No `removeAsOfTime`: Google then
+    takes the time it receives the request, before any of the ingests that follow it (sent only
+    once it answered), and a clock ahead of Google's cannot make it refuse a time to come."""
     body = {"destinations": [dest.settings.destination(list_id)]}
     return dest.client.prepare("POST", "v1/audienceMembers:removeAll", body)
