@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cohortsync.cli import app
+from cohortsync.commands.reconcile import reconcile_json
 from cohortsync.engine import Engine
 from cohortsync.ops.reconcile import BELOW, FAILED, IN_SYNC, NOT_RECONCILABLE, REBUILT, RESUMED
 from tests.conftest import PROJECT_YAML
@@ -205,12 +206,18 @@ def test_the_run_is_recorded_as_one_sync_run(
     )
 
 
-def test_only_hashed_identifiers_go_on_the_wire(
+def test_only_hashed_identifiers_go_on_the_wire_or_into_output_and_progress(
     shop: Engine, platform: Platform, clock: Clock
 ) -> None:
     drift(platform, add=3, drop=1)
     before = len(platform.fake.log)
-    assert route(shop.reconcile(destination=ADS, clock=clock)).action == REBUILT
+    fail_rebuild(platform)
+    failed = shop.reconcile(destination=ADS, clock=clock)
+    assert route(failed).action == FAILED
+    progress = [p.read_text() for p in (shop.loaded.root / ".cohortsync/reconcile").iterdir()]
+    report = shop.reconcile(destination=ADS, clock=clock)
+    assert route(report).action in (RESUMED, REBUILT)
+    printed = json.dumps([reconcile_json(failed), reconcile_json(report)], default=str)
     raws: set[str] = set()
     for n in range(PEOPLE):
         traits = person(n, datetime(2026, 1, 1, tzinfo=UTC))["traits"]
@@ -224,6 +231,8 @@ def test_only_hashed_identifiers_go_on_the_wire(
     for captured in sent:
         text = captured.text()
         assert [raw for raw in raws if raw in text] == [], f"{captured.path} carried raw PII"
+    for text in [printed, *progress]:
+        assert [raw for raw in raws if raw in text] == []
 
 
 def test_the_command_prints_a_table_and_json(
