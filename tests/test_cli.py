@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from cohortsync.cli import app
+from cohortsync.cli import DEMO_HISTORY_WEEKS, app
 from cohortsync.config.loader import PROJECT_FILE, load_project
 from cohortsync.engine import Engine
 from cohortsync.errors import InputError
@@ -362,8 +362,12 @@ def test_demo_computes_as_of_now(runner: CliRunner, tmp_path: Path) -> None:
     result = invoke(runner, "demo", "--profiles", "30", "--project", str(tmp_path / "now"))
     after = datetime.now(UTC)
     assert result.exit_code == 0, result.output
-    (as_of,) = _computed_as_of(tmp_path / "now")
+    *history, as_of = sorted(_computed_as_of(tmp_path / "now"))
     assert before <= as_of <= after  # the instant it ran, not a rounded one
+    weekly = [as_of - timedelta(weeks=w) for w in range(DEMO_HISTORY_WEEKS, 0, -1)]
+    assert history == weekly  # a weekly refresh's history before it, for the report
+    assert (tmp_path / "now" / ".cohortsync" / "report.html").is_file()
+    assert "/ui" in result.output  # where the dashboard is
 
 
 def test_demo_at_builds_and_computes_the_shop_as_of_that_instant(
@@ -375,7 +379,9 @@ def test_demo_at_builds_and_computes_the_shop_as_of_that_instant(
         runner, "demo", "--profiles", "30", "--at", "2026-06-01T09:30:15Z", "-p", str(target)
     )
     assert result.exit_code == 0, result.output
-    assert _computed_as_of(target) == [at]
+    assert sorted(_computed_as_of(target)) == [
+        at - timedelta(weeks=w) for w in range(DEMO_HISTORY_WEEKS, -1, -1)
+    ]
     with Engine.open(target) as engine:
         (last,) = engine.store.query('SELECT max("timestamp") FROM events')  # type: ignore[attr-defined]
     assert at - timedelta(days=1) < last[0] <= at

@@ -23,6 +23,7 @@ import cohortsync.commands.report
 import cohortsync.commands.spend
 import cohortsync.commands.validate  # noqa: F401
 from cohortsync.cli_errors import describe
+from cohortsync.commands.reconcile import run_reconcile
 from cohortsync.commands.shared import (
     AtOption,
     JsonOption,
@@ -427,9 +428,22 @@ def sync(
     retry_dead: Annotated[
         bool, typer.Option("--retry-dead", help="Queue dead-lettered records again first.")
     ] = False,
+    reconcile: Annotated[
+        bool,
+        typer.Option(
+            "--reconcile",
+            help="Compare each ad platform's list with the members cohortsync holds there and, "
+            "past sync.reconcile_threshold, rebuild it (with --dry-run: only report).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Deliver audience changes and conversions to destinations: each once, in order, retried."""
+    if reconcile:
+        if retry_dead:
+            raise InputError("--retry-dead and --reconcile do not go together: run them apart")
+        run_reconcile(project, audience, destination, dry_run, as_json)
+        return
     with engine_or_server(project) as engine:
         if retry_dead:
             requeued = engine.retry_dead(audience, destination)

@@ -46,6 +46,8 @@ from cohortsync.ops.lint import LintReport, lint_project
 from cohortsync.ops.lint_codes import Reported
 from cohortsync.ops.lock import LockReport
 from cohortsync.ops.plan import Plan
+from cohortsync.ops.reconcile import ReconcileReport, RouteReconcile
+from cohortsync.ops.reconcile import reconcile as reconcile_routes
 from cohortsync.ops.report import SRM_ALERT, Arm, AudienceReport, Report
 from cohortsync.ops.report_html import REPORT_CSS, report_fragment, report_page
 from cohortsync.ops.report_json import audience_json, report_json, verdict
@@ -292,12 +294,7 @@ class Engine:
         """Plan and deliver audience changes and conversions (or write a dry run)."""
         self.check_lock()
         setup = self.sync_setup
-        if audience is not None and audience not in self.segments.audiences:
-            known = ", ".join(sorted(self.segments.audiences)) or "none"
-            raise InputError(f"no audience named {audience!r}: known audiences: {known}")
-        if destination is not None and destination not in setup.classes:
-            known = ", ".join(sorted(setup.classes)) or "none"
-            raise InputError(f"no destination named {destination!r}: known destinations: {known}")
+        self._check_route(audience, destination)
         return run_sync(
             ledger_for(self.store),
             setup,
@@ -311,6 +308,40 @@ class Engine:
             http=http,
             progress=progress,
         )
+
+    def reconcile(
+        self,
+        audience: str | None = None,
+        destination: str | None = None,
+        dry_run: bool = False,
+        *,
+        clock: Clock | None = None,
+        http: httpx.Client | None = None,
+    ) -> ReconcileReport:
+        """Compare ad platforms' lists with what cohortsync holds there; past
+        `sync.reconcile_threshold`, rebuild them (`--dry-run`: only say so)."""
+        self.check_lock()
+        self._check_route(audience, destination)
+        return reconcile_routes(
+            ledger_for(self.store),
+            self.sync_setup,
+            self.loaded.root,
+            clock or _utc_now,
+            self.project.sync.reconcile_threshold,
+            audience=audience,
+            destination=destination,
+            dry_run=dry_run,
+            http=http,
+        )
+
+    def _check_route(self, audience: str | None, destination: str | None) -> None:
+        """Refuse an audience or destination the project does not name."""
+        if audience is not None and audience not in self.segments.audiences:
+            known = ", ".join(sorted(self.segments.audiences)) or "none"
+            raise InputError(f"no audience named {audience!r}: known audiences: {known}")
+        if destination is not None and destination not in self.sync_setup.classes:
+            known = ", ".join(sorted(self.sync_setup.classes)) or "none"
+            raise InputError(f"no destination named {destination!r}: known destinations: {known}")
 
     def serve_workers(self, clock: Clock | None = None) -> ServeWorkers:
         """Real-time evaluation, scheduled refreshes and delivery for `cohortsync serve`.
@@ -646,9 +677,11 @@ __all__ = [
     "Preview",
     "ProfileView",
     "ProfileWhy",
+    "ReconcileReport",
     "Report",
     "Reported",
     "RoundReport",
+    "RouteReconcile",
     "RouteStatus",
     "Schedule",
     "ServeWorkers",

@@ -295,6 +295,25 @@ def test_audience_rate_limits_are_transient(
         dest.apply(batch(change(2), batch_id="b-2"))
 
 
+def test_an_edit_while_a_replace_session_runs_is_retried_later(
+    meta_fake: MetaFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    """Code 2650/1870145 (a replace in progress) ends with the session: never dead-lettered."""
+    dest = destination(meta_fake, tmp_path, http)
+    dest.apply(batch(change(1), batch_id="b-1"))
+    audience_id = meta_fake.audiences()[AUDIENCE]
+    payload = {"schema": ["EMAIL"], "data": [[sha256_hex("someone@example.com")]]}
+    session = {"session_id": 7, "batch_seq": 1, "last_batch_flag": False}
+    started = http.post(
+        f"{meta_fake.graph_url}/{audience_id}/usersreplace",
+        params={"access_token": meta_fake.token},
+        data={"payload": orjson.dumps(payload).decode(), "session": orjson.dumps(session).decode()},
+    )
+    assert started.status_code == 200, started.text
+    with pytest.raises(TransientError, match="1870145"):
+        dest.apply(batch(change(2), batch_id="b-2"))
+
+
 def test_server_error_and_timeout_are_transient(meta_fake: MetaFake, tmp_path: Path) -> None:
     """A 503 and an answer slower than the client's timeout can both be retried."""
     with httpx.Client(timeout=0.3) as quick:

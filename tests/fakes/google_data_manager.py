@@ -7,8 +7,11 @@ Its base URL stands for `https://datamanager.googleapis.com`:
 - `GET  /v1/requestStatus:retrieve?requestId=…`: PROCESSING, then (once `processing_seconds`
   passed on the fake's clock) SUCCESS with `uploadMatchRateRange`, or PARTIAL_SUCCESS with the
   error counts a test set;
+- `POST /v1/audienceMembers:removeAll` (2026-07): every member of each destination's list
+  gone, `removeAsOfTime` never in the future;
 - `GET|POST /v1/accountTypes/GOOGLE_ADS/accounts/{id}/userLists`: list (paged) and create
-  (`DISPLAY_NAME_ALREADY_USED` on a name taken);
+  (`DISPLAY_NAME_ALREADY_USED` on a name taken); `GET …/userLists/{id}`: one list, each with
+  `sizeInfo` (the member count per network, int64 as strings);
 - `POST /token`: an OAuth token endpoint for `refresh_token` and service-account JWT grants.
 
 Every API call needs `Authorization: Bearer <token>` with the datamanager scope. One bad record
@@ -38,6 +41,7 @@ from tests.fakes.base import FakeServer
 from tests.fakes.google_requests import (
     EVENTS_FIELDS,
     INGEST_FIELDS,
+    REMOVE_ALL_FIELDS,
     REMOVE_FIELDS,
     KnownPeople,
     check_consent,
@@ -47,6 +51,7 @@ from tests.fakes.google_requests import (
     parse_destinations,
     parse_events,
     parse_members,
+    parse_timestamp,
 )
 from tests.fakes.google_rpc import RpcError, fault_body, invalid, request_id
 
@@ -87,6 +92,10 @@ class UserList:
             "id": self.id,
             "displayName": self.display_name,
             "membershipStatus": "OPEN",
+            "sizeInfo": {
+                "displayNetworkMembersCount": str(len(self.members)),
+                "searchNetworkMembersCount": str(len(self.members)),
+            },
         }
 
 
@@ -182,6 +191,21 @@ class GoogleDataManagerFake(FakeServer):
         with self._lock:
             return {ul.display_name: set(ul.members) for ul in self._lists.values()}
 
+    def seed_members(self, name: str, members: Iterable[Iterable[str]]) -> None:
+        """Add members directly (`email:<hash>` keys): strays a reconcile must remove."""
+        with self._lock:
+            self._named(name).add([list(m) for m in members])
+
+    def drop_members(self, name: str, count: int) -> None:
+        """Remove `count` members directly (the first in sorted order): lost members."""
+        with self._lock:
+            user_list = self._named(name)
+            gone = sorted(sorted(m) for m in user_list.members)[:count]
+            user_list.members -= {frozenset(m) for m in gone}
+
+    def _named(self, name: str) -> UserList:
+        return next(ul for ul in self._lists.values() if ul.display_name == name)
+
     @property
     def received_events(self) -> list[dict[str, Any]]:
         """Every event accepted, resends included."""
@@ -216,11 +240,13 @@ class GoogleDataManagerFake(FakeServer):
         app.add_api_route("/token", self._token, methods=["POST"])
         app.add_api_route("/v1/audienceMembers:ingest", self._ingest, methods=["POST"])
         app.add_api_route("/v1/audienceMembers:remove", self._remove, methods=["POST"])
+        app.add_api_route("/v1/audienceMembers:removeAll", self._remove_all, methods=["POST"])
         app.add_api_route("/v1/events:ingest", self._events_ingest, methods=["POST"])
         app.add_api_route("/v1/requestStatus:retrieve", self._status, methods=["GET"])
         lists = "/v1/accountTypes/{account_type}/accounts/{account}/userLists"
         app.add_api_route(lists, self._list_user_lists, methods=["GET"])
         app.add_api_route(lists, self._create_user_list, methods=["POST"])
+        app.add_api_route(lists + "/{list_id}", self._get_user_list, methods=["GET"])
         app.add_api_route("/{rest:path}", self._unknown, methods=_ALL_METHODS)
         return app
 
@@ -355,6 +381,33 @@ class GoogleDataManagerFake(FakeServer):
                 user_list.remove(members)
             return JSONResponse({"requestId": self._record("remove", body, members)})
 
+    async def _remove_all(self, request: Request) -> Response:
+        """audienceMembers:removeAll: `destinations`, `removeAsOfTime` (not in the future),
+        `validateOnly`; every member of each list goes (§1.1)."""
+        self._authorize(request, "IngestionMutateRequests")
+        body = await self._body(request)
+        check_fields(body, REMOVE_ALL_FIELDS)
+        with self._lock:
+            targets = self._targets(body)
+            raw = body.get("removeAsOfTime")
+            if raw is not None and parse_timestamp(raw, "remove_as_of_time") > self.now:
+                raise invalid(
+                    "removeAsOfTime must not be in the future",
+                    "INVALID_ARGUMENT",
+                    "remove_as_of_time",
+                )
+            if body.get("validateOnly") is True:
+                return JSONResponse({"requestId": request_id()})
+            gone = 0
+            for user_list in targets:
+                gone += len(user_list.members)
+                user_list.members = set()
+            rid = request_id()
+            self._diagnostics[rid] = Diagnostic(
+                "removeAll", list(body["destinations"]), self.now, gone, 0
+            )
+            return JSONResponse({"requestId": rid})
+
     async def _events_ingest(self, request: Request) -> Response:
         """events:ingest: conversions for known conversion actions."""
         self._authorize(request, "IngestionMutateRequests")
@@ -419,6 +472,8 @@ class GoogleDataManagerFake(FakeServer):
             entry["requestStatus"] = "SUCCESS"
         if diagnostic.kind == "events":
             entry["eventsIngestionStatus"] = {"recordCount": records}
+        elif diagnostic.kind == "removeAll":
+            entry["removeAllAudienceMembersStatus"] = {}
         elif diagnostic.kind == "remove":
             entry["audienceMembersRemovalStatus"] = {
                 "userDataRemovalStatus": {
@@ -459,6 +514,18 @@ class GoogleDataManagerFake(FakeServer):
         if start + size < len(every):
             body["nextPageToken"] = base64.urlsafe_b64encode(str(start + size).encode()).decode()
         return JSONResponse(body)
+
+    async def _get_user_list(
+        self, account_type: str, account: str, list_id: str, request: Request
+    ) -> Response:
+        """GET …/userLists/{id}: one list, NOT_FOUND when there is none."""
+        self._authorize(request, "UserListRequests")
+        self._check_account(account_type, account)
+        with self._lock:
+            user_list = self._lists.get(list_id)
+            if user_list is None:
+                raise RpcError(404, "Requested entity was not found.", reason="NOT_FOUND")
+            return JSONResponse(user_list.render())
 
     async def _create_user_list(
         self, account_type: str, account: str, request: Request

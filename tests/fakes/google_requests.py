@@ -58,6 +58,7 @@ INGEST_FIELDS = frozenset(
 REMOVE_FIELDS = frozenset(
     {"destinations", "audienceMembers", "validateOnly", "encoding", "encryptionInfo"}
 )
+REMOVE_ALL_FIELDS = frozenset({"destinations", "removeAsOfTime", "validateOnly"})
 EVENTS_FIELDS = frozenset(
     {"destinations", "events", "consent", "encoding", "encryptionInfo", "validateOnly"}
 )

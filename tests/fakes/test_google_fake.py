@@ -451,3 +451,48 @@ def test_another_account_is_permission_denied(fake: GoogleDataManagerFake, list_
     assert ingest(fake, body).status_code == 403
     path = "/v1/accountTypes/GOOGLE_ADS/accounts/5555555555/userLists"
     assert call(fake, "GET", path).status_code == 403
+
+
+def test_remove_all_empties_the_list_and_takes_only_its_fields(
+    fake: GoogleDataManagerFake, list_id: str
+) -> None:
+    other = fake.create_user_list("cio_other")
+    ingest(fake, ingest_body(list_id, [member(sha("a@example.com")), member(sha("b@x.io"))]))
+    ingest(fake, ingest_body(other, [member(sha("c@x.io"))]))
+    extra = {"destinations": [destination(list_id)], "encoding": "HEX"}
+    refused = call(fake, "POST", "/v1/audienceMembers:removeAll", extra)
+    assert (refused.status_code, reason(refused)) == (400, "INVALID_ARGUMENT")
+    checked = {"destinations": [destination(list_id)], "validateOnly": True}
+    assert call(fake, "POST", "/v1/audienceMembers:removeAll", checked).status_code == 200
+    assert fake.members("cio_buyers") == {sha("a@example.com"), sha("b@x.io")}
+    body = {"destinations": [destination(list_id)]}
+    removed = call(fake, "POST", "/v1/audienceMembers:removeAll", body)
+    assert removed.status_code == 200 and "requestId" in removed.json()
+    assert fake.members("cio_buyers") == set()
+    assert fake.members("cio_other") == {sha("c@x.io")}
+
+
+def test_remove_all_as_of_a_future_time_is_refused(
+    fake: GoogleDataManagerFake, list_id: str
+) -> None:
+    ingest(fake, ingest_body(list_id, [member(sha("a@example.com"))]))
+    later = (fake.now + timedelta(hours=1)).isoformat().replace("+00:00", "Z")
+    body = {"destinations": [destination(list_id)], "removeAsOfTime": later}
+    refused = call(fake, "POST", "/v1/audienceMembers:removeAll", body)
+    assert (refused.status_code, reason(refused)) == (400, "INVALID_ARGUMENT")
+    assert fake.members("cio_buyers") == {sha("a@example.com")}
+
+
+def test_a_user_list_shows_its_size_per_network(fake: GoogleDataManagerFake, list_id: str) -> None:
+    ingest(fake, ingest_body(list_id, [member(sha("a@example.com")), member(sha("b@x.io"))]))
+    path = f"/v1/accountTypes/GOOGLE_ADS/accounts/{ACCOUNT}/userLists"
+    shown = call(fake, "GET", f"{path}/{list_id}")
+    assert shown.status_code == 200
+    assert shown.json()["sizeInfo"] == {
+        "displayNetworkMembersCount": "2",
+        "searchNetworkMembersCount": "2",
+    }
+    listed = call(fake, "GET", path).json()["userLists"]
+    assert listed[0]["sizeInfo"]["searchNetworkMembersCount"] == "2"
+    missing = call(fake, "GET", f"{path}/1")
+    assert (missing.status_code, reason(missing)) == (404, "NOT_FOUND")

@@ -196,3 +196,27 @@ def test_verdicts_say_only_what_the_figures_allow() -> None:
     assert verdict(noise) == f"no detectable lift yet (MDE {noise.lift.mde * 100:.1f} pp)"
     skewed = _one(120, 1000, 90, 800)
     assert skewed.srm_alert and verdict(skewed).startswith("do not read")
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "postgres"])
+def test_an_entrant_later_merged_into_a_known_buyer_keeps_its_entry_and_conversion(
+    tmp_path: Path, engine: str
+) -> None:
+    """An anonymous cart enters; the visitor then logs in as a customer known from before
+    (its profile merges into theirs) and buys: one entrant, one conversion."""
+    anon = {"type": "track", "messageId": "anon-cart", "anonymousId": "anon-7",
+            "event": "added_to_cart", "timestamp": stamp(T), "properties": {}}  # fmt: skip
+    login = {"type": "identify", "messageId": "anon-login", "anonymousId": "anon-7",
+             "userId": "m1", "timestamp": stamp(ENTRY + H), "traits": {}}  # fmt: skip
+    with project(tmp_path, engine) as root, Engine.open(root) as shop:
+        shop.ingest_messages([identify("m1", T - D, email="m1@example.com"), anon])
+        shop.compute(ENTRY)
+        entered = {m.profile_id for m in shop.members("cio_cart_7d")}
+        shop.ingest_messages([login, track("m1", "order_completed", ENTRY + 2 * D, revenue=30.0)])
+        survivor = shop.find_profile("user_id:m1").profile_id
+        found = shop.report(T, T + 3 * D)
+    assert len(entered) == 1 and entered != {survivor}  # the entrant's id was merged away
+    one = found.audiences[0]
+    assert one.treatment.profiles + one.holdout.profiles == 1
+    assert one.treatment.converted + one.holdout.converted == 1
+    assert one.treatment.revenue + one.holdout.revenue == pytest.approx(30.0)

@@ -25,6 +25,7 @@ import pytest
 
 from cohortsync.engine import Engine
 from tests.conftest import WRITE_KEY, LiveServer
+from tests.server.chromium import browser_missing, launched_chromium
 
 PAGE_DIR = Path(__file__).with_name("browser")
 CACHE = Path(
@@ -34,14 +35,6 @@ BUNDLES = (
     "@segment/analytics-next/dist/umd/index.js",
     "@rudderstack/analytics-js/dist/npm/modern/bundled/umd/index.js",
 )
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # Other hosts do not resolve: the page can reach nothing but this machine. (Not page.route:
-    # while Playwright intercepts, it answers CORS preflights itself, hiding the server's.)
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
-]  # fmt: skip
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
 # RudderStack's JavaScript SDK reads its source's settings from configUrl/sourceConfig/.
 SOURCE_CONFIG = {
@@ -67,12 +60,9 @@ PATHS = {
 
 def _missing() -> str | None:
     """Why the browser test cannot run here (None: it can)."""
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is missing (pip install -e '.[dev]')"
+    missing = browser_missing()
+    if missing is not None:
+        return missing
     for bundle in BUNDLES:
         if not (CACHE / "node_modules" / bundle).is_file():
             return f"npm packages missing in {CACHE} (npm ci there with {PAGE_DIR}/package.json)"
@@ -139,17 +129,7 @@ def ingest(page_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's Chromium, driven by Playwright (each test opens a fresh context)."""
-    missing = _missing()
-    if missing is not None:
-        if os.environ.get("COHORTSYNC_BROWSER_REQUIRED"):  # set by .ci/run, which installs all
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
+    yield from launched_chromium(_missing())
 
 
 def _events(engine: Engine, anonymous_ids: set[str], user: str) -> list[dict[str, Any]]:

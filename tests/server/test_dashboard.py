@@ -7,7 +7,6 @@ first). Screenshots of every page go under the test's tmp_path.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import pytest
 from cohortsync.engine import Engine
 from tests.conftest import WRITE_KEY, LiveServer
 from tests.fakes.webhook import WebhookFake
-from tests.server.test_browser_sdks import CHROMIUM, CHROMIUM_ARGS
+from tests.server.chromium import browser_missing, launched_chromium
 
 ADMIN_TOKEN = "admin-token-for-the-dashboard-0123"
 AUDIENCES = ("cio_cart_abandon_6h", "cio_engaged_14d", "cio_recent_purch_7d_suppress")
@@ -72,17 +71,6 @@ conversions:
 """
 
 
-def _missing() -> str | None:
-    """Why the dashboard cannot be tested in a browser here (None: it can)."""
-    if not CHROMIUM.exists():
-        return f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is missing (pip install -e '.[dev]')"
-    return None
-
-
 @dataclass
 class Shop:
     """The served demo shop: its server, engine, the webhook fake, and the dead letters the
@@ -97,17 +85,7 @@ class Shop:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's Chromium, driven by Playwright (each test opens a fresh context)."""
-    missing = _missing()
-    if missing is not None:
-        if os.environ.get("COHORTSYNC_BROWSER_REQUIRED"):  # set by .ci/run, which installs all
-            pytest.fail(missing)
-        pytest.skip(missing)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield launched
-        launched.close()
+    yield from launched_chromium(browser_missing())
 
 
 @pytest.fixture(scope="module")

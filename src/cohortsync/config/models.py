@@ -96,6 +96,9 @@ class SyncConfig(_Strict):
     """Seconds a destination rests after a 401/403 before it is tried again."""
     dry_run_dir: str = ".cohortsync/dry-run"
     """Where dry runs write the requests they would send (relative to the project file)."""
+    reconcile_threshold: float = Field(default=0.01, ge=0, le=1)
+    """`sync --reconcile` rebuilds a platform's list only when its count differs from
+    cohortsync's members by more than this share of them; below it, it only reports."""
 
     @field_validator("retry_window")
     @classmethod

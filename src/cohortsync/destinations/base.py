@@ -125,6 +125,45 @@ class AudienceSize:
     operation_status: str | None = None
 
 
+@dataclass(frozen=True)
+class PlatformCount:
+    """How many members a platform shows for an audience: exact (`lower == upper`) or the
+    range it gives; `note` says what the figure is (approximate, no list there yet, ...)."""
+
+    lower: int
+    upper: int
+    note: str = ""
+
+    @property
+    def exact(self) -> bool:
+        """Whether the platform gave one figure rather than a range."""
+        return self.lower == self.upper
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """One rebuild of an audience's whole list from cohortsync's members, resumable: `seed`
+    derives every request (same seed and members, same bytes), `start` is how many of its
+    requests the platform already acknowledged, `acknowledged(n)` is called after each one."""
+
+    audience: str
+    members: tuple[Change, ...]
+    seed: str
+    start: int = 0
+    acknowledged: Callable[[int], None] | None = None
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    """What a finished rebuild sent: requests made now, of `total`, members sent, and the
+    members refused before sending (change id → reason)."""
+
+    requests: int
+    total: int
+    sent: int
+    rejected: Mapping[int, str] = field(default_factory=dict)
+
+
 class DeliveryError(CohortsyncError):
     """A whole batch failed; the message never holds raw emails or phones."""
 
@@ -191,7 +230,10 @@ class Capabilities:
     removes: bool = True
     """Whether it can take a member out of an audience; an audience goes only where it can."""
     replace: bool = False
-    """Whether it can replace an audience's whole member list in one operation."""
+    """Whether it can count an audience's members and rebuild its whole list (`count_members`,
+    `rebuild`): what `sync --reconcile` needs."""
+    no_replace: str = ""
+    """Why it cannot be reconciled, when `replace` is False (shown by `sync --reconcile`)."""
     max_batch: int = 1000
     """Most records in one batch (a platform's documented request limit, or what the
     destination splits into requests that keep it)."""
@@ -266,6 +308,16 @@ class Destination(ABC, Generic[ConfigT]):
         """What the platform shows for each audience (only where `capabilities.reads_back`);
         raise a `DeliveryError` when it cannot be asked."""
         raise PermanentError(f"{self.kind} cannot read audiences back (capabilities.reads_back)")
+
+    def count_members(self, audience: str) -> PlatformCount | None:
+        """How many members the platform shows for an audience (None: it shows no figure yet);
+        only where `capabilities.replace`."""
+        raise PermanentError(f"{self.kind} cannot count audience members (capabilities.replace)")
+
+    def rebuild(self, rebuild: Rebuild) -> RebuildResult:
+        """Make the platform's list exactly `rebuild.members`, sending the requests from
+        `rebuild.start` on; raise a `DeliveryError` when one fails (a rerun resumes there)."""
+        raise PermanentError(f"{self.kind} cannot rebuild an audience (capabilities.replace)")
 
     def collect_diagnostics(self) -> Mapping[str, Mapping[str, int]]:
         """Figures a platform reports later about batches it acknowledged earlier (a match

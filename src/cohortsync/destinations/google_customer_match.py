@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
 
+from cohortsync.destinations import google_rebuild
 from cohortsync.destinations.base import (
     ADD,
     Batch,
@@ -31,7 +32,10 @@ from cohortsync.destinations.base import (
     DestinationContext,
     Op,
     PermanentError,
+    PlatformCount,
     RateLimit,
+    Rebuild,
+    RebuildResult,
     TransientError,
 )
 from cohortsync.destinations.google_auth import GoogleConfig
@@ -93,6 +97,7 @@ class GoogleCustomerMatchDestination(GoogleDestination[GoogleCustomerMatchConfig
         rate_limit=RateLimit(per_second=5.0),
         ad_platform=True,
         hashed=True,
+        replace=True,
     )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
@@ -138,6 +143,14 @@ class GoogleCustomerMatchDestination(GoogleDestination[GoogleCustomerMatchConfig
         self.remember(batch.batch_id, batch.audience, request_ids)
         stats = {"sent": sent, "requests": requests}
         return BatchResult(rejected=rejected, retry=retry, stats=stats)
+
+    def count_members(self, audience: str) -> PlatformCount | None:
+        """The list's size per network (`google_rebuild.py`)."""
+        return google_rebuild.count_members(self, audience)
+
+    def rebuild(self, rebuild: Rebuild) -> RebuildResult:
+        """Empty the list with `removeAll`, then ingest every member."""
+        return google_rebuild.rebuild(self, rebuild, TERMS)
 
     def _sender(
         self, op: Op, list_id: str, what: str

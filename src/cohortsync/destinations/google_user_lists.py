@@ -37,6 +37,19 @@ class UserLists:
         """Drop a cached id (the list was deleted on the platform)."""
         self._ids.pop(display_name, None)
 
+    def existing(self, display_name: str) -> str | None:
+        """The id of the list named exactly `display_name`, or None (never creates one)."""
+        found = self._ids.get(display_name) or self._find(display_name)
+        if found is not None:
+            self._ids[display_name] = found
+        return found
+
+    def size(self, list_id: str, what: str) -> dict[str, object]:
+        """The list's `sizeInfo` as Google shows it (empty when it shows none)."""
+        request = self.client.prepare("GET", f"{self.path}/{list_id}", headers=self._login())
+        info = self.client.call(request, what).get("sizeInfo")
+        return dict(info) if isinstance(info, dict) else {}
+
     def id_of(self, display_name: str) -> str:
         """The id of the list named exactly `display_name`, created if missing."""
         found = self._ids.get(display_name) or self._find(display_name)

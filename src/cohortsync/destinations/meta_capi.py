@@ -33,7 +33,7 @@ from cohortsync.destinations.base import (
     PermanentError,
     RateLimit,
 )
-from cohortsync.destinations.hashing import hash_identifier
+from cohortsync.destinations.customer_data import customer_data, text
 from cohortsync.destinations.http import PreparedRequest, json_body
 from cohortsync.destinations.meta_graph import GraphConfig, graph_send
 from cohortsync.identity.pii import identifier_kinds
@@ -140,7 +140,15 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
                 f"{now.isoformat()}; Meta refuses such events"
             )
         context = conversion.context
-        user_data = _user_data(conversion)
+        user_data = customer_data(
+            conversion,
+            "meta",
+            email="em",
+            phone="ph",
+            ip="client_ip_address",
+            user_agent="client_user_agent",
+            click_ids=("fbc", "fbp"),
+        )
         if not _matchable(user_data):
             return None, (
                 "no customer information Meta can match: needs email, phone, user_id, fbc, "
@@ -153,7 +161,7 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
             "action_source": self.settings.action_source,
             "user_data": user_data,
         }
-        url = source_url(_text(_get(context, "page", "url")), self.settings.keep_url_query)
+        url = source_url(text(_get(context, "page", "url")), self.settings.keep_url_query)
         if url:
             event["event_source_url"] = url
         if self.settings.action_source == "website" and not (
@@ -187,29 +195,6 @@ class MetaCapiDestination(Destination[MetaCapiConfig]):
                 )
             )
         return out
-
-
-def _user_data(conversion: Conversion) -> dict[str, Any]:
-    """Hashed email, phone and user id; IP, user agent, fbc and fbp exactly as received."""
-    ids = conversion.identifiers
-    data: dict[str, Any] = {}
-    for key, kind, source in (
-        ("em", "email", "email"),
-        ("ph", "phone", "phone"),
-        ("external_id", "external_id", "user_id"),
-    ):
-        hashed = hash_identifier(kind, _text(ids.get(source)), "meta")
-        if hashed:
-            data[key] = [hashed]
-    context, properties = conversion.context, conversion.properties
-    browser = {
-        "client_ip_address": _text(context.get("ip")),
-        "client_user_agent": _text(context.get("userAgent")),
-        "fbc": _text(context.get("fbc")) or _text(properties.get("fbc")),
-        "fbp": _text(context.get("fbp")) or _text(properties.get("fbp")),
-    }
-    data.update({key: value for key, value in browser.items() if value})
-    return data
 
 
 def source_url(url: str, keep_query: bool = False) -> str:
@@ -261,10 +246,6 @@ def _get(mapping: Mapping[str, Any], *path: str) -> Any:
             return None
         value = value.get(key)
     return value
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""
 
 
 def _aware(moment: datetime) -> datetime:

@@ -23,6 +23,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, field_validator
 
+from cohortsync.destinations import meta_rebuild
 from cohortsync.destinations.base import (
     ADD,
     AudienceSize,
@@ -36,16 +37,19 @@ from cohortsync.destinations.base import (
     DestinationContext,
     Op,
     PermanentError,
+    PlatformCount,
     RateLimit,
     ReadBack,
+    Rebuild,
+    RebuildResult,
 )
 from cohortsync.destinations.hashing import hash_identifier
 from cohortsync.destinations.http import PreparedRequest, json_body
 from cohortsync.destinations.meta_graph import GraphConfig, graph_send
 from cohortsync.identity.pii import identifier_kinds
 
-SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE")
-MAX_ROWS = 10_000
+SCHEMA = meta_rebuild.SCHEMA
+MAX_ROWS = meta_rebuild.MAX_ROWS
 MAX_PAGES = 1_000
 PAGE_SIZE = 100
 NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
@@ -116,6 +120,7 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
         ad_platform=True,
         hashed=True,
         reads_back=True,
+        replace=True,
     )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:
@@ -342,6 +347,23 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
                 )
             )
         return found
+
+    def existing_id(self, name: str) -> str | None:
+        """The id of the audience named exactly `name`, or None (never creates one)."""
+        cached = self._ids.get(name)
+        if cached is None:
+            cached = self._find(name)
+            if cached is not None:
+                self._ids[name] = cached
+        return cached
+
+    def count_members(self, audience: str) -> PlatformCount | None:
+        """Meta's approximate size of the audience (`meta_rebuild.py`)."""
+        return meta_rebuild.count_members(self, audience)
+
+    def rebuild(self, rebuild: Rebuild) -> RebuildResult:
+        """Replace the audience's members through one `/usersreplace` session."""
+        return meta_rebuild.rebuild(self, rebuild, session_id("reconcile/" + rebuild.seed, 0))
 
     def _create(self, name: str) -> str:
         """Create the empty customer-file audience and return its id."""

@@ -35,6 +35,9 @@ TRANSIENT_CODES = frozenset({1, 2, 4, 17, 32, 368, 613, 80003, 80004})
 """Unknown/temporary errors and rate limits: retry after a pause."""
 AUTH_CODES = frozenset({102, 190})
 """Session or access token invalid or expired: pause the destination until it is fixed."""
+REPLACE_RUNNING = (2650, 1870145)
+"""A replace session runs on the audience (destinations.md §1.7): it takes edits again once the
+session ends, within 90 minutes, so the edit is retried rather than refused."""
 PERMANENT_CODES = frozenset({100, 105, 194, 294, 2635, *range(200, 300)})
 """Invalid or missing parameters, permissions, deprecated version: the same request never works."""
 _VERSION = re.compile(r"v\d+\.\d+")
@@ -125,7 +128,7 @@ def graph_error(response: httpx.Response, what: str, now: datetime | None = None
         f"{what}: Graph error {label} (HTTP {response.status_code}): "
         f"{scrub(str(error.get('message', '')))}"
     )
-    if code in TRANSIENT_CODES:
+    if code in TRANSIENT_CODES or (code, subcode) == REPLACE_RUNNING:
         return TransientError(detail, wait_seconds(response, now))
     if code in AUTH_CODES:
         return AuthError(detail + " — renew access_token and check the system user's access")

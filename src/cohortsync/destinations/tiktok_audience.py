@@ -86,6 +86,12 @@ class TiktokAudienceDestination(Destination[TiktokAudienceConfig]):
         rate_limit=RateLimit(),  # TikTok publishes no figure: codes 40100/40132 say when
         ad_platform=True,
         hashed=True,
+        no_replace=(
+            "TikTok's Segment API (segment/mapping), which this destination uses, documents no "
+            "replace, no delete-all and no member count; only the Customer File API replaces "
+            "a list (custom_audience/update with action REPLACE, from uploaded files, refused "
+            "below 1,000 members), and cohortsync does not upload customer files"
+        ),
     )
 
     def __init__(self, config: DestinationConfig, context: DestinationContext) -> None:

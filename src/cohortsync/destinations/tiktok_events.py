@@ -30,7 +30,7 @@ from cohortsync.destinations.base import (
     PermanentError,
     RateLimit,
 )
-from cohortsync.destinations.hashing import hash_identifier
+from cohortsync.destinations.customer_data import customer_data
 from cohortsync.destinations.http import PreparedRequest, json_body
 from cohortsync.destinations.meta_capi import source_url
 from cohortsync.destinations.tiktok_api import TiktokConfig, tiktok_send
@@ -99,7 +99,15 @@ class TiktokEventsDestination(Destination[TiktokEventsConfig]):
         events: list[dict[str, Any]] = []
         rejected: dict[int, str] = {}
         for conversion in batch.conversions:
-            user = _user(conversion)
+            user = customer_data(
+                conversion,
+                "tiktok",
+                email="email",
+                phone="phone",
+                ip="ip",
+                user_agent="user_agent",
+                click_ids=("ttclid", "ttp"),
+            )
             if not _matchable(user):
                 rejected[conversion.conversion_id] = UNMATCHABLE
                 continue
@@ -147,29 +155,6 @@ class TiktokEventsDestination(Destination[TiktokEventsConfig]):
         return out
 
 
-def _user(conversion: Conversion) -> dict[str, Any]:
-    """Hashed email, phone and user id; IP, user agent, ttclid and ttp exactly as received."""
-    ids = conversion.identifiers
-    user: dict[str, Any] = {}
-    for key, kind, source in (
-        ("email", "email", "email"),
-        ("phone", "phone", "phone"),
-        ("external_id", "external_id", "user_id"),
-    ):
-        hashed = hash_identifier(kind, _text(ids.get(source)), "tiktok")
-        if hashed:
-            user[key] = [hashed]
-    context, properties = conversion.context, conversion.properties
-    browser = {
-        "ip": _text(context.get("ip")),
-        "user_agent": _text(context.get("userAgent")),
-        "ttclid": _text(context.get("ttclid")) or _text(properties.get("ttclid")),
-        "ttp": _text(context.get("ttp")) or _text(properties.get("ttp")),
-    }
-    user.update({key: value for key, value in browser.items() if value})
-    return user
-
-
 def _matchable(user: Mapping[str, Any]) -> bool:
     """An id TikTok can match on, or the IP + user agent pair."""
     if set(user) & {"email", "phone", "external_id", "ttclid", "ttp"}:
@@ -197,7 +182,3 @@ def _get(mapping: Mapping[str, Any], *path: str) -> Any:
             return None
         value = value.get(key)
     return value
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) else ""

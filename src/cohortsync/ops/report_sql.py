@@ -58,10 +58,14 @@ def coupon_of(dialect: str, params: Sequence[str]) -> str:
 
 ARMS = f"""
 WITH entries AS (
-  SELECT DISTINCT ON (profile_id) profile_id, holdout, entered_at FROM memberships
-  WHERE kind = 'audience' AND name = $audience AND entered_at >= $since
-    AND entered_at <= $until AND {NOT_TEST}
-  ORDER BY profile_id, entered_at
+  -- a person's first entry, under the profile id they have now (an entrant's id may since
+  -- have been merged into another profile: its events and orders are that profile's)
+  SELECT DISTINCT ON (coalesce(a.canonical_id, m.profile_id))
+         coalesce(a.canonical_id, m.profile_id) AS profile_id, m.holdout, m.entered_at
+  FROM memberships m LEFT JOIN profile_aliases a ON a.profile_id = m.profile_id
+  WHERE m.kind = 'audience' AND m.name = $audience AND m.entered_at >= $since
+    AND m.entered_at <= $until AND m.{NOT_TEST}
+  ORDER BY coalesce(a.canonical_id, m.profile_id), m.entered_at
 ), stored AS (
   -- the stored profile ids of each entrant's events (its own, and those merged into it):
   -- joined to events by an indexed column, where the profile_events view's expression is not

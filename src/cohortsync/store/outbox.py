@@ -426,6 +426,11 @@ class OutboxStore(ABC):
     def acknowledged(self, destination: str, audience: str) -> dict[str, bool]:
         """profile_id → holdout of what one destination acknowledged holding for an audience."""
 
+    @abstractmethod
+    def held(self, destination: str, audience: str) -> list[tuple[str, dict[str, str]]]:
+        """(profile_id, identifiers as given) of every member outside the holdout that one
+        destination acknowledged holding for an audience, by profile id."""
+
 
 def stable_batch_id(kind: str, destination: str, ids: Sequence[int]) -> str:
     """A stable, unique id for a set of records: sent as the idempotency key on every try."""

@@ -38,7 +38,7 @@ from cohortsync.store.outbox import (
     record_table,
     stable_batch_id,
 )
-from cohortsync.store.sql import SqlStore, Tx, json_text
+from cohortsync.store.sql import SqlStore, Tx, as_json, json_text
 from cohortsync.sync import claims, planner, settle
 
 
@@ -421,6 +421,16 @@ class Ledger(OutboxStore):
                 {"destination": destination, "audience": audience},
             )
         return {str(p): bool(h) for p, h in rows}
+
+    def held(self, destination: str, audience: str) -> list[tuple[str, dict[str, str]]]:
+        with self.sql.transaction() as tx:
+            rows = tx.run(
+                "SELECT profile_id, identifiers FROM destination_state WHERE destination = "
+                "$destination AND audience = $audience AND status = 'member' AND NOT holdout "
+                "ORDER BY profile_id",
+                {"destination": destination, "audience": audience},
+            )
+        return [(str(p), {str(k): str(v) for k, v in as_json(i).items()}) for p, i in rows]
 
 
 class _Diagnosed:
