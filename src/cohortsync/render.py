@@ -331,7 +331,7 @@ def _status_lines(rows: Sequence[RouteStatus]) -> Table:
     for column in _STATUS_FIGURES:
         table.add_column(column, justify="right")
     table.add_column("last sync")
-    reported = any(s.platform.read_at for s in rows)
+    reported = any(platform_said(s.platform) != NOTHING for s in rows)
     if reported:  # once any platform said something; `—` where one said nothing
         table.add_column("platform says")
         table.add_column("read")

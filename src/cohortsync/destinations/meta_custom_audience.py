@@ -55,8 +55,8 @@ PAGE_SIZE = 100
 NO_IDENTIFIER = "no identifier Meta accepts (email, phone, user_id)"
 HOLDOUT = "holdout member: ad platforms never receive the control group"
 MINIMUM = 100
-SIZE_FIELDS = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
 """Meta serves a customer-file audience only once about 100 people matched."""
+SIZE_FIELDS = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
 _JSON = {"Content-Type": "application/json"}
 
 
