@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cohortsync.config.loader import load_project, parse_segments
 from cohortsync.destinations.base import (
     Batch,
     Change,
@@ -19,6 +20,8 @@ from cohortsync.destinations.base import (
     DestinationContext,
 )
 from cohortsync.destinations.registry import destination_class
+from cohortsync.errors import ConfigError
+from cohortsync.sync.configure import sync_setup
 
 AT = datetime(2026, 6, 1, 12, tzinfo=UTC)
 BASE = "http://proxy.internal:8443/egress"
@@ -115,3 +118,16 @@ def test_without_base_url_requests_go_to_the_platform(
     destination = cls(config, DestinationContext(kind, tmp_path, http, lambda: AT))
     for request in destination.preview(batch).requests:
         assert request["url"].startswith(PLATFORMS[kind.partition("_")[0]] + path), request["url"]
+
+
+def test_an_unknown_key_is_answered_with_base_url_among_the_allowed(tmp_path: Path) -> None:
+    text = (
+        "store: .cohortsync/store.duckdb\nsources: {web: {write_key: wk_test_0123456789}}\n"
+        "segments: {anyone: {event: added_to_cart}}\naudiences: {}\ndestinations:\n"
+        "  meta_ads: {type: meta_custom_audience, ad_account_id: act_1, access_token: t, "
+        "base_url: 'http://127.0.0.1:1', api_root: x}\n"
+    )
+    (tmp_path / "cohortsync.yml").write_text(text, encoding="utf-8")
+    loaded = load_project(tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key 'api_root'.*allowed here: .*base_url"):
+        sync_setup(loaded, parse_segments(loaded))
