@@ -16,6 +16,9 @@ tests/fakes, served by uvicorn in this process, verifying every signature). Time
 - baseline, webhook: the same number of signed POSTs of the same size sent by one httpx client.
 
 Every change must arrive: the warehouse table and the receiver both hold N members after.
+
+With `--platforms`, each ad platform's fake instead (bench/sync_platforms.py): 100k records
+each by default, 10k with `--quick`.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.sync_platforms import report as report_platforms
+from bench.sync_platforms import run as run_platforms
 from tests.fakes.webhook import WebhookFake
 
 from cohortsync.destinations.signing import sign
@@ -237,14 +242,23 @@ def report(n: int, rows: list[tuple[str, float, int]]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--changes", type=int, default=1_000_000, help="members (default 1M)")
-    parser.add_argument("--quick", action="store_true", help="100k members")
+    parser.add_argument(
+        "--changes", type=int, default=None, help="members (default 1M; platforms: 100k)"
+    )
+    parser.add_argument("--quick", action="store_true", help="100k members (platforms: 10k)")
+    parser.add_argument(
+        "--platforms", action="store_true", help="each ad platform's fake beside a bare client"
+    )
     args = parser.parse_args()
-    n = 100_000 if args.quick else args.changes
     console.print(
         f"python {platform.python_version()}, duckdb {duckdb.__version__}, "
         f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
     )
+    if args.platforms:
+        n = args.changes or (10_000 if args.quick else 100_000)
+        report_platforms(n, run_platforms(n, console), console)
+        return
+    n = args.changes or (100_000 if args.quick else 1_000_000)
     report(n, run(n))
 
 

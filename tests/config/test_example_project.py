@@ -60,8 +60,14 @@ def test_template_parses_with_the_locked_audience_names(tmp_path: Path) -> None:
     ads = {r.audience for r in setup.routes if r.destination == "meta_ads"}
     assert "cio_recent_purch_7d_suppress" in ads  # buyers are suppressed on Meta
     assert all(not r.include_holdout for r in setup.routes if r.destination == "meta_ads")
-    assert setup.configs["meta_ads"].dry_run and setup.configs["meta_capi"].dry_run
-    assert [r.name for r in setup.conversion_routes] == ["Purchase", "Purchase"]
+    for platform in ("google_ads", "tiktok_ads"):  # suppressed on every ad platform
+        routes = [r for r in setup.routes if r.destination == platform]
+        assert {r.audience for r in routes} == ads
+        assert all(not r.include_holdout for r in routes)
+    platforms = ("meta_ads", "meta_capi", "google_ads", "google_conversions", "tiktok_ads")
+    assert all(setup.configs[name].dry_run for name in (*platforms, "tiktok_events"))
+    streams = {r.destination for r in setup.conversion_routes}
+    assert streams == {"warehouse", "meta_capi", "google_conversions", "tiktok_events"}
 
 
 def test_init_project_loads_and_keeps_the_spine_keys(tmp_path: Path) -> None:

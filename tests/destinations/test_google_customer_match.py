@@ -132,6 +132,21 @@ def test_adds_need_the_terms_of_service_accepted(
     assert google_fake.log.to("audienceMembers") == []
 
 
+def test_a_dry_run_counts_what_apply_would_refuse_and_sends_nothing(
+    google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    changes = batch(change(1, holdout=True), change(2, ids={"user_id": "u-2"}), change(3))
+    found = customer_match(google_fake, tmp_path, http).preview(changes)
+    assert dict(found.refused) == {1: HOLDOUT, 2: NO_IDENTIFIER}
+    (request,) = found.requests
+    assert len(request["body"]["audienceMembers"]) == 1
+    unsigned = customer_match(google_fake, tmp_path, http, accept_terms_of_service=False)
+    refused = unsigned.preview(changes)  # apply refuses the whole batch: so does the dry run
+    assert refused.requests == [] and set(refused.refused) == {1, 2, 3}
+    assert refused.refused[3].startswith("accept_terms_of_service is not set")
+    assert google_fake.log.to("audienceMembers") == []
+
+
 def test_one_bad_record_in_1000_is_isolated_and_dead_lettered_with_googles_reason(
     google_fake: GoogleDataManagerFake, tmp_path: Path, http: httpx.Client
 ) -> None:

@@ -150,6 +150,17 @@ def test_holdout_and_unidentified_records_are_rejected_locally(
     assert tiktok_fake.members(AUDIENCE) == {email(1)}
 
 
+def test_a_dry_run_counts_the_records_apply_would_refuse(
+    tiktok_fake: TiktokFake, tmp_path: Path, http: httpx.Client
+) -> None:
+    sent = batch(change(1), change(2, holdout=True), change(3, ids={"user_id": "u-3"}))
+    found = destination(tiktok_fake, tmp_path, http).preview(sent)
+    assert dict(found.refused) == {2: HOLDOUT, 3: NO_IDENTIFIER}
+    (request,) = found.requests
+    assert len(request["body"]["batch_data"]) == 1
+    assert tiktok_fake.log.to("/segment/mapping/") == []
+
+
 def test_resending_a_batch_sends_identical_bytes(
     tiktok_fake: TiktokFake, tmp_path: Path, http: httpx.Client
 ) -> None:

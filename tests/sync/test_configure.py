@@ -22,6 +22,14 @@ audiences:
     destinations: [target]
 """
 
+AUDIENCE_TYPES = (
+    "files, google_customer_match, meta_custom_audience, segment, tiktok_audience, warehouse or "
+    "webhook"
+)
+"""The built-in types that take audiences and can remove members, as errors list them."""
+CONVERSION_TYPES = "google_conversions, meta_capi, segment, tiktok_events, warehouse or webhook"
+"""The built-in types that take conversions."""
+
 
 def setup_of(tmp_path: Path, yaml: str) -> SyncSetup:
     loaded = parse_project(PROJECT_YAML + yaml, tmp_path / PROJECT_FILE)
@@ -44,7 +52,7 @@ def test_an_audience_sent_to_a_conversions_only_destination_names_those_that_tak
     yaml = SEGMENTS + "destinations:\n  target: {type: meta_capi, access_token: t, pixel_id: '1'}\n"
     error = refusal(tmp_path, yaml)
     assert "destination 'target' (meta_capi) takes conversions, not audiences" in error.message
-    assert "files, meta_custom_audience, segment, warehouse or webhook" in error.message
+    assert AUDIENCE_TYPES in error.message
     assert error.line == line_of(yaml, "    destinations: [target]")
 
 
@@ -54,7 +62,7 @@ def test_an_audience_sent_where_members_cannot_be_removed_is_refused(tmp_path: P
     error = refusal(tmp_path, yaml)
     assert "destination 'target' (add_only) cannot remove members" in error.message
     assert "people leaving cio_cart_1h would stay in it" in error.message
-    assert "(files, meta_custom_audience, segment, warehouse or webhook)" in error.message
+    assert f"({AUDIENCE_TYPES})" in error.message
     assert error.line == line_of(yaml, "    destinations: [target]")
 
 
@@ -90,4 +98,4 @@ def test_conversions_sent_where_they_are_not_taken_name_those_that_take_them(
     )
     error = refusal(tmp_path, yaml)
     assert "destination 'target' (files) does not take conversions" in error.message
-    assert "meta_capi, segment, warehouse or webhook" in error.message
+    assert CONVERSION_TYPES in error.message

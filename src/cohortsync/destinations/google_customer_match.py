@@ -30,6 +30,7 @@ from cohortsync.destinations.base import (
     DeliveryError,
     DestinationConfig,
     DestinationContext,
+    DryRun,
     Op,
     PermanentError,
     PlatformCount,
@@ -163,15 +164,24 @@ class GoogleCustomerMatchDestination(GoogleDestination[GoogleCustomerMatchConfig
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The ingest and remove requests `apply` would send (the list id, when not known yet,
         reads `<id of NAME>`), authorization left out."""
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The requests and the changes refused before sending, with the reasons; a batch with
+        adds while the terms are not accepted is refused whole, as `apply` refuses it."""
         if not isinstance(batch, Batch):
             raise PermanentError("google_customer_match receives audience changes, not conversions")
-        runs, _ = self.plan(batch)
+        runs, rejected = self.plan(batch)
+        if any(op == ADD for op, _ in runs) and not self.settings.accept_terms_of_service:
+            refused = {m.change_id: TERMS for _, members in runs for m in members}
+            return DryRun([], {**rejected, **refused})
         list_id = self.lists.known(batch.audience) or f"<id of {batch.audience}>"
-        return [
+        requests = [
             self.request(op, list_id, members[i : i + MAX_MEMBERS]).describe()
             for op, members in runs
             for i in range(0, len(members), MAX_MEMBERS)
         ]
+        return DryRun(requests, rejected)
 
     def plan(self, batch: Batch) -> tuple[list[tuple[Op, list[Member]]], dict[int, str]]:
         """Runs of consecutive adds or removes, in batch order, and the changes refused here."""

@@ -35,6 +35,7 @@ from cohortsync.destinations.base import (
     Destination,
     DestinationConfig,
     DestinationContext,
+    DryRun,
     Op,
     PermanentError,
     PlatformCount,
@@ -154,11 +155,16 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The `/users` requests `apply` would send, secrets redacted; an audience id not yet
         known reads `<id of NAME>` (apply looks it up by name, or creates it, first)."""
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The `/users` requests and the changes refused before sending, with the reasons."""
         if not isinstance(batch, Batch):
             raise PermanentError("meta_custom_audience receives audience changes, not conversions")
-        uploads, _ = self.plan(batch)
+        uploads, rejected = self.plan(batch)
         audience_id = self._ids.get(batch.audience, f"<id of {batch.audience}>")
-        return [self.request(audience_id, upload).describe() for upload in uploads]
+        requests = [self.request(audience_id, upload).describe() for upload in uploads]
+        return DryRun(requests, rejected)
 
     def plan(self, batch: Batch) -> tuple[list[Upload], dict[int, str]]:
         """The uploads for a batch, in order, and the records rejected before sending.

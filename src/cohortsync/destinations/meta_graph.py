@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from pydantic import ConfigDict, Field, SecretStr, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, SecretStr, field_validator
 
 from cohortsync.destinations.base import (
     AuthError,
@@ -50,7 +50,8 @@ class GraphConfig(DestinationConfig):
     access_token: SecretStr
     app_secret: SecretStr | None = None
     """When set, every call carries `appsecret_proof` (required by apps that enforce it)."""
-    api_url: str = GRAPH_URL
+    api_url: str = Field(default=GRAPH_URL, validation_alias=AliasChoices("api_url", "base_url"))
+    """Where Graph is reached (a proxy, a fake); `base_url` is read as the same setting."""
     api_version: str = Field(default=GRAPH_VERSION)
 
     @field_validator("access_token")

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 import orjson
-from pydantic import ConfigDict, SecretStr, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, SecretStr, field_validator
 
 from cohortsync import __version__
 from cohortsync.destinations.base import (
@@ -63,7 +63,9 @@ class SegmentConfig(DestinationConfig):
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     type: Literal["segment"] = "segment"
-    url: str = DEFAULT_URL
+    url: str = Field(default=DEFAULT_URL, validation_alias=AliasChoices("url", "base_url"))
+    """The API's base address (a regional host, a proxy, a fake); `base_url` is read as the
+    same setting."""
     write_key: SecretStr
 
     @field_validator("url")

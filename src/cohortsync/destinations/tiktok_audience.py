@@ -26,6 +26,7 @@ from cohortsync.destinations.base import (
     Destination,
     DestinationConfig,
     DestinationContext,
+    DryRun,
     Op,
     PermanentError,
     RateLimit,
@@ -116,11 +117,16 @@ class TiktokAudienceDestination(Destination[TiktokAudienceConfig]):
     def dry_run(self, batch: Batch | ConversionBatch) -> list[dict[str, Any]]:
         """The `segment/mapping/` requests `apply` would send, the token redacted; an audience
         id not yet known reads `<id of NAME>`."""
+        return self.preview(batch).requests
+
+    def preview(self, batch: Batch | ConversionBatch) -> DryRun:
+        """The requests and the changes refused before sending, with the reasons."""
         if not isinstance(batch, Batch):
             raise PermanentError("tiktok_audience receives audience changes, not conversions")
-        mappings, _ = self.plan(batch)
+        mappings, rejected = self.plan(batch)
         audience_id = self._ids.get(batch.audience, f"<id of {batch.audience}>")
-        return [self.request(audience_id, mapping).describe() for mapping in mappings]
+        requests = [self.request(audience_id, mapping).describe() for mapping in mappings]
+        return DryRun(requests, rejected)
 
     def plan(self, batch: Batch) -> tuple[list[Mapping], dict[int, str]]:
         """The requests for a batch, in order, and the records rejected before sending."""

@@ -83,12 +83,22 @@ def scrub_identifiers(text: str) -> str:
 
 def identifier_kinds(text: str) -> frozenset[str]:
     """The kinds of identifier (`email`, `phone`) found in `text`: empty when it holds none."""
+    if _plainly_none(text):
+        return frozenset()
     decoded = decode(text)
     rest = _without_emails(decoded, " ")
     kinds = {"email"} if rest != decoded else set()
     if PHONE in _TOKEN.sub(_phone, rest):
         kinds.add("phone")
     return frozenset(kinds)
+
+
+def _plainly_none(text: str) -> bool:
+    """Text that cannot hold an identifier: no `@`, nothing encoded to decode into one, and
+    fewer digits than any phone has (the common case of a URL path segment or an order id)."""
+    if "@" in text or "%" in text or "\\" in text:
+        return False
+    return sum(char.isdigit() for char in text) < MIN_DIGITS
 
 
 def decode(text: str) -> str:

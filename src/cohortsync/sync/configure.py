@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
-from pydantic import ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 
 from cohortsync.config.loader import LoadedProject, display_path
 from cohortsync.destinations.base import (
@@ -187,7 +187,7 @@ def _destination(
         loc = tuple(error["loc"])
         where = ".".join(str(p) for p in loc)
         if error["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(cls.config_model.model_fields))
+            allowed = ", ".join(setting_names(cls.config_model))
             message = f"unknown key {where!r}: remove or rename it; allowed here: {allowed}"
         elif error["type"] == "missing":
             message = f"{where} is required for a {cls.kind} destination: add it"
@@ -199,6 +199,16 @@ def _destination(
             loaded.line_of("destinations", name, *loc),
         ) from None
     return cls, config
+
+
+def setting_names(model: type[BaseModel]) -> list[str]:
+    """The keys a settings model reads: its fields and the other names a field accepts
+    (`base_url` for Meta's `api_url`)."""
+    names = set(model.model_fields)
+    for field in model.model_fields.values():
+        if isinstance(field.validation_alias, AliasChoices):
+            names |= {c for c in field.validation_alias.choices if isinstance(c, str)}
+    return sorted(names)
 
 
 def _named(
