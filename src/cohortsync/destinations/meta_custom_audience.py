@@ -333,26 +333,29 @@ class MetaCustomAudienceDestination(Destination[MetaCustomAudienceConfig]):
                     self._ids[name] = min(ids, key=_id_order)
         found = []
         for name in audiences:
-            what = f"meta_custom_audience {self.context.name}: read the size of {name}"
             audience_id = self._ids.get(name)
-            if audience_id is None:
-                continue
-            params = {"fields": SIZE_FIELDS, **self.settings.auth_params()}
-            request = PreparedRequest("GET", self.settings.url(audience_id), params)
-            answer = graph_send(self.context.http, request, what, self.context.clock())
-            if not isinstance(answer, dict):
-                continue
-            status = answer.get("operation_status")
-            text = status.get("description") if isinstance(status, dict) else status
-            found.append(
-                AudienceSize(
-                    name,
-                    _bound(answer.get("approximate_count_lower_bound")),
-                    _bound(answer.get("approximate_count_upper_bound")),
-                    None if text is None else str(text),
-                )
-            )
+            size = None if audience_id is None else self.read_size(name, audience_id)
+            if size is not None:
+                found.append(size)
         return found
+
+    def read_size(self, name: str, audience_id: str) -> AudienceSize | None:
+        """One audience's approximate size and operation status, as Graph answers them (None
+        when the answer is not an object)."""
+        what = f"meta_custom_audience {self.context.name}: read the size of {name}"
+        params = {"fields": SIZE_FIELDS, **self.settings.auth_params()}
+        request = PreparedRequest("GET", self.settings.url(audience_id), params)
+        answer = graph_send(self.context.http, request, what, self.context.clock())
+        if not isinstance(answer, dict):
+            return None
+        status = answer.get("operation_status")
+        text = status.get("description") if isinstance(status, dict) else status
+        return AudienceSize(
+            name,
+            _bound(answer.get("approximate_count_lower_bound")),
+            _bound(answer.get("approximate_count_upper_bound")),
+            None if text is None else str(text),
+        )
 
     def existing_id(self, name: str) -> str | None:
         """The id of the audience named exactly `name`, or None (never creates one)."""

@@ -9,7 +9,7 @@ same session (any number but 1 may be resent), within Meta's 90 minutes.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cohortsync.destinations.base import (
     ADD,
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 SCHEMA = ("EXTERN_ID", "EMAIL", "PHONE")
 MAX_ROWS = 10_000
-FIELDS = "approximate_count_lower_bound,approximate_count_upper_bound,operation_status"
 EMPTY = (
     "no member to upload: Meta's replace takes at least one row, so an empty audience is not "
     "rebuilt; members leave it through sync's removes"
@@ -39,25 +38,15 @@ def count_members(dest: MetaCustomAudienceDestination, audience: str) -> Platfor
     found = dest.existing_id(audience)
     if found is None:
         return PlatformCount(0, 0, f"no audience named {audience} on Meta yet")
-    what = f"meta_custom_audience {dest.context.name}: read the size of {audience}"
-    params = {"fields": FIELDS, **dest.settings.auth_params()}
-    answer = graph_send(
-        dest.context.http,
-        PreparedRequest("GET", dest.settings.url(found), params),
-        what,
-        dest.context.clock(),
-    )
-    if not isinstance(answer, dict):
+    size = dest.read_size(audience, found)
+    if size is None:
         return None
-    lower = _int(answer, "approximate_count_lower_bound")
-    upper = _int(answer, "approximate_count_upper_bound")
+    lower, upper = size.low, size.high
     if lower is None or upper is None or lower < 0 or upper < lower:
         return None
-    status = answer.get("operation_status")
-    text = str(status.get("description") or "") if isinstance(status, dict) else ""
     note = "approximate range Meta gives" if lower != upper else "Meta's approximate count"
-    if text and text != "Normal":
-        note += f"; operation status {text}"
+    if size.operation_status and size.operation_status != "Normal":
+        note += f"; operation status {size.operation_status}"
     return PlatformCount(lower, upper, note)
 
 
@@ -95,11 +84,3 @@ def rebuild(dest: MetaCustomAudienceDestination, job: Rebuild, session: int) -> 
         if job.acknowledged is not None:
             job.acknowledged(index + 1)
     return RebuildResult(len(chunks) - job.start, len(chunks), sent, rejected)
-
-
-def _int(answer: dict[str, Any], key: str) -> int | None:
-    value = answer.get(key)
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
