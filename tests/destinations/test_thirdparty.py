@@ -90,7 +90,9 @@ def test_an_installed_type_is_named_where_its_capabilities_fit(tmp_path: Path, s
     with pytest.raises(ConfigError) as caught:
         setup_of(tmp_path, yaml)
     assert "destination 'acme' (acme_lists) does not take conversions" in str(caught.value)
-    assert "meta_capi, scripted_ads, segment, warehouse or webhook" in str(caught.value)
+    assert "meta_capi, scripted_ads, segment, tiktok_events, warehouse or webhook" in str(
+        caught.value
+    )
 
 
 def test_an_entry_point_name_other_than_the_kind_is_refused(tmp_path: Path, site: Path) -> None:

@@ -51,6 +51,7 @@ SAME_TYPE = {
     "JSON": "jsonb",
     "DOUBLE": "double precision",
     "BOOLEAN": "boolean",
+    "DATE": "date",
 }
 
 
