@@ -64,7 +64,7 @@ from tests.conftest import PROJECT_YAML
 from tests.postgres import postgres_schema
 from tests.realtime.conftest import REALTIME_YAML, T0, Clock, stamp
 
-EXAMPLES = int(os.environ.get("COHORTSYNC_PROPERTY_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("COHORTSYNC_PROPERTY_EXAMPLES", "15"))
 ROUNDS = int(os.environ.get("COHORTSYNC_PROPERTY_ROUNDS", "8"))
 
 REALTIME_AUDIENCES = (

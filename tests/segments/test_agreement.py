@@ -455,7 +455,7 @@ def check(engine: Engine, people: list[dict[str, Any]], project: SegmentProject,
 
 
 EXAMPLES = settings(
-    max_examples=int(os.environ.get("AGREEMENT_EXAMPLES", "150")),
+    max_examples=int(os.environ.get("AGREEMENT_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

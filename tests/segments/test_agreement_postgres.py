@@ -195,7 +195,7 @@ def check_pg(
 
 
 PG_EXAMPLES = settings(
-    max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("AGREEMENT_PG_EXAMPLES", "40")),
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,

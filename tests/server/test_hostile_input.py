@@ -9,7 +9,7 @@ end the server is still healthy, and the store holds exactly what the answers pr
 `stats` events + quarantined rows == the messages of 2xx answers plus the single calls
 refused as invalid messages (those are quarantined too), each found there once by a unique
 marker; every other 4xx refused its whole request. HOSTILE_EXAMPLES sets the number of
-payloads (default 8,000, spread over the routes; 200,000 for a long run); HOSTILE_THREADS how
+payloads (default 3,000, spread over the routes; 200,000 for a long run); HOSTILE_THREADS how
 many routes are posted at once (default 3: generating one request overlaps the server's work
 on others).
 """
@@ -37,7 +37,7 @@ from cohortsync.events.models import MAX_MESSAGE_BYTES
 from tests.conftest import WRITE_KEY
 from tests.server.serve_process import serving
 
-EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "8000"))
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "3000"))
 KINDS = ("track", "identify", "page", "screen", "group", "alias")
 ROUTES = (*KINDS, "batch")
 THREADS = int(os.environ.get("HOSTILE_THREADS", "3"))

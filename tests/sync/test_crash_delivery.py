@@ -35,7 +35,7 @@ from tests.sync.platforms import GOOGLE_MATCH
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals (kill -9)")
 
-RUNS = int(os.environ.get("COHORTSYNC_CRASH_RUNS", "30"))
+RUNS = int(os.environ.get("COHORTSYNC_CRASH_RUNS", "16"))
 """Kills against the webhook, the reference receiver; each ad-platform fake takes a third as
 many (the state machine under test is the same; their runs prove the platform's own answers
 are acknowledged as the webhook's are). bench/ or COHORTSYNC_CRASH_RUNS runs more."""
