@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cohortsync.store.base import NOT_TEST
+from cohortsync.store.base import not_test
 
 DAY_US = 86_400_000_000
 WEEK_US = 7 * DAY_US
@@ -64,7 +64,7 @@ WITH entries AS (
          coalesce(a.canonical_id, m.profile_id) AS profile_id, m.holdout, m.entered_at
   FROM memberships m LEFT JOIN profile_aliases a ON a.profile_id = m.profile_id
   WHERE m.kind = 'audience' AND m.name = $audience AND m.entered_at >= $since
-    AND m.entered_at <= $until AND m.{NOT_TEST}
+    AND m.entered_at <= $until AND {not_test('m.profile_id')}
   ORDER BY coalesce(a.canonical_id, m.profile_id), m.entered_at
 ), stored AS (
   -- the stored profile ids of each entrant's events (its own, and those merged into it):

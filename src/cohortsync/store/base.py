@@ -45,7 +45,12 @@ def final_targets(batch: ResolvedBatch) -> dict[str, str]:
     return final
 
 
-NOT_TEST = "profile_id NOT IN (SELECT profile_id FROM test_profiles)"
+def not_test(column: str = "profile_id") -> str:
+    """SQL true of a row whose `column` names no test profile (`validate`'s cohort)."""
+    return f"{column} NOT IN (SELECT profile_id FROM test_profiles)"
+
+
+NOT_TEST = not_test()
 """SQL true of a row whose `profile_id` is no test profile (`validate`'s cohort): what counts,
 reports and `report` read to leave the test cohort out."""
 
