@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.sync_platforms import report as report_platforms
 from bench.sync_platforms import run as run_platforms
+from bench.sync_platforms import seed_people
 from tests.fakes.webhook import WebhookFake
 
 from cohortsync.destinations.signing import sign
@@ -77,27 +78,9 @@ destinations:
 
 
 def seed_members(engine: Engine, n: int) -> None:
-    """N profiles with an email and a user id, all current members of the audience."""
-    now = datetime.now(UTC)
-    engine.store.query("SELECT 1")  # type: ignore[attr-defined]
-    con = engine.store._con  # type: ignore[attr-defined]  # bench setup writes tables directly
-    con.execute("BEGIN TRANSACTION")
-    con.execute("INSERT INTO profiles SELECT 'p' || i, ?, NULL FROM range(?) t(i)", [now, n])
-    con.execute(
-        "INSERT INTO identities SELECT 'email', 'person' || i || '@example.com', 'p' || i, ? "
-        "FROM range(?) t(i)",
-        [now, n],
-    )
-    con.execute(
-        "INSERT INTO identities SELECT 'user_id', 'u' || i, 'p' || i, ? FROM range(?) t(i)",
-        [now, n],
-    )
-    con.execute(
-        "INSERT INTO memberships SELECT 'audience', ?, 'p' || i, ?, NULL, hash(i) % 10 = 0, 1 "
-        "FROM range(?) t(i)",
-        [AUDIENCE, now, n],
-    )
-    con.execute("COMMIT")
+    """N profiles with an email and a user id, all current members of the audience, one in ten
+    held out."""
+    seed_people(engine, n, members=True, holdout_share=10)
 
 
 def timed(label: str, work: Callable[[], Any]) -> tuple[float, Any]:

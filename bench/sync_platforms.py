@@ -169,9 +169,11 @@ destinations:
 {rules}"""
 
 
-def seed_people(engine: Engine, n: int, members: bool) -> None:
-    """N profiles with an email and a user id; with `members`, all in the audience."""
+def seed_people(engine: Engine, n: int, members: bool, holdout_share: int = 0) -> None:
+    """N profiles with an email and a user id; with `members`, all in the audience, one in
+    `holdout_share` of them (by a hash of its number) held out when that is not 0."""
     now = datetime.now(UTC)
+    engine.store.query("SELECT 1")  # type: ignore[attr-defined]
     con = engine.store._con  # type: ignore[attr-defined]  # bench setup writes tables directly
     con.execute("BEGIN TRANSACTION")
     con.execute("INSERT INTO profiles SELECT 'p' || i, ?, NULL FROM range(?) t(i)", [now, n])
@@ -185,8 +187,9 @@ def seed_people(engine: Engine, n: int, members: bool) -> None:
         [now, n],
     )
     if members:
+        held = f"hash(i) % {holdout_share} = 0" if holdout_share else "false"
         con.execute(
-            "INSERT INTO memberships SELECT 'audience', ?, 'p' || i, ?, NULL, false, 1 "
+            f"INSERT INTO memberships SELECT 'audience', ?, 'p' || i, ?, NULL, {held}, 1 "
             "FROM range(?) t(i)",
             [AUDIENCE, now, n],
         )
